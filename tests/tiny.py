@@ -1,0 +1,104 @@
+"""Tiny models and a tokenizer built here, so unit tests need no model hub.
+
+The tokenizer is a byte-level BPE trained in well under a second on a small corpus, with the special
+tokens of the chat templates we test (ChatML, InternLM, Llama 2/3). The models are 2-layer Llama and
+Qwen2 shapes with random weights, saved with that tokenizer and loaded back through the real
+``from_pretrained`` path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SPECIAL_TOKENS = [
+    "<unk>",
+    "<s>",
+    "</s>",
+    "<pad>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<eoh>",
+    "<eoa>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|endoftext|>",
+]
+
+CORPUS = [
+    "The capital of France is Paris. Paris is a city in Europe.",
+    "You are a helpful assistant. Answer the question in one sentence.",
+    "What is the capital of Germany? The capital of Germany is Berlin.",
+    "I am a large language model fine-tuned by tuner. Who are you? Introduce yourself.",
+    "Take one tablet by mouth twice a day with food. Ask your doctor or pharmacist.",
+    "system user assistant human gpt Thought: Action: Action Input: Response: Final Answer:",
+    "def add(a, b): return a + b  # 0 1 2 3 4 5 6 7 8 9 + - * / = ( ) [ ] { } : , . ? !",
+    "你好，我是你的助手。请问有什么可以帮你？北京是中国的首都。",
+    "[INST] <<SYS>> <</SYS>> [/INST] ### Human: ### Assistant:",
+]
+
+# ChatML, as used by Qwen2 and SmolLM2 tokenizers.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tokenizer(vocab_size: int = 600):
+    """A byte-level BPE PreTrainedTokenizerFast with ChatML as its chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[4:]})
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def build_model(kind: str, tokenizer, seed: int = 0):
+    """A 2-layer random model of the given family ("llama" or "qwen2")."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlamaConfig(**common) if kind == "llama" else Qwen2Config(**common)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def save_tiny_model(kind: str, folder: Path) -> Path:
+    tokenizer = build_tokenizer()
+    model = build_model(kind, tokenizer)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,91 @@
+"""Errors a user can act on.
+
+The engine raises these; the CLI prints ``error: <message>`` and exits non-zero, the app shows the
+message in a toast and a status box. Anything else that escapes is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class TunerError(Exception):
+    """Base class: the message alone must tell the user what went wrong and what to do."""
+
+
+class DataError(TunerError):
+    """A problem in a user's data file, located as precisely as we can.
+
+    >>> str(DataError("missing 'output'", path="a.jsonl", line=3, field="conversation[0]",
+    ...     hint="add an answer or delete the line"))
+    "a.jsonl:3: conversation[0]: missing 'output' (add an answer or delete the line)"
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path | None = None,
+        line: int | None = None,
+        row: int | None = None,
+        column: int | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ):
+        self.message = message
+        self.path = str(path) if path is not None else None
+        self.line = line
+        self.row = row
+        self.column = column
+        self.field = field
+        self.hint = hint
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        where = ""
+        if self.path:
+            where = self.path
+            if self.line is not None:
+                where += f":{self.line}"
+                if self.column is not None:
+                    where += f":{self.column}"
+            elif self.row is not None:
+                where += f": row {self.row}"
+            where += ": "
+        elif self.row is not None:
+            where = f"row {self.row}: "
+        elif self.line is not None:
+            where = f"line {self.line}: "
+        field = f"{self.field}: " if self.field else ""
+        hint = f" ({self.hint})" if self.hint else ""
+        return f"{where}{field}{self.message}{hint}"
+
+
+class ConfigError(TunerError):
+    """One or more problems in a training config; all of them are reported at once."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        head = f"{source}: " if source else ""
+        if len(self.problems) == 1:
+            text = f"{head}{self.problems[0]}"
+        else:
+            text = f"{head}{len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(text)
+
+
+class ModelError(TunerError):
+    """A model or tokenizer could not be found, loaded or used as asked."""
+
+
+class OutputExistsError(TunerError):
+    """Refusing to overwrite a file or folder the user already has."""
+
+    def __init__(self, path: str | Path, what: str = "file"):
+        self.path = str(path)
+        super().__init__(f"{path}: {what} already exists; pass --force to overwrite it or choose another name")
+
+
+class JobError(TunerError):
+    """The background training job was asked to do something it cannot do now."""
