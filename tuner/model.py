@@ -1,0 +1,246 @@
+"""Loading tokenizers and models: where from, which dtype, 4/8-bit, which attention, LoRA.
+
+Every entry point takes a model *name*: a local folder, a hub id, or ``default`` (the embedded
+SmolLM2-135M-Instruct, converted once into the workspace).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuner.errors import ModelError
+from tuner.workspace import DEFAULT_MODEL_NAME
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_path(name: str) -> str:
+    """``default`` -> the embedded model's folder; an existing folder -> its path; else a hub id.
+
+    >>> resolve_model_path("Qwen/Qwen2.5-0.5B-Instruct")  # not a local folder: kept as a hub id
+    'Qwen/Qwen2.5-0.5B-Instruct'
+    """
+    if not name or name == DEFAULT_MODEL_NAME:
+        from tuner.embedded import ensure_default_model
+
+        return str(ensure_default_model())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{name}: no config.json in this folder; point at a Hugging Face model folder")
+        return str(path.resolve())
+    return name
+
+
+def _wrap_load_error(name: str, exc: Exception) -> ModelError:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "/" in name and not Path(name).exists():
+        return ModelError(
+            f"could not load '{name}': not a local folder, and the model hub could not provide it "
+            f"({text}). Download it (e.g. `hf download {name} --local-dir models/...`) and give the folder"
+        )
+    return ModelError(f"could not load '{name}': {text}")
+
+
+def load_tokenizer(name: str, *, trust_remote_code: bool = False):
+    """The tokenizer of a model, with a pad token (the eos token when the model has none)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise _wrap_load_error(name, exc) from exc
+    if tokenizer.pad_token is None:
+        # Padding is masked out of the loss by label -100, so reusing eos is harmless.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_dtype(precision: str = "auto"):
+    """auto: bf16 on GPUs that support it, else fp16; fp32 on a CPU (CPU half precision is slow).
+
+    >>> resolve_dtype("fp32")
+    torch.float32
+    """
+    import torch
+
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if precision in table:
+        if precision != "fp32" and not cuda_available() and precision == "fp16":
+            raise ModelError("fp16 needs a GPU; use precision fp32 (or auto) on a CPU")
+        return table[precision]
+    if precision != "auto":
+        raise ModelError(f"unknown precision '{precision}'; use auto, bf16, fp16 or fp32")
+    if not cuda_available():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def pick_attention(requested: str = "auto") -> tuple[str, str]:
+    """Return (implementation, why). flash_attention_2 when importable on an Ampere+ GPU, else sdpa."""
+    if requested != "auto":
+        return requested, "asked for"
+    if not cuda_available():
+        return "sdpa", "no GPU"
+    import torch
+
+    major, _ = torch.cuda.get_device_capability()
+    if major < 8:
+        return (
+            "sdpa",
+            f"GPU compute capability {major}.x is below 8.0 (flash-attention needs Ampere or newer)",
+        )
+    if importlib.util.find_spec("flash_attn") is None:
+        return "sdpa", "flash-attn is not installed (pip install -r requirements-gpu.txt)"
+    return "flash_attention_2", "flash-attn is installed and the GPU supports it"
+
+
+def quantization_config(bits: int | None, compute_dtype):
+    """A BitsAndBytesConfig for 4-bit NF4 with double quantization, or 8-bit; None for full precision."""
+    if not bits:
+        return None
+    if bits not in (4, 8):
+        raise ModelError(f"bits must be 4 or 8, not {bits}")
+    if not cuda_available():
+        raise ModelError(
+            f"{bits}-bit loading needs a CUDA GPU (bitsandbytes); on a CPU use full precision "
+            "(method lora, quantization none)"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(f"{bits}-bit loading needs bitsandbytes: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    dtype: object
+    attention: str
+    attention_reason: str
+    bits: int | None
+    device: str
+
+    def describe(self) -> str:
+        quant = f", {self.bits}-bit" if self.bits else ""
+        return f"{self.device}, {str(self.dtype).replace('torch.', '')}{quant}, attention {self.attention} ({self.attention_reason})"
+
+
+def load_model(
+    name: str,
+    *,
+    bits: int | None = None,
+    precision: str = "auto",
+    attention: str = "auto",
+    trust_remote_code: bool = False,
+    device: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM for training or chat.
+
+    Quantized models go where bitsandbytes puts them (the current GPU); others are moved to
+    ``device`` (default: cuda when available, else cpu).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = resolve_dtype(precision)
+    quant = quantization_config(bits, dtype)
+    attn, why = pick_attention(attention)
+    path = resolve_model_path(name)
+    device = device or ("cuda" if cuda_available() else "cpu")
+    kwargs = dict(dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        if attn == "flash_attention_2" and "flash" in str(exc).lower():
+            log.warning("flash_attention_2 failed (%s); falling back to sdpa", exc)
+            kwargs["attn_implementation"], attn, why = "sdpa", "sdpa", f"flash-attention failed: {exc}"
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        else:
+            raise _wrap_load_error(name, exc) from exc
+    if quant is None:
+        model.to(device)
+    loaded = LoadedModel(model, dtype, attn, why, bits, device)
+    log.info("loaded %s: %s", name, loaded.describe())
+    return loaded
+
+
+def add_lora(
+    model,
+    *,
+    r: int = 64,
+    alpha: int = 16,
+    dropout: float = 0.1,
+    targets: str | list[str] = "all-linear",
+    quantized: bool = False,
+    gradient_checkpointing: bool = False,
+):
+    """Wrap ``model`` with fresh LoRA adapters (peft). For k-bit bases peft's preparation casts norms
+    to fp32 and enables input gradients, which gradient checkpointing needs."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def load_adapter(model, adapter_dir: str | Path, *, trainable: bool = False):
+    """Attach a saved LoRA adapter (not merged) to ``model``."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelError(
+            f"{adapter_dir}: no adapter_config.json; give an adapter folder (e.g. a run's adapter/)"
+        )
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+
+
+def release(*objects) -> None:
+    """Drop references and give cached GPU memory back to the driver."""
+    del objects
+    gc.collect()
+    if cuda_available():
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
