@@ -1,0 +1,120 @@
+"""``python -m tuner train PRESET_OR_YAML [--set key=value ...] [--deepspeed ...] [--resume]``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from tuner.train import DEEPSPEED_PRESETS
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "train",
+        help="train a preset or a YAML config",
+        description=(
+            "Train a preset (name from list-presets) or a YAML config. Each run writes "
+            "work_dirs/<name>/<timestamp>/. Several GPUs: torchrun --nproc-per-node N -m tuner train ..."
+        ),
+    )
+    parser.add_argument("config", help="preset name or path to a .yaml config (e.g. a run's config.yaml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set max_steps=20 --set lr=1e-4 (repeatable)",
+    )
+    parser.add_argument(
+        "--deepspeed",
+        metavar="STAGE_OR_JSON",
+        help=f"DeepSpeed ZeRO: {', '.join(DEEPSPEED_PRESETS)} or a config .json",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the latest run of this config from its last complete checkpoint",
+    )
+    parser.add_argument("--run-dir", help="with --resume: the run folder to continue (default: the latest)")
+    parser.set_defaults(func=run)
+
+
+def load_train_config(name_or_path: str, overrides: list[str], deepspeed: str | None = None):
+    """Find, load, override and validate a config; all problems are reported at once."""
+    from tuner.config import apply_overrides, load_config, validate
+    from tuner.errors import ConfigError
+    from tuner.presets import find_preset
+
+    path = find_preset(name_or_path)
+    config = load_config(path)
+    if overrides:
+        config = apply_overrides(config, overrides)
+    if deepspeed:
+        config = apply_overrides(config, [f"deepspeed={deepspeed}"])
+    problems = validate(config, check_files=True)
+    if problems:
+        raise ConfigError(problems, source=str(path))
+    return config
+
+
+class ProgressPrinter:
+    """Renders training events as a tqdm bar plus readable lines (loss, samples, checkpoints)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar = None
+
+    def __call__(self, event: dict) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        kind = event["type"]
+        if kind in ("log", "eval") and event.get("total_steps"):
+            if self.bar is None:
+                self.bar = tqdm(total=event["total_steps"], unit="step", dynamic_ncols=True, file=sys.stderr)
+            self.bar.n = event.get("step", 0)
+            post = {}
+            for key in ("loss", "eval_loss", "lr", "tokens_per_s", "gpu_mem_gib"):
+                if event.get(key) is not None:
+                    post[key] = f"{event[key]:.4g}" if isinstance(event[key], float) else event[key]
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.refresh()
+        elif kind == "sample":
+            self._write(f"[step {event.get('step')}] evaluation answers:")
+            for item in event.get("samples", []):
+                self._write(f"  Q: {item['prompt']}\n  A: {item['answer']}")
+        elif kind in ("status", "checkpoint", "error") and event.get("message") or kind == "checkpoint":
+            self._write(f"{kind}: {event.get('message') or event.get('path')}")
+
+    def _write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from tuner.train import train
+
+    config = load_train_config(args.config, args.overrides, args.deepspeed)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    printer = ProgressPrinter(quiet=not is_main)
+    try:
+        result = train(
+            config, resume=args.resume, run_dir=Path(args.run_dir) if args.run_dir else None, listener=printer
+        )
+    finally:
+        printer.close()
+    if is_main:
+        loss = f", final train loss {result.train_loss:.4f}" if result.train_loss is not None else ""
+        print(f"{result.status} after {result.steps} steps{loss}; adapter: {result.output_dir}")
+        print(f"run folder: {result.run_dir}")
+    return 0

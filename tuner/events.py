@@ -1,0 +1,62 @@
+"""The event stream of a run: one JSON line per event in ``events.jsonl``, also handed to listeners.
+
+The CLI's progress bar, the app's live view and the run history all read the same events.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+EVENTS_FILE = "events.jsonl"
+
+
+class EventLog:
+    """Append-only event list, mirrored to ``<run_dir>/events.jsonl`` and to an optional listener."""
+
+    def __init__(self, path: Path | None = None, listener: Callable[[dict], None] | None = None):
+        self.path = Path(path) if path else None
+        self.listener = listener
+        self._events: list[dict] = []
+        self._lock = threading.Lock()
+
+    def emit(self, kind: str, **fields) -> dict:
+        event = {
+            "type": kind,
+            "time": round(time.time(), 3),
+            **{k: v for k, v in fields.items() if v is not None},
+        }
+        with self._lock:
+            self._events.append(event)
+            if self.path:
+                # One flushed line per event: a reader never sees half an event (it skips a torn last line).
+                with open(self.path, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(event, ensure_ascii=False) + "\n")
+        if self.listener:
+            self.listener(event)
+        return event
+
+    def since(self, index: int = 0) -> list[dict]:
+        with self._lock:
+            return list(self._events[index:])
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._events)
+
+
+def read_events(run_dir: str | Path) -> list[dict]:
+    """Events of a past or running run; a torn last line (a write in progress) is ignored."""
+    path = Path(run_dir) / EVENTS_FILE
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
