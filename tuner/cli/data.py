@@ -1,0 +1,120 @@
+"""Data verbs: convert (table -> conversation JSONL), split (train/test), make-identity."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _ratio(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from tuner.data.convert import convert_table
+
+    result = convert_table(
+        args.input,
+        args.output,
+        sheet=args.sheet,
+        question=args.question,
+        answer=args.answer,
+        system=args.system,
+        system_column=args.system_column,
+        force=args.force,
+    )
+    print(result.summary())
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from tuner.data.split import split_file
+
+    result = split_file(
+        args.data,
+        test_ratio=args.test_ratio,
+        seed=args.seed,
+        train_out=args.train_out,
+        test_out=args.test_out,
+        force=args.force,
+    )
+    print(result.summary())
+    return 0
+
+
+def cmd_make_identity(args: argparse.Namespace) -> int:
+    from tuner.data.identity import make_identity
+
+    if args.mix_general:
+        print(
+            f"answering {args.mix_general} general questions with the base model (this can take a minute)..."
+        )
+    result = make_identity(
+        args.output,
+        args.name,
+        persona=args.persona,
+        langs=args.lang,
+        mix_general=args.mix_general,
+        force=args.force,
+    )
+    print(result.summary())
+    return 0
+
+
+def register(subparsers) -> None:
+    from tuner.data.identity import DEFAULT_MIX_GENERAL
+
+    convert = subparsers.add_parser(
+        "convert",
+        help="convert a spreadsheet/csv/json table into conversation JSON Lines",
+        description="One row becomes one conversation: question -> input, answer -> output. "
+        "Rows with an empty question or answer are skipped and listed by row number.",
+    )
+    convert.add_argument("input", metavar="INPUT", help=".xlsx, .csv, .tsv, .json or .jsonl file")
+    convert.add_argument("output", metavar="OUTPUT.jsonl", help="conversation JSON Lines file to write")
+    convert.add_argument("--sheet", metavar="NAME", help="sheet of a workbook (default: the first)")
+    convert.add_argument("--question", metavar="COL", help="question column: header name or letter (A, B...)")
+    convert.add_argument("--answer", metavar="COL", help="answer column: header name or letter")
+    system = convert.add_mutually_exclusive_group()
+    system.add_argument("--system", metavar="TEXT", help="system prompt for every conversation")
+    system.add_argument("--system-column", metavar="COL", help="column holding each row's system prompt")
+    convert.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    convert.set_defaults(func=cmd_convert)
+
+    split = subparsers.add_parser(
+        "split",
+        help="split records at random into train and test files",
+        description="Writes <stem>-train.jsonl and <stem>-test.jsonl beside DATA unless told otherwise; "
+        "the same seed gives the same files.",
+    )
+    split.add_argument("data", metavar="DATA", help="JSON Lines or JSON array file")
+    split.add_argument("--test-ratio", type=_ratio, default=0.3, help="fraction for the test file (0.3)")
+    split.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    split.add_argument("--train-out", metavar="F", help="train file (default <stem>-train.jsonl)")
+    split.add_argument("--test-out", metavar="F", help="test file (default <stem>-test.jsonl)")
+    split.add_argument("--force", action="store_true", help="overwrite existing output files")
+    split.set_defaults(func=cmd_split)
+
+    identity = subparsers.add_parser(
+        "make-identity",
+        help="write a data set that teaches the model its name",
+        description="Many 'who are you' questions with varied answers naming NAME, mixed with general "
+        "conversations answered by the base model so that other answers stay normal.",
+    )
+    identity.add_argument("output", metavar="OUTPUT", help="conversation JSON Lines file to write")
+    identity.add_argument("--name", required=True, help="the assistant's name")
+    identity.add_argument(
+        "--persona", metavar="TEXT", help='who it is, e.g. "Alice\'s assistant, built on SmolLM2"'
+    )
+    identity.add_argument("--lang", default="en,zh", help="languages, comma-separated (en,zh)")
+    identity.add_argument(
+        "--mix-general",
+        metavar="N",
+        type=int,
+        default=DEFAULT_MIX_GENERAL,
+        help=f"general conversations to mix in, answered by the embedded model ({DEFAULT_MIX_GENERAL}; 0 = none)",
+    )
+    identity.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    identity.set_defaults(func=cmd_make_identity)
