@@ -1,0 +1,190 @@
+"""Packing: many short encoded samples in one row, none attending to another; and collators.
+
+A packed row is the concatenation of its samples with ``position_ids`` restarting at 0 for each
+sample. transformers turns such position ids into a block-causal mask when no attention_mask is
+passed and no KV cache is used (``use_cache=False``, as in training); flash attention reads them as
+varlen boundaries (only with batch size 1, which is why :class:`PackedCollator` flattens a batch
+into one row). The first label of every sample is -100, so the last token of one sample is never
+trained to predict the first token of the next.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+IGNORE = -100
+
+
+@dataclass
+class PackStats:
+    """Packing summary: ``rows`` packed rows holding ``tokens`` tokens; ``fill`` = tokens / (rows x budget)."""
+
+    samples: int
+    rows: int
+    tokens: int
+    tokens_per_pack: int
+    oversized: int  # samples longer than the budget, each alone in its row
+
+    @property
+    def fill(self) -> float:
+        return self.tokens / (self.rows * self.tokens_per_pack) if self.rows else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "samples": self.samples,
+            "rows": self.rows,
+            "tokens": self.tokens,
+            "tokens_per_pack": self.tokens_per_pack,
+            "oversized": self.oversized,
+            "fill": round(self.fill, 4),
+        }
+
+
+def _assign(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Best-fit decreasing: each sample (longest first) goes to the open row it fills most tightly.
+
+    >>> _assign([3, 2, 2, 1], 4)
+    [[0, 3], [1, 2]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep shuffled order
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (free tokens, row index), kept sorted
+    for i in order:
+        size = lengths[i]
+        if size >= budget:
+            rows.append([i])
+            continue
+        at = bisect.bisect_left(free, (size, -1))
+        if at == len(free):
+            rows.append([i])
+            bisect.insort(free, (budget - size, len(rows) - 1))
+            continue
+        room, row = free.pop(at)
+        rows[row].append(i)
+        if room > size:
+            bisect.insort(free, (room - size, row))
+    return rows
+
+
+def pack_row(samples: Sequence[dict]) -> dict:
+    """Concatenate encoded samples into one row.
+
+    >>> pack_row([{"input_ids": [5, 6], "labels": [5, 6]}, {"input_ids": [7, 8, 9], "labels": [-100, 8, 9]}])
+    {'input_ids': [5, 6, 7, 8, 9], 'labels': [-100, 6, -100, 8, 9], 'position_ids': [0, 1, 0, 1, 2]}
+    """
+    row = {"input_ids": [], "labels": [], "position_ids": []}
+    for sample in samples:
+        ids = list(sample["input_ids"])
+        labels = list(sample["labels"])
+        if labels:
+            labels[0] = IGNORE
+        row["input_ids"] += ids
+        row["labels"] += labels
+        row["position_ids"] += list(range(len(ids)))
+    return row
+
+
+def pack_samples(encoded: Sequence[dict], tokens_per_pack: int, *, seed: int = 0) -> list[dict]:
+    """Pack encoded samples into rows of at most ``tokens_per_pack`` tokens.
+
+    Samples are shuffled with ``seed``, placed best-fit-decreasing, and the rows shuffled again, so
+    the result depends only on the inputs and the seed. A sample longer than the budget gets a row
+    of its own.
+
+    >>> rows = pack_samples([{"input_ids": [1, 2], "labels": [1, 2]}] * 3, 4)
+    >>> [r["position_ids"] for r in rows]
+    [[0, 1], [0, 1, 0, 1]]
+    """
+    if tokens_per_pack < 1:
+        raise ValueError("tokens_per_pack must be positive")
+    rng = random.Random(seed)
+    order = list(range(len(encoded)))
+    rng.shuffle(order)
+    lengths = [len(encoded[i]["input_ids"]) for i in order]
+    rows = [pack_row([encoded[order[j]] for j in members]) for members in _assign(lengths, tokens_per_pack)]
+    rng.shuffle(rows)
+    return rows
+
+
+def pack_stats(encoded: Sequence[dict], rows: Sequence[dict], tokens_per_pack: int) -> PackStats:
+    """Summary of a packing (fill ratio = packed tokens / row capacity)."""
+    return PackStats(
+        samples=len(encoded),
+        rows=len(rows),
+        tokens=sum(len(r["input_ids"]) for r in rows),
+        tokens_per_pack=tokens_per_pack,
+        oversized=sum(len(s["input_ids"]) > tokens_per_pack for s in encoded),
+    )
+
+
+def _tensor(rows: list[list[int]]):
+    import torch
+
+    return torch.tensor(rows, dtype=torch.long)
+
+
+class PackedCollator:
+    """Batch packed rows without an attention_mask, so masks come from ``position_ids``.
+
+    By default (``flatten=True``) a batch of rows becomes ONE row of batch size 1: that is the only
+    form flash attention reads as varlen sequences, and it wastes no padding. With
+    ``flatten=False`` rows are right-padded to the longest one (padding forms its own block with
+    position ids from 0 and labels -100); that is correct for sdpa and eager attention only.
+
+    >>> PackedCollator()([{"input_ids": [1, 2], "labels": [-100, 2], "position_ids": [0, 1]},
+    ...                   {"input_ids": [3], "labels": [-100], "position_ids": [0]}])["position_ids"]
+    tensor([[0, 1, 0]])
+    """
+
+    def __init__(self, pad_token_id: int = 0, flatten: bool = True):
+        self.pad_token_id = pad_token_id
+        self.flatten = flatten
+
+    def __call__(self, rows: Sequence[dict]) -> dict:
+        keys = ("input_ids", "labels", "position_ids")
+        if self.flatten:
+            return {key: _tensor([[v for row in rows for v in row[key]]]) for key in keys}
+        width = max(len(row["input_ids"]) for row in rows)
+        batch = {key: [] for key in keys}
+        for row in rows:
+            pad = width - len(row["input_ids"])
+            batch["input_ids"].append(list(row["input_ids"]) + [self.pad_token_id] * pad)
+            batch["labels"].append(list(row["labels"]) + [IGNORE] * pad)
+            batch["position_ids"].append(list(row["position_ids"]) + list(range(pad)))
+        return {key: _tensor(value) for key, value in batch.items()}
+
+
+class PaddingCollator:
+    """Batch unpacked samples: right padding with ``pad_token_id``, labels -100, an attention_mask.
+
+    >>> PaddingCollator(0)([{"input_ids": [5, 6], "labels": [-100, 6]}, {"input_ids": [7], "labels": [7]}])
+    ... # doctest: +SKIP
+    {'input_ids': [[5, 6], [7, 0]], 'labels': [[-100, 6], [7, -100]], 'attention_mask': [[1, 1], [1, 0]]}
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, samples: Sequence[dict]) -> dict:
+        width = max(len(s["input_ids"]) for s in samples)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        ids, labels, mask = [], [], []
+        for sample in samples:
+            pad = width - len(sample["input_ids"])
+            ids.append(list(sample["input_ids"]) + [self.pad_token_id] * pad)
+            labels.append(list(sample["labels"]) + [IGNORE] * pad)
+            mask.append([1] * len(sample["input_ids"]) + [0] * pad)
+        return {"input_ids": _tensor(ids), "labels": _tensor(labels), "attention_mask": _tensor(mask)}
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id to pad with: the tokenizer's pad token, else its EOS, else 0 (masked out anyway)."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return token_id
+    return 0
