@@ -346,7 +346,8 @@ def apply_overrides(config_or_dict: TrainConfig | dict, overrides: list[str]) ->
     default (qlora -> 4bit, otherwise none), so ``method=lora`` on a qlora preset means LoRA.
 
     Raises:
-        ConfigError: malformed items, unknown keys, or (for a TrainConfig) any resulting problem.
+        ConfigError: malformed items, or (for a TrainConfig) any problem of the result, unknown
+            keys included; for a dict, unknown keys are kept for config_from_dict to report.
 
     >>> apply_overrides({"lr": 2e-4}, ["lr=1e-4", "keep_best=true"])
     {'lr': 0.0001, 'keep_best': True}
@@ -361,16 +362,14 @@ def apply_overrides(config_or_dict: TrainConfig | dict, overrides: list[str]) ->
         if not sep or not key:
             problems.append(f"--set {item!r}: expected key=value, e.g. lr=1e-4")
             continue
-        if key not in FIELDS:
-            problems.append(f"--set {key}: unknown key{_suggest(key, KEYS)}")
-            continue
+        # An unknown key is kept: config_from_dict reports it (with a did-you-mean) among the rest.
         changed[key] = _parse_override(key, text.strip())
     if problems:
         raise ConfigError(problems, "--set")
     if "method" in changed and "quantization" not in changed:
         old_default = "4bit" if data.get("method") == "qlora" else "none"
         if data.get("quantization", "none") == old_default:
-            data["quantization"] = "none"  # __post_init__ makes it 4bit again for qlora
+            data.pop("quantization", None)  # the new method's default applies
     data.update(changed)
     if is_config:
         return config_from_dict(data, "--set")
@@ -394,6 +393,15 @@ def _template_names() -> list[str] | None:
         return None
     lister = getattr(templates, "list_templates", None)
     return list(lister()) if callable(lister) else None
+
+
+def _format_aliases() -> dict[str, str]:
+    """Other spellings the data readers accept (oasst1 -> guanaco, ...), where that module exists."""
+    try:
+        from tuner.data.formats import ALIASES
+    except ImportError:
+        return {}
+    return dict(ALIASES)
 
 
 def _optimizer_known(name: str) -> bool:
@@ -470,8 +478,16 @@ def validate(config: TrainConfig, check_files: bool = True) -> list[str]:
     # Data.
     if ok("data_path") and not typed["data_path"].strip():
         problems.append("data_path: required: the training data file, e.g. data/train.jsonl")
-    choice("data_format", DATA_FORMATS)
+    aliases = _format_aliases()
     task, fmt = typed.get("task"), typed.get("data_format")
+    if fmt is not None:
+        fmt = aliases.get(fmt.strip().lower(), fmt)
+        if fmt not in DATA_FORMATS:
+            problems.append(
+                f"data_format: {typed['data_format']!r} is not one of {', '.join(DATA_FORMATS)}"
+                f"{_suggest(fmt, DATA_FORMATS + tuple(aliases))}"
+            )
+            fmt = None  # no consistency checks on an unknown format
     if task == "pretrain" and fmt not in (None, "auto", "pretrain"):
         problems.append(f"data_format: task pretrain reads plain text (auto or pretrain), got {fmt!r}")
     if task == "sft" and fmt == "pretrain":
