@@ -1,0 +1,701 @@
+"""After training: a clean adapter folder to share (export), and a standalone merged model (merge).
+
+Both write into a hidden staging folder beside the output and rename it into place at the end, so
+an interrupted export never leaves a folder that looks finished; an existing non-empty output is
+replaced only with ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuner.errors import ModelError, OutputExistsError, TunerError
+from tuner.run_dirs import ADAPTER_DIR, CHECKPOINT_RE, CONFIG_FILE
+
+log = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+LEGACY_WEIGHTS = "adapter_model.bin"
+MODELFILE = "Modelfile"
+VERIFY_PROMPT = "Hello! Who are you? Answer in one sentence."
+DTYPES = ("auto", "fp16", "bf16", "fp32")
+
+
+# ------------------------------------------------------------------------------- finding adapters
+
+
+@dataclass
+class AdapterSource:
+    """Where an adapter lives and what we know about the run that made it."""
+
+    adapter_dir: Path
+    run_dir: Path | None = None  # the run folder (or exported folder) holding config.yaml
+    config: dict = field(default_factory=dict)  # the run's resolved training config, {} if unknown
+
+    @property
+    def base_model(self) -> str | None:
+        """The base model the adapter was trained on: the run's ``model``, else the adapter's own note."""
+        if self.config.get("model"):
+            return str(self.config["model"])
+        return adapter_config(self.adapter_dir).get("base_model_name_or_path")
+
+
+def adapter_config(folder: Path) -> dict:
+    path = Path(folder) / ADAPTER_CONFIG
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: cannot read the adapter config ({exc})") from None
+
+
+def _has_adapter(folder: Path) -> bool:
+    return (folder / ADAPTER_CONFIG).is_file() and (
+        (folder / ADAPTER_WEIGHTS).is_file() or (folder / LEGACY_WEIGHTS).is_file()
+    )
+
+
+def _read_config(folder: Path | None) -> dict:
+    if folder is None or not (folder / CONFIG_FILE).is_file():
+        return {}
+    from tuner.config import read_yaml
+
+    return read_yaml(folder / CONFIG_FILE)
+
+
+def _last_adapter_checkpoint(run_dir: Path) -> Path | None:
+    found = []
+    for child in run_dir.iterdir():
+        match = CHECKPOINT_RE.match(child.name)
+        if match and child.is_dir() and _has_adapter(child):
+            found.append((int(match.group(1)), child))
+    return max(found)[1] if found else None
+
+
+def locate_adapter(path: str | Path) -> AdapterSource:
+    """Resolve a run folder, a checkpoint folder or an adapter folder to the adapter to use.
+
+    A run folder gives its final ``adapter/``, else its last checkpoint that holds adapter weights.
+
+    Example:
+        >>> locate_adapter("work_dirs/identity/20250101-120000").adapter_dir  # doctest: +SKIP
+        PosixPath('work_dirs/identity/20250101-120000/adapter')
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise TunerError(
+            f"{path}: no such folder; give a run folder (work_dirs/<name>/<time>), a checkpoint or an adapter"
+        )
+    if _has_adapter(path):
+        # A run's adapter/ or checkpoint-N/ has the run's config.yaml one level up; an exported
+        # adapter carries its own copy.
+        for holder in (path, path.parent):
+            if (holder / CONFIG_FILE).is_file():
+                return AdapterSource(path, holder, _read_config(holder))
+        return AdapterSource(path)
+    if (path / CONFIG_FILE).is_file():
+        final = path / ADAPTER_DIR
+        if final.is_dir() and not _has_adapter(final) and (final / "config.json").is_file():
+            raise TunerError(
+                f"{path} is a full fine-tune: {final} is a whole model, not an adapter; "
+                "use that folder directly as the model (chat) or copy it"
+            )
+        chosen = final if _has_adapter(final) else _last_adapter_checkpoint(path)
+        if chosen is None:
+            raise TunerError(
+                f"{path}: this run has no adapter yet (no adapter/ and no complete checkpoint-N/)"
+            )
+        return AdapterSource(chosen, path, _read_config(path))
+    if (path / ADAPTER_CONFIG).is_file():
+        raise TunerError(
+            f"{path}: adapter_config.json but no {ADAPTER_WEIGHTS}; the checkpoint is incomplete"
+        )
+    raise TunerError(
+        f"{path}: not a run folder, checkpoint or adapter (no {ADAPTER_CONFIG} and no {CONFIG_FILE})"
+    )
+
+
+# -------------------------------------------------------------------------------- atomic folders
+
+
+def _check_output(out_dir: Path, force: bool, *protected: Path) -> None:
+    out = out_dir.resolve()
+    for path in protected:
+        if path is None:
+            continue
+        src = Path(path).resolve()
+        if out == src or out in src.parents or src in out.parents:
+            raise TunerError(
+                f"{out_dir}: the output must not be (or be inside) the input {path}; choose another folder"
+            )
+    if out_dir.exists() and not force and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OutputExistsError(out_dir, "folder")
+
+
+@contextmanager
+def staging_folder(out_dir: Path, force: bool = False) -> Iterator[Path]:
+    """A hidden folder beside ``out_dir``; renamed to ``out_dir`` when the block succeeds, else removed."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OutputExistsError(out_dir, "folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        yield staging
+        publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def publish(staging: Path, out_dir: Path) -> None:
+    """Move ``staging`` to ``out_dir``; an existing ``out_dir`` is moved aside first, deleted last."""
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+        return
+    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(out_dir, old)
+    try:
+        os.replace(staging, out_dir)
+    except BaseException:
+        os.replace(old, out_dir)
+        raise
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------- export
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    source: AdapterSource
+    template: str
+    metrics: dict
+
+
+def final_metrics(run_dir: Path | None) -> dict:
+    """Last train loss / eval loss / step / epoch / time of a run, from its events.jsonl.
+
+    Example:
+        >>> final_metrics(None)
+        {}
+    """
+    if run_dir is None:
+        return {}
+    from tuner.events import read_events
+
+    metrics: dict = {}
+    for event in read_events(run_dir):
+        for key in ("step", "total_steps", "epoch", "elapsed_s"):
+            if event.get(key) is not None:
+                metrics[key] = event[key]
+        if event.get("type") == "log" and event.get("loss") is not None:
+            metrics["train_loss"] = event["loss"]
+        if event.get("eval_loss") is not None:
+            metrics["eval_loss"] = event["eval_loss"]
+        if event.get("type") == "status" and event.get("status"):
+            metrics["status"] = event["status"]
+    return metrics
+
+
+def _copy_weights(adapter_dir: Path, dest: Path) -> None:
+    if (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        shutil.copy2(adapter_dir / ADAPTER_WEIGHTS, dest / ADAPTER_WEIGHTS)
+        return
+    # Old peft versions saved pickles; convert to safetensors (weights_only refuses code in the pickle).
+    import torch
+    from safetensors.torch import save_file
+
+    state = torch.load(adapter_dir / LEGACY_WEIGHTS, map_location="cpu", weights_only=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(dest / ADAPTER_WEIGHTS))
+
+
+def _export_tokenizer(source: AdapterSource, trust_remote_code: bool):
+    """The tokenizer saved with the adapter, else the base model's; with the training template set."""
+    from tuner.chat import TOKENIZER_FILES, _load_tokenizer, resolve_chat_template
+
+    base = source.base_model
+    has_own = any((source.adapter_dir / f).is_file() for f in TOKENIZER_FILES)
+    if not base and not has_own:
+        raise ModelError(
+            f"{source.adapter_dir}: cannot tell the base model (no run config.yaml, no base in the adapter config)"
+        )
+    tokenizer = _load_tokenizer(base or "", source.adapter_dir, trust_remote_code)
+    template = resolve_chat_template(tokenizer, source.config.get("template"))
+    tokenizer.chat_template = template.chat_template
+    return tokenizer, template
+
+
+def model_card(source: AdapterSource, template_name: str, metrics: dict) -> str:
+    """A README.md for the adapter: what it was trained from and how, final metrics, how to load it."""
+    cfg = source.config
+    base = source.base_model or "unknown"
+    title = cfg.get("name") or source.adapter_dir.name
+
+    def row(label, value):
+        return f"| {label} | {value} |" if value not in (None, "", []) else None
+
+    targets = cfg.get("lora_targets")
+    training = [
+        row(
+            "base model",
+            f"`{base}`" + (" (tuner's embedded SmolLM2-135M-Instruct)" if base == "default" else ""),
+        ),
+        row(
+            "data",
+            f"`{cfg['data_path']}` ({cfg.get('data_format', 'auto')})" if cfg.get("data_path") else None,
+        ),
+        row("preset", cfg.get("name")),
+        row("task / method", f"{cfg.get('task', 'sft')} / {cfg.get('method', 'lora')}" if cfg else None),
+        row(
+            "LoRA r / alpha / dropout",
+            f"{cfg.get('lora_r')} / {cfg.get('lora_alpha')} / {cfg.get('lora_dropout')}"
+            if "lora_r" in cfg
+            else None,
+        ),
+        row("LoRA targets", ", ".join(targets) if isinstance(targets, list) else targets),
+        row("chat template", template_name),
+        row("system prompt", cfg.get("system")),
+        row("max length", cfg.get("max_length")),
+        row(
+            "epochs / max steps",
+            f"{cfg.get('max_epochs')} / {cfg.get('max_steps')}" if "max_epochs" in cfg else None,
+        ),
+        row("learning rate", cfg.get("lr")),
+        row("source", f"`{source.adapter_dir.name}`"),
+    ]
+    names = {
+        "status": "status",
+        "step": "steps",
+        "epoch": "epochs",
+        "train_loss": "final train loss",
+        "eval_loss": "final eval loss",
+        "elapsed_s": "training time (s)",
+    }
+    metric_rows = [row(names[k], _round(metrics[k])) for k in names if k in metrics]
+    lines = [
+        "---",
+        f"base_model: {json.dumps(base)}",
+        "library_name: peft",
+        "tags: [lora, tuner]",
+        "---",
+        "",
+        f"# {title} (LoRA adapter)",
+        "",
+        "Fine-tuned with tuner. The tokenizer files carry the chat template used in training.",
+        "",
+        "## Training",
+        "",
+        "| | |",
+        "| --- | --- |",
+        *[r for r in training if r],
+        "",
+        "## Final metrics",
+        "",
+    ]
+    if any(metric_rows):
+        lines += ["| | |", "| --- | --- |", *[r for r in metric_rows if r]]
+    else:
+        lines.append("No training events were found.")
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'base = AutoModelForCausalLM.from_pretrained("{base}")',
+        'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")',
+        'model = PeftModel.from_pretrained(base, "THIS_FOLDER")',
+        "```",
+        "",
+        f"or `python -m tuner chat {base} --adapter THIS_FOLDER`, and "
+        f"`python -m tuner merge {base} THIS_FOLDER OUT_DIR` for a standalone model.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _round(value):
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def export_adapter(
+    source: str | Path, out_dir: str | Path, *, force: bool = False, trust_remote_code: bool = False
+) -> ExportResult:
+    """Write a clean, shareable adapter folder from a run, a checkpoint or an adapter.
+
+    The folder holds ``adapter_config.json`` and ``adapter_model.safetensors`` (no optimizer or
+    trainer state), the tokenizer with the training chat template, ``README.md`` and the run's
+    ``config.yaml``. ``PeftModel.from_pretrained(base, out_dir)`` loads it.
+    """
+    found = locate_adapter(source)
+    out_dir = Path(out_dir)
+    _check_output(out_dir, force, found.adapter_dir, found.run_dir)
+    tokenizer, template = _export_tokenizer(found, trust_remote_code)
+    metrics = final_metrics(found.run_dir if found.run_dir != found.adapter_dir else None)
+    with staging_folder(out_dir, force) as staging:
+        shutil.copy2(found.adapter_dir / ADAPTER_CONFIG, staging / ADAPTER_CONFIG)
+        _copy_weights(found.adapter_dir, staging)
+        tokenizer.save_pretrained(str(staging))
+        if found.run_dir is not None and (found.run_dir / CONFIG_FILE).is_file():
+            shutil.copy2(found.run_dir / CONFIG_FILE, staging / CONFIG_FILE)
+        (staging / "README.md").write_text(model_card(found, template.name, metrics), encoding="utf-8")
+    log.info("exported %s -> %s", found.adapter_dir, out_dir)
+    return ExportResult(out_dir, found, template.name, metrics)
+
+
+# ------------------------------------------------------------------------------------------ merge
+
+
+@dataclass
+class MergeResult:
+    out_dir: Path
+    dtype: str
+    template: str
+    eos_token_ids: list[int]
+    reply: str | None = None  # the verification reply, None when verification was skipped
+    ended_on_end_of_turn: bool | None = None
+
+
+_SHARD_RE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)$", re.IGNORECASE)
+
+
+def check_shard_size(value: str | int) -> str | int:
+    """``2GB``, ``500MB`` or a number of bytes; anything else is a user error."""
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        return int(value)
+    if isinstance(value, str) and _SHARD_RE.match(value.strip()):
+        return value.strip().upper().replace(" ", "")
+    raise TunerError(f"max shard size '{value}' is not a size; use e.g. 2GB, 500MB or a number of bytes")
+
+
+def merge_dtype(base_path: str, dtype: str):
+    """The torch dtype to merge in: asked for, or with ``auto`` the dtype in the base's config.json."""
+    import torch
+
+    table = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    if dtype in table:
+        return table[dtype]
+    if dtype != "auto":
+        raise TunerError(f"unknown dtype '{dtype}'; use fp16, bf16, fp32 or auto")
+    try:
+        config = json.loads((Path(base_path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return torch.float16
+    named = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+    return named.get(str(config.get("dtype") or config.get("torch_dtype")), torch.float16)
+
+
+def _refuse_quantized_base(base_path: str) -> None:
+    config_path = Path(base_path) / "config.json"
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return
+        if config.get("quantization_config"):
+            raise ModelError(
+                f"{base_path} is a quantized model; merging needs the original full-precision weights "
+                "(a QLoRA adapter merges onto the unquantized base, e.g. the hub model it was trained from)"
+            )
+
+
+def nonfinite_parameters(model) -> list[str]:
+    """Names of parameters holding NaN or infinity (a merge that overflowed the dtype)."""
+    import torch
+
+    bad = []
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad.append(name)
+    return bad
+
+
+def merge_adapter(
+    base: str,
+    adapter: str | Path,
+    out_dir: str | Path,
+    *,
+    dtype: str = "auto",
+    max_shard_size: str | int = "2GB",
+    template: str | None = None,
+    force: bool = False,
+    verify: bool = True,
+    verify_prompt: str = VERIFY_PROMPT,
+    verify_max_new_tokens: int = 128,
+    trust_remote_code: bool = False,
+) -> MergeResult:
+    """Merge a LoRA adapter into an unquantized base model and save it as a standalone model.
+
+    The base is always loaded in full precision ``dtype`` on the CPU, also for QLoRA adapters
+    (merging into 4-bit weights would round the adapter away). The output holds sharded
+    safetensors, the tokenizer with the chat template, a generation config whose eos ids include the
+    template's end-of-turn token, and an Ollama ``Modelfile``. With ``verify`` the saved folder is
+    reloaded and answers one question; the reply must end on the end-of-turn token.
+
+    Raises:
+        ModelError: non-finite merged weights, an adapter that does not fit the base, or a reply
+            that did not end on the end-of-turn token (the merged folder is kept in that case).
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tuner.chat import resolve_chat_template, stop_token_ids
+    from tuner.model import release, resolve_model_path
+
+    found = locate_adapter(adapter)
+    out_dir = Path(out_dir)
+    base_path = resolve_model_path(base)
+    _check_output(out_dir, force, found.adapter_dir, Path(base_path) if Path(base_path).exists() else None)
+    shard = check_shard_size(max_shard_size)
+    _refuse_quantized_base(base_path)
+    torch_dtype = merge_dtype(base_path, dtype)
+    dtype_name = str(torch_dtype).replace("torch.", "")
+
+    from tuner.chat import _load_tokenizer
+
+    tokenizer = _load_tokenizer(base, found.adapter_dir, trust_remote_code)
+    chat_template = resolve_chat_template(tokenizer, template or found.config.get("template"))
+    tokenizer.chat_template = chat_template.chat_template
+    eos_ids = stop_token_ids(tokenizer, chat_template)
+
+    log.info("loading %s in %s on the CPU", base, dtype_name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            base_path, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"could not load the base model '{base}': {exc}") from exc
+    try:
+        model = PeftModel.from_pretrained(model, str(found.adapter_dir))
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise ModelError(
+            f"the adapter {found.adapter_dir} does not fit {base} ({exc}); "
+            f"it was trained on {found.base_model or 'an unknown base'}"
+        ) from exc
+    try:
+        model = model.merge_and_unload(safe_merge=True)
+    except ValueError as exc:  # peft's safe_merge raises when a merged layer has NaNs
+        raise ModelError(f"merging produced invalid weights ({exc}); try --dtype fp32") from exc
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise ModelError(
+            f"merged weights are not finite in {len(bad)} tensor(s) (first: {bad[0]}); "
+            "the merge overflowed the dtype: try --dtype bf16 or fp32"
+        )
+    model.generation_config.eos_token_id = eos_ids
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    with staging_folder(out_dir, force) as staging:
+        model.save_pretrained(str(staging), max_shard_size=shard)
+        tokenizer.save_pretrained(str(staging))
+        (staging / MODELFILE).write_text(ollama_modelfile(chat_template), encoding="utf-8")
+        release(model)
+        model = None
+        result = MergeResult(out_dir, dtype_name, chat_template.name, eos_ids)
+        if verify:
+            result.reply, result.ended_on_end_of_turn = verify_merged(
+                staging, chat_template, prompt=verify_prompt, max_new_tokens=verify_max_new_tokens
+            )
+    log.info("merged %s + %s -> %s", base, found.adapter_dir, out_dir)
+    if verify and not result.ended_on_end_of_turn:
+        raise ModelError(
+            f"the merged model was saved to {out_dir}, but its test reply did not end on the "
+            f"end-of-turn token {chat_template.end_of_turn!r} within {verify_max_new_tokens} tokens "
+            f"(reply: {result.reply[:200]!r}). Check that --template matches the one used in training"
+        )
+    return result
+
+
+def verify_merged(folder: Path, chat_template, *, prompt: str, max_new_tokens: int) -> tuple[str, bool]:
+    """Reload a saved model with plain transformers, answer ``prompt`` greedily.
+
+    Returns (reply without special tokens, whether the last generated token is the end-of-turn token).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuner.chat import single_token_id
+    from tuner.model import release
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    model.eval()
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new = out[0, inputs["input_ids"].shape[1] :].tolist()
+    eot = single_token_id(tokenizer, chat_template.end_of_turn)
+    ended = bool(new) and (
+        new[-1] == eot if eot is not None else new[-1] in model.generation_config.eos_token_id
+    )
+    reply = tokenizer.decode(new, skip_special_tokens=True).strip()
+    release(model)
+    return reply, ended
+
+
+# -------------------------------------------------------------------------------------- Modelfile
+
+_ROLES = ("system", "user", "assistant")
+
+
+def template_gaps(render) -> dict[str, str] | None:
+    """The fixed text a chat template puts between messages, keyed by (previous role, next role).
+
+    ``render(messages, add_generation_prompt=True) -> str``. Keys: ``start>system``, ``start>user``,
+    ``system>user``, ``user>assistant``, ``assistant>user``, ``user>end`` (the generation prompt).
+    None when the template's text depends on more than the neighbouring roles.
+
+    Example:
+        >>> from tests.tiny import CHATML_TEMPLATE  # doctest: +SKIP
+        >>> template_gaps(chatml_render)["user>end"]  # doctest: +SKIP
+        '<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    marks = [f"QXMARK{i}QX" for i in range(6)]
+    roles = ["system", "user", "assistant", "user", "assistant", "user"]
+    try:
+        text = render(
+            [{"role": r, "content": m} for r, m in zip(roles, marks, strict=True)], add_generation_prompt=True
+        )
+        plain = render(
+            [{"role": r, "content": m} for r, m in zip(roles[1:4], marks[1:4], strict=True)],
+            add_generation_prompt=True,
+        )
+    except Exception as exc:  # a template that refuses this conversation: no Modelfile template
+        log.warning("cannot derive an Ollama template from the chat template: %s", exc)
+        return None
+    spans = []
+    pos = 0
+    for mark in marks:
+        at = text.find(mark, pos)
+        if at == -1:
+            return None
+        spans.append((at, at + len(mark)))
+        pos = at + len(mark)
+    gaps = {
+        "start>system": text[: spans[0][0]],
+        "system>user": text[spans[0][1] : spans[1][0]],
+        "user>assistant": text[spans[1][1] : spans[2][0]],
+        "assistant>user": text[spans[2][1] : spans[3][0]],
+        "user>end": text[spans[5][1] :],
+    }
+    # The template must repeat itself turn after turn for a role-pair template to be exact.
+    if (
+        text[spans[3][1] : spans[4][0]] != gaps["user>assistant"]
+        or text[spans[4][1] : spans[5][0]] != gaps["assistant>user"]
+    ):
+        return None
+    first = plain.find(marks[1])
+    if first == -1:
+        return None
+    gaps["start>user"] = plain[:first]
+    return gaps
+
+
+def _go(text: str) -> str:
+    """A Go template string literal (JSON escapes are valid Go escapes)."""
+    return "{{ " + json.dumps(text, ensure_ascii=False) + " }}"
+
+
+def ollama_template(gaps: dict[str, str]) -> str:
+    """An Ollama TEMPLATE (Go template over ``.Messages``) that reproduces the chat template."""
+    branches = []
+    for key in ("start>system", "start>user", "system>user", "user>assistant", "assistant>user"):
+        prev, role = key.split(">")
+        prev = "" if prev == "start" else prev
+        keyword = "if" if not branches else "else if"
+        branches.append(f'{{{{- {keyword} and (eq $prev "{prev}") (eq .Role "{role}") }}}}{_go(gaps[key])}')
+    return "\n".join(
+        [
+            '{{- $prev := "" }}',
+            "{{- range .Messages }}",
+            *branches,
+            "{{- end }}{{ .Content }}",
+            "{{- $prev = .Role }}",
+            "{{- end }}",
+            '{{- if eq $prev "user" }}' + _go(gaps["user>end"]) + "{{ end }}",
+        ]
+    )
+
+
+def ollama_modelfile(chat_template, gguf_name: str = "model.gguf") -> str:
+    """An Ollama Modelfile: the chat template in Go-template form and the stop words."""
+    gaps = template_gaps(chat_template.render)
+    stops = [w for w in dict.fromkeys([chat_template.end_of_turn, *(chat_template.stop_words or [])]) if w]
+    lines = [
+        "# Ollama Modelfile written by tuner merge.",
+        "# Convert this folder to GGUF first, e.g. with llama.cpp:",
+        f"#   python convert_hf_to_gguf.py . --outfile {gguf_name}",
+        "# then: ollama create my-model -f Modelfile",
+        f"FROM ./{gguf_name}",
+        "",
+    ]
+    if gaps is None:
+        lines.append(
+            f"# The chat template ({chat_template.name}) could not be translated; add a TEMPLATE by hand."
+        )
+    else:
+        lines += [f"# Chat template: {chat_template.name}", f'TEMPLATE """{ollama_template(gaps)}"""']
+    lines += [f"PARAMETER stop {json.dumps(word, ensure_ascii=False)}" for word in stops]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------- push
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_token() -> str:
+    """The Hugging Face token to upload with; TunerError when offline or not logged in.
+
+    Called before a long merge, so that a missing login is reported before the work, not after.
+    """
+    if _offline():
+        raise TunerError(
+            "cannot upload: HF_HUB_OFFLINE is set (no network). Unset it on a machine with network "
+            "access and log in with `hf auth login`, or upload the folder later"
+        )
+    import huggingface_hub
+
+    token = huggingface_hub.get_token()
+    if not token:
+        raise TunerError("cannot upload: no Hugging Face token; log in with `hf auth login` or set HF_TOKEN")
+    return token
+
+
+def push_folder(folder: str | Path, repo_id: str, *, private: bool = True) -> str:
+    """Upload ``folder`` to the Hugging Face Hub as model repo ``repo_id`` (created private if new).
+
+    Returns the repo URL. Raises TunerError when offline, without a token, or when the upload fails.
+    """
+    token = hub_token()
+    import huggingface_hub
+
+    api = huggingface_hub.HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload with tuner")
+    except Exception as exc:  # network and hub errors: say what happened, not a traceback
+        raise TunerError(f"upload to {repo_id} failed: {exc}") from None
+    return str(url)
