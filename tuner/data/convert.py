@@ -31,8 +31,19 @@ OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 OLE_ENCRYPTED = "EncryptedPackage".encode("utf-16-le")
 DELIMITERS = ",\t;|"
 # Header names tried when the user names no column (lower case).
-QUESTION_NAMES = ("question", "questions", "input", "instruction", "prompt", "query", "问题", "提问", "输入")
-ANSWER_NAMES = ("answer", "answers", "output", "response", "reply", "答案", "回答", "输出")
+QUESTION_NAMES = (
+    "question",
+    "questions",
+    "q",
+    "input",
+    "instruction",
+    "prompt",
+    "query",
+    "问题",
+    "提问",
+    "输入",
+)
+ANSWER_NAMES = ("answer", "answers", "a", "output", "response", "reply", "答案", "回答", "输出")
 
 
 @dataclass
