@@ -1,0 +1,331 @@
+"""Will this run fit, and how long will it take? A rough, documented memory and time model.
+
+The numbers are first-order estimates meant to answer "fits / won't fit, and what to change"; the
+constants below are to be calibrated against GPU measurements (see bench/). Memory, in bytes:
+
+- base weights: ``params x bits / 8`` (16-bit = 2 bytes, 8-bit = 1, 4-bit NF4 ~ 4.5 bits with its
+  block constants; fp32 on a CPU = 4 bytes).
+- trainable parameters (LoRA adapters, or every weight for a full fine-tune) cost
+  ``16 bytes each``: fp32 weight 4 + fp32 gradient 4 + two fp32 AdamW moments 8.
+- activations: ``tokens x hidden x (2 x layers + 34)`` bytes with gradient checkpointing (each layer
+  keeps its 16-bit input, one layer is recomputed at a time) and ``tokens x hidden x 34 x layers``
+  without (Korthikanti et al. 2022, 16-bit activations, attention scores not stored: sdpa/flash).
+- logits: ``tokens x vocab x 4 bytes x 2`` (fp32 logits and their gradient in the loss).
+- a fixed overhead (CUDA context, allocator slack).
+
+``tokens`` = batch_size x tokens per row (``tokens_per_step`` or ``max_length``). Time: a training
+token costs ``6 x params`` FLOPs for a full fine-tune, ``4 x params`` for LoRA (no weight gradients
+of the frozen base), plus ``2 x params`` to recompute the forward pass with gradient checkpointing,
+at an assumed effective throughput (MFU) per device.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GIB = 1024**3
+
+# Activation bytes per token per hidden unit for one transformer layer (16-bit, no stored scores).
+ACT_BYTES_PER_LAYER = 34
+# With gradient checkpointing a layer keeps only its 16-bit input (2 bytes per hidden unit).
+ACT_BYTES_CHECKPOINTED = 2
+BYTES_PER_TRAINABLE = 16  # fp32 weight + fp32 grad + AdamW m and v
+LOGITS_COPIES = 2  # fp32 logits + their gradient
+GPU_OVERHEAD_GIB = 0.8  # CUDA context + allocator fragmentation (to calibrate)
+CPU_OVERHEAD_GIB = 1.0  # Python, torch and tokenizer in RAM
+# Share of the device memory a run may plan to use; the rest is headroom for spikes.
+USABLE_FRACTION = 0.9
+# Effective training throughput. GPU: bf16 dense peak x MFU 0.35. CPU: measured here with
+# SmolLM2-135M LoRA at ~171 tokens/s on 2 cores, i.e. ~1.4e11 FLOP/s at 6 FLOPs/param/token.
+GPU_PEAK_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L40": 181e12,
+    "4090": 165e12,
+    "3090": 71e12,
+    "A10": 125e12,
+    "T4": 65e12,
+    "V100": 125e12,
+}
+GPU_DEFAULT_PEAK = 100e12
+GPU_MFU = 0.35
+CPU_FLOPS = 1.4e11
+
+
+@dataclass
+class ModelShape:
+    """The sizes the estimate needs, read from a model's config.json."""
+
+    params: int
+    hidden: int
+    layers: int
+    vocab: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+
+@dataclass
+class Hardware:
+    device: str  # "cuda" or "cpu"
+    name: str
+    memory_gib: float  # total VRAM of GPU 0, or total RAM on a CPU
+    cpu_count: int
+
+
+@dataclass
+class Estimate:
+    weights_gib: float
+    trainable_params: int
+    trainable_gib: float
+    activations_gib: float
+    logits_gib: float
+    overhead_gib: float
+    total_gib: float
+    available_gib: float
+    fits: bool
+    tokens_per_step: int
+    seconds_per_step: float
+    total_steps: int | None
+    total_seconds: float | None
+    advice: list[str] = field(default_factory=list)
+
+
+def shape_from_config(cfg: dict) -> ModelShape:
+    """A ModelShape from a Hugging Face config dict (Llama/Qwen/Mistral-style keys).
+
+    >>> s = shape_from_config({"hidden_size": 576, "num_hidden_layers": 30, "vocab_size": 49152,
+    ...     "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
+    ...     "tie_word_embeddings": True})
+    >>> round(s.params / 1e6)
+    135
+    """
+    hidden = int(cfg["hidden_size"])
+    layers = int(cfg["num_hidden_layers"])
+    vocab = int(cfg["vocab_size"])
+    inter = int(cfg.get("intermediate_size") or 4 * hidden)
+    heads = int(cfg.get("num_attention_heads") or max(1, hidden // 64))
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or hidden // heads)
+    attn = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
+    mlp = 3 * hidden * inter
+    embed = vocab * hidden * (1 if cfg.get("tie_word_embeddings") else 2)
+    params = layers * (attn + mlp + 2 * hidden) + embed + hidden
+    return ModelShape(params, hidden, layers, vocab, inter, heads, kv_heads, head_dim)
+
+
+def model_shape(model: str) -> ModelShape:
+    """Read the shape of ``model`` (a folder, ``default`` or a cached hub id) from its config.json."""
+    from tuner.errors import ModelError
+    from tuner.workspace import DEFAULT_MODEL_NAME, default_model_dir
+
+    if not model or model == DEFAULT_MODEL_NAME:
+        path = default_model_dir() / "config.json"
+        if not path.is_file():  # not converted yet: the embedded SmolLM2-135M's published sizes
+            return shape_from_config(
+                {
+                    "hidden_size": 576,
+                    "num_hidden_layers": 30,
+                    "vocab_size": 49152,
+                    "intermediate_size": 1536,
+                    "num_attention_heads": 9,
+                    "num_key_value_heads": 3,
+                    "tie_word_embeddings": True,
+                }
+            )
+    else:
+        path = Path(model) / "config.json"
+        if not path.is_file():
+            try:
+                from huggingface_hub import hf_hub_download
+
+                path = Path(hf_hub_download(model, "config.json"))
+            except Exception as exc:  # offline, unknown id: say so in words
+                raise ModelError(f"{model}: no config.json found locally; cannot estimate its size") from exc
+    cfg = json.loads(Path(path).read_text(encoding="utf-8"))
+    cfg = cfg.get("text_config", cfg)  # multimodal configs nest the language model
+    return shape_from_config(cfg)
+
+
+def lora_params(shape: ModelShape, r: int, targets="all-linear") -> int:
+    """Trainable parameters of LoRA rank ``r``: r x (in + out) for each adapted linear layer."""
+    h, hd = shape.hidden, shape.head_dim
+    linears = {
+        "q_proj": (h, shape.heads * hd),
+        "k_proj": (h, shape.kv_heads * hd),
+        "v_proj": (h, shape.kv_heads * hd),
+        "o_proj": (shape.heads * hd, h),
+        "gate_proj": (h, shape.intermediate),
+        "up_proj": (h, shape.intermediate),
+        "down_proj": (shape.intermediate, h),
+    }
+    if targets != "all-linear" and targets:
+        linears = {k: v for k, v in linears.items() if k in set(targets)} or linears
+    return shape.layers * sum(r * (i + o) for i, o in linears.values())
+
+
+def hardware() -> Hardware:
+    """GPU 0 when CUDA is available, else the CPU and its RAM."""
+    cpu_count = os.cpu_count() or 1
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            return Hardware("cuda", props.name, props.total_memory / GIB, cpu_count)
+    except Exception:  # a broken CUDA install must not break the estimate
+        pass
+    return Hardware("cpu", "CPU", _ram_gib(), cpu_count)
+
+
+def _ram_gib() -> float:
+    try:
+        import psutil
+
+        return psutil.virtual_memory().total / GIB
+    except ImportError:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+
+
+def environment() -> dict:
+    """What the environment panel shows: versions, device, memory, optional accelerators."""
+    info: dict = {}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
+    except ImportError:
+        info["torch"] = None
+        info["cuda"] = None
+    hw = hardware()
+    info["device"] = hw.device
+    info["gpu"] = hw.name if hw.device == "cuda" else None
+    info["memory_gib"] = round(hw.memory_gib, 1)
+    info["cpu_count"] = hw.cpu_count
+    for pkg in ("transformers", "peft", "bitsandbytes", "flash_attn", "deepspeed"):
+        info[pkg] = _version(pkg)
+    return info
+
+
+def _version(pkg: str) -> str | None:
+    if importlib.util.find_spec(pkg) is None:
+        return None
+    from importlib import metadata
+
+    try:
+        return metadata.version(pkg.replace("_", "-"))
+    except metadata.PackageNotFoundError:
+        return "installed"
+
+
+def _base_bits(method: str, quantization: str, device: str) -> float:
+    if method == "qlora" or quantization == "4bit":
+        return 4.5  # NF4 + double-quantized block constants
+    if quantization == "8bit":
+        return 8.5
+    return 32 if device == "cpu" else 16
+
+
+def estimate(
+    cfg,
+    shape: ModelShape | None = None,
+    hw: Hardware | None = None,
+    dataset_tokens: int | None = None,
+) -> Estimate:
+    """Memory (GiB) and time of one training run of ``cfg`` (a TrainConfig or a dict of its keys).
+
+    ``dataset_tokens`` (total tokens in the training data) gives the number of steps when the
+    config trains by epochs; without it only a run with ``max_steps`` gets a total time.
+    """
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    shape = shape or model_shape(get("model", "default"))
+    hw = hw or hardware()
+    method = get("method", "lora") or "lora"
+    quant = get("quantization", "none") or "none"
+    row_tokens = int(get("tokens_per_step") or get("max_length", 2048) or 2048)
+    batch = int(get("batch_size", 1) or 1)
+    accum = int(get("accumulative_counts", 1) or 1)
+    checkpointing = bool(get("gradient_checkpointing", True))
+    tokens = batch * row_tokens
+
+    weights = shape.params * _base_bits(method, quant, hw.device) / 8
+    if method == "full":
+        trainable = shape.params
+        # The fp32 master copy is counted in BYTES_PER_TRAINABLE; keep 16-bit weights only on GPU.
+        weights = shape.params * 2 if hw.device == "cuda" else 0
+    else:
+        trainable = lora_params(shape, int(get("lora_r", 64) or 64), get("lora_targets", "all-linear"))
+    trainable_bytes = trainable * BYTES_PER_TRAINABLE
+    if checkpointing:
+        act = tokens * shape.hidden * (ACT_BYTES_CHECKPOINTED * shape.layers + ACT_BYTES_PER_LAYER)
+    else:
+        act = tokens * shape.hidden * ACT_BYTES_PER_LAYER * shape.layers
+    logits = tokens * shape.vocab * 4 * LOGITS_COPIES
+    overhead = (GPU_OVERHEAD_GIB if hw.device == "cuda" else CPU_OVERHEAD_GIB) * GIB
+    total = weights + trainable_bytes + act + logits + overhead
+
+    flops_per_token = (6 if method == "full" else 4) * shape.params + (
+        2 * shape.params if checkpointing else 0
+    )
+    if hw.device == "cuda":
+        peak = next((v for k, v in GPU_PEAK_FLOPS.items() if k in hw.name), GPU_DEFAULT_PEAK)
+        throughput = peak * GPU_MFU
+    else:
+        throughput = CPU_FLOPS * max(1, hw.cpu_count) / 2  # calibrated on 2 cores
+    step_tokens = tokens * accum
+    seconds_per_step = step_tokens * flops_per_token / throughput
+    max_steps = int(get("max_steps", -1) or -1)
+    if max_steps > 0:
+        steps = max_steps
+    elif dataset_tokens:
+        steps = math.ceil(dataset_tokens / step_tokens * float(get("max_epochs", 3) or 3))
+    else:
+        steps = None
+    available = hw.memory_gib
+    fits = total / GIB <= available * USABLE_FRACTION
+    est = Estimate(
+        weights_gib=weights / GIB,
+        trainable_params=trainable,
+        trainable_gib=trainable_bytes / GIB,
+        activations_gib=act / GIB,
+        logits_gib=logits / GIB,
+        overhead_gib=overhead / GIB,
+        total_gib=total / GIB,
+        available_gib=available,
+        fits=fits,
+        tokens_per_step=step_tokens,
+        seconds_per_step=seconds_per_step,
+        total_steps=steps,
+        total_seconds=steps * seconds_per_step if steps else None,
+    )
+    if not fits:
+        est.advice = advice(est, get, hw)
+    return est
+
+
+def advice(est: Estimate, get, hw: Hardware) -> list[str]:
+    """What to change, biggest saving first, when a run will not fit."""
+    tips: list[str] = []
+    method = get("method", "lora")
+    if not get("gradient_checkpointing", True):
+        tips.append("turn on gradient_checkpointing (activations shrink by ~15x)")
+    if method == "full":
+        tips.append("use method: lora (only the adapters get gradients and optimizer states)")
+    if hw.device == "cuda" and method != "qlora" and est.weights_gib > 1:
+        tips.append("use method: qlora (4-bit base weights, ~1/4 of the 16-bit size)")
+    if est.activations_gib + est.logits_gib > 1:
+        if int(get("batch_size", 1) or 1) > 1:
+            tips.append("lower batch_size to 1 and raise accumulative_counts to keep the same step size")
+        tips.append("lower max_length / tokens_per_step (activations and logits grow with tokens per row)")
+    if method == "full" and hw.device == "cuda":
+        tips.append("use deepspeed: zero3_offload (optimizer states and weights in CPU memory)")
+    tips.append("or pick a smaller model")
+    return tips

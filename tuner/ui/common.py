@@ -1,0 +1,158 @@
+"""What every tab shares: error handling, workspace paths, uploads, the app log.
+
+Handlers are plain functions that return their outputs and raise TunerError for user errors; they
+are testable without a browser. :func:`guard` wraps one for Gradio: a TunerError becomes readable
+text in the tab's status box *and* a red toast; anything else is a bug, logged with its traceback
+to ``<workspace>/logs/app.log`` and reported with that path. Either way the app keeps running.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import logging
+import shutil
+import traceback
+from pathlib import Path
+
+from tuner.errors import TunerError
+from tuner.workspace import inside_workspace, workspace_dir
+
+log = logging.getLogger("tuner.ui")
+
+UPLOADS = "uploads"
+DATA_SUFFIXES = (".xlsx", ".xls", ".csv", ".json", ".jsonl", ".txt")
+
+
+def log_path() -> Path:
+    return workspace_dir() / "logs" / "app.log"
+
+
+def log_exception(where: str) -> Path:
+    """Append the current exception's traceback to the app log; returns the log's path."""
+    path = log_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import time
+
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} in {where}\n{traceback.format_exc()}\n")
+    return path
+
+
+def error_text(exc: BaseException, where: str) -> str:
+    """The status-box text for an exception (the traceback goes to the log, never to the page)."""
+    if isinstance(exc, TunerError):
+        return f"❌ {exc}"
+    path = log_exception(where)
+    return f"❌ unexpected error: {type(exc).__name__}: {exc}\n(details: {path})"
+
+
+def guard(fn, n_outputs: int, status_index: int | None):
+    """Wrap handler ``fn`` for an event with ``n_outputs`` outputs, the status box at ``status_index``.
+
+    On an error the status box gets the message, the other outputs keep their values, and a toast
+    shows it. Generator handlers (streaming) are supported.
+    """
+    import gradio as gr
+
+    def failed(exc: BaseException):
+        text = error_text(exc, fn.__name__)
+        outputs = [gr.skip()] * n_outputs
+        if status_index is not None:
+            outputs[status_index] = text
+        return text, (outputs[0] if n_outputs == 1 else tuple(outputs))
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            result = fn(*args, **kwargs)
+            if inspect.isgenerator(result):
+                yield from result
+            else:
+                yield result
+        except gr.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure must reach the user in words
+            text, outputs = failed(exc)
+            if n_outputs:
+                yield outputs
+            raise gr.Error(text.removeprefix("❌ "), print_exception=False) from None
+
+    return run
+
+
+def ws_path(text: str | Path | None, what: str = "path", must_exist: bool = True) -> Path:
+    """A path typed in the UI, resolved inside the workspace (TunerError if outside or missing)."""
+    if text is None or not str(text).strip():
+        raise TunerError(f"{what}: empty; pick or type a file inside the workspace")
+    path = inside_workspace(str(text).strip())
+    if must_exist and not path.exists():
+        raise TunerError(f"{text}: no such file or folder in the workspace {workspace_dir()}")
+    return path
+
+
+def rel(path: str | Path) -> str:
+    """A path as the user should see it: relative to the workspace when inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(workspace_dir()))
+    except ValueError:
+        return str(path)
+
+
+def save_upload(tmp_file: str | Path) -> Path:
+    """Copy a file Gradio received into ``<workspace>/uploads`` and return the copy.
+
+    A file with the same name and content is reused; a different one gets a ``-2``, ``-3`` suffix.
+    """
+    src = Path(tmp_file)
+    if src.suffix.lower() not in DATA_SUFFIXES:
+        raise TunerError(f"{src.name}: unsupported file type; use one of {', '.join(DATA_SUFFIXES)}")
+    folder = workspace_dir() / UPLOADS
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = _digest(src)
+    target, n = folder / src.name, 1
+    while target.exists():
+        if _digest(target) == digest:
+            return target
+        n += 1
+        target = folder / f"{src.stem}-{n}{src.suffix}"
+    shutil.copyfile(src, target)
+    return target
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def workspace_files(suffixes=DATA_SUFFIXES, limit: int = 500, depth: int = 4) -> list[str]:
+    """Data files in the workspace (relative paths), skipping run folders, models and hidden folders."""
+    import os
+
+    root = workspace_dir()
+    skip = {"work_dirs", "models", "logs", "node_modules", "__pycache__", "test-artifacts"}
+    found: list[str] = []
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder).relative_to(root)
+        # Prune in place so that big folders (runs, models, caches) are never walked.
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in skip)
+        if len(here.parts) >= depth:
+            dirs[:] = []
+        for name in sorted(files):
+            if not name.startswith(".") and Path(name).suffix.lower() in suffixes:
+                found.append(str(here / name))
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+def model_ref(text: str | None) -> str:
+    """A model typed in the UI: ``default``, a hub id, or a local folder that must be in the workspace."""
+    value = (text or "").strip() or "default"
+    if value == "default":
+        return value
+    local = Path(value).expanduser()
+    if local.is_absolute() or local.exists() or value.startswith((".", "~")):
+        return str(inside_workspace(value))
+    return value

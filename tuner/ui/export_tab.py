@@ -1,0 +1,153 @@
+"""Export tab: pick a run or checkpoint, export a clean adapter, merge it into the base model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuner.errors import TunerError
+from tuner.ui.common import guard, model_ref, rel, ws_path
+from tuner.ui.i18n import tr
+
+SHARD_SIZES = ["500MB", "1GB", "2GB", "5GB", "10GB"]
+DTYPES = ["auto", "bf16", "fp16", "fp32"]
+EXPORTS = "exports"
+
+
+def sources(run: str | None):
+    """The run's adapter choices (final adapter, then checkpoints newest first) and default output folders."""
+    import gradio as gr
+
+    from tuner.run_dirs import ADAPTER_DIR, checkpoints
+
+    if not run:
+        return gr.update(choices=[], value=None), "", "", ""
+    run_dir = ws_path(run, "run")
+    choices = []
+    if (run_dir / ADAPTER_DIR).is_dir():
+        choices.append(rel(run_dir / ADAPTER_DIR))
+    choices += [rel(p) for p in reversed(checkpoints(run_dir))]
+    name = f"{run_dir.parent.name}-{run_dir.name}"
+    base = _base_model(run_dir)
+    return (
+        gr.update(choices=choices, value=choices[0] if choices else None),
+        f"{EXPORTS}/{name}-adapter",
+        f"{EXPORTS}/{name}-merged",
+        base,
+    )
+
+
+def _base_model(run_dir: Path) -> str:
+    from tuner.config import read_yaml
+
+    try:
+        return str(read_yaml(run_dir / "config.yaml").get("model") or "default")
+    except TunerError:
+        return "default"
+
+
+def export(source: str, out: str, overwrite: bool, lang: str = "en"):
+    """Export the chosen adapter; returns (status, exported folder)."""
+    from tuner.export import export_adapter
+
+    result = export_adapter(
+        ws_path(source, "adapter"), ws_path(out, "output", must_exist=False), force=bool(overwrite)
+    )
+    files = sorted(p.name for p in result.out_dir.iterdir())
+    return tr(lang, "export.exported", path=rel(result.out_dir), files=", ".join(files)), rel(result.out_dir)
+
+
+def merge(
+    base: str,
+    source: str,
+    out: str,
+    shard: str,
+    dtype: str,
+    verify: bool,
+    prompt: str,
+    overwrite: bool,
+    lang: str = "en",
+):
+    """Merge the adapter into ``base``; returns (status, verification reply)."""
+    from tuner.export import merge_adapter
+
+    result = merge_adapter(
+        model_ref(base),
+        ws_path(source, "adapter"),
+        ws_path(out, "output", must_exist=False),
+        dtype=dtype or "auto",
+        max_shard_size=(shard or "2GB").strip(),
+        force=bool(overwrite),
+        verify=bool(verify),
+        verify_prompt=(prompt or "").strip() or "Who are you?",
+    )
+    files = sorted(p.name for p in result.out_dir.iterdir())
+    status = tr(lang, "export.merged", path=rel(result.out_dir), dtype=result.dtype, files=", ".join(files))
+    reply = result.reply if result.reply is not None else tr(lang, "export.not_verified")
+    return status, reply
+
+
+def build(T, lang_state, runs_default: list[str]):
+    import gradio as gr
+
+    from tuner.export import VERIFY_PROMPT
+
+    c = {}
+    with T.make(gr.Tab, "tab.export", id="export"):
+        T.value(gr.Markdown, "export.intro")
+        with gr.Row():
+            c["run"] = T.make(gr.Dropdown, "export.run", choices=runs_default, scale=3)
+            c["refresh"] = T.value(gr.Button, "train.refresh", size="sm", scale=1)
+            c["source"] = T.make(gr.Dropdown, "export.source", choices=[], allow_custom_value=True, scale=3)
+        c["status"] = T.make(gr.Textbox, "export.status", lines=3, interactive=False)
+        with gr.Row():
+            c["out"] = T.make(gr.Textbox, "export.out", scale=3)
+            c["overwrite"] = T.make(gr.Checkbox, "data.overwrite", value=False)
+            c["export"] = T.value(gr.Button, "export.export", variant="primary")
+        with T.make(gr.Accordion, "export.merge_group", open=True):
+            with gr.Row():
+                c["base"] = T.make(
+                    gr.Dropdown, "export.base", choices=["default"], value="default", allow_custom_value=True
+                )
+                c["merged_out"] = T.make(gr.Textbox, "export.merged_out", scale=2)
+                c["shard"] = T.make(
+                    gr.Dropdown, "export.shard", choices=SHARD_SIZES, value="2GB", allow_custom_value=True
+                )
+                c["dtype"] = T.make(gr.Dropdown, "export.dtype", choices=DTYPES, value="auto")
+            with gr.Row():
+                c["verify"] = T.make(gr.Checkbox, "export.verify", value=True)
+                c["prompt"] = T.make(gr.Textbox, "export.prompt", value=VERIFY_PROMPT, scale=3)
+                c["merge"] = T.value(gr.Button, "export.merge", variant="primary")
+            c["reply"] = T.make(gr.Textbox, "export.reply", lines=3, interactive=False)
+
+    from tuner.ui.train_tab import list_runs
+
+    c["refresh"].click(list_runs, None, c["run"], api_name="export_runs")
+    c["run"].change(
+        guard(sources, 4, None),
+        c["run"],
+        [c["source"], c["out"], c["merged_out"], c["base"]],
+        api_name="export_sources",
+    )
+    c["export"].click(
+        guard(export, 2, 0),
+        [c["source"], c["out"], c["overwrite"], lang_state],
+        [c["status"], c["out"]],
+        api_name="export_adapter",
+    )
+    c["merge"].click(
+        guard(merge, 2, 0),
+        [
+            c["base"],
+            c["source"],
+            c["merged_out"],
+            c["shard"],
+            c["dtype"],
+            c["verify"],
+            c["prompt"],
+            c["overwrite"],
+            lang_state,
+        ],
+        [c["status"], c["reply"]],
+        api_name="export_merge",
+    )
+    return c
