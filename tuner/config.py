@@ -325,6 +325,9 @@ def _parse_override(key: str, text: str) -> Any:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
+        # YAML refuses `[Who are you?, Hi]` (a '?' in a flow list); split such a list on commas.
+        if text.startswith("[") and text.endswith("]"):
+            return [item.strip().strip("'\"") for item in text[1:-1].split(",") if item.strip()]
         return text
     value = _coerce(key, value) if key in FIELDS else value
     # `--set name=2024` or `--set system=yes` must stay the text the user typed.

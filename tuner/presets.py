@@ -167,7 +167,7 @@ def find_preset(name_or_path: str | Path) -> Path:
     value = str(name_or_path)
     if isinstance(name_or_path, Path) or _looks_like_path(value):
         path = Path(value).expanduser()
-        candidates = [path] if path.is_absolute() else [Path.cwd() / path, workspace_dir() / path]
+        candidates = [path] if path.is_absolute() else [path, workspace_dir() / path]
         for candidate in candidates:
             if candidate.is_file():
                 return candidate
