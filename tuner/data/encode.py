@@ -12,7 +12,7 @@ Pretraining: BOS + text + EOS, loss on every token, long documents cut into ``ma
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tuner.data.templates import ChatTemplate, split_system
@@ -215,13 +215,19 @@ def _located(exc: TunerError, sample: dict, index: int) -> DataError:
 
 
 def encode_samples(
-    samples: Iterable[dict], tokenizer, template: ChatTemplate | None, max_length: int | None
+    samples: Iterable[dict],
+    tokenizer,
+    template: ChatTemplate | None,
+    max_length: int | None,
+    *,
+    on_error: Callable[[DataError], None] | None = None,
 ) -> tuple[list[dict], EncodeStats]:
     """Encode chat (``{"messages": ...}``) and pretraining (``{"text": ...}``) samples.
 
     Chat samples are truncated to ``max_length`` and dropped when no supervised token is left;
     pretraining documents are cut into chunks. A sample that cannot be encoded raises DataError
-    naming its file and line.
+    naming its file and line, or, with ``on_error``, is handed to it and skipped (check-data
+    collects them all).
 
     >>> # encode_samples([{"text": "abc"}, {"messages": [...]}], tok, template, 2048)
     >>> # -> ([{"input_ids": [...], "labels": [...]}, ...], EncodeStats(samples=2, encoded=2, ...))
@@ -251,7 +257,10 @@ def encode_samples(
             else:
                 raise TunerError("a sample needs 'messages' (chat) or 'text' (pretraining)")
         except TunerError as exc:
-            raise _located(exc, sample, index) from None
+            if on_error is None:
+                raise _located(exc, sample, index) from None
+            on_error(_located(exc, sample, index))
+            continue
         for row in produced:
             stats.encoded += 1
             stats.tokens += len(row["input_ids"])
