@@ -158,3 +158,11 @@ def test_default_model(tmp_path, default_model_dir, capsys, monkeypatch):
     assert (
         "You are a helpful AI assistant named SmolLM" in report["shown"][0]["marked"]
     )  # shown, never hidden
+
+
+def test_verb_is_dispatched(tmp_path, tiny_llama_dir, capsys):
+    from tuner.__main__ import main as tuner_main
+
+    data = _write(tmp_path / "d.jsonl", GOOD)
+    assert tuner_main(["check-data", str(data), "--model", str(tiny_llama_dir), "--json", "--show", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"]
