@@ -208,3 +208,21 @@ def test_encoding_is_fast_enough(tiny_tokenizer):
     )
     assert stats.encoded == 1000
     assert time.perf_counter() - start < 10  # ~0.3 s here; thousands of samples in seconds
+
+
+def test_default_template_takes_bos_from_a_tokenizer_that_adds_one():
+    """Llama-style tokenizers add BOS to plain text: the default template renders it once, never twice."""
+    from tokenizers import processors
+
+    tokenizer = build_tokenizer()
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)]
+    )
+    template = get_template("default", tokenizer)
+    assert (
+        template.render([{"role": "user", "content": "Hi"}], True) == "<s>### User:\nHi\n\n### Assistant:\n"
+    )
+    ids, _ = chat_ids_and_labels(MESSAGES[1:3], tokenizer, template)
+    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    rows = encode_pretrain("Hi", tokenizer, 100)
+    assert rows[0]["input_ids"].count(tokenizer.bos_token_id) == 1
