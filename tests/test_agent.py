@@ -156,6 +156,14 @@ def test_unknown_tool_and_tool_timeout_are_reported_to_the_model():
     assert result.answer == "ok"
 
 
+def test_model_errors_end_the_loop_with_a_reason():
+    def full(messages):
+        raise TunerError("the conversation needs 600 tokens; the model's context is 512")
+
+    result = Agent(full, [calculator_tool()]).run("q")
+    assert result.stopped == "error" and "context" in result.answer and result.events[-1].kind == "answer"
+
+
 def test_plain_answer_without_markers_ends_the_loop():
     result = Agent(ScriptedModel("Paris is the capital of France."), default_tools(environ={})).run(
         "Capital?"

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from tuner.data import react
+from tuner.errors import TunerError
 from tuner.tools import AgentTool, ToolError
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class AgentEvent:
 @dataclass
 class AgentResult:
     answer: str
-    stopped: str  # answer | max_steps | timeout
+    stopped: str  # answer | max_steps | timeout | error (the model could not go on, e.g. context full)
     steps: int  # model turns used
     events: list[AgentEvent] = field(default_factory=list)
     transcript: list[dict] = field(default_factory=list)  # the messages the model saw, plus its last turn
@@ -184,7 +185,11 @@ class Agent:
                 )
                 return
             result.steps = step
-            text = self.generate(messages)
+            try:
+                text = self.generate(messages)
+            except TunerError as exc:  # e.g. the transcript outgrew the context window
+                yield finish(f"I had to stop: {exc}", "error")
+                return
             parsed = react.parse_step(text)
             if parsed.thought:
                 yield emit(AgentEvent("thought", parsed.thought))

@@ -40,34 +40,9 @@ TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
 
 def resolve_chat_template(tokenizer, name: str | None = None):
     """The ChatTemplate for ``tokenizer``: a named one, else the tokenizer's own (tuner.data.templates)."""
-    try:
-        from tuner.data.templates import resolve_template
-    except ModuleNotFoundError as exc:  # TEMPORARY until tuner.data.templates lands
-        if exc.name != "tuner.data.templates":
-            raise
-        return _TokenizerTemplate(tokenizer)
+    from tuner.data.templates import resolve_template
+
     return resolve_template(tokenizer, name)
-
-
-class _TokenizerTemplate:
-    """TEMPORARY stand-in for tuner.data.templates.ChatTemplate: the tokenizer's own template."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.name = "tokenizer"
-        self.chat_template = tokenizer.chat_template
-        self.end_of_turn = (
-            "<|im_end|>" if "<|im_end|>" in (tokenizer.chat_template or "") else tokenizer.eos_token
-        )
-        self.stop_words = [self.end_of_turn]
-
-    def render(self, messages, add_generation_prompt=False):
-        return self.tokenizer.apply_chat_template(
-            messages,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            chat_template=self.chat_template,
-        )
 
 
 def single_token_id(tokenizer, text: str | None) -> int | None:
@@ -127,6 +102,9 @@ def visible_text(
         if at != -1 and at < cut:
             cut, stopped = at, True
     shown = text[:cut]
+    for token in special:  # other special tokens (e.g. a stray <|im_start|>) are not text
+        if token:
+            shown = shown.replace(token, "")
     if not stopped and not final:
         hold = 0
         for word in stops:
@@ -135,12 +113,10 @@ def visible_text(
                     hold = max(hold, size)
                     break
         shown = shown[: len(shown) - hold]
-        shown = shown.rstrip("\ufffd")  # half of a multi-byte character
-    for token in special:
-        if token:
-            shown = shown.replace(token, "")
-    shown = shown.lstrip()
-    return (shown.rstrip() if (stopped or final) else shown), stopped
+        # Half of a multi-byte character, and trailing whitespace that the final answer strips:
+        # held back so that the deltas always add up to the final answer.
+        shown = shown.rstrip("\ufffd")
+    return shown.strip(), stopped
 
 
 # ------------------------------------------------------------------------------------- settings
@@ -283,6 +259,10 @@ class ChatSession:
     model: object = None
     tokenizer: object = None
     history: list[ChatTurn] = field(default_factory=list)
+    # How the last answer ended: "stop" (end-of-turn / stop word / eos), "length" (max_new_tokens
+    # reached) or "cancelled" (the consumer closed the stream); and its token counts.
+    last_finish: str | None = None
+    last_usage: dict = field(default_factory=dict)
 
     def __post_init__(self):
         problems = self.settings.problems()
@@ -357,17 +337,34 @@ class ChatSession:
 
     def stream_compare(self, text: str, **settings) -> Iterator[tuple[str, str]]:
         """Yield (base so far, fine-tuned so far): first the base answer grows, then the tuned one."""
+        opts = self.compare_settings(**settings)
+        base = ""
+        for base in self.stream_single(text, use_adapter=False, cumulative=True, **opts):
+            yield base, ""
+        for tuned in self.stream_single(text, use_adapter=True, cumulative=True, **opts):
+            yield base, tuned
+
+    def compare_settings(self, **settings) -> dict:
+        """Settings for a fair comparison: a seed fixed when none is given, so both sides sample alike."""
         if not self.has_adapter:
             raise TunerError("comparing needs an adapter: give --adapter (a run's adapter/ folder)")
         opts = self._settings(settings)
-        if opts.seed is None:
-            opts = opts.updated(seed=0)  # same sampling noise for both sides
-        messages = self._fresh(text)
-        base = ""
-        for base, _ in self._generate(messages, opts, use_adapter=False):
-            yield base, ""
-        for tuned, _ in self._generate(messages, opts, use_adapter=True):
-            yield base, tuned
+        return {**settings, "seed": 0 if opts.seed is None else opts.seed}
+
+    def stream_single(
+        self, text: str, *, use_adapter: bool = True, cumulative: bool = False, **settings
+    ) -> Iterator[str]:
+        """Answer ``text`` as a fresh question (system prompt + text; history neither used nor changed).
+
+        Yields deltas, or the whole answer so far with ``cumulative=True``. ``use_adapter=False``
+        answers with the base model (the adapter switched off for this answer only).
+        """
+        if not use_adapter and not self.has_adapter:
+            raise TunerError("there is no adapter to switch off; give --adapter")
+        for answer, delta in self._generate(
+            self._fresh(text), self._settings(settings), use_adapter=use_adapter
+        ):
+            yield answer if cumulative else delta
 
     def complete(
         self,
@@ -494,6 +491,8 @@ class ChatSession:
             worker.start()
             new_ids: list[int] = []
             shown = ""
+            stopped = False
+            self.last_finish = "cancelled"
             try:
                 while True:
                     item = streamer.queue.get()
@@ -508,7 +507,10 @@ class ChatSession:
                     if stopped:
                         cancel.set()
                 text = self.tokenizer.decode(new_ids, skip_special_tokens=False)
-                final, _ = visible_text(text, stops, special, final=True)
+                final, stopped = visible_text(text, stops, special, final=True)
+                full = len(new_ids) >= config.max_new_tokens
+                self.last_finish = "length" if full and not stopped else "stop"
+                self.last_usage = {"prompt_tokens": len(ids), "new_tokens": len(new_ids)}
                 if final != shown:
                     delta = final[len(shown) :] if final.startswith(shown) else ""
                     shown = final
