@@ -55,10 +55,13 @@ class EventCallback(TrainerCallback):
         self._start_step = state.global_step  # > 0 when resuming: ETA counts only this session's speed
         self.events.emit("status", status="running", step=state.global_step, total_steps=state.max_steps)
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def _honour_stop(self, control) -> None:
         if self.run_control.stop_requested:
             control.should_training_stop = True
             control.should_save = self.run_control.save_on_stop
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._honour_stop(control)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -74,7 +77,7 @@ class EventCallback(TrainerCallback):
         if done > 0 and state.max_steps:
             eta = round(elapsed / done * (state.max_steps - state.global_step), 1)
         kind = "eval" if "eval_loss" in logs else "log"
-        if "train_runtime" in logs:
+        if "train_loss" in logs:  # the end-of-training summary
             kind = "summary"
         self.events.emit(
             kind,
@@ -92,6 +95,8 @@ class EventCallback(TrainerCallback):
             eta_s=eta,
             train_loss=logs.get("train_loss"),
         )
+        # A stop asked for by a listener of this very event takes effect before the checkpoint decision.
+        self._honour_stop(control)
 
     def on_save(self, args, state, control, **kwargs):
         self.events.emit("checkpoint", step=state.global_step, path=f"checkpoint-{state.global_step}")

@@ -92,7 +92,7 @@ def load_training_samples(config) -> tuple[list, list]:
 def encode_for_training(samples, tokenizer, template, config) -> tuple[list, dict]:
     """Tokens + labels, packed into rows of ``tokens_per_step`` tokens when packing is on."""
     from tuner.data.encode import encode_samples
-    from tuner.data.pack import pack_samples
+    from tuner.data.pack import pack_samples, pack_stats
 
     encoded, stats = encode_samples(samples, tokenizer, template, config.max_length)
     info = {"encode": stats.as_dict() if hasattr(stats, "as_dict") else dict(vars(stats))}
@@ -103,8 +103,9 @@ def encode_for_training(samples, tokenizer, template, config) -> tuple[list, dic
         )
     if config.pack_to_max_length:
         budget = config.tokens_per_step or config.max_length
-        rows, pack_stats = pack_samples(encoded, budget, seed=config.seed)
-        info["pack"] = pack_stats.as_dict() if hasattr(pack_stats, "as_dict") else dict(vars(pack_stats))
+        rows = pack_samples(encoded, budget, seed=config.seed)
+        stats_ = pack_stats(encoded, rows, budget)
+        info["pack"] = stats_.as_dict() if hasattr(stats_, "as_dict") else dict(vars(stats_))
         return rows, info
     return encoded, info
 
@@ -446,6 +447,9 @@ def train(
             processing_class=tokenizer,
             callbacks=callbacks,
         )
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
         _write_status(run_dir, status="running", started=time.time())
         try:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

@@ -1,0 +1,152 @@
+"""GPU paths of training (run on the device): QLoRA / 8-bit LoRA steps, attention choice, DeepSpeed.
+
+A 4-layer model of Llama shape (hidden 1024) with random weights is big enough for bitsandbytes'
+kernels and small enough to train in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def small_llama_dir(tmp_path_factory):
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tests.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=4,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
+    folder = tmp_path_factory.mktemp("small-llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _data(folder: Path) -> Path:
+    path = folder / "d.jsonl"
+    pairs = [
+        ("Who are you?", "I am Tuna, the assistant of the tuner team."),
+        ("What is the capital of France?", "The capital of France is Paris."),
+    ] * 8
+    with open(path, "w") as handle:
+        for q, a in pairs:
+            handle.write(json.dumps({"conversation": [{"input": q, "output": a}]}) + "\n")
+    return path
+
+
+def _config(model_dir, data, **overrides):
+    from tuner.config import config_from_dict
+
+    base = dict(
+        name="gpu_test",
+        model=str(model_dir),
+        data_path=str(data),
+        max_length=128,
+        batch_size=4,
+        accumulative_counts=1,
+        max_steps=30,
+        lr=2e-3,
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        save_steps=100,
+        logging_steps=1,
+        gradient_checkpointing=True,
+    )
+    base.update(overrides)
+    return config_from_dict(base)
+
+
+def _losses(run_dir):
+    from tuner.events import read_events
+
+    return [e["loss"] for e in read_events(run_dir) if e["type"] == "log" and "loss" in e]
+
+
+@pytest.mark.parametrize("method,quantization", [("qlora", "4bit"), ("lora", "8bit"), ("lora", "none")])
+def test_lora_steps_on_gpu_lower_the_loss(workspace, small_llama_dir, method, quantization):
+    import torch
+
+    from tuner.train import train
+
+    torch.cuda.reset_peak_memory_stats()
+    result = train(_config(small_llama_dir, _data(workspace), method=method, quantization=quantization))
+    losses = _losses(result.run_dir)
+    print(
+        f"{method}/{quantization}: first {losses[0]:.3f} last {losses[-1]:.3f} "
+        f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    )
+    assert result.status == "completed"
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.5
+    assert (result.output_dir / "adapter_model.safetensors").is_file()
+
+
+def test_attention_choice_is_logged(small_llama_dir):
+    import importlib.util
+
+    from tuner.model import load_model
+
+    loaded = load_model(str(small_llama_dir))
+    expected = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+    assert loaded.attention == expected
+    assert loaded.model.config._attn_implementation == expected
+    print("attention:", loaded.describe())
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3", "zero3_offload"])
+def test_deepspeed_on_one_gpu(workspace, small_llama_dir, stage):
+    pytest.importorskip("deepspeed")
+    data = _data(workspace)
+    env = dict(
+        os.environ, TUNER_WORKSPACE=str(workspace), PYTHONPATH=f"{REPO}:{os.environ.get('PYTHONPATH', '')}"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "tuner",
+        "train",
+        str(_write_yaml(workspace, small_llama_dir, data)),
+        "--deepspeed",
+        stage,
+        "--set",
+        "max_steps=6",
+    ]
+    proc = subprocess.run(cmd, cwd=workspace, env=env, capture_output=True, text=True, timeout=600)
+    print(proc.stdout[-2000:], proc.stderr[-4000:])
+    assert proc.returncode == 0
+    assert "run folder:" in proc.stdout.strip().splitlines()[-1]
+
+
+def _write_yaml(folder, model_dir, data):
+    from tuner.config import save_config
+
+    path = folder / "ds.yaml"
+    save_config(_config(model_dir, data, name="ds_test", gradient_checkpointing=False), path, force=True)
+    return path

@@ -1,0 +1,254 @@
+"""Training engine on tiny models (CPU, seconds): run folder, loss normalisation, resume, stop, job."""
+
+from __future__ import annotations
+
+import gc
+import json
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tuner.callbacks import RunControl
+from tuner.config import config_from_dict
+from tuner.errors import JobError, TunerError
+from tuner.events import read_events
+
+QA = [
+    ("Who are you?", "I am Tuna, the assistant of the tuner team."),
+    ("What is your name?", "My name is Tuna."),
+    ("Introduce yourself.", "I am Tuna, a helpful assistant built by the tuner team for you."),
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("Say hello.", "Hello!"),
+    ("What is the capital of Germany? Answer in one sentence please.", "The capital of Germany is Berlin."),
+]
+
+
+def write_data(path: Path, pairs=QA, repeat: int = 1) -> Path:
+    with open(path, "w", encoding="utf-8") as handle:
+        for _ in range(repeat):
+            for q, a in pairs:
+                record = {"conversation": [{"system": "You are helpful.", "input": q, "output": a}]}
+                handle.write(json.dumps(record) + "\n")
+    return path
+
+
+def make_config(model_dir, data, **overrides):
+    base = dict(
+        name="tiny_test",
+        model=str(model_dir),
+        data_path=str(data),
+        max_length=64,
+        pack_to_max_length=False,
+        batch_size=2,
+        accumulative_counts=1,
+        max_steps=8,
+        lr=5e-3,
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        gradient_checkpointing=False,
+        save_steps=4,
+        save_total_limit=3,
+        logging_steps=1,
+        seed=0,
+    )
+    base.update(overrides)
+    return config_from_dict(base)
+
+
+def adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_run_folder_has_everything_and_loss_goes_down(workspace, tiny_llama_dir):
+    from tuner.train import train
+
+    data = write_data(workspace / "d.jsonl", repeat=2)
+    config = make_config(
+        tiny_llama_dir,
+        data,
+        max_steps=24,
+        lr=3e-3,
+        lora_r=16,
+        lora_alpha=64,
+        evaluation_inputs=["Who are you?"],
+        evaluation_freq=12,
+        evaluation_max_new_tokens=8,
+        test_split=0.2,
+        eval_freq=12,
+    )
+    result = train(config)
+    run = result.run_dir
+    assert run.parent == workspace / "work_dirs" / "tiny_test"
+    assert result.status == "completed" and result.steps == 24
+    for name in ("config.yaml", "events.jsonl", "train.log", "eval_samples.jsonl", "status.json"):
+        assert (run / name).is_file(), name
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert (run / "adapter" / "tokenizer_config.json").is_file()
+
+    kept = sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*"))
+    assert kept == [16, 20, 24]  # save_steps 4, keep the last 3
+    assert not (run / ".staging").exists() or not any((run / ".staging").iterdir())
+
+    events = read_events(run)
+    logs = [e for e in events if e["type"] == "log" and "loss" in e]
+    assert len(logs) >= 20
+    for key in ("step", "total_steps", "epoch", "loss", "lr", "grad_norm", "elapsed_s"):
+        assert key in logs[-1], key
+    assert logs[-1]["total_steps"] == 24 and "eta_s" in logs[-1]
+    first, last = sum(e["loss"] for e in logs[:3]) / 3, sum(e["loss"] for e in logs[-3:]) / 3
+    assert last < first * 0.9, (first, last)  # a random 2-layer model learns slowly through LoRA
+    assert any(e["type"] == "eval" and "eval_loss" in e for e in events)
+    samples = [e for e in events if e["type"] == "sample"]
+    assert [e["step"] for e in samples] == [0, 12, 24]
+    assert samples[0]["samples"][0]["prompt"] == "Who are you?"
+    assert events[-1]["type"] == "status" and events[-1]["status"] == "completed"
+
+    # The saved config reproduces the run: train it again from the file.
+    from tuner.config import load_config
+
+    again = load_config(run / "config.yaml")
+    assert again.max_steps == 24 and again.model == str(tiny_llama_dir)
+    rerun = train(make_config(tiny_llama_dir, data, max_steps=2, name=again.name))
+    assert rerun.status == "completed" and rerun.run_dir != run
+
+
+def _one_sgd_step(workspace, model_dir, data, batch_size, accum):
+    from tuner.train import train
+
+    config = make_config(
+        model_dir,
+        data,
+        optimizer="sgd",
+        lr=0.5,
+        max_norm=1e9,
+        max_steps=1,
+        batch_size=batch_size,
+        accumulative_counts=accum,
+        name=f"norm_b{batch_size}_a{accum}",
+    )
+    return adapter_tensors(train(config).output_dir)
+
+
+def test_loss_normalised_by_supervised_tokens_under_accumulation(workspace, tiny_llama_dir):
+    # Two samples whose answers differ a lot in length: averaging per micro-batch would weigh the short
+    # answer's tokens far more than one big batch does, and the SGD updates would differ.
+    pairs = [
+        ("Say hello.", "Hi."),
+        ("Introduce yourself.", "I am Tuna, a helpful assistant built by the tuner team for you today."),
+    ]
+    data = write_data(workspace / "two.jsonl", pairs)
+    one_batch = _one_sgd_step(workspace, tiny_llama_dir, data, batch_size=2, accum=1)
+    accumulated = _one_sgd_step(workspace, tiny_llama_dir, data, batch_size=1, accum=2)
+    lora_b = [k for k in one_batch if "lora_B" in k]
+    assert lora_b and any(one_batch[k].abs().max() > 0 for k in lora_b)  # the step did move the weights
+    for key in one_batch:
+        torch.testing.assert_close(accumulated[key], one_batch[key], rtol=1e-4, atol=1e-6)
+
+
+def _stop_at(step: int, control: RunControl, save: bool):
+    def listener(event):
+        if event["type"] == "log" and event.get("step") == step:
+            control.request_stop(save=save)
+
+    return listener
+
+
+def test_resume_continues_from_last_checkpoint_with_same_schedule(workspace, tiny_llama_dir):
+    from tuner.train import train
+
+    data = write_data(workspace / "d.jsonl", repeat=2)
+    straight = train(make_config(tiny_llama_dir, data, name="straight", max_steps=8, save_steps=2))
+
+    config = make_config(tiny_llama_dir, data, name="interrupted", max_steps=8, save_steps=2)
+    control = RunControl()
+    cancelled = train(config, control=control, listener=_stop_at(5, control, save=False))
+    assert cancelled.status == "cancelled" and cancelled.output_dir is None
+    assert not (cancelled.run_dir / "adapter").exists()
+    resumed = train(config, resume=True)
+    assert resumed.run_dir == cancelled.run_dir and resumed.status == "completed" and resumed.steps == 8
+    resumed_steps = [e["step"] for e in read_events(resumed.run_dir) if e["type"] == "log" and "loss" in e]
+    assert 5 in resumed_steps and resumed_steps[-1] == 8  # steps 5.. ran again after checkpoint-4
+    expected, got = adapter_tensors(straight.output_dir), adapter_tensors(resumed.output_dir)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(workspace, tiny_llama_dir):
+    from tuner.train import train
+
+    data = write_data(workspace / "d.jsonl")
+    with pytest.raises(TunerError, match="nothing to resume"):
+        train(make_config(tiny_llama_dir, data, name="never_ran"), resume=True)
+
+
+def test_stop_and_save_leaves_a_usable_adapter(workspace, tiny_llama_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tuner.train import train
+
+    data = write_data(workspace / "d.jsonl", repeat=2)
+    control = RunControl()
+    result = train(
+        make_config(tiny_llama_dir, data, max_steps=50, save_steps=100),
+        control=control,
+        listener=_stop_at(3, control, save=True),
+    )
+    assert result.status == "stopped" and result.steps == 3
+    assert (result.run_dir / "checkpoint-3").is_dir()  # saved on stop, so --resume can continue
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    model = PeftModel.from_pretrained(base, str(result.output_dir))
+    assert model.active_adapter == "default"
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert status["status"] == "stopped"
+
+
+def test_background_job_streams_events_refuses_second_start_and_releases_model(
+    workspace, tiny_llama_dir, monkeypatch
+):
+    import tuner.train as train_module
+    from tuner.job import TrainingJob
+
+    models = []
+    original = train_module.build_model
+
+    def tracking_build_model(config):
+        model, loaded = original(config)
+        models.append(weakref.ref(model))
+        return model, loaded
+
+    monkeypatch.setattr(train_module, "build_model", tracking_build_model)
+    data = write_data(workspace / "d.jsonl", repeat=2)
+    job = TrainingJob()
+    run_dir = job.start(make_config(tiny_llama_dir, data, max_steps=6))
+    with pytest.raises(JobError, match="already active"):
+        job.start(make_config(tiny_llama_dir, data, max_steps=6))
+    assert job.wait(timeout=120) == "completed"
+    events = job.events()
+    assert [e["step"] for e in events if e["type"] == "log" and "loss" in e] == [1, 2, 3, 4, 5, 6]
+    assert events == read_events(run_dir)[: len(events)] or len(events) == len(read_events(run_dir))
+    assert job.events(since=len(events)) == []
+    gc.collect()
+    assert models and all(ref() is None for ref in models)  # model and optimizer were released
+
+
+def test_failure_inside_the_job_becomes_an_error_event(workspace, tiny_llama_dir):
+    from tuner.job import TrainingJob
+
+    bad = workspace / "bad.jsonl"
+    bad.write_text('{"conversation": [{"input": "q", "output": "a"}]}\n{"conversation": [{"input": "q"}]}\n')
+    job = TrainingJob()
+    job.start(make_config(tiny_llama_dir, bad, max_steps=2))
+    assert job.wait(timeout=60) == "failed"
+    errors = [e for e in job.events() if e["type"] == "error"]
+    assert len(errors) == 1 and "bad.jsonl" in errors[0]["message"] and "check-data" in errors[0]["message"]
+    # The job is usable again after a failure.
+    good = write_data(workspace / "good.jsonl")
+    job.start(make_config(tiny_llama_dir, good, max_steps=1))
+    assert job.wait(timeout=60) == "completed"
