@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.tiny import build_tokenizer
-from tuner.data.templates import ChatTemplate, get_template, list_templates, resolve_template
+from tuner.data.templates import ChatTemplate, get_template, implicit_system, list_templates, resolve_template
 from tuner.errors import TunerError
 
 CONVERSATION = [
@@ -193,3 +193,12 @@ def test_custom_template_data():
         template.render([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}])
         == "Q: x\nA:y<eoa>"
     )
+
+
+def test_implicit_system_prompt_is_found():
+    """A template that silently adds its own system prompt must be visible to the user."""
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = get_template("qwen_chat").chat_template
+    assert implicit_system(resolve_template(tokenizer)) == "You are a helpful assistant."
+    assert implicit_system(resolve_template(build_tokenizer())) is None  # plain ChatML adds none
+    assert implicit_system(get_template("llama2_chat")) is None

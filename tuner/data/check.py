@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner.data.encode import IGNORE, chat_ids_and_labels, encode_samples
-from tuner.data.templates import ChatTemplate, resolve_template
+from tuner.data.templates import ChatTemplate, implicit_system, resolve_template
 from tuner.errors import DataError, TunerError
 
 MARK_OPEN, MARK_CLOSE = "[[", "]]"
@@ -264,6 +264,14 @@ def check_data(
             "stop_words": list(resolved.stop_words),
             "chat_template": resolved.chat_template,
         }
+        default_system = implicit_system(resolved)
+        report.template["implicit_system"] = default_system
+        without = sum(s["messages"][0]["role"] != "system" for s in chat)
+        if default_system and without:
+            report.warnings.append(
+                f"{without} chat sample(s) have no system prompt; the template adds its own: "
+                f"{default_system!r} (pass --system to choose one)"
+            )
     encode_problems: list[DataError] = []
     rows, stats = encode_samples(samples, tokenizer, resolved, max_length, on_error=encode_problems.append)
     report.problems += encode_problems

@@ -413,6 +413,31 @@ def from_tokenizer(tokenizer) -> ChatTemplate:
     )
 
 
+def implicit_system(template: ChatTemplate) -> str | None:
+    """The system prompt a template inserts into conversations that have none (None if it adds none).
+
+    Users must see it: SmolLM2's template, for example, silently makes every sample start with
+    "You are a helpful AI assistant named SmolLM...".
+
+    >>> implicit_system(get_template("qwen_chat"))
+    'You are a helpful assistant.'
+    """
+    if template.is_builtin:
+        return template.default_system
+    mark, user = "tuner-probe-system-3", [{"role": "user", "content": "tuner-probe-question"}]
+    try:
+        with_mark = template.render([{"role": "system", "content": mark}, *user])
+        without = template.render(user)
+    except Exception:  # templates that refuse a system message have no implicit one to report
+        return None
+    before, found, after = with_mark.partition(mark)
+    if not found or len(without) < len(before) + len(after):
+        return None
+    if not (without.startswith(before) and without.endswith(after)):
+        return None
+    return without[len(before) : len(without) - len(after)] or None
+
+
 def resolve_template(tokenizer, name: str | None = None) -> ChatTemplate:
     """The template to train and chat with.
 
