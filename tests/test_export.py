@@ -225,6 +225,28 @@ def test_ollama_template_reproduces_chatml(tiny_tokenizer):
     assert modelfile.count('(eq .Role "user")') == 3
 
 
+def test_every_named_template_translates_to_an_ollama_template(tiny_tokenizer):
+    from tuner.data.templates import get_template, list_templates
+
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Thanks"},
+    ]
+    for name in list_templates():
+        template = get_template(name, tiny_tokenizer)
+        gaps = template_gaps(template.render)
+        assert gaps is not None, name
+        rebuilt = "".join(
+            gaps[f"{prev}>{m['role']}"] + m["content"]
+            for prev, m in zip(["start", "system", "user", "assistant"], conversation, strict=True)
+        )
+        assert rebuilt + gaps["user>end"] == template.render(conversation, add_generation_prompt=True), name
+    llama2 = ollama_modelfile(get_template("llama2_chat", tiny_tokenizer), bos_token="<s>")
+    assert '{{ "[INST] " }}' in llama2 and '{{ " </s><s>[INST] " }}' in llama2  # BOS left to llama.cpp
+
+
 def test_push_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(TunerError, match="HF_HUB_OFFLINE"):

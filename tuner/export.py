@@ -505,7 +505,9 @@ def merge_adapter(
     with staging_folder(out_dir, force) as staging:
         model.save_pretrained(str(staging), max_shard_size=shard)
         tokenizer.save_pretrained(str(staging))
-        (staging / MODELFILE).write_text(ollama_modelfile(chat_template), encoding="utf-8")
+        (staging / MODELFILE).write_text(
+            ollama_modelfile(chat_template, bos_token=tokenizer.bos_token), encoding="utf-8"
+        )
         release(model)
         model = None
         result = MergeResult(out_dir, dtype_name, chat_template.name, eos_ids)
@@ -637,9 +639,16 @@ def ollama_template(gaps: dict[str, str]) -> str:
     )
 
 
-def ollama_modelfile(chat_template, gguf_name: str = "model.gguf") -> str:
-    """An Ollama Modelfile: the chat template in Go-template form and the stop words."""
+def ollama_modelfile(chat_template, gguf_name: str = "model.gguf", bos_token: str | None = None) -> str:
+    """An Ollama Modelfile: the chat template in Go-template form and the stop words.
+
+    A leading ``bos_token`` is left out of the template: llama.cpp adds BOS itself from the GGUF
+    metadata, and a second one in the prompt text would double it.
+    """
     gaps = template_gaps(chat_template.render)
+    if gaps and bos_token:
+        for key in ("start>system", "start>user"):
+            gaps[key] = gaps[key].removeprefix(bos_token)
     stops = [w for w in dict.fromkeys([chat_template.end_of_turn, *(chat_template.stop_words or [])]) if w]
     lines = [
         "# Ollama Modelfile written by tuner merge.",
