@@ -272,8 +272,8 @@ def test_bad_records_are_all_reported_and_good_ones_kept(tmp_path):
         f"{path}:2:50: invalid JSON: Expecting ',' delimiter (fix or delete this line)",
         f"{path}:3: conversation[0].output: missing 'output' (add 'output' or delete the record)",
         f"{path}:4: conversation[0].output: empty 'output' (fill it in or delete the record)",
-        f"{path}:5: conversation[0].input: 'input' must be a string, got a number",
-        f"{path}:7: conversation: 'conversation' must be an array, got a string",
+        f"{path}:5: conversation[0].input: 'input' must be a string, got a number (make it a string)",
+        f"{path}:7: conversation: 'conversation' must be an array, got a string (make it an array)",
     ]
     with pytest.raises(DataError, match="5 bad records of 7"):
         result.raise_for_problems()
@@ -338,3 +338,18 @@ def test_no_recognisable_record_raises(tmp_path):
         load_samples(path)
     assert info.value.line == 1
     assert "unknown format (fields: 'question', 'answer')" in str(info.value)
+
+
+def test_text_file_only_reads_as_pretrain(shared_data):
+    with pytest.raises(DataError, match="can only be read as pretrain, not alpaca"):
+        load_samples(shared_data / "formats" / "pretrain.txt", "alpaca")
+
+
+def test_parse_step_forms():
+    assert react.parse_step("Thought: done\nFinal Answer: 42") == react.Step(
+        thought="done", final_answer="42"
+    )
+    assert react.parse_step("Just text.") == react.Step(final_answer="Just text.")
+    # A tool result the model invented after its action is ignored.
+    step = react.parse_step("Thought: t\nAction: calc\nAction Input: {}\nResponse: fake\nFinal Answer: no")
+    assert (step.action, step.action_input, step.final_answer) == ("calc", "{}", None)

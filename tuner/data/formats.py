@@ -283,7 +283,11 @@ def _get(
     if not isinstance(value, kind):
         kinds = kind if isinstance(kind, tuple) else (kind,)
         expected = " or ".join("a string" if k is str else _type_name(k()) for k in kinds)
-        raise DataError(f"{key!r} must be {expected}, got {_type_name(value)}", field=label)
+        raise DataError(
+            f"{key!r} must be {expected}, got {_type_name(value)}",
+            field=label,
+            hint=f"make it {expected}",
+        )
     return value
 
 
@@ -660,7 +664,7 @@ def load_samples(path: str | Path, fmt: str = "auto", *, system: str | None = No
     path = Path(path)
     fmt = canonical_format(fmt)
     records, problems = read_records(path)
-    texts = bool(records) and isinstance(records[0].data, str)
+    texts = path.suffix.lower() in TEXT_SUFFIXES
     if texts and fmt not in ("auto", "pretrain"):
         raise DataError(
             f"a plain-text file can only be read as pretrain, not {fmt}",
