@@ -95,7 +95,9 @@ def build(T, lang_state, runs_default: list[str]):
     with T.make(gr.Tab, "tab.export", id="export"):
         T.value(gr.Markdown, "export.intro")
         with gr.Row():
-            c["run"] = T.make(gr.Dropdown, "export.run", choices=runs_default, scale=3)
+            c["run"] = T.make(
+                gr.Dropdown, "export.run", choices=runs_default, allow_custom_value=True, scale=3
+            )
             c["refresh"] = T.value(gr.Button, "train.refresh", size="sm", scale=1)
             c["source"] = T.make(gr.Dropdown, "export.source", choices=[], allow_custom_value=True, scale=3)
         c["status"] = T.make(gr.Textbox, "export.status", lines=3, interactive=False)

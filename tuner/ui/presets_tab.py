@@ -98,6 +98,15 @@ def save_preset(new_name: str, overwrite: bool, *values_and_lang):
     return tr(lang, "presets.saved", path=rel(path)), gr.update(choices=names, value=new_name)
 
 
+def _preset_names() -> list[str]:
+    from tuner import presets
+
+    try:
+        return [p.name for p in presets.list_presets()]
+    except TunerError:
+        return []
+
+
 def cli_command(preset: str | None, *values) -> str:
     """``python -m tuner train PRESET --set key=value ...`` for the keys the form changed."""
     from tuner import presets
@@ -208,7 +217,9 @@ def build(T, lang_state):
     with T.make(gr.Tab, "tab.presets", id="presets"):
         with gr.Row():
             c["filter"] = T.make(gr.Textbox, "presets.filter", scale=2)
-            c["preset"] = T.make(gr.Dropdown, "presets.preset", choices=[], scale=3)
+            c["preset"] = T.make(
+                gr.Dropdown, "presets.preset", choices=_preset_names(), allow_custom_value=True, scale=3
+            )
             c["load"] = T.value(gr.Button, "presets.load", variant="primary", scale=1)
         with T.make(gr.Accordion, "presets.list", open=False):
             c["table"] = T.make(gr.Dataframe, "presets.table", interactive=False, max_height=300)

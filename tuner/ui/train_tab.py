@@ -253,7 +253,7 @@ def build(T, lang_state, form_components: dict):
         c["log"] = T.make(gr.Textbox, "train.log", lines=10, max_lines=10, interactive=False, autoscroll=True)
         with T.make(gr.Accordion, "train.history", open=False):
             with gr.Row():
-                c["run"] = T.make(gr.Dropdown, "train.run", choices=[], scale=4)
+                c["run"] = T.make(gr.Dropdown, "train.run", choices=[], allow_custom_value=True, scale=4)
                 c["refresh"] = T.value(gr.Button, "train.refresh", size="sm", scale=1)
             c["h_status"] = T.make(gr.Markdown, "train.h_status", value="")
             with gr.Row(equal_height=False):
