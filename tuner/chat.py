@@ -321,12 +321,18 @@ class ChatSession:
         try:
             for answer, delta in self._generate(messages, self._settings(settings), use_adapter=use_adapter):
                 yield answer if cumulative else delta
-        finally:
+        except GeneratorExit:  # the consumer stopped early: keep what the user saw
             self.history.append(ChatTurn(text, answer))
+            raise
+        self.history.append(ChatTurn(text, answer))
 
     def answer(self, text: str, **settings) -> str:
         """The whole answer to ``text`` as the next turn of the conversation."""
-        return "".join(self.stream(text, **settings))
+        return _last(self.stream(text, cumulative=True, **settings), "")
+
+    def answer_single(self, text: str, *, use_adapter: bool = True, **settings) -> str:
+        """The whole answer to ``text`` as a fresh question (history neither used nor changed)."""
+        return _last(self.stream_single(text, use_adapter=use_adapter, cumulative=True, **settings), "")
 
     def compare(self, text: str, **settings) -> tuple[str, str]:
         """(base answer, fine-tuned answer) to ``text`` as a fresh question (history not used nor changed).

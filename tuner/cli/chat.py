@@ -158,8 +158,8 @@ class Chat:
     def _compare(self, question: str) -> None:
         opts = self.session.compare_settings()
         if self.args.json:
-            base = "".join(self.session.stream_single(question, use_adapter=False, **opts))
-            tuned = "".join(self.session.stream_single(question, use_adapter=True, **opts))
+            base = self.session.answer_single(question, use_adapter=False, **opts)
+            tuned = self.session.answer_single(question, use_adapter=True, **opts)
             print(
                 json.dumps({"prompt": question, "answer": tuned, "base_answer": base}, ensure_ascii=False),
                 flush=True,
