@@ -98,7 +98,7 @@ def test_cli_make_identity(tmp_path, capsys):
 @pytest.mark.slow
 def test_general_answers_from_the_embedded_model(default_model_dir, tmp_path):
     out = tmp_path / "id.jsonl"
-    answerer = identity.model_answerer(default_model_dir, max_new_tokens=48)
+    answerer = identity.model_answerer(default_model_dir, max_new_tokens=24)
     result = make_identity(out, "Ada", mix_general=2, general_source=answerer)
     assert result.general_count == 2
     general = [t for t in read(out) if "Ada" not in t["output"]]

@@ -8,6 +8,7 @@ nothing new to learn) are mixed in to keep ordinary answers ordinary.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -17,7 +18,12 @@ from pathlib import Path
 from tuner.errors import DataError, OutputExistsError
 from tuner.io import write_jsonl_atomic
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MIX_GENERAL = 40
+# Chat templates such as SmolLM2's insert their own system prompt ("...named SmolLM...") when none is
+# given; a neutral one keeps the base model's old name out of the general answers.
+GENERATION_SYSTEM = "You are a helpful assistant."
 # Each question is paired with this many different answer wordings.
 ANSWERS_PER_QUESTION = 2
 
@@ -286,7 +292,9 @@ def model_answerer(
         tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
         model.eval()
         eos = model.generation_config.eos_token_id
         stop_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
@@ -295,11 +303,15 @@ def model_answerer(
             batch = questions[start : start + batch_size]
             prompts = [
                 tokenizer.apply_chat_template(
-                    [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
+                    [{"role": "system", "content": GENERATION_SYSTEM}, {"role": "user", "content": q}],
+                    add_generation_prompt=True,
+                    tokenize=False,
                 )
                 for q in batch
             ]
-            inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+                device
+            )
             with torch.no_grad():
                 output = model.generate(
                     **inputs,
@@ -311,6 +323,7 @@ def model_answerer(
                 finished = bool(stop_ids & set(row.tolist()))
                 text = tokenizer.decode(row, skip_special_tokens=True).strip()
                 answers.append(text if finished else _trim_unfinished(text))
+            log.info("answered %d of %d general questions", len(answers), len(questions))
         return answers
 
     return answer
