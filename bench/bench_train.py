@@ -1,0 +1,972 @@
+"""Training speed and memory: tuner's own training path against a plain transformers + peft + bitsandbytes loop.
+
+Both tools train the same random-init model of a real shape (Llama-2-7B, Llama-3-8B, Qwen2.5-7B, or
+a tiny one for CPU smoke tests) on the same random token rows: batch 1, ``seq`` tokens per optimizer
+step, labels = inputs, LoRA r64 / alpha16 / dropout 0.1 on all linear layers, gradient checkpointing.
+
+* ``tuner``: the model is built by ``tuner.train.build_model`` from a ``TrainConfig`` (folder load,
+  NF4 4-bit for qlora, peft's k-bit preparation, LoRA), trained by tuner's Trainer class with
+  ``tuner.train.training_arguments`` (its optimizer and precision choices), tuner's ``PackedCollator``
+  and its event callback, as ``tuner.train.train`` assembles them.
+* ``plain``: the issue's baseline, a hand-written loop: ``from_pretrained`` with a BitsAndBytesConfig
+  (NF4, double quant), ``prepare_model_for_kbit_training``, ``get_peft_model``, bitsandbytes'
+  PagedAdamW32bit, torch autocast (fp16 + GradScaler for Llama-2 QLoRA as XTuner 0.1.9's recipe did,
+  bf16 otherwise), grad clipping at 1.0, ``loss.item()`` each step. No packing, no fused kernels.
+
+Usage (see bench/README.md)::
+
+    python bench/bench_train.py --shape llama2-7b --method qlora --seq 512,4096 --tool tuner,plain \
+        --steps 10 --warmup 3 --out bench/results/2026-11-20-h100.json
+    python bench/bench_train.py --all --out ...          # every shape x method x 512/2048/4096 x tool
+    python bench/bench_train.py --tiny --in-process ...  # CPU smoke test (tiny model, no quantization)
+    python bench/bench_train.py --report bench/results/2026-11-20-h100.json   # markdown table
+
+One configuration (shape, method, seq, tool) runs per process: with several, this process is a driver
+that runs each as a child process in turn (memory isolation: a fresh CUDA allocator, no leftovers), and
+each child appends its row to the ``--out`` JSON list (atomically, under a lock).
+
+Measurement: ``--warmup`` steps first (allocator growth, paged optimizer state, cuBLAS handles), then
+``--steps`` timed steps; the time of a step is the host clock between consecutive step ends, each
+after ``torch.cuda.synchronize()``, so it holds everything a step costs (data loading, logging,
+forward, backward, optimizer). ``tok_s`` = tokens per step / mean step time. Memory: peak allocated
+and reserved bytes of PyTorch's allocator after ``reset_peak_memory_stats`` once the model is loaded
+(bitsandbytes' paged optimizer state lives in CUDA managed memory outside that allocator; the
+device-wide ``device_used_gib``, sampled after every step from ``cudaMemGetInfo``, includes it and the
+CUDA context). MFU: see :func:`flops_per_token`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import gc
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # tuner and tests.tiny, when run as `python bench/bench_train.py`
+
+GIB = 2**30
+REAL_SHAPES = ("llama2-7b", "llama3-8b", "qwen2.5-7b")
+SHAPES = (*REAL_SHAPES, "tiny")
+METHODS = ("qlora", "lora")
+TOOLS = ("tuner", "plain")
+DEFAULT_SEQS = (512, 2048, 4096)
+DEFAULT_MODELS_DIR = Path(tempfile.gettempdir()) / "bench-models"
+PEAK_CACHE = "bf16_peak.json"
+COMPLETE_MARK = "bench-complete"
+
+# The shapes of the real models (their config.json values), with random weights.
+SHAPE_CONFIGS = {
+    "llama2-7b": dict(
+        family="llama",
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=4096,
+    ),
+    "llama3-8b": dict(
+        family="llama",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=8192,
+    ),
+    "qwen2.5-7b": dict(
+        family="qwen2",
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=32768,
+    ),
+    # CPU smoke tests: the vocabulary is the tiny test tokenizer's (filled in at build time).
+    "tiny": dict(
+        family="llama",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=None,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=4096,
+    ),
+}
+
+LORA = dict(r=64, alpha=16, dropout=0.1, targets="all-linear")
+LR = 2e-4
+MAX_NORM = 1.0
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One benchmark configuration: what a child process measures."""
+
+    shape: str
+    method: str
+    seq: int
+    tool: str
+    sample_len: int | None = None  # tuner only: pack samples of this length into the seq-token row
+
+    @property
+    def label(self) -> str:
+        packed = f"-pack{self.sample_len}" if self.sample_len else ""
+        return f"{self.shape}-{self.method}-{self.seq}{packed}-{self.tool}"
+
+
+# ------------------------------------------------------------------------------------------- shapes
+
+
+def shape_dims(shape: str, vocab_size: int | None = None) -> dict:
+    dims = dict(SHAPE_CONFIGS[shape])
+    if dims["vocab_size"] is None:
+        dims["vocab_size"] = vocab_size
+    return dims
+
+
+def model_config(shape: str, tokenizer):
+    """The transformers config of a shape, with the tokenizer's special token ids."""
+    import torch
+    from transformers import LlamaConfig, Qwen2Config
+
+    dims = shape_dims(shape, len(tokenizer))
+    family = dims.pop("family")
+    rope_theta = dims.pop("rope_theta")
+    cls = LlamaConfig if family == "llama" else Qwen2Config
+    config = cls(
+        **dims,
+        rope_theta=rope_theta,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        use_cache=False,
+    )
+    # transformers 5 keeps the RoPE base in rope_parameters; make sure it took the shape's value.
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict):
+        params["rope_theta"] = rope_theta
+    else:
+        config.rope_theta = rope_theta
+    config.dtype = torch.bfloat16
+    return config
+
+
+def linear_params(dims: dict) -> int:
+    """N: weights of the matrix products per token (attention and MLP projections, LM head).
+
+    Embedding lookups are not matrix products; biases, norms and LoRA's own small matrices are left out.
+    """
+    h, inter, layers = dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"]
+    heads, kv = dims["num_attention_heads"], dims["num_key_value_heads"]
+    head_dim = h // heads
+    attn = h * heads * head_dim * 2 + h * kv * head_dim * 2  # q, o; k, v
+    mlp = 3 * h * inter  # gate, up, down
+    return layers * (attn + mlp) + h * dims["vocab_size"]
+
+
+def flops_per_token(dims: dict, sample_lengths: list[int]) -> float:
+    """Model FLOPs per trained token: 4N + attention, the issue's definition.
+
+    * 4N: each frozen base weight does 2 FLOPs per token forward and 2 backward for the input
+      gradient; a frozen weight gets no weight gradient, so not the usual 6N. Recomputation by
+      gradient checkpointing is not counted (it is overhead, not model work), nor is LoRA's own
+      work (about 2% of N at r64).
+    * attention: QK^T and AV, 2 x 2 x d_attn FLOPs per (query, key) pair forward, 3x that for forward
+      + backward (no frozen weights there), causal so each sample of length S has S(S+1)/2 pairs:
+      6 x layers x d_attn x S(S+1)/2 x 2 / (tokens) per token -> about 6 x layers x d_attn x S.
+    """
+    layers = dims["num_hidden_layers"]
+    d_attn = dims["hidden_size"] // dims["num_attention_heads"] * dims["num_attention_heads"]
+    tokens = sum(sample_lengths)
+    pairs = sum(s * (s + 1) / 2 for s in sample_lengths)
+    attention = 3 * 4 * layers * d_attn * pairs / tokens
+    return 4 * linear_params(dims) + attention
+
+
+# --------------------------------------------------------------------------------------- model files
+
+
+def _bench_tokenizer():
+    from tests.tiny import build_tokenizer
+
+    return build_tokenizer()
+
+
+def ensure_model(shape: str, models_dir: Path, log=print) -> Path:
+    """A folder with the shape's config, random bf16 safetensors (one shard per layer) and a tokenizer.
+
+    Reused when already complete. Weights are drawn per tensor on the GPU when there is one (normal,
+    std 0.02; norm weights 1), so a 7B model takes seconds plus the disk write, and at most one layer
+    is ever in host memory.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    folder = models_dir / shape
+    if (folder / COMPLETE_MARK).is_file():
+        return folder
+    started = time.perf_counter()
+    models_dir.mkdir(parents=True, exist_ok=True)
+    staging = models_dir / f".{shape}.tmp{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    tokenizer = _bench_tokenizer()
+    config = model_config(shape, tokenizer)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    shapes = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    del skeleton
+    groups: dict[str, list[str]] = {}
+    for name in shapes:
+        match = re.search(r"\.layers\.(\d+)\.", name)
+        key = f"layer{int(match.group(1)):03d}" if match else "other"
+        groups.setdefault(key, []).append(name)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    generator = torch.Generator(device=device).manual_seed(0)
+    weight_map, total = {}, 0
+    for i, (_group, names) in enumerate(sorted(groups.items())):
+        filename = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        tensors = {}
+        for name in names:
+            tensor = torch.empty(shapes[name], dtype=torch.bfloat16, device=device)
+            if name.endswith("norm.weight"):
+                tensor.fill_(1.0)
+            else:
+                tensor.normal_(0.0, 0.02, generator=generator)
+            tensors[name] = tensor.cpu()
+            total += tensor.numel() * 2
+            weight_map[name] = filename
+        save_file(tensors, str(staging / filename), metadata={"format": "pt"})
+        del tensors
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    config.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / COMPLETE_MARK).write_text(f"{shape} {total} bytes\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    log(f"[bench] built {folder}: {total / GIB:.2f} GiB bf16 in {time.perf_counter() - started:.1f} s")
+    return folder
+
+
+# ------------------------------------------------------------------------------------------- device
+
+
+def gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def slug(text: str) -> str:
+    """A file-name form of a GPU name.
+
+    >>> slug("NVIDIA H100 80GB HBM3")
+    'h100-80gb-hbm3'
+    """
+    text = re.sub(r"^nvidia\s+", "", text.strip(), flags=re.I)
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "gpu"
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure_matmul_peak(models_dir: Path, log=print) -> dict:
+    """The GPU's bf16 matrix rate, measured: median of 10 timed 8192^3 products on random data after
+    3 warm-ups. Cached per GPU name in ``models_dir`` so every row of a run shares one denominator.
+    On a CPU (smoke tests only) a 1024^3 fp32 product stands in."""
+    import torch
+
+    name = gpu_name()
+    cache = models_dir / PEAK_CACHE
+    try:
+        cached = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if name in cached:
+        return cached[name]
+    cuda = torch.cuda.is_available()
+    n, dtype, device = (8192, torch.bfloat16, "cuda") if cuda else (1024, torch.float32, "cpu")
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    times = []
+    for i in range(13):
+        _sync()
+        start = time.perf_counter()
+        if cuda:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            a @ b
+            end.record()
+            end.synchronize()
+            elapsed = begin.elapsed_time(end) / 1e3
+        else:
+            a @ b
+            elapsed = time.perf_counter() - start
+        if i >= 3:
+            times.append(elapsed)
+    del a, b
+    result = {
+        "tflops": round(2 * n**3 / statistics.median(times) / 1e12, 3),
+        "how": f"{n}^3 {str(dtype).replace('torch.', '')} matmul, median of {len(times)}",
+    }
+    log(f"[bench] matmul peak on {name}: {result['tflops']} TFLOP/s ({result['how']})")
+    cached[name] = result
+    with contextlib.suppress(OSError):
+        models_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(cached, indent=2) + "\n")
+        os.replace(tmp, cache)
+    return result
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "liger_kernel"):
+        try:
+            out[name] = md.version(name.replace("_", "-"))
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+class StepClock:
+    """Host time at the end of every step (after a device sync), peak device use, losses."""
+
+    def __init__(self):
+        self.ends: list[float] = []
+        self.losses: list[float] = []
+        self.device_used = 0
+        self.loaded_bytes = None
+        self.started = None
+
+    def begin(self) -> None:
+        import torch
+
+        _sync()
+        if torch.cuda.is_available():
+            self.loaded_bytes = torch.cuda.memory_allocated()  # weights (+ LoRA) before the first step
+            torch.cuda.reset_peak_memory_stats()
+        self.started = time.perf_counter()
+
+    def step_end(self) -> None:
+        import torch
+
+        _sync()
+        self.ends.append(time.perf_counter())
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            self.device_used = max(self.device_used, total - free)
+
+    def loss(self, value) -> None:
+        if value is not None:
+            self.losses.append(float(value))
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def token_rows(spec: Spec, vocab_size: int, count: int) -> list[list[int]]:
+    """``count`` rows of ``spec.seq`` random token ids, the same for both tools (seeded by seq)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(1234 + spec.seq)
+    return torch.randint(0, vocab_size, (count, spec.seq), generator=generator).tolist()
+
+
+def sample_lengths(spec: Spec) -> list[int]:
+    if not spec.sample_len:
+        return [spec.seq]
+    full, rest = divmod(spec.seq, spec.sample_len)
+    return [spec.sample_len] * full + ([rest] if rest else [])
+
+
+def tuner_rows(spec: Spec, rows: list[list[int]]) -> list[dict]:
+    """tuner's packed rows (``pack_row``: position ids restart per sample, first label -100)."""
+    from tuner.data.pack import pack_row
+
+    out = []
+    for ids in rows:
+        samples, at = [], 0
+        for length in sample_lengths(spec):
+            piece = ids[at : at + length]
+            samples.append({"input_ids": piece, "labels": piece})
+            at += length
+        out.append(pack_row(samples))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- tools
+
+
+def apply_liger(shape: str) -> bool:
+    """Hook for the optimisation step: Liger's fused kernels (RMSNorm, RoPE, SwiGLU, fused linear
+    cross-entropy), patched into the model classes before loading. True when applied."""
+    try:
+        from liger_kernel import transformers as liger
+    except ImportError:
+        print("[bench] --liger: liger_kernel is not importable; running without it", flush=True)
+        return False
+    family = SHAPE_CONFIGS[shape]["family"]
+    getattr(liger, f"apply_liger_kernel_to_{family}")()
+    return True
+
+
+def run_tuner(spec: Spec, model_dir: Path, rows: list[list[int]], clock: StepClock, work: Path) -> dict:
+    """tuner's path: build_model + training_arguments + tuner's Trainer class, collator and events."""
+    from datasets import Dataset
+    from transformers import TrainerCallback, set_seed
+    from transformers.trainer_callback import PrinterCallback
+
+    from tuner.callbacks import EventCallback, RunControl
+    from tuner.config import config_from_dict
+    from tuner.events import EventLog
+    from tuner.model import count_parameters, load_tokenizer
+    from tuner.train import build_model, make_collator, make_trainer_class, training_arguments
+
+    config = config_from_dict(
+        dict(
+            name="bench",
+            model=str(model_dir),
+            data_path="random-tokens",  # never read: the rows below are handed to the Trainer
+            method=spec.method,
+            max_length=spec.seq,
+            tokens_per_step=spec.seq,
+            pack_to_max_length=True,
+            batch_size=1,
+            accumulative_counts=1,
+            max_steps=len(rows),
+            save_steps=10**9,
+            logging_steps=1,
+            lora_r=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"],
+            lora_targets=LORA["targets"],
+            lr=LR,
+            max_norm=MAX_NORM,
+            gradient_checkpointing=True,
+        )
+    )
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(config.model)
+    started = time.perf_counter()
+    model, loaded = build_model(config)
+    load_s = time.perf_counter() - started
+    trainable, _ = count_parameters(model)
+    args = training_arguments(config, work, loaded, has_eval=False)
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            clock.begin()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.step_end()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            clock.loss((logs or {}).get("loss"))
+
+    trainer = make_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(tuner_rows(spec, rows)),
+        data_collator=make_collator(tokenizer, packed=True),
+        processing_class=tokenizer,
+        callbacks=[EventCallback(EventLog(work / "events.jsonl"), RunControl()), Clock()],
+    )
+    trainer.remove_callback(PrinterCallback)
+    try:
+        trainer.train()
+        return dict(
+            load_s=load_s,
+            precision=str(loaded.dtype).replace("torch.", ""),
+            optimizer=str(getattr(args.optim, "value", args.optim)),
+            attention=loaded.attention,
+            trainable_params=trainable,
+        )
+    finally:
+        trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
+        del trainer, model
+
+
+def plain_dtype(spec: Spec, recipe: str):
+    """XTuner 0.1.9's recipe: fp16 AMP for QLoRA on Llama-2, bf16 otherwise; fp32 on a CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.float32
+    if recipe == "fp16" or (recipe == "recipe" and spec.shape == "llama2-7b" and spec.method == "qlora"):
+        return torch.float16
+    return torch.bfloat16
+
+
+def run_plain(
+    spec: Spec, model_dir: Path, rows: list[list[int]], clock: StepClock, precision: str = "recipe"
+) -> dict:
+    """The baseline: a hand-written transformers + peft + bitsandbytes loop, library defaults."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    dtype = plain_dtype(spec, precision)
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    kwargs = {"dtype": dtype}
+    if spec.method == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    if spec.method != "qlora":
+        model.to(device)
+    model.config.use_cache = False
+    if spec.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    else:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"],
+            target_modules=LORA["targets"],
+            bias="none",
+            task_type="CAUSAL_LM",
+        ),
+    )
+    model.train()
+    load_s = time.perf_counter() - started
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cuda:
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.PagedAdamW32bit(params, lr=LR, weight_decay=0.0)
+        optimizer_name = "paged_adamw_32bit"
+    else:
+        optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
+        optimizer_name = "adamw_torch"
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    autocast = cuda and dtype != torch.float32
+    skipped = 0
+    clock.begin()
+    for ids in rows:
+        batch = torch.tensor([ids], dtype=torch.long).to(device, non_blocking=True)
+        with torch.autocast(device_type=device, dtype=dtype, enabled=autocast):
+            loss = model(input_ids=batch, labels=batch).loss
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, MAX_NORM)
+            scale = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            skipped += scaler.get_scale() < scale  # an overflow: the step was skipped
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, MAX_NORM)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        clock.loss(loss.item())
+        clock.step_end()
+    result = dict(
+        load_s=load_s,
+        precision=str(dtype).replace("torch.", ""),
+        optimizer=optimizer_name,
+        attention=getattr(model.config, "_attn_implementation", None),
+        trainable_params=sum(p.numel() for p in params),
+    )
+    if scaler is not None:
+        result["amp_skipped_steps"] = int(skipped)
+    del model, optimizer, params
+    return result
+
+
+# -------------------------------------------------------------------------------------------- child
+
+
+def measure(spec: Spec, opts) -> dict:
+    """Run one configuration in this process and return its row (``error`` set when it failed)."""
+    import torch
+
+    models_dir = Path(opts.models_dir)
+    row = {
+        "model": spec.shape,
+        "method": spec.method,
+        "seq": spec.seq,
+        "tool": spec.tool,
+        "sample_len": spec.sample_len,
+        "tag": opts.tag,
+        "liger": False,
+        "tok_s": None,
+        "step_s": None,
+        "peak_gib": None,
+        "reserved_gib": None,
+        "mfu": None,
+        "gpu": gpu_name(),
+        **{k: v for k, v in versions().items()},
+        "steps": opts.steps,
+        "warmup": opts.warmup,
+        "batch_size": 1,
+        "tokens_per_step": spec.seq,
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+        "error": None,
+    }
+    if spec.method == "qlora" and not torch.cuda.is_available():
+        row["error"] = "qlora needs a CUDA GPU (bitsandbytes); use --tiny / --method lora on a CPU"
+        return row
+    if spec.sample_len and spec.tool != "tuner":
+        row["error"] = "--sample-len packs samples, which only the tuner tool does"
+        return row
+    if not torch.cuda.is_available():
+        # CPU smoke runs only check the harness; one thread avoids oversubscribing a shared machine.
+        torch.set_num_threads(1)
+    clock = StepClock()
+    started = time.perf_counter()
+    try:
+        model_dir = ensure_model(spec.shape, models_dir)
+        peak = measure_matmul_peak(models_dir)
+        if opts.liger:
+            row["liger"] = apply_liger(spec.shape)
+        dims = shape_dims(spec.shape, _vocab_of(model_dir))
+        rows = token_rows(spec, dims["vocab_size"], opts.warmup + opts.steps)
+        if spec.tool == "tuner":
+            with tempfile.TemporaryDirectory(prefix="bench-run-") as work:
+                info = run_tuner(spec, model_dir, rows, clock, Path(work))
+        else:
+            info = run_plain(spec, model_dir, rows, clock, opts.plain_precision)
+        row.update(info)
+        row["load_s"] = round(info["load_s"], 1)
+        timed = clock.ends[opts.warmup - 1 :] if opts.warmup else [clock.started, *clock.ends]
+        if len(clock.ends) != opts.warmup + opts.steps or len(timed) < 2:
+            raise RuntimeError(f"expected {opts.warmup + opts.steps} steps, timed {len(clock.ends)}")
+        per_step = [b - a for a, b in itertools.pairwise(timed)]
+        step_s = (timed[-1] - timed[0]) / len(per_step)
+        flops = flops_per_token(dims, sample_lengths(spec))
+        achieved = spec.seq / step_s * flops
+        row.update(
+            tok_s=round(spec.seq / step_s, 1),
+            step_s=round(step_s, 4),
+            step_s_median=round(statistics.median(per_step), 4),
+            step_s_min=round(min(per_step), 4),
+            step_s_max=round(max(per_step), 4),
+            first_step_s=round(clock.ends[0] - clock.started, 3),
+            model_tflops=round(achieved / 1e12, 1),
+            peak_tflops=peak["tflops"],
+            peak_how=peak["how"],
+            mfu=round(achieved / (peak["tflops"] * 1e12), 4),
+            flops_per_token=round(flops),
+            n_linear_params=linear_params(dims),
+            loss_first=round(clock.losses[0], 4) if clock.losses else None,
+            loss_last=round(clock.losses[-1], 4) if clock.losses else None,
+        )
+        if clock.losses and not all(math.isfinite(v) for v in clock.losses):
+            row["error"] = "non-finite loss"
+    except torch.cuda.OutOfMemoryError as exc:
+        row["error"] = f"out of memory: {str(exc).splitlines()[0][:300]}"
+    except Exception as exc:  # a failed configuration is a row too; the driver goes on
+        traceback.print_exc()
+        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    finally:
+        if torch.cuda.is_available():
+            row["peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 3)
+            row["reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 3)
+            row["device_used_gib"] = round(clock.device_used / GIB, 3) if clock.device_used else None
+            row["loaded_gib"] = round(clock.loaded_bytes / GIB, 3) if clock.loaded_bytes else None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        row["total_s"] = round(time.perf_counter() - started, 1)
+    return row
+
+
+def _vocab_of(model_dir: Path) -> int:
+    return json.loads((model_dir / "config.json").read_text())["vocab_size"]
+
+
+# ----------------------------------------------------------------------------------------- results
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append rows to the JSON list at ``path``: under an exclusive lock, written to a temporary file
+    and renamed into place, so concurrent writers never lose rows and readers never see half a file."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        existing = json.loads(path.read_text()) if path.is_file() and path.stat().st_size else []
+        if not isinstance(existing, list):
+            raise ValueError(f"{path} does not hold a JSON list")
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(existing + rows, indent=1) + "\n")
+        os.replace(tmp, path)
+
+
+def _fmt(value, spec: str = ",.0f") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def report(rows: list[dict]) -> str:
+    """A markdown table of rows, with each tuner row's ratio to the plain row of the same config."""
+    plain = {
+        (r["model"], r["method"], r["seq"]): r
+        for r in rows
+        if r["tool"] == "plain" and r.get("tok_s") and not r.get("error")
+    }
+    lines = [
+        "| model | method | seq | tool | tok/s | x plain | step s | peak GiB | reserved GiB | device GiB | MFU | notes |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        base = plain.get((r["model"], r["method"], r["seq"]))
+        if r.get("sample_len") and r["tool"] == "tuner":  # packed short samples vs plain at that length
+            base = plain.get((r["model"], r["method"], r["sample_len"]))
+        ratio = r["tok_s"] / base["tok_s"] if base and r.get("tok_s") else None
+        notes = [r.get("precision") or "", r.get("optimizer") or ""]
+        if r.get("sample_len"):
+            notes.append(f"packed {r['sample_len']}-token samples")
+        if r.get("liger"):
+            notes.append("liger")
+        if r.get("tag"):
+            notes.append(r["tag"])
+        if r.get("error"):
+            notes.append(f"ERROR {r['error'][:80]}")
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['seq']} | {r['tool']} | {_fmt(r.get('tok_s'))} | "
+            f"{_fmt(ratio, '.2f')} | {_fmt(r.get('step_s'), '.3f')} | {_fmt(r.get('peak_gib'), '.2f')} | "
+            f"{_fmt(r.get('reserved_gib'), '.2f')} | {_fmt(r.get('device_used_gib'), '.2f')} | "
+            f"{_fmt(r.get('mfu'), '.1%')} | {', '.join(n for n in notes if n)} |"
+        )
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------- driver
+
+
+def _csv(text: str, allowed=None, cast=str) -> list:
+    values = [cast(v.strip()) for v in str(text).split(",") if v.strip()]
+    if allowed is not None:
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{', '.join(map(str, bad))}: choose from {', '.join(allowed)}")
+    return values
+
+
+def specs_from(opts) -> list[Spec]:
+    if opts.all:
+        shapes, methods, seqs, tools = REAL_SHAPES, METHODS, DEFAULT_SEQS, TOOLS
+    else:
+        shapes, methods, seqs, tools = opts.shape, opts.method, opts.seq, opts.tool
+    specs = []
+    for shape, method, seq, tool in itertools.product(shapes, methods, seqs, tools):
+        sample_len = opts.sample_len if tool == "tuner" else None
+        specs.append(Spec(shape, method, seq, tool, sample_len))
+    return specs
+
+
+def default_out(folder: Path) -> Path:
+    try:
+        name = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        name = "cpu"
+    return folder / f"{_dt.date.today().isoformat()}-{slug(name)}.json"
+
+
+def child_argv(spec: Spec, opts, out: Path) -> list[str]:
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--shape", spec.shape,
+        "--method", spec.method,
+        "--seq", str(spec.seq),
+        "--tool", spec.tool,
+        "--steps", str(opts.steps),
+        "--warmup", str(opts.warmup),
+        "--out", str(out),
+        "--models-dir", str(opts.models_dir),
+        "--plain-precision", opts.plain_precision,
+    ]  # fmt: skip
+    if spec.sample_len:
+        argv += ["--sample-len", str(spec.sample_len)]
+    if opts.liger:
+        argv.append("--liger")
+    if opts.tag:
+        argv += ["--tag", opts.tag]
+    return argv
+
+
+def drive(specs: list[Spec], opts, out: Path) -> list[dict]:
+    """Run each configuration in a child process, one after another; log each child to a file."""
+    log_dir = Path(opts.log_dir) if opts.log_dir else out.with_name(out.stem + ".logs")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    produced = []
+    for i, spec in enumerate(specs, 1):
+        before = len(json.loads(out.read_text())) if out.is_file() else 0
+        log_path = log_dir / f"{spec.label}.log"
+        print(f"[bench] {i}/{len(specs)} {spec.label} (log {log_path})", flush=True)
+        started = time.perf_counter()
+        with open(log_path, "w") as log:
+            try:
+                code = subprocess.run(
+                    child_argv(spec, opts, out),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=opts.child_timeout,
+                    cwd=REPO,
+                ).returncode
+            except subprocess.TimeoutExpired:
+                code = "timeout"
+        rows = json.loads(out.read_text())[before:] if out.is_file() else []
+        if not rows or any(r.get("error") for r in rows):
+            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+            print("\n".join(f"    | {line[:200]}" for line in tail), flush=True)
+        if not rows:
+            row = {**asdict(spec), "model": spec.shape, "error": f"child exited with {code} and wrote no row"}
+            row.pop("shape")
+            append_rows(out, [row])
+            rows = [row]
+        for row in rows:
+            status = row.get("error") or (
+                f"{row['tok_s']:,.0f} tok/s, {row['step_s']:.3f} s/step, peak {row['peak_gib']} GiB, "
+                f"reserved {row['reserved_gib']} GiB, MFU {row['mfu']:.1%}"
+                if row.get("peak_gib") is not None
+                else f"{row['tok_s']:,.0f} tok/s"
+            )
+            print(f"    -> {status} ({time.perf_counter() - started:.0f} s)", flush=True)
+        produced += rows
+    return produced
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument(
+        "--shape", type=lambda s: _csv(s, SHAPES), default=["llama2-7b"], help=f"{', '.join(SHAPES)}"
+    )
+    p.add_argument("--method", type=lambda s: _csv(s, METHODS), default=["qlora"], help="qlora, lora")
+    p.add_argument(
+        "--seq", type=lambda s: _csv(s, cast=int), default=[512], help="tokens per step, e.g. 512,4096"
+    )
+    p.add_argument("--tool", type=lambda s: _csv(s, TOOLS), default=list(TOOLS), help="tuner, plain")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--all", action="store_true", help="every real shape x method x 512/2048/4096 x tool")
+    p.add_argument("--tiny", action="store_true", help="CPU smoke test: the tiny shape, method lora")
+    p.add_argument("--out", help="results JSON list to append to (default <out-dir>/<date>-<gpu>.json)")
+    p.add_argument("--out-dir", default=str(REPO / "bench" / "results"), help="folder of the default --out")
+    p.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR), help="random-init model folders (reused)")
+    p.add_argument("--log-dir", help="driver: one log per child (default <out stem>.logs/ beside --out)")
+    p.add_argument("--in-process", action="store_true", help="run every configuration in this process")
+    p.add_argument(
+        "--child-timeout", type=float, default=None, help="driver: seconds before a child is killed"
+    )
+    p.add_argument(
+        "--prepare", action="store_true", help="only build the model folders (and the matmul peak)"
+    )
+    p.add_argument(
+        "--plain-precision",
+        choices=("recipe", "bf16", "fp16"),
+        default="recipe",
+        help="plain loop: recipe = fp16 AMP for llama2-7b qlora, bf16 otherwise",
+    )
+    p.add_argument(
+        "--sample-len", type=int, default=None, help="tuner rows: pack samples of this length (hook)"
+    )
+    p.add_argument("--liger", action="store_true", help="apply Liger kernels before loading (hook)")
+    p.add_argument("--tag", default=None, help="a label stored in each row (e.g. baseline, liger)")
+    p.add_argument("--report", metavar="JSON", help="print the markdown table of a results file and exit")
+    opts = p.parse_args(argv)
+    if opts.tiny:
+        opts.shape, opts.method = ["tiny"], ["lora"]
+    if opts.steps < 1 or opts.warmup < 0:
+        p.error("--steps must be >= 1 and --warmup >= 0")
+    if opts.warmup == 0 and opts.steps < 2:
+        p.error("with --warmup 0, use --steps >= 2")
+    return opts
+
+
+def main(argv=None) -> int:
+    opts = parse_args(argv)
+    if opts.report:
+        print(report(json.loads(Path(opts.report).read_text())))
+        return 0
+    if opts.prepare:
+        for shape in REAL_SHAPES if opts.all else opts.shape:
+            ensure_model(shape, Path(opts.models_dir))
+        measure_matmul_peak(Path(opts.models_dir))
+        return 0
+    out = Path(opts.out) if opts.out else default_out(Path(opts.out_dir))
+    specs = specs_from(opts)
+    if len(specs) == 1 or opts.in_process:
+        rows = []
+        for spec in specs:
+            row = measure(spec, opts)
+            append_rows(out, [row])
+            print("RESULT " + json.dumps(row), flush=True)
+            rows.append(row)
+    else:
+        rows = drive(specs, opts, out)
+    print(f"\n{len(rows)} row(s) appended to {out}\n")
+    print(report(rows))
+    return 1 if any(r.get("error") for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
