@@ -10,8 +10,9 @@ step, labels = inputs, LoRA r64 / alpha16 / dropout 0.1 on all linear layers, gr
   and its event callback, as ``tuner.train.train`` assembles them.
 * ``plain``: the issue's baseline, a hand-written loop: ``from_pretrained`` with a BitsAndBytesConfig
   (NF4, double quant), ``prepare_model_for_kbit_training``, ``get_peft_model``, bitsandbytes'
-  PagedAdamW32bit, torch autocast (fp16 + GradScaler for Llama-2 QLoRA as XTuner 0.1.9's recipe did,
-  bf16 otherwise), grad clipping at 1.0, ``loss.item()`` each step. No packing, no fused kernels.
+  PagedAdamW32bit (for lora too), torch autocast (fp16 + GradScaler for Llama-2 QLoRA as XTuner
+  0.1.9's recipe did, bf16 otherwise), reentrant gradient checkpointing (transformers' old default),
+  grad clipping at 1.0, ``loss.item()`` each step. No packing, no fused kernels.
 
 Usage (see bench/README.md)::
 
@@ -126,6 +127,7 @@ SHAPE_CONFIGS = {
 
 LORA = dict(r=64, alpha=16, dropout=0.1, targets="all-linear")
 LR = 2e-4
+PLAIN_REENTRANT = True  # the plain loop's gradient checkpointing (tuner uses non-reentrant)
 MAX_NORM = 1.0
 
 
@@ -203,9 +205,10 @@ def flops_per_token(dims: dict, sample_lengths: list[int]) -> float:
       gradient; a frozen weight gets no weight gradient, so not the usual 6N. Recomputation by
       gradient checkpointing is not counted (it is overhead, not model work), nor is LoRA's own
       work (about 2% of N at r64).
-    * attention: QK^T and AV, 2 x 2 x d_attn FLOPs per (query, key) pair forward, 3x that for forward
-      + backward (no frozen weights there), causal so each sample of length S has S(S+1)/2 pairs:
-      6 x layers x d_attn x S(S+1)/2 x 2 / (tokens) per token -> about 6 x layers x d_attn x S.
+    * attention: QK^T and AV cost 2 x 2 x d_attn FLOPs per (query, key) pair forward, 3x that
+      forward + backward (no frozen weights there); causal, so a sample of S tokens has S(S+1)/2
+      pairs: 12 x layers x d_attn x pairs / tokens, i.e. 6 x layers x d_attn x (S + 1) per token for
+      one unpacked sample (the PaLM count 12 x layers x d x S, halved for the causal mask).
     """
     layers = dims["num_hidden_layers"]
     d_attn = dims["hidden_size"] // dims["num_attention_heads"] * dims["num_attention_heads"]
@@ -453,6 +456,16 @@ def apply_liger(shape: str) -> bool:
     return True
 
 
+def checkpointing_mode(model) -> str | None:
+    """How the model's layers are checkpointed: "reentrant", "non-reentrant", or None when off."""
+    for module in model.modules():
+        func = getattr(module, "_gradient_checkpointing_func", None)
+        if getattr(module, "gradient_checkpointing", False) and func is not None:
+            keywords = getattr(func, "keywords", {}) or {}
+            return "reentrant" if keywords.get("use_reentrant", True) else "non-reentrant"
+    return None
+
+
 def run_tuner(spec: Spec, model_dir: Path, rows: list[list[int]], clock: StepClock, work: Path) -> dict:
     """tuner's path: build_model + training_arguments + tuner's Trainer class, collator and events."""
     from datasets import Dataset
@@ -471,7 +484,7 @@ def run_tuner(spec: Spec, model_dir: Path, rows: list[list[int]], clock: StepClo
             model=str(model_dir),
             data_path="random-tokens",  # never read: the rows below are handed to the Trainer
             method=spec.method,
-            max_length=spec.seq,
+            max_length=spec.sample_len or spec.seq,
             tokens_per_step=spec.seq,
             pack_to_max_length=True,
             batch_size=1,
@@ -523,6 +536,7 @@ def run_tuner(spec: Spec, model_dir: Path, rows: list[list[int]], clock: StepClo
             optimizer=str(getattr(args.optim, "value", args.optim)),
             attention=loaded.attention,
             trainable_params=trainable,
+            checkpointing=checkpointing_mode(model),
         )
     finally:
         trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
@@ -566,10 +580,15 @@ def run_plain(
     if spec.method != "qlora":
         model.to(device)
     model.config.use_cache = False
+    # Reentrant checkpointing: the transformers default of the recipe's era, named explicitly because
+    # recent torch warns (and may come to refuse) when use_reentrant is left unsaid.
+    checkpointing = {"use_reentrant": PLAIN_REENTRANT}
     if spec.method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs=checkpointing
+        )
     else:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
         model.enable_input_require_grads()
     model = get_peft_model(
         model,
@@ -622,6 +641,7 @@ def run_plain(
         optimizer=optimizer_name,
         attention=getattr(model.config, "_attn_implementation", None),
         trainable_params=sum(p.numel() for p in params),
+        checkpointing=checkpointing_mode(model),
     )
     if scaler is not None:
         result["amp_skipped_steps"] = int(skipped)
