@@ -875,6 +875,20 @@ def drive(specs: list[Spec], opts, out: Path) -> list[dict]:
     """Run each configuration in a child process, one after another; log each child to a file."""
     log_dir = Path(opts.log_dir) if opts.log_dir else out.with_name(out.stem + ".logs")
     log_dir.mkdir(parents=True, exist_ok=True)
+    # Build missing model folders first, each in a child of its own with no timeout, so that
+    # --child-timeout bounds the measurements only.
+    for shape in dict.fromkeys(spec.shape for spec in specs):
+        if (Path(opts.models_dir) / shape / COMPLETE_MARK).is_file():
+            continue
+        log_path = log_dir / f"prepare-{shape}.log"
+        print(f"[bench] building the {shape} model folder in {opts.models_dir} (log {log_path})", flush=True)
+        started = time.perf_counter()
+        argv = [sys.executable, str(Path(__file__).resolve()), "--prepare", "--shape", shape]
+        with open(log_path, "w") as log:
+            code = subprocess.run(
+                [*argv, "--models-dir", str(opts.models_dir)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+            ).returncode
+        print(f"    -> exit {code} ({time.perf_counter() - started:.0f} s)", flush=True)
     produced = []
     for i, spec in enumerate(specs, 1):
         before = len(json.loads(out.read_text())) if out.is_file() else 0

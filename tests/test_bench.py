@@ -63,9 +63,9 @@ def test_tiny_both_tools_one_process_each(bench, tmp_path, monkeypatch):
         assert row["tok_s"] > 0 and row["step_s"] > 0 and row["mfu"] > 0
         assert row["steps"] == 2 and row["tag"] == "smoke"
         assert row["tok_s"] == pytest.approx(48 / row["step_s"], rel=0.01)
-    # each configuration ran in a child process that logged to its own file
+    # the model folder was built by a child of its own, then each configuration ran in a child
     logs = sorted(p.name for p in (tmp_path / "results" / "run.logs").iterdir())
-    assert logs == ["tiny-lora-48-plain.log", "tiny-lora-48-tuner.log"]
+    assert logs == ["prepare-tiny.log", "tiny-lora-48-plain.log", "tiny-lora-48-tuner.log"]
     # the model folder is built once and reused; the table renders both rows with the ratio
     assert (tmp_path / "models" / "tiny" / bench.COMPLETE_MARK).is_file()
     table = bench.report(rows)
