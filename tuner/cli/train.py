@@ -42,16 +42,15 @@ def register(sub) -> None:
 
 def load_train_config(name_or_path: str, overrides: list[str], deepspeed: str | None = None):
     """Find, load, override and validate a config; all problems are reported at once."""
-    from tuner.config import apply_overrides, load_config, validate
+    from tuner.config import load_config, validate
     from tuner.errors import ConfigError
     from tuner.presets import find_preset
 
     path = find_preset(name_or_path)
-    config = load_config(path)
-    if overrides:
-        config = apply_overrides(config, overrides)
-    if deepspeed:
-        config = apply_overrides(config, [f"deepspeed={deepspeed}"])
+    # Overrides are applied before validation, so `--set` can repair a preset and every remaining
+    # problem is reported in one go.
+    overrides = list(overrides) + ([f"deepspeed={deepspeed}"] if deepspeed else [])
+    config = load_config(path, overrides=overrides or None)
     problems = validate(config, check_files=True)
     if problems:
         raise ConfigError(problems, source=str(path))
