@@ -72,8 +72,19 @@ def build_tokenizer(vocab_size: int = 600):
     return tokenizer
 
 
-def build_model(kind: str, tokenizer, seed: int = 0):
-    """A 2-layer random model of the given family ("llama" or "qwen2")."""
+# A model big enough for bitsandbytes' kernels and still trained in seconds on a GPU.
+SMALL_GPU_SIZES = dict(
+    hidden_size=1024,
+    intermediate_size=2816,
+    num_hidden_layers=4,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    max_position_embeddings=2048,
+)
+
+
+def build_model(kind: str, tokenizer, seed: int = 0, **sizes):
+    """A random model of the given family ("llama" or "qwen2"); 2 tiny layers unless ``sizes`` say."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
@@ -90,14 +101,17 @@ def build_model(kind: str, tokenizer, seed: int = 0):
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
+    common.update(sizes)
     config = LlamaConfig(**common) if kind == "llama" else Qwen2Config(**common)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config)
 
 
-def save_tiny_model(kind: str, folder: Path) -> Path:
+def save_tiny_model(kind: str, folder: Path, dtype=None, **sizes) -> Path:
     tokenizer = build_tokenizer()
-    model = build_model(kind, tokenizer)
+    model = build_model(kind, tokenizer, **sizes)
+    if dtype is not None:
+        model.to(dtype)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -19,30 +19,12 @@ GREEDY = {"max_new_tokens": 16, "temperature": 0}
 @pytest.fixture(scope="module")
 def small_llama_dir(tmp_path_factory):
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from tests.tiny import build_tokenizer
+    from tests.tiny import SMALL_GPU_SIZES, save_tiny_model
 
-    tokenizer = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=1024,
-        intermediate_size=2816,
-        num_hidden_layers=4,
-        num_attention_heads=16,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+    return save_tiny_model(
+        "llama", tmp_path_factory.mktemp("small-llama-fp16"), torch.float16, **SMALL_GPU_SIZES
     )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).to(torch.float16)
-    folder = tmp_path_factory.mktemp("small-llama-fp16")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
