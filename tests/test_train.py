@@ -252,3 +252,26 @@ def test_failure_inside_the_job_becomes_an_error_event(workspace, tiny_llama_dir
     good = write_data(workspace / "good.jsonl")
     job.start(make_config(tiny_llama_dir, good, max_steps=1))
     assert job.wait(timeout=60) == "completed"
+
+
+def test_out_of_memory_is_reported_with_advice_and_checkpoint_kept(workspace, tiny_llama_dir, monkeypatch):
+    from transformers import Trainer
+
+    from tuner.train import train
+
+    real_step = Trainer.training_step
+
+    def step_then_oom(self, *args, **kwargs):
+        if self.state.global_step >= 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", step_then_oom)
+    data = write_data(workspace / "d.jsonl", repeat=2)
+    with pytest.raises(TunerError, match="out of GPU memory.*qlora.*max_length.*gradient_checkpointing"):
+        train(make_config(tiny_llama_dir, data, max_steps=6, save_steps=2))
+    run = next((workspace / "work_dirs" / "tiny_test").iterdir())
+    assert (run / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "failed" and "out of GPU memory" in status["error"]
+    assert read_events(run)[-1]["type"] == "error"
