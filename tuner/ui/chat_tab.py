@@ -171,6 +171,7 @@ def build(T, lang_state):
                 gr.Dropdown,
                 "chat.adapter",
                 choices=adapter_choices(),
+                elem_id="chat-adapter",
                 value=NO_ADAPTER,
                 allow_custom_value=True,
                 scale=2,
@@ -197,12 +198,12 @@ def build(T, lang_state):
             )
         with gr.Row(equal_height=True):
             c["base_chat"] = T.make(gr.Chatbot, "chat.base", visible=False, height=380)
-            c["chat"] = T.make(gr.Chatbot, "chat.chat", height=380)
+            c["chat"] = T.make(gr.Chatbot, "chat.chat", height=380, elem_id="chat-chatbot")
         with gr.Row():
-            c["message"] = T.make(gr.Textbox, "chat.message", scale=5, lines=1)
+            c["message"] = T.make(gr.Textbox, "chat.message", scale=5, lines=1, elem_id="chat-message")
             c["send"] = T.value(gr.Button, "chat.send", variant="primary", scale=1)
             c["clear"] = T.value(gr.Button, "chat.clear", scale=1)
-        c["status"] = T.make(gr.Textbox, "chat.status", interactive=False, lines=1)
+        c["status"] = T.make(gr.Textbox, "chat.status", interactive=False, lines=1, elem_id="chat-status")
 
     load_inputs = [c["model"], c["adapter"], c["bits"], c["template"], lang_state]
     c["load"].click(guard(load, 1, 0), load_inputs, c["status"], api_name="chat_load")

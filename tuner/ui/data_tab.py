@@ -222,7 +222,9 @@ def build(T, lang_state, status_default=""):
                 with gr.Row():
                     c["refresh"] = T.value(gr.Button, "data.refresh", size="sm")
                     c["inspect"] = T.value(gr.Button, "data.inspect", size="sm", variant="primary")
-        c["status"] = T.make(gr.Textbox, "data.status", value=status_default, lines=3, interactive=False)
+        c["status"] = T.make(
+            gr.Textbox, "data.status", value=status_default, lines=3, interactive=False, elem_id="data-status"
+        )
         with T.make(gr.Accordion, "data.convert_group", open=True):
             with gr.Row():
                 c["sheet"] = T.make(gr.Dropdown, "data.sheet", choices=[], visible=False)

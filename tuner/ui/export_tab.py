@@ -100,7 +100,7 @@ def build(T, lang_state, runs_default: list[str]):
             )
             c["refresh"] = T.value(gr.Button, "train.refresh", size="sm", scale=1)
             c["source"] = T.make(gr.Dropdown, "export.source", choices=[], allow_custom_value=True, scale=3)
-        c["status"] = T.make(gr.Textbox, "export.status", lines=3, interactive=False)
+        c["status"] = T.make(gr.Textbox, "export.status", lines=3, interactive=False, elem_id="export-status")
         with gr.Row():
             c["out"] = T.make(gr.Textbox, "export.out", scale=3)
             c["overwrite"] = T.make(gr.Checkbox, "data.overwrite", value=False)

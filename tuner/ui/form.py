@@ -110,7 +110,7 @@ GROUPS = {
     ],
     "form.group.save": ["save_steps", "save_total_limit", "logging_steps", "seed", "deepspeed", "output_dir"],
 }
-OPEN_GROUPS = {"form.group.model", "form.group.data", "form.group.optim"}
+OPEN_GROUPS = {"form.group.model", "form.group.data", "form.group.optim", "form.group.eval"}
 
 
 def to_form(config: TrainConfig | dict) -> list:
@@ -182,7 +182,7 @@ def _widget(T, key: str, value):
     kind, opts = SPEC[key]
     label_key = f"cfg.{key}"
     info = field_help(key)
-    common = {"value": value, "info": info, "min_width": 200}
+    common = {"value": value, "info": info, "min_width": 200, "elem_id": f"cfg-{key}"}
     if kind == "text":
         return T.make(gr.Textbox, label_key, **common)
     if kind == "lines":

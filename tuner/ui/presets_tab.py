@@ -224,7 +224,9 @@ def build(T, lang_state):
         with T.make(gr.Accordion, "presets.list", open=False):
             c["table"] = T.make(gr.Dataframe, "presets.table", interactive=False, max_height=300)
         c["description"] = T.make(gr.Markdown, "presets.description", value="")
-        c["status"] = T.make(gr.Textbox, "presets.status", lines=3, interactive=False)
+        c["status"] = T.make(
+            gr.Textbox, "presets.status", lines=3, interactive=False, elem_id="presets-status"
+        )
         c["form"] = form.build_form(T)
         with gr.Row():
             c["validate"] = T.value(gr.Button, "presets.validate")

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from tuner.config import KEYS, load_config
-from tuner.errors import TunerError
 from tuner.ui.chart import loss_svg, progress_html
 from tuner.ui.common import guard, rel, ws_path
 from tuner.ui.i18n import tr
@@ -98,7 +97,7 @@ def _answers(events: list[dict], lang: str) -> str:
         return tr(lang, "train.no_answers")
     out = []
     for e in rounds[-ANSWER_ROUNDS_SHOWN:][::-1]:
-        out.append(f"**{tr(lang, 'train.step')} {e.get('step', 0)}**")
+        out.append(f"\n**{tr(lang, 'train.step')} {e.get('step', 0)}**\n")
         for s in e["samples"]:
             answer = (s.get("answer") or "").replace("\n", " ")
             out.append(f"- *{s.get('prompt', '')}* → {answer}")
@@ -199,8 +198,8 @@ def show_run(run: str, lang: str = "en"):
     from tuner.events import read_events
     from tuner.run_dirs import checkpoints
 
-    if not run:
-        raise TunerError(tr(lang, "train.pick_run"))
+    if not run:  # the picker was emptied (e.g. at page load): nothing to show, nothing wrong
+        return "", "", "", "", ""
     run_dir = ws_path(run, "run")
     events = read_events(run_dir)
     status_file = run_dir / "status.json"
@@ -243,13 +242,23 @@ def build(T, lang_state, form_components: dict):
             c["stop"] = T.value(gr.Button, "train.stop")
             c["cancel"] = T.value(gr.Button, "train.cancel", variant="stop")
             c["resume"] = T.value(gr.Button, "train.resume")
-        c["action"] = T.make(gr.Textbox, "train.action", interactive=False, lines=1)
-        c["status"] = T.make(gr.Markdown, "train.status", value="")
-        c["progress"] = T.make(gr.HTML, "train.progress_label", value=progress_html(0, None, ""))
+        c["action"] = T.make(gr.Textbox, "train.action", interactive=False, lines=1, elem_id="train-action")
+        c["status"] = T.make(gr.Markdown, "train.status", value="", elem_id="train-status")
+        c["progress"] = T.make(
+            gr.HTML, "train.progress_label", value=progress_html(0, None, ""), elem_id="train-progress"
+        )
         c["metrics"] = T.make(gr.Markdown, "train.metrics", value="")
         with gr.Row(equal_height=False):
-            c["chart"] = T.make(gr.HTML, "train.chart", value=loss_svg({}, empty=T("train.no_loss")), scale=3)
-            c["answers"] = T.make(gr.Markdown, "train.answers", value="", max_height=300)
+            c["chart"] = T.make(
+                gr.HTML,
+                "train.chart",
+                value=loss_svg({}, empty=T("train.no_loss")),
+                scale=3,
+                elem_id="train-chart",
+            )
+            c["answers"] = T.make(
+                gr.Markdown, "train.answers", value="", max_height=300, elem_id="train-answers"
+            )
         c["log"] = T.make(gr.Textbox, "train.log", lines=10, max_lines=10, interactive=False, autoscroll=True)
         with T.make(gr.Accordion, "train.history", open=False):
             with gr.Row():
