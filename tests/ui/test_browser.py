@@ -145,7 +145,7 @@ def test_identity_flow(browser, app_url, default_model_dir, lang, name):
     expect(page.locator("#chat-adapter input")).to_have_value(re.compile("adapter"))
     page.locator("#chat-message textarea").fill("Who are you?")
     page.locator("#chat-message textarea").press("Enter")
-    expect(page.locator("#chat-status textarea")).to_have_value("✅", timeout=300_000)
+    expect(page.locator("#chat-status textarea")).to_have_value(t("chat.done"), timeout=300_000)
     expect(page.locator("#chat-chatbot")).to_contain_text(name)
     shot(page, f"{lang}-6-chat")
     page.close()

@@ -323,3 +323,13 @@ def test_listen_without_auth_exits_before_building_anything():
         [sys.executable, "app.py", "--listen"], cwd=repo, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode != 0 and "--auth" in proc.stderr
+
+
+def test_chat_takes_the_system_prompt_the_adapter_was_trained_with(workspace):
+    from tuner.ui import chat_tab
+
+    adapter = workspace / "work_dirs" / "x" / "1" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter.parent / "config.yaml").write_text("system: You are Tutu.\n")
+    assert chat_tab.adapter_system("work_dirs/x/1/adapter") == "You are Tutu."
+    assert chat_tab.adapter_system(chat_tab.NO_ADAPTER) == gr.skip()

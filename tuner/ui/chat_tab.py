@@ -150,6 +150,24 @@ def clear():
     return [], [], ""
 
 
+def adapter_system(adapter: str | None):
+    """The system prompt the adapter was trained with (from its run's config.yaml), to chat the same way."""
+    import gradio as gr
+
+    from tuner.config import read_yaml
+
+    if adapter in (None, "", NO_ADAPTER):
+        return gr.skip()
+    folder = ws_path(adapter, "adapter")
+    for holder in (folder, folder.parent):
+        if (holder / "config.yaml").is_file():
+            try:
+                return read_yaml(holder / "config.yaml").get("system") or ""
+            except TunerError:
+                return gr.skip()
+    return gr.skip()
+
+
 def toggle_mode(mode: str):
     import gradio as gr
 
@@ -229,5 +247,8 @@ def build(T, lang_state):
         [c["send"].click, c["message"].submit], guard(send, 4, 3), send_inputs, outputs, api_name="chat_send"
     )
     c["clear"].click(clear, None, [c["chat"], c["base_chat"], c["status"]], api_name="chat_clear")
+    c["adapter"].change(
+        guard(adapter_system, 1, None), c["adapter"], c["system"], api_name="chat_adapter_system"
+    )
     c["mode"].change(toggle_mode, c["mode"], c["base_chat"], api_name="chat_mode")
     return c
