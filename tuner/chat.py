@@ -290,8 +290,11 @@ class ChatSession:
                 self.model = load_adapter(self.model, adapter_dir)
         self.model.eval()
         self.chat_template = resolve_chat_template(
-            self.tokenizer, self.template or _saved_template(adapter_dir)
+            self.tokenizer, self.template or _saved_setting(adapter_dir, "template")
         )
+        if self.system is None:
+            # Answer with the system prompt the adapter was trained with, or its identity is lost.
+            self.system = _saved_setting(adapter_dir, "system")
         self.eos_ids = stop_token_ids(self.tokenizer, self.chat_template)
         self.stops = stop_strings(self.tokenizer, self.chat_template)
         if self.context_window is None:
@@ -545,13 +548,14 @@ def _adapter_folder(path: Path) -> Path:
     return locate_adapter(path).adapter_dir
 
 
-def _saved_template(adapter_dir: Path | None) -> str | None:
-    """The template a run trained with, when the adapter folder sits in (or was exported from) a run."""
+def _saved_setting(adapter_dir: Path | None, key: str) -> str | None:
+    """A setting (template, system) of the run that trained the adapter, when the adapter folder sits
+    in (or was exported from) a run."""
     if adapter_dir is None:
         return None
     from tuner.export import locate_adapter
 
-    return locate_adapter(adapter_dir).config.get("template")
+    return locate_adapter(adapter_dir).config.get(key)
 
 
 def _load_tokenizer(model_name: str, adapter_dir: Path | None, trust_remote_code: bool):

@@ -333,3 +333,26 @@ def test_chat_takes_the_system_prompt_the_adapter_was_trained_with(workspace):
     (adapter.parent / "config.yaml").write_text("system: You are Tutu.\n")
     assert chat_tab.adapter_system("work_dirs/x/1/adapter") == "You are Tutu."
     assert chat_tab.adapter_system(chat_tab.NO_ADAPTER) == gr.skip()
+
+
+def test_agent_mode_streams_tool_steps_and_answer():
+    from tuner.ui import chat_tab
+
+    class ScriptedSession:
+        """Stands in for a ChatSession: first asks the calculator, then answers with its result."""
+
+        def __init__(self):
+            self.turns = iter(
+                [
+                    'Thought: I should compute this.\nAction: calculator\nAction Input: {"expression": "17*23"}',
+                    "Thought: I now know the final answer.\nFinal Answer: 17 x 23 = 391",
+                ]
+            )
+
+        def complete(self, messages, stop_words=()):
+            return next(self.turns)
+
+    steps = list(chat_tab._agent_steps(ScriptedSession(), "What is 17 times 23?"))
+    assert any("calculator" in s for s in steps)
+    assert any(s.startswith("> ") and "391" in s for s in steps)  # the tool's observation
+    assert steps[-1] == "17 x 23 = 391"

@@ -36,6 +36,8 @@ class CheckReport:
     encode: dict = field(default_factory=dict)
     template: dict | None = None
     shown: list[dict] = field(default_factory=list)
+    # token length of every sample (for a histogram); left out of to_dict() to keep --json small
+    sample_lengths: list[int] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -277,6 +279,7 @@ def check_data(
     report.problems += encode_problems
     report.problems.sort(key=lambda p: p.line or p.row or 0)
     report.lengths = length_summary(stats.lengths, max_length)
+    report.sample_lengths = list(stats.lengths)
     report.encode = stats.as_dict()
     if stats.truncated:
         report.warnings.append(

@@ -118,8 +118,12 @@ def send(
         )
         return
     if mode == "agent":
-        answer = _agent_answer(chat, message, opts, lang)
-        yield [*history, {"role": "assistant", "content": answer}], history_base, "", tr(lang, "chat.done")
+        # Show the ReAct steps as they happen: thoughts, tool calls and their results, then the answer.
+        shown = ""
+        for step in _agent_steps(chat, message):
+            shown = f"{shown}\n\n{step}".strip()
+            yield [*history, {"role": "assistant", "content": shown}], history_base, "", "…"
+        yield [*history, {"role": "assistant", "content": shown}], history_base, "", tr(lang, "chat.done")
         return
     # Keep the session's own history in step with what the page shows (a reload or Clear resets both).
     if len(chat.history) != (len(history) - 1) // 2:
@@ -130,16 +134,21 @@ def send(
     yield [*history, {"role": "assistant", "content": answer}], history_base, "", tr(lang, "chat.done")
 
 
-def _agent_answer(chat, message: str, opts: dict, lang: str) -> str:
-    try:
-        from tuner import agent
-    except ImportError:
-        raise TunerError(tr(lang, "chat.no_agent")) from None
-    runner = getattr(agent, "run_agent", None) or getattr(agent, "answer", None)
-    if runner is None:
-        raise TunerError(tr(lang, "chat.no_agent"))
-    result = runner(chat, message, **opts)
-    return result if isinstance(result, str) else getattr(result, "answer", str(result))
+def _agent_steps(chat, message: str):
+    """Markdown lines for each agent event; the whitelisted offline tools, web search only with a key."""
+    from tuner.agent import session_agent
+    from tuner.tools import default_tools, secrets_of
+
+    agent = session_agent(chat, default_tools(), secrets=secrets_of())
+    for event in agent.stream(message):
+        if event.kind == "answer":
+            yield event.text
+        elif event.kind == "action":
+            yield f"🔧 `{event.tool}` ← `{event.tool_input}`"
+        elif event.kind == "observation":
+            yield f"> {event.text[:800]}"
+        elif event.text:
+            yield f"*{event.text}*"
 
 
 def clear():

@@ -1,13 +1,7 @@
-"""The Data tab's validation report, built from the engine's readers and encoder.
-
-(The CLI's check-data lives in tuner/data/check.py; when it offers a report function this module
-should call it. Until then the same facts are assembled here: problems with line numbers, counts,
-token lengths, and the first sample rendered exactly as training will see it.)
-"""
+"""The Data tab's validation report: the engine's check-data report (tuner.data.check) as Markdown."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 from tuner.ui.common import rel
@@ -15,50 +9,44 @@ from tuner.ui.common import rel
 MAX_PROBLEMS_SHOWN = 50
 
 
-@functools.lru_cache(maxsize=2)
-def _tokenizer(model: str):
-    from tuner.model import load_tokenizer
-
-    return load_tokenizer(model)
-
-
 def check_file(path: Path, fmt: str, model: str, system: str | None, max_length: int) -> dict:
     """Returns {"markdown", "summary", "problems" (list of str), "lengths" (tokens per sample)}."""
-    from tuner.data.encode import encode_samples
-    from tuner.data.formats import load_samples
-    from tuner.data.templates import resolve_template
+    from tuner.data.check import check_data
 
-    result = load_samples(path, fmt, system=system)
-    problems = [str(p) for p in result.problems]
+    report = check_data(path, fmt, model=model, system=system, max_length=max_length, show=1)
+    problems = [str(p) for p in report.problems]
+    counts = report.counts
     lines = [
-        f"**{rel(path)}** — format `{result.format}`, {result.records} records, "
-        f"{len(result.samples)} usable, {len(problems)} with problems"
+        f"**{rel(path)}** — format `{report.format}`, {report.records} records, "
+        f"{counts.get('samples', 0)} usable, {len(problems)} with problems"
     ]
     if problems:
         lines.append("\n**Problems** (file:line):")
         lines += [f"- `{p}`" for p in problems[:MAX_PROBLEMS_SHOWN]]
         if len(problems) > MAX_PROBLEMS_SHOWN:
             lines.append(f"- ... and {len(problems) - MAX_PROBLEMS_SHOWN} more")
-    lengths: list[int] = []
-    if result.samples:
-        tokenizer = _tokenizer(model)
-        template = resolve_template(tokenizer, None)
-        _, stats = encode_samples(result.samples, tokenizer, template, max_length)
-        lengths = list(stats.lengths)
-        if lengths:
-            ordered = sorted(lengths)
-            p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
-            lines.append(
-                f"\n**Tokens** ({model}, template `{template.name}`): min {ordered[0]}, "
-                f"mean {sum(ordered) / len(ordered):.0f}, p95 {p95}, max {ordered[-1]}; "
-                f"{stats.truncated} truncated at {max_length}, "
-                f"{stats.dropped_empty_after_truncation} dropped (no answer left), "
-                f"{stats.supervised_tokens} supervised tokens"
-            )
-        first = result.samples[0]
-        if "messages" in first:
-            where = first.get("source", {}).get("line")
-            shown = template.render(first["messages"])
-            lines.append(f"\n**First sample as training sees it** (line {where}):\n```\n{shown[:1500]}\n```")
-    summary = f"{len(result.samples)} usable samples, {len(problems)} problems"
-    return {"markdown": "\n".join(lines), "summary": summary, "problems": problems, "lengths": lengths}
+    if report.warnings:
+        lines.append("\n**Warnings:**")
+        lines += [f"- {w}" for w in report.warnings]
+    n = report.lengths
+    if n.get("count"):
+        template = report.template["name"] if report.template else "none (pretraining)"
+        lines.append(
+            f"\n**Tokens** ({model}, template `{template}`): min {n.get('min')}, median {n.get('median')}, "
+            f"p95 {n.get('p95')}, max {n.get('max')}; {n.get('over_max_length', 0)} over {max_length}; "
+            f"{report.encode.get('supervised_tokens', 0)} supervised tokens"
+        )
+    for shown in report.shown:
+        text = shown.get("marked") or ""
+        where = (shown.get("source") or {}).get("line")
+        lines.append(
+            f"\n**First sample as training sees it** (line {where}; supervised text in [[...]]):\n"
+            f"```\n{text[:1500]}\n```"
+        )
+    summary = f"{counts.get('samples', 0)} usable samples, {len(problems)} problems"
+    return {
+        "markdown": "\n".join(lines),
+        "summary": summary,
+        "problems": problems,
+        "lengths": report.sample_lengths,
+    }

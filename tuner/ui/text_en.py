@@ -205,6 +205,5 @@ STRINGS = {
     "chat.loaded": "✅ loaded {what}",
     "chat.empty": "Type a message first",
     "chat.compare_needs_adapter": "Compare needs an adapter: pick one above",
-    "chat.no_agent": "Agent mode is not available in this version yet",
     "chat.done": "done",
 }

@@ -196,6 +196,5 @@ STRINGS = {
     "chat.loaded": "✅ 已加载 {what}",
     "chat.empty": "请先输入消息",
     "chat.compare_needs_adapter": "对比模式需要适配器：请在上方选择",
-    "chat.no_agent": "此版本暂不支持智能体模式",
     "chat.done": "完成",
 }
