@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [[ "${1:-}" == "--dev" ]]; then
   "$PY" -m pip install -q -r requirements-dev.txt
-  # The browser test drives Debian's Chromium through playwright (never `playwright install`).
-  if ! command -v chromium >/dev/null 2>&1; then
+  # The browser test drives Debian's Chromium through playwright (never `playwright install`);
+  # a CJK font lets its Chinese screenshots show text instead of boxes.
+  if ! command -v chromium >/dev/null 2>&1 || ! fc-list 2>/dev/null | grep -qi wqy; then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-      (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+      (apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null) \
         || echo "warning: could not install chromium; the browser test will be skipped" >&2
     else
       echo "note: install Debian's chromium (apt-get install chromium) to run the browser test" >&2
