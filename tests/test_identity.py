@@ -104,3 +104,20 @@ def test_general_answers_from_the_embedded_model(default_model_dir, tmp_path):
     general = [t for t in read(out) if "Ada" not in t["output"]]
     assert len(general) == 2
     assert all(t["output"].strip() for t in general)
+
+
+def test_default_general_answers_are_shipped_so_no_model_is_loaded(tmp_path, monkeypatch):
+
+    shipped = json.loads(identity.SHIPPED_ANSWERS.read_text(encoding="utf-8"))
+    every_question = [q for lang in identity.GENERAL_QUESTIONS for q in identity.GENERAL_QUESTIONS[lang]]
+    assert set(every_question) <= set(shipped["answers"])
+    assert all(shipped["answers"][q].strip() for q in every_question)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the embedded model must not be loaded when shipped answers cover the questions")
+
+    monkeypatch.setattr(identity, "model_answerer", no_model)
+    result = identity.make_identity(tmp_path / "id.jsonl", "Ada", mix_general=10)
+    assert result.general_count == 10
+    outputs = {json.loads(line)["conversation"][0]["output"] for line in (tmp_path / "id.jsonl").open()}
+    assert len(outputs & set(shipped["answers"].values())) == 10

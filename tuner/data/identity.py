@@ -8,6 +8,7 @@ nothing new to learn) are mixed in to keep ordinary answers ordinary.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -329,6 +330,26 @@ def model_answerer(
     return answer
 
 
+# The embedded model's own greedy answers to GENERAL_QUESTIONS, generated once by
+# scripts/build_general_answers.py: generating them takes minutes on a CPU, reading them takes nothing.
+SHIPPED_ANSWERS = Path(__file__).with_name("general_answers_smollm2.json")
+
+
+def embedded_answerer() -> Answerer:
+    """The default general-answer source: the shipped answers of the embedded model, falling back to
+    generating with it for any question the file lacks (e.g. after the question list changed)."""
+    shipped: dict[str, str] = {}
+    if SHIPPED_ANSWERS.is_file():
+        shipped = json.loads(SHIPPED_ANSWERS.read_text(encoding="utf-8")).get("answers", {})
+
+    def answer(questions: list[str]) -> list[str]:
+        missing = [q for q in questions if not shipped.get(q)]
+        generated = dict(zip(missing, model_answerer()(missing), strict=True)) if missing else {}
+        return [shipped.get(q) or generated[q] for q in questions]
+
+    return answer
+
+
 def make_identity(
     output: str | Path,
     name: str,
@@ -345,7 +366,8 @@ def make_identity(
         name: the assistant's new name; persona: who it is, e.g. "Alice's assistant, built on
             InternLM" (one phrase, used in every answer).
         mix_general: how many general conversations to mix in (0 = none).
-        general_source: callable questions -> answers; default: the embedded model answers them.
+        general_source: callable questions -> answers; default: the embedded model's answers
+            (shipped with tuner, generated only for questions the shipped file lacks).
 
     Example:
         >>> # make_identity("id.jsonl", "Ada", mix_general=0) writes 136 records such as
@@ -370,7 +392,7 @@ def make_identity(
     general_count = skipped = 0
     if mix_general:
         questions = general_questions(languages, mix_general, seed)
-        answers = (general_source or model_answerer())(questions)
+        answers = (general_source or embedded_answerer())(questions)
         if len(answers) != len(questions):
             raise DataError(
                 f"the answer generator returned {len(answers)} answers for {len(questions)} questions"
