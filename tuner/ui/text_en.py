@@ -180,6 +180,10 @@ STRINGS = {
     "export.exported": "✅ adapter exported to {path}: {files}",
     "export.merged": "✅ merged model ({dtype}) in {path}: {files}",
     "export.not_verified": "(not verified)",
+    "export.no_end_of_turn": "⚠️ the test reply did not end on the end-of-turn token {eot} within {n} "
+    "tokens, so the model may not know when to stop (expected after very little training; otherwise "
+    "check that the template matches the one used in training)",
+    "export.empty_reply": "(empty reply)",
     # --- chat
     "chat.model": "Base model",
     "chat.adapter": "Adapter",

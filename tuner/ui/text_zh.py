@@ -172,6 +172,9 @@ STRINGS = {
     "export.exported": "✅ 适配器已导出到 {path}：{files}",
     "export.merged": "✅ 合并后的模型（{dtype}）在 {path}：{files}",
     "export.not_verified": "（未验证）",
+    "export.no_end_of_turn": "⚠️ 测试回答在 {n} 个词元内没有以轮次结束符 {eot} 结尾，模型可能不知道何时停止"
+    "（训练很少时属正常；否则请检查模板是否与训练时一致）",
+    "export.empty_reply": "（空回答）",
     "chat.model": "基座模型",
     "chat.adapter": "适配器",
     "chat.refresh": "刷新",
