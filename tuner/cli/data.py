@@ -48,9 +48,7 @@ def cmd_make_identity(args: argparse.Namespace) -> int:
     from tuner.data.identity import make_identity
 
     if args.mix_general:
-        print(
-            f"answering {args.mix_general} general questions with the base model (this can take a minute)..."
-        )
+        print(f"mixing in {args.mix_general} general conversations (the base model's own answers)...")
     result = make_identity(
         args.output,
         args.name,

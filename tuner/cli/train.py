@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tuner.train import DEEPSPEED_PRESETS
+from tuner.config import DEEPSPEED_PRESETS
 
 
 def register(sub) -> None:
