@@ -122,7 +122,8 @@ def test_stop_and_save_then_reload_then_resume_latest(tiny_ws, job):
     values = form_values()
     started = train_tab.start(*values, "en")
     assert started.startswith("Started: work_dirs/tiny_ui/")
-    run_dir = tiny_ws / started.removeprefix("Started: ")
+    run = started.removeprefix("Started: ")
+    run_dir = tiny_ws / run
     with pytest.raises(TunerError, match="already active"):  # one training at a time
         train_tab.start(*values, "en")
     wait_for(job, checkpointed, "a checkpoint and an evaluation answer")
@@ -137,7 +138,7 @@ def test_stop_and_save_then_reload_then_resume_latest(tiny_ws, job):
     assert job.wait(WAIT_S) == "stopped"
     stopped = view()
     assert "**Stopped and saved**" in stopped["status"] and "work_dirs/tiny_ui/" in stopped["status"]
-    assert str(run_dir / "adapter") in stopped["status"]  # where the usable adapter is
+    assert f"stopped: {run}/adapter" in stopped["status"]  # where the usable adapter is, readably
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     steps = logged_steps(job.events(0))
     assert f"step {steps[-1]} / 1000" in stopped["progress"]
@@ -199,6 +200,7 @@ def test_engine_error_is_readable_and_the_next_start_works(tiny_ws, job):
     failed = view()
     assert "**Failed**" in failed["status"] and "bad.jsonl" in failed["status"]
     assert "Traceback" not in failed["status"] and failed["status"].count("❌") == 1
+    assert failed["status"].count("bad.jsonl:2") == 1 and str(tiny_ws) not in failed["status"]
     # A data file that does not exist is refused before anything starts.
     with pytest.raises(TunerError, match="missing.jsonl"):
         train_tab.start(*form_values(data_path="missing.jsonl"), "en")

@@ -8,6 +8,7 @@ the browser: a reloaded page finds the running job's view again on the next time
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tuner.ui.chart import loss_svg, progress_html
 from tuner.ui.common import guard, rel, ws_path
 from tuner.ui.i18n import tr
 from tuner.ui.presets_tab import form_config
+from tuner.workspace import workspace_dir
 
 POLL_SECONDS = 1.0
 LOG_TAIL_LINES = 80
@@ -56,14 +58,14 @@ def render(events: list[dict], status: str, run_dir: Path | None, lang: str = "e
         elapsed=_fmt_s(last_log.get("elapsed_s")),
         eta=_fmt_s(last_log.get("eta_s")),
     )
-    messages = [e for e in events if e.get("message")]
+    messages = [e for e in events if e.get("message") and e["type"] != "error"]
     errors = [e for e in events if e["type"] == "error"]
     head = tr(lang, f"train.status.{status}") if status else ""
     lines = [f"**{head}**" + (f" — `{rel(run_dir)}`" if run_dir else "")]
     if messages:
-        lines.append(messages[-1]["message"])
+        lines.append(_short_paths(messages[-1]["message"]))
     if errors:
-        lines.append("❌ " + errors[-1]["message"])
+        lines.append("❌ " + _short_paths(errors[-1]["message"]))
     metrics = _metrics(events, lang)
     return {
         "status": "\n\n".join(lines),
@@ -73,6 +75,12 @@ def render(events: list[dict], status: str, run_dir: Path | None, lang: str = "e
         "answers": _answers(events, lang),
         "log": _log_tail(run_dir, events),
     }
+
+
+def _short_paths(text: str) -> str:
+    """Engine messages name absolute paths; inside the workspace they read better relative to it."""
+    root = str(workspace_dir())
+    return text.replace(root + os.sep, "").replace(root, ".")
 
 
 def _metrics(events: list[dict], lang: str) -> str:
@@ -170,8 +178,9 @@ def poll(seen: str, lang: str = "en"):
         }
     else:
         view = render(events, job.status, job.run_dir, lang)
-        if job.status == "failed" and job.error and job.error not in view["status"]:
-            view["status"] += f"\n\n❌ {job.error}"
+        error = _short_paths(job.error or "")
+        if job.status == "failed" and error and error not in view["status"]:
+            view["status"] += f"\n\n❌ {error}"
     return [
         signature,
         view["status"],
