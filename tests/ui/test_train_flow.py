@@ -158,6 +158,8 @@ def test_stop_and_save_then_reload_then_resume_latest(tiny_ws, job):
     assert logged_steps(job.events(0)) == [checkpoint_step + 1, checkpoint_step + 2]
     done = view()
     assert "**Completed**" in done["status"]
+    # The curve covers the whole run: the first session's steps, then the resumed ones.
+    assert done["chart"].count("<circle") == len(steps) + 2 == checkpoint_step + 2
     assert f"step {checkpoint_step + 2} / {checkpoint_step + 2}" in done["progress"]
 
 
@@ -187,6 +189,12 @@ def test_cancel_leaves_no_adapter_and_a_picked_run_resumes(tiny_ws, job):
     train_tab.stop("en")
     assert job.wait(WAIT_S) == "stopped"
     assert (run_dir / "adapter").is_dir()
+    # One point per step in the live view and the history, though steps after the checkpoint were redone.
+    last = logged_steps(job.events(0))[-1]
+    assert view()["chart"].count("<circle") == last
+    h_status, h_chart, _, outputs, _ = train_tab.show_run(run, "en")
+    assert "**Stopped and saved**" in h_status and h_chart.count("<circle") == last
+    assert "(final adapter)" in outputs
 
 
 def test_engine_error_is_readable_and_the_next_start_works(tiny_ws, job):

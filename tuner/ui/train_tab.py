@@ -119,6 +119,38 @@ def _log_tail(run_dir: Path | None, events: list[dict]) -> str:
     return "\n".join(json.dumps(e, ensure_ascii=False) for e in events[-LOG_TAIL_LINES:])
 
 
+def whole_run(events: list[dict]) -> list[dict]:
+    """A run's events across resumed sessions, as one run.
+
+    Each session starts with a ``preparing`` status; a resumed one then reports the checkpoint step it
+    continues from. What an earlier session logged after that step (redone after a cancel or a
+    crash) is dropped, as are its errors, so the curve has one point per step.
+    """
+    sessions: list[list[dict]] = []
+    for e in events:
+        if not sessions or (e["type"] == "status" and e.get("status") == "preparing"):
+            sessions.append([])
+        sessions[-1].append(e)
+    merged: list[dict] = []
+    for session in sessions:
+        start = next((e.get("step") for e in session if e.get("status") == "running"), None)
+        if start and merged:
+            merged = [e for e in merged if e["type"] != "error" and (e.get("step") or 0) <= start]
+        merged += session
+    return merged
+
+
+def _with_earlier_sessions(events: list[dict], run_dir: Path | None) -> list[dict]:
+    """The job's events, preceded by the run's earlier sessions when the job resumed it."""
+    from tuner.events import read_events
+
+    resumed = any(e.get("status") == "running" and e.get("step") for e in events)
+    if not (resumed and run_dir and events):
+        return events
+    earlier = [e for e in read_events(run_dir) if e["time"] < events[0]["time"]]
+    return whole_run(earlier + events)
+
+
 # ------------------------------------------------------------------------------------- handlers
 
 
@@ -177,7 +209,7 @@ def poll(seen: str, lang: str = "en"):
             "log": "",
         }
     else:
-        view = render(events, job.status, job.run_dir, lang)
+        view = render(_with_earlier_sessions(events, job.run_dir), job.status, job.run_dir, lang)
         error = _short_paths(job.error or "")
         if job.status == "failed" and error and error not in view["status"]:
             view["status"] += f"\n\n❌ {error}"
@@ -210,7 +242,7 @@ def show_run(run: str, lang: str = "en"):
     if not run:  # the picker was emptied (e.g. at page load): nothing to show, nothing wrong
         return "", "", "", "", ""
     run_dir = ws_path(run, "run")
-    events = read_events(run_dir)
+    events = whole_run(read_events(run_dir))
     status_file = run_dir / "status.json"
     info = json.loads(status_file.read_text(encoding="utf-8")) if status_file.is_file() else {}
     status = info.get("status") or (events[-1].get("status") if events else "unknown")
