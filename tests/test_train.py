@@ -275,3 +275,30 @@ def test_out_of_memory_is_reported_with_advice_and_checkpoint_kept(workspace, ti
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "failed" and "out of GPU memory" in status["error"]
     assert read_events(run)[-1]["type"] == "error"
+
+
+def test_stop_racing_with_the_end_of_a_run_never_leaves_the_job_stuck(workspace, tiny_llama_dir, monkeypatch):
+    import threading
+
+    import tuner.train as train_module
+    from tuner.job import TrainingJob
+    from tuner.train import RunResult
+
+    release = threading.Event()
+
+    def finishing_train(config, *, run_dir, resume, control, listener):
+        release.wait(30)  # the run ends just after stop() was accepted
+        return RunResult(run_dir, "completed", run_dir / "adapter", 3, 0.5)
+
+    monkeypatch.setattr(train_module, "train", finishing_train)
+    job = TrainingJob()
+    job.start(make_config(tiny_llama_dir, write_data(workspace / "d.jsonl")))
+    job.stop(save=True)
+    assert job.status == "stopping"
+    release.set()
+    assert job.wait(timeout=30) == "completed"  # not stuck in "stopping"
+    with pytest.raises(JobError, match="no training run is active"):
+        job.stop()
+    job.start(make_config(tiny_llama_dir, workspace / "d.jsonl"))  # a new start is accepted
+    release.set()
+    assert job.wait(timeout=30) == "completed"

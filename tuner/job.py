@@ -73,26 +73,33 @@ class TrainingJob:
     def _run(self, config, run_dir: Path, resume: bool) -> None:
         from tuner.train import train
 
+        with self._lock:
+            if self.status == "starting":  # a Stop clicked while starting keeps its "stopping"
+                self.status = "running"
+        final, error = "failed", None
         try:
-            self.status = "running"
             self.result = train(
                 config, run_dir=run_dir, resume=resume, control=self._control, listener=self._listen
             )
-            self.status = self.result.status
+            final = self.result.status
         except TunerError as exc:
-            self.error, self.status = str(exc), "failed"
+            error = str(exc)
         except Exception as exc:  # a bug: keep the traceback for the log, report the message
-            self.error, self.status = f"{type(exc).__name__}: {exc}", "failed"
+            error = f"{type(exc).__name__}: {exc}"
             log.error("training thread failed:\n%s", traceback.format_exc())
             if not any(e["type"] == "error" for e in self._events.since(0)):
-                self._events.emit("error", status="failed", message=self.error)
+                self._events.emit("error", status="failed", message=error)
+        # Under the lock, so that a stop() racing with the end of the run cannot leave "stopping" behind.
+        with self._lock:
+            self.status, self.error = final, error
 
     def stop(self, save: bool = True) -> None:
         """Ask the run to stop after the current step; with save, the adapter is written and usable."""
-        if self.status not in ACTIVE or self._control is None:
-            raise JobError("no training run is active")
-        self._control.request_stop(save=save)
-        self.status = "stopping"
+        with self._lock:
+            if self.status not in ACTIVE or self._control is None:
+                raise JobError("no training run is active")
+            self._control.request_stop(save=save)
+            self.status = "stopping"
 
     def cancel(self) -> None:
         self.stop(save=False)
