@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
+    # bitsandbytes warns on every CPU import that an optional kernel package is missing; nothing to act on.
+    logging.getLogger("bitsandbytes.backends.cpu").setLevel(logging.ERROR)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
