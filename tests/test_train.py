@@ -36,25 +36,16 @@ def write_data(path: Path, pairs=QA, repeat: int = 1) -> Path:
 
 
 def make_config(model_dir, data, **overrides):
+    from tests.tiny import TINY_TRAIN_SETTINGS
+
     base = dict(
+        TINY_TRAIN_SETTINGS,
         name="tiny_test",
         model=str(model_dir),
         data_path=str(data),
-        max_length=64,
-        pack_to_max_length=False,
-        batch_size=2,
-        accumulative_counts=1,
         max_steps=8,
-        lr=5e-3,
-        warmup_ratio=0.0,
-        lr_scheduler="constant",
-        lora_r=8,
-        lora_alpha=16,
-        lora_dropout=0.0,
-        gradient_checkpointing=False,
         save_steps=4,
         save_total_limit=3,
-        logging_steps=1,
         seed=0,
     )
     base.update(overrides)

@@ -116,3 +116,20 @@ def save_tiny_model(kind: str, folder: Path, dtype=None, **sizes) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+# Training settings that make the tiny models train in seconds on a CPU (tests override what they test).
+TINY_TRAIN_SETTINGS = dict(
+    max_length=64,
+    pack_to_max_length=False,
+    batch_size=2,
+    accumulative_counts=1,
+    lr=5e-3,
+    warmup_ratio=0.0,
+    lr_scheduler="constant",
+    lora_r=8,
+    lora_alpha=16,
+    lora_dropout=0.0,
+    gradient_checkpointing=False,
+    logging_steps=1,
+)

@@ -53,27 +53,17 @@ def tiny_ws(workspace, tiny_llama_dir) -> Path:
 
 
 def form_values(**overrides) -> list:
+    from tests.tiny import TINY_TRAIN_SETTINGS
     from tuner.ui import form
 
     settings = dict(
+        TINY_TRAIN_SETTINGS,
         name="tiny_ui",
         model="models/tiny",
         data_path="qa.jsonl",
-        max_length=64,
-        pack_to_max_length=False,
-        batch_size=2,
-        accumulative_counts=1,
         max_steps=1000,  # long enough that Stop / Cancel always land mid-run
-        lr=5e-3,
-        warmup_ratio=0.0,
-        lr_scheduler="constant",
-        lora_r=8,
-        lora_alpha=16,
-        lora_dropout=0.0,
-        gradient_checkpointing=False,
         save_steps=2,
         save_total_limit=2,
-        logging_steps=1,
         evaluation_inputs=["Who are you?"],
         evaluation_freq=2,
         evaluation_max_new_tokens=4,
