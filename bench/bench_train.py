@@ -140,11 +140,61 @@ class Spec:
     seq: int
     tool: str
     sample_len: int | None = None  # tuner only: pack samples of this length into the seq-token row
+    variant: str | None = None  # tuner only: the name of a --variant (overrides of tuner's settings)
 
     @property
     def label(self) -> str:
         packed = f"-pack{self.sample_len}" if self.sample_len else ""
-        return f"{self.shape}-{self.method}-{self.seq}{packed}-{self.tool}"
+        variant = f"-{self.variant}" if self.variant else ""
+        return f"{self.shape}-{self.method}-{self.seq}{packed}-{self.tool}{variant}"
+
+
+VARIANT_KINDS = ("env", "set", "arg")
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``NAME[:KIND.KEY=VALUE,...]`` -> (name, {kind: {key: value}}): a named set of overrides for a
+    tuner row. ``env``: an environment variable while the row runs (tuner's TUNER_* speed switches);
+    ``set``: a TrainConfig key; ``arg``: a TrainingArguments attribute, set after tuner built them.
+    Values are JSON where they parse (numbers, true/false), else strings.
+
+    >>> parse_variant("fp16:set.precision=fp16,env.TUNER_LIGER=on")
+    ('fp16', {'env': {'TUNER_LIGER': 'on'}, 'set': {'precision': 'fp16'}, 'arg': {}})
+    >>> parse_variant("base")
+    ('base', {'env': {}, 'set': {}, 'arg': {}})
+    """
+    name, _, rest = text.partition(":")
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+        raise argparse.ArgumentTypeError(f"variant name {name!r}: letters, digits and _.+- only")
+    overrides: dict = {kind: {} for kind in VARIANT_KINDS}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        target, eq, raw = item.partition("=")
+        kind, dot, key = target.partition(".")
+        if not (eq and dot and key) or kind not in VARIANT_KINDS:
+            raise argparse.ArgumentTypeError(f"{item!r}: write KIND.KEY=VALUE, KIND one of {VARIANT_KINDS}")
+        if kind == "env":
+            overrides[kind][key] = raw
+            continue
+        try:
+            overrides[kind][key] = json.loads(raw)
+        except ValueError:
+            overrides[kind][key] = raw
+    return name, overrides
+
+
+@contextlib.contextmanager
+def environment(values: dict):
+    """Set environment variables for the duration of one row, then restore them."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update({key: str(value) for key, value in values.items()})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 # ------------------------------------------------------------------------------------------- shapes
@@ -377,12 +427,15 @@ def versions() -> dict:
 class StepClock:
     """Host time at the end of every step (after a device sync), peak device use, losses."""
 
-    def __init__(self):
+    def __init__(self, profile: tuple[int, int] | None = None):
         self.ends: list[float] = []
         self.losses: list[float] = []
         self.device_used = 0
         self.loaded_bytes = None
         self.started = None
+        # --profile: cProfile of the main thread between these step ends (the timed steps)
+        self.profiler = None
+        self.profile = profile
 
     def begin(self) -> None:
         import torch
@@ -398,6 +451,13 @@ class StepClock:
 
         _sync()
         self.ends.append(time.perf_counter())
+        if self.profile and len(self.ends) == self.profile[0]:
+            import cProfile
+
+            self.profiler = cProfile.Profile()
+            self.profiler.enable()
+        elif self.profiler is not None and len(self.ends) == self.profile[1]:
+            self.profiler.disable()
         if torch.cuda.is_available():
             free, total = torch.cuda.mem_get_info()
             self.device_used = max(self.device_used, total - free)
@@ -466,8 +526,11 @@ def checkpointing_mode(model) -> str | None:
     return None
 
 
-def run_tuner(spec: Spec, model_dir: Path, rows: list[list[int]], clock: StepClock, work: Path) -> dict:
-    """tuner's path: build_model + training_arguments + tuner's Trainer class, collator and events."""
+def run_tuner(
+    spec: Spec, model_dir: Path, rows: list[list[int]], clock: StepClock, work: Path, overrides=None
+) -> dict:
+    """tuner's path: build_model + training_arguments + tuner's Trainer class, collator and events.
+    ``overrides`` (a parsed --variant): TrainConfig keys and TrainingArguments attributes to change."""
     from datasets import Dataset
     from transformers import TrainerCallback, set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -476,8 +539,16 @@ def run_tuner(spec: Spec, model_dir: Path, rows: list[list[int]], clock: StepClo
     from tuner.config import config_from_dict
     from tuner.events import EventLog
     from tuner.model import count_parameters, load_tokenizer
-    from tuner.train import build_model, make_collator, make_trainer_class, training_arguments
+    from tuner.train import (
+        SWITCHES,
+        build_model,
+        make_collator,
+        make_trainer_class,
+        switch,
+        training_arguments,
+    )
 
+    overrides = overrides or {kind: {} for kind in VARIANT_KINDS}
     config = config_from_dict(
         dict(
             name="bench",
@@ -500,6 +571,7 @@ def run_tuner(spec: Spec, model_dir: Path, rows: list[list[int]], clock: StepClo
             max_norm=MAX_NORM,
             gradient_checkpointing=True,
         )
+        | overrides["set"]
     )
     set_seed(config.seed)
     tokenizer = load_tokenizer(config.model)
@@ -508,6 +580,10 @@ def run_tuner(spec: Spec, model_dir: Path, rows: list[list[int]], clock: StepClo
     load_s = time.perf_counter() - started
     trainable, _ = count_parameters(model)
     args = training_arguments(config, work, loaded, has_eval=False)
+    for key, value in overrides["arg"].items():
+        if not hasattr(args, key):
+            raise ValueError(f"--variant arg.{key}: TrainingArguments has no such attribute")
+        setattr(args, key, value)
 
     class Clock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
@@ -537,6 +613,9 @@ def run_tuner(spec: Spec, model_dir: Path, rows: list[list[int]], clock: StepClo
             attention=loaded.attention,
             trainable_params=trainable,
             checkpointing=checkpointing_mode(model),
+            switches={name: switch(name) for name in SWITCHES},
+            tuner_liger=bool(getattr(loaded, "liger", False)),
+            overrides={kind: values for kind, values in overrides.items() if values} or None,
         )
     finally:
         trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
@@ -663,7 +742,8 @@ def measure(spec: Spec, opts) -> dict:
         "seq": spec.seq,
         "tool": spec.tool,
         "sample_len": spec.sample_len,
-        "tag": opts.tag,
+        "tag": " ".join(t for t in (opts.tag, spec.variant) if t) or None,
+        "variant": spec.variant,
         "liger": False,
         "tok_s": None,
         "step_s": None,
@@ -690,7 +770,7 @@ def measure(spec: Spec, opts) -> dict:
     if not torch.cuda.is_available():
         # CPU smoke runs only check the harness; one thread avoids oversubscribing a shared machine.
         torch.set_num_threads(1)
-    clock = StepClock()
+    clock = StepClock(profile=(opts.warmup, opts.warmup + opts.steps) if opts.profile else None)
     started = time.perf_counter()
     try:
         model_dir = ensure_model(spec.shape, models_dir)
@@ -700,8 +780,11 @@ def measure(spec: Spec, opts) -> dict:
         dims = shape_dims(spec.shape, _vocab_of(model_dir))
         rows = token_rows(spec, dims["vocab_size"], opts.warmup + opts.steps)
         if spec.tool == "tuner":
-            with tempfile.TemporaryDirectory(prefix="bench-run-") as work:
-                info = run_tuner(spec, model_dir, rows, clock, Path(work))
+            overrides = dict(opts.variants).get(spec.variant) if spec.variant else None
+            env = (overrides or {}).get("env", {})
+            with tempfile.TemporaryDirectory(prefix="bench-run-") as work, environment(env):
+                info = run_tuner(spec, model_dir, rows, clock, Path(work), overrides)
+            row["liger"] = row["liger"] or info.pop("tuner_liger")
         else:
             info = run_plain(spec, model_dir, rows, clock, opts.plain_precision)
         row.update(info)
@@ -742,11 +825,33 @@ def measure(spec: Spec, opts) -> dict:
             row["reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 3)
             row["device_used_gib"] = round(clock.device_used / GIB, 3) if clock.device_used else None
             row["loaded_gib"] = round(clock.loaded_bytes / GIB, 3) if clock.loaded_bytes else None
+        if clock.profiler is not None:
+            clock.profiler.disable()
+            row["profile"] = str(write_profile(clock.profiler, Path(opts.profile), spec, opts))
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         row["total_s"] = round(time.perf_counter() - started, 1)
     return row
+
+
+def write_profile(profiler, folder: Path, spec: Spec, opts, top: int = 45) -> Path:
+    """The timed steps' main-thread profile: top functions by own time and by cumulative time.
+
+    The autograd engine runs CUDA backward passes on its own thread, which cProfile does not follow:
+    there the backward (checkpoint recomputation included) shows as ``run_backward`` as a whole."""
+    import io
+    import pstats
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{spec.label}.txt"
+    text = io.StringIO()
+    text.write(f"{spec.label}: {opts.steps} timed steps, main thread (cProfile inflates Python-heavy code)\n")
+    for key in ("tottime", "cumulative"):
+        stats = pstats.Stats(profiler, stream=text)
+        stats.strip_dirs().sort_stats(key).print_stats(top)
+    path.write_text(text.getvalue())
+    return path
 
 
 def _vocab_of(model_dir: Path) -> int:
@@ -801,6 +906,8 @@ def report(rows: list[dict]) -> str:
             notes.append(r["tag"])
         if r.get("error"):
             notes.append(f"ERROR {r['error'][:80]}")
+        if r.get("invalid"):  # set by hand after the run, with the reason, when a row is known wrong
+            notes.append("INVALID (see the row's invalid key)")
         lines.append(
             f"| {r['model']} | {r['method']} | {r['seq']} | {r['tool']} | {_fmt(r.get('tok_s'))} | "
             f"{_fmt(ratio, '.2f')} | {_fmt(r.get('step_s'), '.3f')} | {_fmt(r.get('peak_gib'), '.2f')} | "
@@ -827,10 +934,13 @@ def specs_from(opts) -> list[Spec]:
         shapes, methods, seqs, tools = REAL_SHAPES, METHODS, DEFAULT_SEQS, TOOLS
     else:
         shapes, methods, seqs, tools = opts.shape, opts.method, opts.seq, opts.tool
+    variants = [name for name, _ in opts.variants] or [None]
     specs = []
     for shape, method, seq, tool in itertools.product(shapes, methods, seqs, tools):
-        sample_len = opts.sample_len if tool == "tuner" else None
-        specs.append(Spec(shape, method, seq, tool, sample_len))
+        if tool == "tuner":
+            specs += [Spec(shape, method, seq, tool, opts.sample_len, variant) for variant in variants]
+        else:
+            specs.append(Spec(shape, method, seq, tool))
     return specs
 
 
@@ -868,6 +978,10 @@ def child_argv(spec: Spec, opts, out: Path) -> list[str]:
         argv.append("--liger")
     if opts.tag:
         argv += ["--tag", opts.tag]
+    if spec.variant:
+        argv += ["--variant", dict(opts.variant_texts)[spec.variant]]
+    if opts.profile:
+        argv += ["--profile", str(opts.profile)]
     return argv
 
 
@@ -965,10 +1079,31 @@ def parse_args(argv=None):
     )
     p.add_argument("--liger", action="store_true", help="apply Liger kernels before loading (hook)")
     p.add_argument("--tag", default=None, help="a label stored in each row (e.g. baseline, liger)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME[:KIND.KEY=VALUE,...]",
+        help="tuner rows: a named set of overrides, repeatable (one tuner row per variant); KIND is\n"
+        "env (e.g. env.TUNER_CHECKPOINTING=reentrant), set (a TrainConfig key, e.g. set.precision=fp16)\n"
+        "or arg (a TrainingArguments attribute, e.g. arg.include_num_input_tokens_seen=no)",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="write a cProfile of each row's timed steps (main thread) to DIR/<label>.txt",
+    )
     p.add_argument("--report", metavar="JSON", help="print the markdown table of a results file and exit")
     opts = p.parse_args(argv)
     if opts.tiny:
         opts.shape, opts.method = ["tiny"], ["lora"]
+    try:
+        opts.variants = [parse_variant(text) for text in opts.variant]
+    except argparse.ArgumentTypeError as exc:
+        p.error(str(exc))
+    opts.variant_texts = [(name, text) for (name, _), text in zip(opts.variants, opts.variant, strict=True)]
+    if len({name for name, _ in opts.variants}) != len(opts.variants):
+        p.error("--variant names must differ")
     if opts.steps < 1 or opts.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
     if opts.warmup == 0 and opts.steps < 2:

@@ -293,3 +293,36 @@ def test_stop_racing_with_the_end_of_a_run_never_leaves_the_job_stuck(workspace,
     job.start(make_config(tiny_llama_dir, workspace / "d.jsonl"))  # a new start is accepted
     release.set()
     assert job.wait(timeout=30) == "completed"
+
+
+def test_speed_switches_leave_the_training_unchanged(workspace, tiny_llama_dir, monkeypatch):
+    # TUNER_CHECKPOINTING / TUNER_STEP_OVERHEAD change how a step is computed and counted, not what
+    # it computes: the same adapter and the same token count (with accumulation and padding).
+    from tuner.train import train
+
+    data = write_data(workspace / "d.jsonl", repeat=2)
+    settings = dict(max_steps=3, save_steps=100, accumulative_counts=2, gradient_checkpointing=True)
+    settings.update(lora_dropout=0.1)  # the recomputation must replay the same dropout masks
+    results = {}
+    for name, env in {
+        "default": {},
+        "switched": {"TUNER_CHECKPOINTING": "reentrant", "TUNER_STEP_OVERHEAD": "lean"},
+    }.items():
+        with monkeypatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            result = train(make_config(tiny_llama_dir, data, name=f"switch_{name}", **settings))
+        logs = [e for e in read_events(result.run_dir) if e["type"] == "log" and "loss" in e]
+        results[name] = adapter_tensors(result.output_dir), logs[-1]["tokens_seen"]
+    (default, default_tokens), (switched, switched_tokens) = results["default"], results["switched"]
+    assert default_tokens and switched_tokens == default_tokens
+    for key in default:
+        torch.testing.assert_close(switched[key], default[key], rtol=1e-4, atol=1e-6)
+
+
+def test_a_bad_speed_switch_is_a_clear_error(monkeypatch):
+    from tuner.train import switch
+
+    monkeypatch.setenv("TUNER_CHECKPOINTING", "sometimes")
+    with pytest.raises(TunerError, match="TUNER_CHECKPOINTING"):
+        switch("TUNER_CHECKPOINTING")

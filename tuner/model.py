@@ -139,10 +139,12 @@ class LoadedModel:
     attention_reason: str
     bits: int | None
     device: str
+    liger: bool = False  # Liger's kernels patched in (training only, see apply_liger)
 
     def describe(self) -> str:
         quant = f", {self.bits}-bit" if self.bits else ""
-        return f"{self.device}, {str(self.dtype).replace('torch.', '')}{quant}, attention {self.attention} ({self.attention_reason})"
+        liger = ", liger kernels" if self.liger else ""
+        return f"{self.device}, {str(self.dtype).replace('torch.', '')}{quant}, attention {self.attention} ({self.attention_reason}){liger}"
 
 
 def load_model(
@@ -196,19 +198,22 @@ def add_lora(
     targets: str | list[str] = "all-linear",
     quantized: bool = False,
     gradient_checkpointing: bool = False,
+    reentrant: bool = False,
 ):
     """Wrap ``model`` with fresh LoRA adapters (peft). For k-bit bases peft's preparation casts norms
-    to fp32 and enables input gradients, which gradient checkpointing needs."""
+    to fp32 and enables input gradients, which gradient checkpointing needs (the reentrant kind
+    needs an input that requires grad; with a frozen embedding only these input gradients give one)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    checkpointing = {"use_reentrant": reentrant}
     if quantized:
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
+            gradient_checkpointing_kwargs=checkpointing,
         )
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
         model.enable_input_require_grads()
     config = LoraConfig(
         r=r,
@@ -219,6 +224,27 @@ def add_lora(
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def apply_liger(model) -> bool:
+    """Swap in Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, and a fused linear cross-entropy that
+    never materialises the logits) on a loaded model, before LoRA wraps it. True when applied; False
+    when Liger is not installed, there is no GPU, or Liger has no patch for this architecture.
+
+    Liger also replaces module-level functions and classes of that architecture (RoPE, the norm and
+    MLP classes), so models of the same type loaded later in this process get the kernels too."""
+    if not cuda_available() or importlib.util.find_spec("liger_kernel") is None:
+        return False
+    from liger_kernel import transformers as liger
+
+    model_type = getattr(model.config, "model_type", "")
+    patch = getattr(liger, f"apply_liger_kernel_to_{model_type}", None)
+    if patch is None:
+        log.info("liger kernels: no patch for model type %r; training without them", model_type)
+        return False
+    patch(model=model)
+    log.info("liger kernels applied to %s (rms_norm, rope, swiglu, fused linear cross-entropy)", model_type)
+    return True
 
 
 def load_adapter(model, adapter_dir: str | Path, *, trainable: bool = False):
