@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.callbacks import EvaluationAnswersCallback, EventCallback, RunControl
+from tuner.config import DEEPSPEED_PRESETS
 from tuner.errors import DataError, TunerError
 from tuner.events import EVENTS_FILE, EventLog
 from tuner.run_dirs import (
@@ -30,7 +31,6 @@ from tuner.run_dirs import (
 
 log = logging.getLogger(__name__)
 
-DEEPSPEED_PRESETS = ("zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
 OOM_ADVICE = (
     "out of GPU memory. Try, in this order: method qlora (4-bit base), a shorter max_length or "
     "tokens_per_step, batch_size 1 with more accumulative_counts, gradient_checkpointing true, "
