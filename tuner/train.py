@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from tuner.callbacks import EvaluationAnswersCallback, EventCallback, RunControl
 from tuner.config import DEEPSPEED_PRESETS
 from tuner.errors import DataError, TunerError
 from tuner.events import EVENTS_FILE, EventLog
+from tuner.io import write_text_atomic
 from tuner.run_dirs import (
     ADAPTER_DIR,
     CONFIG_FILE,
@@ -28,6 +30,7 @@ from tuner.run_dirs import (
     latest_run,
     new_run_dir,
 )
+from tuner.workspace import work_dirs
 
 log = logging.getLogger(__name__)
 
@@ -378,6 +381,10 @@ def make_trainer_class():
             return 6 * ids.numel() * self._flop_params if ids is not None else 0
 
         def _save_checkpoint(self, model, trial):
+            if self.args.world_size > 1:
+                # Every rank writes its own shards into the checkpoint; a rename by one rank would race
+                # them. Resume still takes only checkpoints whose trainer_state.json (written last) exists.
+                return super()._save_checkpoint(model, trial)
             run_dir = self._get_output_dir(trial=trial)
             staging = os.path.join(run_dir, ".staging")
             name = f"checkpoint-{self.state.global_step}"
@@ -428,9 +435,33 @@ def _detach_log_file(handler: logging.Handler) -> None:
 
 
 def _write_status(run_dir: Path, **fields) -> None:
-    from tuner.io import write_text_atomic
+    if _rank() != 0:
+        return
 
     write_text_atomic(run_dir / STATUS_FILE, json.dumps(fields, ensure_ascii=False, indent=2) + "\n")
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _shared_run_dir(name: str) -> Path:
+    """Under torchrun every rank must use the folder rank 0 made: rank 0 creates it and leaves its path
+    in a marker named after this launch (master address and port); the other ranks wait for it."""
+    launch = f"{os.environ.get('MASTER_ADDR', '')}_{os.environ.get('MASTER_PORT', '')}_{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
+    marker = work_dirs() / name / f".launch-{re.sub(r'[^A-Za-z0-9_.-]', '_', launch)}"
+    if _rank() == 0:
+        run_dir = new_run_dir(name)
+        write_text_atomic(marker, str(run_dir))
+        return run_dir
+    deadline = time.time() + 300
+    while not marker.is_file():
+        if time.time() > deadline:
+            raise TunerError(
+                f"rank {_rank()}: rank 0 did not create the run folder ({marker}) within 5 minutes"
+            )
+        time.sleep(0.2)
+    return Path(marker.read_text(encoding="utf-8").strip())
 
 
 def prepare_run(config, *, run_dir: Path | None = None, resume: bool = False) -> tuple[Path, Path | None]:
@@ -449,9 +480,11 @@ def prepare_run(config, *, run_dir: Path | None = None, resume: bool = False) ->
         run_dir = _resolve_path(config.output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     elif run_dir is None:
-        run_dir = new_run_dir(config.name)
+        run_dir = _shared_run_dir(config.name) if _world_size() > 1 else new_run_dir(config.name)
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
+    if _rank() != 0:
+        return run_dir, checkpoint
     # The resolved config: training it again reproduces this run (in a new folder).
     resolved = config.to_dict()
     resolved["output_dir"] = None
@@ -478,7 +511,8 @@ def train(
 
     control = control or RunControl()
     run_dir, checkpoint = prepare_run(config, run_dir=run_dir, resume=resume)
-    events = EventLog(run_dir / EVENTS_FILE, listener)
+    main_process = _rank() == 0  # under torchrun only rank 0 writes the run folder's files
+    events = EventLog(run_dir / EVENTS_FILE, listener) if main_process else EventLog()
     handler = _attach_log_file(run_dir)
     model = trainer = None
     try:
@@ -526,7 +560,9 @@ def train(
                 )
 
             callbacks.append(
-                EvaluationAnswersCallback(generate, config.evaluation_freq, events, run_dir / SAMPLES_FILE)
+                EvaluationAnswersCallback(
+                    generate, config.evaluation_freq, events, run_dir / SAMPLES_FILE if main_process else None
+                )
             )
         if config.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
@@ -598,8 +634,13 @@ def train(
 def _save_final(trainer, tokenizer, template, output_dir: Path) -> None:
     """The final adapter (or model), with the tokenizer carrying the training chat template; atomic."""
     staging = output_dir.with_name(f".{output_dir.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    trainer.save_model(str(staging))
+    if _rank() == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))  # every rank takes part (ZeRO-3 gathers the weights); rank 0 writes
+    trainer.accelerator.wait_for_everyone()
+    if _rank() != 0:
+        return
     tokenizer.chat_template = template.chat_template
     tokenizer.save_pretrained(str(staging))
     if output_dir.exists():
