@@ -539,14 +539,9 @@ def run_tuner(
     from tuner.config import config_from_dict
     from tuner.events import EventLog
     from tuner.model import count_parameters, load_tokenizer
-    from tuner.train import (
-        SWITCHES,
-        build_model,
-        make_collator,
-        make_trainer_class,
-        switch,
-        training_arguments,
-    )
+    from tuner.speed import SWITCHES, switch
+    from tuner.train import build_model, make_collator, training_arguments
+    from tuner.trainer import make_trainer_class
 
     overrides = overrides or {kind: {} for kind in VARIANT_KINDS}
     config = config_from_dict(

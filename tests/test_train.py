@@ -321,7 +321,7 @@ def test_speed_switches_leave_the_training_unchanged(workspace, tiny_llama_dir, 
 
 
 def test_a_bad_speed_switch_is_a_clear_error(monkeypatch):
-    from tuner.train import switch
+    from tuner.speed import switch
 
     monkeypatch.setenv("TUNER_CHECKPOINTING", "sometimes")
     with pytest.raises(TunerError, match="TUNER_CHECKPOINTING"):

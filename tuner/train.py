@@ -30,6 +30,10 @@ from tuner.run_dirs import (
     latest_run,
     new_run_dir,
 )
+from tuner.speed import checkpoint_reentrant, lean_steps, switch
+from tuner.speed import rank as _rank
+from tuner.speed import world_size as _world_size
+from tuner.trainer import make_trainer_class
 from tuner.workspace import work_dirs
 
 log = logging.getLogger(__name__)
@@ -121,48 +125,6 @@ def make_collator(tokenizer, packed: bool):
 
 
 # -------------------------------------------------------------------------------------------- model
-
-
-# Speed switches (environment variables, read when a run starts). A switch's default changes only
-# once bench/bench_train.py has measured the change to pay on a GPU (docs/benchmarks.md, 2026-11-28:
-# none of these has yet, so each default is the earlier behaviour); the bench's --variant env.NAME=...
-# measures them side by side.
-SWITCHES = {
-    # auto: reentrant on one process, non-reentrant under torchrun (see checkpoint_reentrant)
-    "TUNER_CHECKPOINTING": ("non-reentrant", ("auto", "reentrant", "non-reentrant")),
-    # lean: tokens and FLOPs counted on the host, no per-step device sync or module walk for them
-    # (one process only, see lean_steps); trainer: transformers' own per-step bookkeeping
-    "TUNER_STEP_OVERHEAD": ("trainer", ("lean", "trainer")),
-    # on: Liger's fused kernels where Liger supports the architecture (CUDA only)
-    "TUNER_LIGER": ("off", ("on", "off")),
-}
-
-
-def switch(name: str) -> str:
-    default, allowed = SWITCHES[name]
-    value = os.environ.get(name, "").strip().lower() or default
-    if value not in allowed:
-        raise TunerError(f"{name}={value!r}: use one of {', '.join(allowed)}")
-    return value
-
-
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
-
-
-def checkpoint_reentrant() -> bool:
-    """Which gradient checkpointing: reentrant or not.
-
-    The reentrant kind runs the first forward under no_grad and builds the autograd graph once, in
-    the backward's recomputation; the non-reentrant kind builds it twice (forward and recomputation)
-    and calls saved-tensor hooks on every op, which costs CPU time per step that short rows cannot
-    hide behind GPU work. Under torchrun the non-reentrant kind stays: DistributedDataParallel with
-    find_unused_parameters (which transformers turns on for peft models) fails with reentrant
-    checkpointing."""
-    mode = switch("TUNER_CHECKPOINTING")
-    if mode == "auto":
-        return _world_size() <= 1
-    return mode == "reentrant"
 
 
 def method_bits(config) -> int | None:
@@ -333,87 +295,6 @@ def training_arguments(config, run_dir: Path, loaded, has_eval: bool):
     )
 
 
-def lean_steps() -> bool:
-    """Trim Trainer's per-step host work (see make_trainer_class). One process only: with several,
-    each rank's token count must be gathered, which is what Trainer's own bookkeeping does."""
-    return switch("TUNER_STEP_OVERHEAD") == "lean" and _world_size() <= 1
-
-
-def make_trainer_class():
-    from transformers import Trainer
-    from transformers.trainer_utils import rotate_checkpoints
-
-    class AtomicCheckpointTrainer(Trainer):
-        """Writes each checkpoint into a hidden staging folder, then renames it into place, so a crash
-        mid-save never leaves a checkpoint that looks complete but is not.
-
-        With lean steps (TUNER_STEP_OVERHEAD) it also counts tokens and FLOPs on the host: Trainer's
-        own count reads a GPU scalar back after every micro-step's backward (a device sync), and its
-        FLOP count walks every module and parameter of the model (~2,700 and ~740 for a 7B peft
-        model, whatever its width) on every micro-step."""
-
-        _lean = None  # decided at the first step
-        _flop_params = None  # parameters counted for FLOPs, cached at the first step
-
-        def training_step(self, model, inputs, *args, **kwargs):
-            if self._lean is None:  # training_arguments turned Trainer's own count off for lean steps
-                self._lean = lean_steps() and self.args.include_num_input_tokens_seen in ("no", False)
-            if not self._lean:
-                return super().training_step(model, inputs, *args, **kwargs)
-            if "input_ids" in inputs:
-                # numel() reads the shape only: no device sync (all tokens, padding included, as
-                # Trainer's "all" mode counts them).
-                self.state.num_input_tokens_seen += inputs["input_ids"].numel()
-            return super().training_step(model, inputs, *args, **kwargs)
-
-        def floating_point_ops(self, inputs):
-            # Trainer's version counts the model's parameters (walking every module and parameter)
-            # on every micro-step; the count cannot change during a run.
-            if not self._lean:
-                return super().floating_point_ops(inputs)
-            if self._flop_params is None:
-                self._flop_params = (
-                    self.model.num_parameters(exclude_embeddings=True)
-                    if hasattr(self.model, "num_parameters")
-                    else 0
-                )
-            ids = inputs.get(getattr(self.model, "main_input_name", "input_ids"))
-            return 6 * ids.numel() * self._flop_params if ids is not None else 0
-
-        def _save_checkpoint(self, model, trial):
-            if self.args.world_size > 1:
-                # Every rank writes its own shards into the checkpoint; a rename by one rank would race
-                # them. Resume still takes only checkpoints whose trainer_state.json (written last) exists.
-                return super()._save_checkpoint(model, trial)
-            run_dir = self._get_output_dir(trial=trial)
-            staging = os.path.join(run_dir, ".staging")
-            name = f"checkpoint-{self.state.global_step}"
-            shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
-            original = self._get_output_dir
-            self._get_output_dir = lambda trial=None: staging  # super() saves under the staging root
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                self._get_output_dir = original
-            final = os.path.join(run_dir, name)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(os.path.join(staging, name), final)
-            if self.state.best_global_step:
-                best = os.path.join(run_dir, f"checkpoint-{self.state.best_global_step}")
-                if os.path.exists(best):
-                    self.state.best_model_checkpoint = best
-            if self.args.should_save:
-                rotate_checkpoints(
-                    output_dir=run_dir,
-                    save_total_limit=self.args.save_total_limit,
-                    best_model_checkpoint=self.state.best_model_checkpoint,
-                    use_mtime=False,
-                )
-
-    return AtomicCheckpointTrainer
-
-
 # --------------------------------------------------------------------------------------------- run
 
 
@@ -439,10 +320,6 @@ def _write_status(run_dir: Path, **fields) -> None:
         return
 
     write_text_atomic(run_dir / STATUS_FILE, json.dumps(fields, ensure_ascii=False, indent=2) + "\n")
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0") or 0)
 
 
 def _shared_run_dir(name: str) -> Path:

@@ -1,0 +1,61 @@
+"""Speed switches of the training path, read from environment variables when a run starts.
+
+A switch's default changes only once bench/bench_train.py has measured the change to pay on a GPU
+(docs/benchmarks.md); the bench's ``--variant env.NAME=...`` measures them side by side.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tuner.errors import TunerError
+
+
+def world_size() -> int:
+    """Processes in this run (torchrun sets WORLD_SIZE; 1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def rank() -> int:
+    """This process's rank under torchrun (0 otherwise); rank 0 writes the run folder's files."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+SWITCHES = {
+    # auto: reentrant on one process, non-reentrant under torchrun (see checkpoint_reentrant)
+    "TUNER_CHECKPOINTING": ("non-reentrant", ("auto", "reentrant", "non-reentrant")),
+    # lean: tokens and FLOPs counted on the host, no per-step device sync or module walk for them
+    # (one process only, see lean_steps); trainer: transformers' own per-step bookkeeping
+    "TUNER_STEP_OVERHEAD": ("trainer", ("lean", "trainer")),
+    # on: Liger's fused kernels where Liger supports the architecture (CUDA only)
+    "TUNER_LIGER": ("off", ("on", "off")),
+}
+
+
+def switch(name: str) -> str:
+    default, allowed = SWITCHES[name]
+    value = os.environ.get(name, "").strip().lower() or default
+    if value not in allowed:
+        raise TunerError(f"{name}={value!r}: use one of {', '.join(allowed)}")
+    return value
+
+
+def checkpoint_reentrant() -> bool:
+    """Which gradient checkpointing: reentrant or not.
+
+    The reentrant kind runs the first forward under no_grad and builds the autograd graph once, in
+    the backward's recomputation; the non-reentrant kind builds it twice (forward and recomputation)
+    and calls saved-tensor hooks on every op, which costs CPU time per step that short rows cannot
+    hide behind GPU work. Under torchrun the non-reentrant kind stays: DistributedDataParallel with
+    find_unused_parameters (which transformers turns on for peft models) fails with reentrant
+    checkpointing."""
+    mode = switch("TUNER_CHECKPOINTING")
+    if mode == "auto":
+        return world_size() <= 1
+    return mode == "reentrant"
+
+
+def lean_steps() -> bool:
+    """Trim Trainer's per-step host work (see make_trainer_class). One process only: with several,
+    each rank's token count must be gathered, which is what Trainer's own bookkeeping does."""
+    return switch("TUNER_STEP_OVERHEAD") == "lean" and world_size() <= 1
