@@ -30,13 +30,21 @@ from pathlib import Path
 
 GIB = 1024**3
 
-# Activation bytes per token per hidden unit for one transformer layer (16-bit, no stored scores).
-ACT_BYTES_PER_LAYER = 34
-# With gradient checkpointing a layer keeps only its 16-bit input (2 bytes per hidden unit).
+# Calibrated on H100 measurements of Llama-2-7B QLoRA r64 (bench/results/2026-11-28-h100-80gb-hbm3*.json:
+# peak allocated 5.72 GiB at 512 tokens and 8.65 at 4096 with gradient checkpointing, 10.2 at 512
+# without; whole device 8.0 / 12.8 / 12.5 GiB); tests/test_estimate.py keeps the estimate within 15%.
+# Activation bytes per token per hidden unit for one transformer layer without checkpointing.
+ACT_BYTES_PER_LAYER = 74
+# With gradient checkpointing a layer keeps only its 16-bit input (2 bytes per hidden unit) ...
 ACT_BYTES_CHECKPOINTED = 2
+# ... plus the one layer recomputed during the backward pass.
+ACT_BYTES_RECOMPUTE = 26
 BYTES_PER_TRAINABLE = 16  # fp32 weight + fp32 grad + AdamW m and v
-LOGITS_COPIES = 2  # fp32 logits + their gradient
-GPU_OVERHEAD_GIB = 0.8  # CUDA context + allocator fragmentation (to calibrate)
+# bitsandbytes' paged AdamW keeps m and v (8 bytes) in unified memory, outside PyTorch's allocator.
+PAGED_OPTIMIZER_BYTES = 8
+LOGITS_COPIES = 4  # 16-bit logits upcast to fp32, the loss's softmax, and their gradients
+GPU_TRANSIENT_GIB = 0.6  # dequantized weight tiles, cuBLAS workspaces: allocated, whatever the length
+GPU_OVERHEAD_GIB = 1.4  # CUDA context and allocator fragmentation: on the device, not allocated
 CPU_OVERHEAD_GIB = 1.0  # Python, torch and tokenizer in RAM
 # Share of the device memory a run may plan to use; the rest is headroom for spikes.
 USABLE_FRACTION = 0.9
@@ -88,7 +96,8 @@ class Estimate:
     activations_gib: float
     logits_gib: float
     overhead_gib: float
-    total_gib: float
+    total_gib: float  # what the device must hold
+    allocated_gib: float  # of which PyTorch's allocator peak (torch.cuda.max_memory_allocated)
     available_gib: float
     fits: bool
     tokens_per_step: int
@@ -264,13 +273,18 @@ def estimate(
     else:
         trainable = lora_params(shape, int(get("lora_r", 64) or 64), get("lora_targets", "all-linear"))
     trainable_bytes = trainable * BYTES_PER_TRAINABLE
+    # QLoRA's optimizer on CUDA is paged AdamW: its state is device memory PyTorch does not count.
+    paged = hw.device == "cuda" and (method == "qlora" or quant == "4bit")
+    outside_allocator = trainable * PAGED_OPTIMIZER_BYTES if paged else 0
     if checkpointing:
-        act = tokens * shape.hidden * (ACT_BYTES_CHECKPOINTED * shape.layers + ACT_BYTES_PER_LAYER)
+        act = tokens * shape.hidden * (ACT_BYTES_CHECKPOINTED * shape.layers + ACT_BYTES_RECOMPUTE)
     else:
         act = tokens * shape.hidden * ACT_BYTES_PER_LAYER * shape.layers
     logits = tokens * shape.vocab * 4 * LOGITS_COPIES
     overhead = (GPU_OVERHEAD_GIB if hw.device == "cuda" else CPU_OVERHEAD_GIB) * GIB
-    total = weights + trainable_bytes + act + logits + overhead
+    transient = GPU_TRANSIENT_GIB * GIB if hw.device == "cuda" else 0
+    allocated = weights + trainable_bytes - outside_allocator + act + logits + transient
+    total = allocated + outside_allocator + overhead
 
     flops_per_token = (6 if method == "full" else 4) * shape.params + (
         2 * shape.params if checkpointing else 0
@@ -299,6 +313,7 @@ def estimate(
         logits_gib=logits / GIB,
         overhead_gib=overhead / GIB,
         total_gib=total / GIB,
+        allocated_gib=allocated / GIB,
         available_gib=available,
         fits=fits,
         tokens_per_step=step_tokens,
