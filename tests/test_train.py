@@ -326,3 +326,22 @@ def test_a_bad_speed_switch_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("TUNER_CHECKPOINTING", "sometimes")
     with pytest.raises(TunerError, match="TUNER_CHECKPOINTING"):
         switch("TUNER_CHECKPOINTING")
+
+
+def test_stop_while_loading_trains_nothing(workspace, tiny_llama_dir, monkeypatch):
+    import tuner.train as train_module
+    from tuner.job import TrainingJob
+
+    original = train_module.build_model
+    job = TrainingJob()
+
+    def stop_during_load(config):
+        job.stop(save=True)  # the user clicks Stop while the model is still loading
+        return original(config)
+
+    monkeypatch.setattr(train_module, "build_model", stop_during_load)
+    run_dir = job.start(make_config(tiny_llama_dir, write_data(workspace / "d.jsonl"), max_steps=5))
+    assert job.wait(timeout=60) == "cancelled"
+    assert job.result.steps == 0 and job.result.output_dir is None
+    assert not list(run_dir.glob("checkpoint-*")) and not (run_dir / "adapter").exists()
+    assert job.events()[-1]["message"].startswith("cancelled before the first step")

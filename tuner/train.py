@@ -455,6 +455,12 @@ def train(
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
+        if control.stop_requested:
+            # Stopped while data and model were loading: nothing was trained, so nothing is saved.
+            message = "cancelled before the first step; nothing trained or saved"
+            _write_status(run_dir, status="cancelled", steps=0, output=None, finished=time.time())
+            events.emit("status", status="cancelled", step=0, run_dir=str(run_dir), message=message)
+            return RunResult(run_dir, "cancelled", None, 0, None)
         _write_status(run_dir, status="running", started=time.time())
         try:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
