@@ -345,3 +345,43 @@ def test_stop_while_loading_trains_nothing(workspace, tiny_llama_dir, monkeypatc
     assert job.result.steps == 0 and job.result.output_dir is None
     assert not list(run_dir.glob("checkpoint-*")) and not (run_dir / "adapter").exists()
     assert job.events()[-1]["message"].startswith("cancelled before the first step")
+
+
+def test_keep_best_and_early_stopping(workspace, tiny_llama_dir):
+    from tuner.train import train
+
+    data = write_data(workspace / "d.jsonl", repeat=3)
+    # Questions unlike the training ones: once the model memorises its data, their loss rises.
+    unseen = [
+        ("Name a colour.", "Blue is a colour."),
+        ("Count to three.", "One, two, three."),
+        ("What do cows drink?", "Cows drink water."),
+        ("你好吗？", "我很好，谢谢。"),
+    ]
+    eval_data = write_data(workspace / "eval.jsonl", unseen)
+    config = make_config(
+        tiny_llama_dir,
+        data,
+        max_steps=40,
+        lr=3e-2,
+        lora_r=16,
+        lora_alpha=64,
+        eval_data_path=str(eval_data),
+        eval_freq=2,
+        save_steps=2,
+        save_total_limit=2,
+        keep_best=True,
+        early_stopping_patience=2,
+    )
+    result = train(config)
+    events = read_events(result.run_dir)
+    evals = [(e["step"], e["eval_loss"]) for e in events if e["type"] == "eval"]
+    best_step, best_loss = min(evals, key=lambda item: item[1])
+    assert result.status == "completed"
+    # Early stopping: it ended 2 evaluations after the best one, not at max_steps (lr 5e-2 overfits fast).
+    assert result.steps < 40 and result.steps == evals[-1][0] and evals[-1][0] - best_step == 4
+    # Keep-best: the final adapter is the best checkpoint's, kept despite save_total_limit.
+    best = adapter_tensors(result.run_dir / f"checkpoint-{best_step}")
+    final = adapter_tensors(result.output_dir)
+    for key in best:
+        torch.testing.assert_close(final[key], best[key])
