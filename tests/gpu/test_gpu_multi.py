@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -15,54 +14,28 @@ pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def small_llama_dir(tmp_path_factory):
-    import torch
-
-    from tests.tiny import SMALL_GPU_SIZES, save_tiny_model
-
-    return save_tiny_model("llama", tmp_path_factory.mktemp("small-llama"), torch.bfloat16, **SMALL_GPU_SIZES)
-
-
 @pytest.mark.parametrize("deepspeed", ["zero3", None])
 def test_torchrun_two_gpus_one_run_folder_and_loss_down(workspace, small_llama_dir, deepspeed):
     import torch
 
-    from tuner.config import config_from_dict, save_config
+    from tests.gpu.common import gpu_config, write_gpu_data
+    from tuner.config import save_config
     from tuner.events import read_events
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 GPUs (device kind nvidia-h100-x2)")
     pytest.importorskip("deepspeed")
-    data = workspace / "d.jsonl"
-    pairs = [
-        ("Who are you?", "I am Tuna, the assistant of the tuner team."),
-        ("Capital of France?", "Paris."),
-    ]
-    data.write_text(
-        "".join(json.dumps({"conversation": [{"input": q, "output": a}]}) + "\n" for q, a in pairs * 16)
-    )
-    config = config_from_dict(
-        dict(
-            name="multi",
-            model=str(small_llama_dir),
-            data_path=str(data),
-            max_length=128,
-            batch_size=2,
-            accumulative_counts=1,
-            max_steps=20,
-            lr=2e-3,
-            warmup_ratio=0.0,
-            lr_scheduler="constant",
-            lora_r=16,
-            lora_alpha=32,
-            lora_dropout=0.0,
-            save_steps=10,
-            logging_steps=1,
-            evaluation_inputs=["Who are you?"],
-            evaluation_freq=10,
-            evaluation_max_new_tokens=8,
-        )
+    data = write_gpu_data(workspace, repeat=16)
+    config = gpu_config(
+        small_llama_dir,
+        data,
+        name="multi",
+        batch_size=2,
+        max_steps=20,
+        save_steps=10,
+        evaluation_inputs=["Who are you?"],
+        evaluation_freq=10,
+        evaluation_max_new_tokens=8,
     )
     save_config(config, workspace / "multi.yaml", force=True)
     cmd = [

@@ -6,7 +6,6 @@ kernels and small enough to train in seconds.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,51 +17,7 @@ pytestmark = pytest.mark.gpu
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture(scope="module")
-def small_llama_dir(tmp_path_factory):
-    import torch
-
-    from tests.tiny import SMALL_GPU_SIZES, save_tiny_model
-
-    return save_tiny_model("llama", tmp_path_factory.mktemp("small-llama"), torch.bfloat16, **SMALL_GPU_SIZES)
-
-
-def _data(folder: Path) -> Path:
-    path = folder / "d.jsonl"
-    pairs = [
-        ("Who are you?", "I am Tuna, the assistant of the tuner team."),
-        ("What is the capital of France?", "The capital of France is Paris."),
-    ] * 8
-    with open(path, "w") as handle:
-        for q, a in pairs:
-            handle.write(json.dumps({"conversation": [{"input": q, "output": a}]}) + "\n")
-    return path
-
-
-def _config(model_dir, data, **overrides):
-    from tuner.config import config_from_dict
-
-    base = dict(
-        name="gpu_test",
-        model=str(model_dir),
-        data_path=str(data),
-        max_length=128,
-        batch_size=4,
-        accumulative_counts=1,
-        max_steps=30,
-        lr=2e-3,
-        warmup_ratio=0.0,
-        lr_scheduler="constant",
-        lora_r=16,
-        lora_alpha=32,
-        lora_dropout=0.0,
-        save_steps=100,
-        logging_steps=1,
-        gradient_checkpointing=True,
-    )
-    base.update(overrides)
-    return config_from_dict(base)
+from tests.gpu.common import gpu_config, write_gpu_data  # noqa: E402
 
 
 def _losses(run_dir):
@@ -78,7 +33,9 @@ def test_lora_steps_on_gpu_lower_the_loss(workspace, small_llama_dir, method, qu
     from tuner.train import train
 
     torch.cuda.reset_peak_memory_stats()
-    result = train(_config(small_llama_dir, _data(workspace), method=method, quantization=quantization))
+    result = train(
+        gpu_config(small_llama_dir, write_gpu_data(workspace), method=method, quantization=quantization)
+    )
     losses = _losses(result.run_dir)
     print(
         f"{method}/{quantization}: first {losses[0]:.3f} last {losses[-1]:.3f} "
@@ -104,7 +61,7 @@ def test_attention_choice_is_logged(small_llama_dir):
 @pytest.mark.parametrize("stage", ["zero2", "zero3", "zero3_offload"])
 def test_deepspeed_on_one_gpu(workspace, small_llama_dir, stage):
     pytest.importorskip("deepspeed")
-    data = _data(workspace)
+    data = write_gpu_data(workspace)
     env = dict(
         os.environ, TUNER_WORKSPACE=str(workspace), PYTHONPATH=f"{REPO}:{os.environ.get('PYTHONPATH', '')}"
     )
@@ -129,5 +86,5 @@ def _write_yaml(folder, model_dir, data):
     from tuner.config import save_config
 
     path = folder / "ds.yaml"
-    save_config(_config(model_dir, data, name="ds_test", gradient_checkpointing=False), path, force=True)
+    save_config(gpu_config(model_dir, data, name="ds_test", gradient_checkpointing=False), path, force=True)
     return path
