@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tuner.data.identity import DEFAULT_MIX_GENERAL
 from tuner.errors import TunerError
 from tuner.ui.common import guard, rel, save_upload, workspace_files, ws_path
 from tuner.ui.i18n import tr
@@ -270,7 +271,9 @@ def build(T, lang_state, status_default=""):
                 c["id_name"] = T.make(gr.Textbox, "data.id_name", value="Tutu")
                 c["id_persona"] = T.make(gr.Textbox, "data.id_persona", value="")
                 c["id_langs"] = T.make(gr.CheckboxGroup, "data.id_langs", choices=["en", "zh"], value=["en"])
-                c["id_mix"] = T.make(gr.Slider, "data.id_mix", minimum=0, maximum=200, step=10, value=0)
+                c["id_mix"] = T.make(
+                    gr.Slider, "data.id_mix", minimum=0, maximum=60, step=10, value=DEFAULT_MIX_GENERAL
+                )
             with gr.Row():
                 c["id_out"] = T.make(gr.Textbox, "data.id_out", value="data/identity.jsonl", scale=3)
                 c["id_overwrite"] = T.make(gr.Checkbox, "data.overwrite", value=True, scale=1)

@@ -56,7 +56,7 @@ STRINGS = {
     "data.id_persona.ph": "e.g. Ada's assistant, built on SmolLM2",
     "data.id_langs": "Languages",
     "data.id_mix": "General conversations mixed in",
-    "data.id_mix.info": "answered by the embedded model so that it keeps answering normally (slow on a CPU)",
+    "data.id_mix.info": "the embedded model's own answers (shipped, instant), so that it keeps answering other questions normally; 0 = off",
     "data.id_out": "Output file",
     "data.id_build": "Build identity data",
     "data.id_preview": "Identity samples",

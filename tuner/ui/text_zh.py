@@ -53,7 +53,7 @@ STRINGS = {
     "data.id_persona.ph": "例如：小明的助手，基于 SmolLM2",
     "data.id_langs": "语言",
     "data.id_mix": "混入的通用对话数",
-    "data.id_mix.info": "由内置模型回答，使它仍能正常回答其他问题（CPU 上较慢）",
+    "data.id_mix.info": "内置模型自己的回答（随软件提供，无需等待），使它仍能正常回答其他问题；0 = 不混入",
     "data.id_out": "输出文件",
     "data.id_build": "生成自我认知数据",
     "data.id_preview": "自我认知样本",
