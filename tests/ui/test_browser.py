@@ -8,7 +8,6 @@ Screenshots land in test-artifacts/. Never run `playwright install`: it download
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -23,30 +22,14 @@ STEPS, LR = 12, 0.002
 TRAIN_TIMEOUT_MS = 20 * 60_000  # a shared 2-core CPU can be slow; an idle one takes well under a minute
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     pytest.importorskip("gradio")
-    from tuner.ui import build_app
+    from tests.ui.conftest import launched_app
     from tuner.ui.app import CSS
 
-    ws = tmp_path_factory.mktemp("browser-ws")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TUNER_WORKSPACE", str(ws))
-        mp.chdir(ws)
-        demo = build_app("en")
-        demo.queue()
-        port = free_port()
-        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, css=CSS)
-        try:
-            yield f"http://127.0.0.1:{port}/"
-        finally:
-            demo.close()
+    with launched_app(tmp_path_factory.mktemp("browser-ws"), css=CSS) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_ws(tmp_path_factory):
     """(client, workspace): the app launched on 127.0.0.1 in a fresh workspace."""
-    from tuner.ui import build_app
+    from tests.ui.conftest import launched_app
 
     ws = tmp_path_factory.mktemp("app-ws")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TUNER_WORKSPACE", str(ws))
-        mp.chdir(ws)
-        demo = build_app("en")
-        demo.queue()
-        port = free_port()
-        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-        try:
-            yield gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False), ws
-        finally:
-            demo.close()
+    with launched_app(ws) as url:
+        yield gradio_client.Client(url, verbose=False), ws
 
 
 def test_every_event_has_an_api_name(app_ws):
