@@ -9,14 +9,9 @@ import pytest
 import yaml
 
 from tuner.errors import ModelError, OutputExistsError, TunerError
-from tuner.export import (
-    export_adapter,
-    locate_adapter,
-    merge_adapter,
-    ollama_modelfile,
-    push_folder,
-    template_gaps,
-)
+from tuner.export import export_adapter, locate_adapter, merge_adapter
+from tuner.hub import push_folder
+from tuner.modelfile import ollama_modelfile, template_gaps
 
 
 def make_lora(base_dir: Path, *, seed: int = 1, std: float = 0.05):

@@ -60,7 +60,8 @@ def register(sub) -> None:
 
 
 def run_export(args) -> int:
-    from tuner.export import export_adapter, hub_token, push_folder
+    from tuner.export import export_adapter
+    from tuner.hub import hub_token, push_folder
 
     if args.push:
         hub_token()
@@ -76,7 +77,8 @@ def run_export(args) -> int:
 
 
 def run_merge(args) -> int:
-    from tuner.export import check_shard_size, hub_token, merge_adapter, push_folder
+    from tuner.export import check_shard_size, merge_adapter
+    from tuner.hub import hub_token, push_folder
 
     check_shard_size(args.max_shard_size)
     if args.push:
