@@ -594,7 +594,7 @@ def run_tuner(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(tuner_rows(spec, rows)),
-        data_collator=make_collator(tokenizer, packed=True),
+        data_collator=make_collator(tokenizer, packed=True, attention=loaded.attention),
         processing_class=tokenizer,
         callbacks=[EventCallback(EventLog(work / "events.jsonl"), RunControl()), Clock()],
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tuner.attention import NAME as VARLEN
+from tuner.attention import register
 from tuner.data.encode import encode_samples
 from tuner.data.pack import PackedCollator, PaddingCollator, pack_row, pack_samples, pack_stats
 from tuner.data.templates import get_template
@@ -38,6 +40,8 @@ def _model(kind, tokenizer, attn):
     from tests.tiny import build_model
 
     model = build_model(kind, tokenizer)
+    if attn == VARLEN:
+        register()
     model.set_attn_implementation(attn)
     return model.float().eval()
 
@@ -55,22 +59,24 @@ def _unpacked_loss(model, samples):
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", VARLEN])
 def test_packed_loss_equals_unpacked_loss(tiny_tokenizer, encoded, kind, attn):
+    """tuner's own attention (VARLEN) runs its block-mask fallback on a CPU; tests/gpu runs the kernel."""
     model = _model(kind, tiny_tokenizer, attn)
     rows = pack_samples(encoded, 10_000, seed=1)
     assert len(rows) == 1  # everything in one row: the strongest test of isolation
     with torch.no_grad():
-        batch = PackedCollator()(rows)
+        batch = PackedCollator(boundaries=attn == VARLEN)(rows)
         assert "attention_mask" not in batch
         packed = model(**batch, use_cache=False).loss.item()
         unpacked = _unpacked_loss(model, encoded)
     assert packed == pytest.approx(unpacked, abs=1e-5)
 
 
-def test_packed_loss_differs_without_restarting_positions(tiny_tokenizer, encoded):
+@pytest.mark.parametrize("attn", ["sdpa", VARLEN])
+def test_packed_loss_differs_without_restarting_positions(tiny_tokenizer, encoded, attn):
     """The equality above is not vacuous: with plain 0..N positions the samples see each other."""
-    model = _model("llama", tiny_tokenizer, "sdpa")
+    model = _model("llama", tiny_tokenizer, attn)
     batch = PackedCollator()(pack_samples(encoded, 10_000, seed=1))
     batch["position_ids"] = torch.arange(batch["input_ids"].shape[1])[None]
     with torch.no_grad():
@@ -79,8 +85,9 @@ def test_packed_loss_differs_without_restarting_positions(tiny_tokenizer, encode
     assert abs(leaky - unpacked) > 1e-3
 
 
-def test_batches_of_several_rows_flattened_and_padded(tiny_tokenizer, encoded):
-    model = _model("qwen2", tiny_tokenizer, "sdpa")
+@pytest.mark.parametrize("attn", ["sdpa", VARLEN])
+def test_batches_of_several_rows_flattened_and_padded(tiny_tokenizer, encoded, attn):
+    model = _model("qwen2", tiny_tokenizer, attn)
     rows = pack_samples(encoded, 80, seed=0)
     assert len(rows) >= 2
     with torch.no_grad():

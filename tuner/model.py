@@ -199,14 +199,18 @@ def add_lora(
     quantized: bool = False,
     gradient_checkpointing: bool = False,
     reentrant: bool = False,
+    upcast: bool = True,
 ):
-    """Wrap ``model`` with fresh LoRA adapters (peft). For k-bit bases peft's preparation casts norms
-    to fp32 and enables input gradients, which gradient checkpointing needs (the reentrant kind
-    needs an input that requires grad; with a frozen embedding only these input gradients give one)."""
+    """Wrap ``model`` with fresh LoRA adapters (peft). For k-bit bases with ``upcast`` peft's
+    preparation casts every unquantized weight (norms, embedding, LM head) to fp32; without it they
+    keep the model's dtype (bf16/fp16, as torchtune and Unsloth train), which saves 2 bytes per such
+    weight and keeps the residual stream in half precision. Either way input gradients are enabled,
+    which gradient checkpointing needs (the reentrant kind needs an input that requires grad; with a
+    frozen embedding only these input gradients give one). LoRA's own weights are fp32 (peft)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     checkpointing = {"use_reentrant": reentrant}
-    if quantized:
+    if quantized and upcast:
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=gradient_checkpointing,

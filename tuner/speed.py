@@ -27,6 +27,12 @@ SWITCHES = {
     # lean: tokens and FLOPs counted on the host, no per-step device sync or module walk for them
     # (one process only, see lean_steps); trainer: transformers' own per-step bookkeeping
     "TUNER_STEP_OVERHEAD": ("trainer", ("lean", "trainer")),
+    # on: packed rows use PyTorch's varlen flash kernel on CUDA when flash-attn is absent
+    # (tuner.attention); off: transformers' SDPA with a block mask built from the position ids
+    "TUNER_VARLEN": ("on", ("on", "off")),
+    # on: peft's k-bit preparation casts the unquantized weights of a 4/8-bit base to fp32;
+    # off: they stay bf16/fp16 (tuner.model.add_lora)
+    "TUNER_KBIT_UPCAST": ("on", ("on", "off")),
     # on: Liger's fused kernels where Liger supports the architecture (CUDA only)
     "TUNER_LIGER": ("off", ("on", "off")),
 }

@@ -117,11 +117,15 @@ def encode_for_training(samples, tokenizer, template, config) -> tuple[list, dic
     return encoded, info
 
 
-def make_collator(tokenizer, packed: bool):
+def make_collator(tokenizer, packed: bool, attention: str = "sdpa"):
+    """Packed rows (with sample boundaries for varlen attention kernels) or padded samples."""
+    from tuner.attention import NAME as VARLEN
     from tuner.data.pack import PackedCollator, PaddingCollator
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return PackedCollator(pad_token_id=pad_id) if packed else PaddingCollator(pad_token_id=pad_id)
+    if not packed:
+        return PaddingCollator(pad_token_id=pad_id)
+    return PackedCollator(pad_token_id=pad_id, boundaries=attention in (VARLEN, "flash_attention_2"))
 
 
 # -------------------------------------------------------------------------------------------- model
@@ -141,6 +145,13 @@ def build_model(config):
     )
     model = loaded.model
     model.config.use_cache = False  # caches are useless in training and break position-id packing
+    if switch("TUNER_VARLEN") == "on":
+        from tuner.attention import NAME as VARLEN
+        from tuner.attention import use_for_training
+
+        switched, why = use_for_training(model)
+        if switched:
+            loaded.attention, loaded.attention_reason = VARLEN, why
     if switch("TUNER_LIGER") == "on":
         from tuner.model import apply_liger
 
@@ -161,6 +172,7 @@ def build_model(config):
         quantized=bits is not None,
         gradient_checkpointing=config.gradient_checkpointing,
         reentrant=reentrant,
+        upcast=switch("TUNER_KBIT_UPCAST") == "on",
     )
     return model, loaded
 
@@ -448,7 +460,9 @@ def train(
             args=args,
             train_dataset=Dataset.from_list(train_rows),
             eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-            data_collator=make_collator(tokenizer, packed=config.pack_to_max_length),
+            data_collator=make_collator(
+                tokenizer, packed=config.pack_to_max_length, attention=loaded.attention
+            ),
             processing_class=tokenizer,
             callbacks=callbacks,
         )

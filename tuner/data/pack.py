@@ -133,20 +133,27 @@ class PackedCollator:
     form flash attention reads as varlen sequences, and it wastes no padding. With
     ``flatten=False`` rows are right-padded to the longest one (padding forms its own block with
     position ids from 0 and labels -100); that is correct for sdpa and eager attention only.
+    ``boundaries=True`` (flattened rows only) adds the samples' cumulative lengths
+    (:func:`sample_boundaries`) for varlen kernels; only models whose forward passes extra keyword
+    arguments on to attention take them, so it is off unless the attention needs it.
 
     >>> PackedCollator()([{"input_ids": [1, 2], "labels": [-100, 2], "position_ids": [0, 1]},
     ...                   {"input_ids": [3], "labels": [-100], "position_ids": [0]}])["position_ids"]
     tensor([[0, 1, 0]])
     """
 
-    def __init__(self, pad_token_id: int = 0, flatten: bool = True):
+    def __init__(self, pad_token_id: int = 0, flatten: bool = True, boundaries: bool = False):
         self.pad_token_id = pad_token_id
         self.flatten = flatten
+        self.boundaries = boundaries and flatten
 
     def __call__(self, rows: Sequence[dict]) -> dict:
         keys = ("input_ids", "labels", "position_ids")
         if self.flatten:
-            return {key: _tensor([[v for row in rows for v in row[key]]]) for key in keys}
+            batch = {key: _tensor([[v for row in rows for v in row[key]]]) for key in keys}
+            if self.boundaries:
+                batch.update(sample_boundaries([v for row in rows for v in row["position_ids"]]))
+            return batch
         width = max(len(row["input_ids"]) for row in rows)
         batch = {key: [] for key in keys}
         for row in rows:
@@ -155,6 +162,30 @@ class PackedCollator:
             batch["labels"].append(list(row["labels"]) + [IGNORE] * pad)
             batch["position_ids"].append(list(row["position_ids"]) + list(range(pad)))
         return {key: _tensor(value) for key, value in batch.items()}
+
+
+def sample_boundaries(position_ids: Sequence[int]) -> dict:
+    """Where the samples of one flattened row start and end, for varlen attention kernels.
+
+    The keys are the ones transformers' flash-attention path reads (and tuner.attention): with them
+    no step has to read the position ids back from the GPU to find the samples.
+
+    >>> b = sample_boundaries([0, 1, 2, 0, 1, 0])
+    >>> b["cu_seq_lens_q"].tolist(), b["max_length_q"]
+    ([0, 3, 5, 6], 3)
+    """
+    import torch
+
+    starts = [i for i, position in enumerate(position_ids) if position == 0 or i == 0]
+    cu = starts + [len(position_ids)]
+    longest = max(b - a for a, b in zip(cu, cu[1:], strict=False))
+    cu_tensor = torch.tensor(cu, dtype=torch.int32)
+    return {
+        "cu_seq_lens_q": cu_tensor,
+        "cu_seq_lens_k": cu_tensor,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
 
 
 class PaddingCollator:
