@@ -385,3 +385,28 @@ def test_keep_best_and_early_stopping(workspace, tiny_llama_dir):
     final = adapter_tensors(result.output_dir)
     for key in best:
         torch.testing.assert_close(final[key], best[key])
+
+
+def test_liger_stays_off_under_zero3_only(tmp_path):
+    from tuner.config import TrainConfig
+    from tuner.train import partitions_weights
+
+    custom = tmp_path / "ds.json"
+    custom.write_text('{"zero_optimization": {"stage": 3}}')
+    stages = {None: False, "zero2": False, "zero2_offload": False, "zero3": True, "zero3_offload": True}
+    for value, expected in {**stages, str(custom): True}.items():
+        assert partitions_weights(TrainConfig(deepspeed=value)) is expected, value
+
+
+def test_speed_switch_defaults_and_bad_values(monkeypatch):
+    from tuner.errors import TunerError
+    from tuner.speed import switch
+
+    for name in ("TUNER_VARLEN", "TUNER_KBIT_UPCAST", "TUNER_LIGER"):
+        monkeypatch.delenv(name, raising=False)
+    assert (switch("TUNER_VARLEN"), switch("TUNER_KBIT_UPCAST"), switch("TUNER_LIGER")) == ("on", "off", "on")
+    monkeypatch.setenv("TUNER_LIGER", "Off ")
+    assert switch("TUNER_LIGER") == "off"
+    monkeypatch.setenv("TUNER_LIGER", "maybe")
+    with pytest.raises(TunerError, match="TUNER_LIGER='maybe': use one of on, off"):
+        switch("TUNER_LIGER")

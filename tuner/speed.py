@@ -32,9 +32,9 @@ SWITCHES = {
     "TUNER_VARLEN": ("on", ("on", "off")),
     # on: peft's k-bit preparation casts the unquantized weights of a 4/8-bit base to fp32;
     # off: they stay bf16/fp16 (tuner.model.add_lora)
-    "TUNER_KBIT_UPCAST": ("on", ("on", "off")),
+    "TUNER_KBIT_UPCAST": ("off", ("on", "off")),
     # on: Liger's fused kernels where Liger supports the architecture (CUDA only)
-    "TUNER_LIGER": ("off", ("on", "off")),
+    "TUNER_LIGER": ("on", ("on", "off")),
 }
 
 

@@ -152,7 +152,7 @@ def build_model(config):
         switched, why = use_for_training(model)
         if switched:
             loaded.attention, loaded.attention_reason = VARLEN, why
-    if switch("TUNER_LIGER") == "on":
+    if switch("TUNER_LIGER") == "on" and not partitions_weights(config):
         from tuner.model import apply_liger
 
         loaded.liger = apply_liger(model)
@@ -215,6 +215,19 @@ def answer_questions(model, tokenizer, template, questions, system, max_new_toke
 
 
 # ------------------------------------------------------------------------------------------ trainer
+
+
+def partitions_weights(config) -> bool:
+    """True under DeepSpeed ZeRO-3, whose weights exist only inside their module's forward: Liger's
+    fused cross-entropy reads the LM head's weight directly, so it stays off there."""
+    path = deepspeed_config_path(config.deepspeed)
+    if not path:
+        return False
+    try:
+        stage = json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage")
+    except (OSError, ValueError):
+        return False
+    return stage == 3
 
 
 def deepspeed_config_path(value: str | None) -> str | None:
