@@ -12,7 +12,7 @@ grep -E "passed|failed|loss sdpa" "$OUT/logs/gpu-attention-tests.log"
 F="$OUT/$(date +%F)-llama3.json"
 B="--shape llama3-8b --steps 6 --warmup 2 --in-process --out $F"
 run() { local name=$1; shift; timeout "$@" > "$OUT/logs/$name.log" 2>&1; echo "$name: exit $?"; }
-run plain-qlora 200 python3 bench/bench_train.py $B --method qlora --seq 2048,4096 --tool plain
+run plain-qlora 200 python3 bench/bench_train.py $B --method qlora --seq 512,2048,4096 --tool plain
 run tuner-qlora 120 python3 bench/bench_train.py $B --method qlora --seq 2048,4096 --tool tuner
 run tuner-packed 100 python3 bench/bench_train.py $B --method qlora --seq 16384 --sample-len 512 --tool tuner
 run plain-lora 100 python3 bench/bench_train.py $B --method lora --seq 4096 --tool plain
