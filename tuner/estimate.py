@@ -30,26 +30,34 @@ from pathlib import Path
 
 GIB = 1024**3
 
-# Calibrated on H100 measurements of Llama-2-7B QLoRA r64 (bench/results/2026-11-28-h100-80gb-hbm3*.json:
-# peak allocated 5.72 GiB at 512 tokens and 8.65 at 4096 with gradient checkpointing, 10.2 at 512
-# without; whole device 8.0 / 12.8 / 12.5 GiB); tests/test_estimate.py keeps the estimate within 15%.
+# Calibrated on H100 measurements (bench/results/2026-11-28-h100-80gb-hbm3*.json): Llama-2-7B, Llama-3-8B
+# and Qwen2.5-7B, QLoRA and bf16 LoRA r64, 512 to 131072 tokens per row, with and without Liger and
+# the fp32 upcast; tests/test_estimate.py keeps every recorded row within 15% of its measured peak.
+# NF4 with double quantization: 4 bits + one 8-bit scale per 64 weights + fp32 scales of those.
+NF4_BITS = 4.127
 # Activation bytes per token per hidden unit for one transformer layer without checkpointing.
 ACT_BYTES_PER_LAYER = 74
-# With gradient checkpointing a layer keeps only its 16-bit input (2 bytes per hidden unit) ...
-ACT_BYTES_CHECKPOINTED = 2
-# ... plus the one layer recomputed during the backward pass.
-ACT_BYTES_RECOMPUTE = 26
+# With gradient checkpointing a layer keeps only its input: 2 bytes per hidden unit in bf16/fp16, 4
+# when peft's k-bit preparation has cast the embedding to fp32 (the residual stream is then fp32) ...
+# ... plus the one layer recomputed during the backward pass: RECOMPUTE_BYTES + RECOMPUTE_MLP_BYTES x
+# intermediate / hidden (the MLP's wide tensors dominate it).
+RECOMPUTE_BYTES = 16
+RECOMPUTE_MLP_BYTES = 15
+# Bytes per token per vocabulary entry at the peak when the logits are materialised (16-bit logits,
+# their fp32 loss copies and gradients, not all alive at once); Liger's fused cross-entropy never
+# materialises them (chunks of a few thousand tokens: negligible).
+LOGIT_BYTES = 4.75
 BYTES_PER_TRAINABLE = 16  # fp32 weight + fp32 grad + AdamW m and v
 # bitsandbytes' paged AdamW keeps m and v (8 bytes) in unified memory, outside PyTorch's allocator.
 PAGED_OPTIMIZER_BYTES = 8
-LOGITS_COPIES = 4  # 16-bit logits upcast to fp32, the loss's softmax, and their gradients
-GPU_TRANSIENT_GIB = 0.6  # dequantized weight tiles, cuBLAS workspaces: allocated, whatever the length
 GPU_OVERHEAD_GIB = 1.4  # CUDA context and allocator fragmentation: on the device, not allocated
 CPU_OVERHEAD_GIB = 1.0  # Python, torch and tokenizer in RAM
 # Share of the device memory a run may plan to use; the rest is headroom for spikes.
 USABLE_FRACTION = 0.9
-# Effective training throughput. GPU: bf16 dense peak x MFU 0.35. CPU: measured here with
-# SmolLM2-135M LoRA at ~171 tokens/s on 2 cores, i.e. ~1.4e11 FLOP/s at 6 FLOPs/param/token.
+# Effective training throughput. GPU: bf16 dense peak x GPU_MFU on the FLOPs below (recomputation
+# included), plus a fixed host cost per step (bitsandbytes dequantizes each layer with small kernels):
+# fitted on H100 rows of 4096 and 16384 tokens (Llama-2-7B 0.78 / 1.73 s, Llama-3-8B 0.78 / 1.88 s per
+# QLoRA step). CPU: measured with SmolLM2-135M LoRA at ~171 tokens/s on 2 cores, i.e. ~1.4e11 FLOP/s.
 GPU_PEAK_FLOPS = {
     "H100": 989e12,
     "H200": 989e12,
@@ -62,7 +70,8 @@ GPU_PEAK_FLOPS = {
     "V100": 125e12,
 }
 GPU_DEFAULT_PEAK = 100e12
-GPU_MFU = 0.35
+GPU_MFU = 0.54
+GPU_STEP_SECONDS = {"quantized": 0.45, "16-bit": 0.3}
 CPU_FLOPS = 1.4e11
 
 
@@ -78,6 +87,12 @@ class ModelShape:
     heads: int
     kv_heads: int
     head_dim: int
+    tied: bool = False  # one matrix for the embedding and the LM head
+
+    @property
+    def embedding_params(self) -> int:
+        """Embedding + LM head: the weights bitsandbytes leaves unquantized."""
+        return self.vocab * self.hidden * (1 if self.tied else 2)
 
 
 @dataclass
@@ -127,7 +142,9 @@ def shape_from_config(cfg: dict) -> ModelShape:
     mlp = 3 * hidden * inter
     embed = vocab * hidden * (1 if cfg.get("tie_word_embeddings") else 2)
     params = layers * (attn + mlp + 2 * hidden) + embed + hidden
-    return ModelShape(params, hidden, layers, vocab, inter, heads, kv_heads, head_dim)
+    return ModelShape(
+        params, hidden, layers, vocab, inter, heads, kv_heads, head_dim, bool(cfg.get("tie_word_embeddings"))
+    )
 
 
 def model_shape(model: str) -> ModelShape:
@@ -237,10 +254,24 @@ def _version(pkg: str) -> str | None:
 
 def _base_bits(method: str, quantization: str, device: str) -> float:
     if method == "qlora" or quantization == "4bit":
-        return 4.5  # NF4 + double-quantized block constants
+        return NF4_BITS
     if quantization == "8bit":
-        return 8.5
+        return 8.5  # int8 + outlier handling and per-row scales
     return 32 if device == "cpu" else 16
+
+
+def speed_defaults(cfg_get, hw: Hardware) -> tuple[bool, bool]:
+    """(liger, upcast) as tuner's training would run ``cfg`` here (tuner.speed's switches)."""
+    from tuner.speed import switch
+
+    upcast = switch("TUNER_KBIT_UPCAST") == "on"
+    liger = (
+        hw.device == "cuda"
+        and switch("TUNER_LIGER") == "on"
+        and importlib.util.find_spec("liger_kernel") is not None
+        and "zero3" not in str(cfg_get("deepspeed", "") or "")
+    )
+    return liger, upcast
 
 
 def estimate(
@@ -248,54 +279,76 @@ def estimate(
     shape: ModelShape | None = None,
     hw: Hardware | None = None,
     dataset_tokens: int | None = None,
+    *,
+    liger: bool | None = None,
+    upcast: bool | None = None,
 ) -> Estimate:
     """Memory (GiB) and time of one training run of ``cfg`` (a TrainConfig or a dict of its keys).
 
     ``dataset_tokens`` (total tokens in the training data) gives the number of steps when the
     config trains by epochs; without it only a run with ``max_steps`` gets a total time.
+    ``liger`` (fused cross-entropy: no logits) and ``upcast`` (k-bit bases: unquantized weights in
+    fp32) default to what tuner's training does here.
     """
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     shape = shape or model_shape(get("model", "default"))
     hw = hw or hardware()
+    default_liger, default_upcast = speed_defaults(get, hw)
+    liger = default_liger if liger is None else liger
+    upcast = default_upcast if upcast is None else upcast
     method = get("method", "lora") or "lora"
     quant = get("quantization", "none") or "none"
-    row_tokens = int(get("tokens_per_step") or get("max_length", 2048) or 2048)
+    max_length = int(get("max_length", 2048) or 2048)
+    row_tokens = int(get("tokens_per_step") or max_length)
     batch = int(get("batch_size", 1) or 1)
     accum = int(get("accumulative_counts", 1) or 1)
     checkpointing = bool(get("gradient_checkpointing", True))
     tokens = batch * row_tokens
 
-    weights = shape.params * _base_bits(method, quant, hw.device) / 8
+    bits = _base_bits(method, quant, hw.device)
+    quantized = bits < 16
+    residual_bytes = 2 if hw.device == "cuda" else 4  # 16-bit on a GPU, fp32 on a CPU
     if method == "full":
         trainable = shape.params
         # The fp32 master copy is counted in BYTES_PER_TRAINABLE; keep 16-bit weights only on GPU.
         weights = shape.params * 2 if hw.device == "cuda" else 0
     else:
         trainable = lora_params(shape, int(get("lora_r", 64) or 64), get("lora_targets", "all-linear"))
+        weights = shape.params * bits / 8
+        if quantized:  # bitsandbytes quantizes the layers' linear weights, not the embedding/LM head
+            kept = shape.embedding_params
+            kept_bytes = 4 if upcast else 2
+            weights = (shape.params - kept) * bits / 8 + kept * kept_bytes
+            residual_bytes = 4 if upcast else 2
     trainable_bytes = trainable * BYTES_PER_TRAINABLE
     # QLoRA's optimizer on CUDA is paged AdamW: its state is device memory PyTorch does not count.
     paged = hw.device == "cuda" and (method == "qlora" or quant == "4bit")
     outside_allocator = trainable * PAGED_OPTIMIZER_BYTES if paged else 0
     if checkpointing:
-        act = tokens * shape.hidden * (ACT_BYTES_CHECKPOINTED * shape.layers + ACT_BYTES_RECOMPUTE)
+        recompute = RECOMPUTE_BYTES + RECOMPUTE_MLP_BYTES * shape.intermediate / shape.hidden
+        act = tokens * shape.hidden * (residual_bytes * shape.layers + recompute)
     else:
         act = tokens * shape.hidden * ACT_BYTES_PER_LAYER * shape.layers
-    logits = tokens * shape.vocab * 4 * LOGITS_COPIES
+    logits = 0 if liger else tokens * shape.vocab * LOGIT_BYTES
     overhead = (GPU_OVERHEAD_GIB if hw.device == "cuda" else CPU_OVERHEAD_GIB) * GIB
-    transient = GPU_TRANSIENT_GIB * GIB if hw.device == "cuda" else 0
-    allocated = weights + trainable_bytes - outside_allocator + act + logits + transient
+    allocated = weights + trainable_bytes - outside_allocator + act + logits
     total = allocated + outside_allocator + overhead
 
-    flops_per_token = (6 if method == "full" else 4) * shape.params + (
-        2 * shape.params if checkpointing else 0
-    )
+    # Attention: 6 x layers x d_attn x context FLOPs per token (QK^T and AV, forward and backward,
+    # half the pairs under the causal mask); packed samples attend within themselves only.
+    context = min(max_length, row_tokens)
+    attention = 6 * shape.layers * shape.heads * shape.head_dim * context
+    flops_per_token = (6 if method == "full" else 4) * shape.params + attention
+    if checkpointing:
+        flops_per_token += 2 * shape.params + attention / 3  # the forward pass again
+    step_tokens = tokens * accum
     if hw.device == "cuda":
         peak = next((v for k, v in GPU_PEAK_FLOPS.items() if k in hw.name), GPU_DEFAULT_PEAK)
-        throughput = peak * GPU_MFU
+        fixed = GPU_STEP_SECONDS["quantized" if quantized else "16-bit"] * batch * accum
+        seconds_per_step = fixed + step_tokens * flops_per_token / (peak * GPU_MFU)
     else:
         throughput = CPU_FLOPS * max(1, hw.cpu_count) / 2  # calibrated on 2 cores
-    step_tokens = tokens * accum
-    seconds_per_step = step_tokens * flops_per_token / throughput
+        seconds_per_step = step_tokens * flops_per_token / throughput
     max_steps = int(get("max_steps", -1) or -1)
     if max_steps > 0:
         steps = max_steps

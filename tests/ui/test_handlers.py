@@ -227,7 +227,10 @@ def test_estimate_verdict_and_advice():
     assert 7.5e9 < shape.params < 8.5e9  # Llama-3-8B
     gpu12 = Hardware("cuda", "RTX 3060", 12.0, 8)
     qlora = estimate({"method": "qlora", "max_length": 512, "gradient_checkpointing": True}, shape, gpu12)
-    assert qlora.fits and qlora.weights_gib < 5
+    # 4-bit layers + 16-bit embedding and LM head + fp32 LoRA: 5.94 GiB measured after loading (H100 bench)
+    assert qlora.fits and qlora.weights_gib + qlora.trainable_params * 4 / 2**30 == pytest.approx(
+        5.94, abs=0.05
+    )
     full = estimate({"method": "full", "max_length": 2048, "gradient_checkpointing": False}, shape, gpu12)
     assert not full.fits
     assert any("gradient_checkpointing" in tip for tip in full.advice)
