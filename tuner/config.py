@@ -80,7 +80,10 @@ class TrainConfig:
     system: str | None = _f(None, "system prompt for samples without one and for evaluation_inputs")
     max_length: int = _f(2048, "tokens per sample; longer samples are truncated; typical 512..4096")
     pack_to_max_length: bool = _f(True, "pack short samples into rows of tokens_per_step tokens")
-    tokens_per_step: int | None = _f(None, "tokens in one packed row; null = max_length")
+    tokens_per_step: int | None = _f(
+        None,
+        "tokens in one packed row; null = max_length; on a GPU with room, 16384 trains short samples fastest (docs/benchmarks.md)",
+    )
     # --- optimisation
     batch_size: int = _f(1, "rows per device per micro-step; typical 1..8")
     accumulative_counts: int = _f(16, "gradient accumulation micro-steps per optimizer step; typical 1..16")
