@@ -12,207 +12,48 @@ Streaming contract (used by the CLI and the app):
   either; text that might be the start of a stop word is held back until it is clear that it is not.
 * When the generator finishes (or is closed early, e.g. a Stop button), the answer so far is added
   to the history.
+
+The pieces live in their own modules: ``tuner.chat_text`` (chat templates, stop words, visible
+text), ``tuner.chat_generate`` (generation settings, streamer, stopping criterion) and
+``tuner.chat_load`` (adapter folder, tokenizer, context window). Their names that other modules
+use are re-exported here, so ``from tuner.chat import ...`` keeps working.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
+# Re-exported: callers import these from tuner.chat. None of these modules imports tuner.chat at
+# load time, so there is no import cycle.
+from tuner.chat_generate import (  # noqa: F401
+    STOP_WINDOW_TOKENS,
+    GenerationSettings,
+    _stopping_criterion,
+    _TokenQueue,
+    generation_config,
+)
+from tuner.chat_load import (  # noqa: F401
+    TOKENIZER_FILES,
+    _adapter_folder,
+    _context_window,
+    _load_tokenizer,
+    _saved_setting,
+)
+from tuner.chat_text import (  # noqa: F401
+    resolve_chat_template,
+    single_token_id,
+    stop_strings,
+    stop_token_ids,
+    visible_text,
+)
 from tuner.errors import ModelError, TunerError
 
 log = logging.getLogger(__name__)
-
-# Tokens decoded at the end of the sequence when checking for stop words; stop words are short
-# (a few tokens), this leaves room for multi-token ones.
-STOP_WINDOW_TOKENS = 32
-# Files that mark a folder as holding a saved tokenizer (an exported adapter or a run's adapter/).
-TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
-
-
-# ------------------------------------------------------------------------------------ templates
-
-
-def resolve_chat_template(tokenizer, name: str | None = None):
-    """The ChatTemplate for ``tokenizer``: a named one, else the tokenizer's own (tuner.data.templates)."""
-    from tuner.data.templates import resolve_template
-
-    return resolve_template(tokenizer, name)
-
-
-def single_token_id(tokenizer, text: str | None) -> int | None:
-    """The id of ``text`` when the tokenizer has it as one token (e.g. ``<|im_end|>``), else None."""
-    if not text:
-        return None
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) == 1 and ids[0] != tokenizer.unk_token_id:
-        return ids[0]
-    return None
-
-
-def stop_token_ids(tokenizer, template) -> list[int]:
-    """Token ids generation must stop at: the tokenizer's eos, the template's end-of-turn token and
-    every stop word that is a single token."""
-    ids = []
-    candidates = [tokenizer.eos_token, template.end_of_turn, *(template.stop_words or [])]
-    for text in candidates:
-        token_id = single_token_id(tokenizer, text)
-        if token_id is not None and token_id not in ids:
-            ids.append(token_id)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.insert(0, tokenizer.eos_token_id)
-    return ids
-
-
-def stop_strings(tokenizer, template, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """Every string at which an answer ends (the end-of-turn marker, stop words, eos text)."""
-    words = [template.end_of_turn, *(template.stop_words or []), tokenizer.eos_token, *extra]
-    out = []
-    for word in words:
-        if word and word not in out:
-            out.append(word)
-    return out
-
-
-# --------------------------------------------------------------------------------- text filtering
-
-
-def visible_text(
-    text: str, stops: list[str], special: list[str] = (), *, final: bool = False
-) -> tuple[str, bool]:
-    """The part of generated ``text`` a user may see, and whether a stop word was reached.
-
-    Text from the first stop word on is dropped. While generation goes on (``final=False``) a tail
-    that could still grow into a stop word, or an incomplete UTF-8 character, is held back.
-
-    Example:
-        >>> visible_text("Paris.<|im_end|>\\nmore", ["<|im_end|>"])
-        ('Paris.', True)
-        >>> visible_text("Paris. <|im", ["<|im_end|>"])
-        ('Paris.', False)
-    """
-    cut, stopped = len(text), False
-    for word in stops:
-        at = text.find(word)
-        if at != -1 and at < cut:
-            cut, stopped = at, True
-    shown = text[:cut]
-    for token in special:  # other special tokens (e.g. a stray <|im_start|>) are not text
-        if token:
-            shown = shown.replace(token, "")
-    if not stopped and not final:
-        hold = 0
-        for word in stops:
-            for size in range(min(len(word) - 1, len(shown)), 0, -1):
-                if shown.endswith(word[:size]):
-                    hold = max(hold, size)
-                    break
-        shown = shown[: len(shown) - hold]
-        # Half of a multi-byte character, and trailing whitespace that the final answer strips:
-        # held back so that the deltas always add up to the final answer.
-        shown = shown.rstrip("\ufffd")
-    return shown.strip(), stopped
-
-
-# ------------------------------------------------------------------------------------- settings
-
-
-@dataclass
-class GenerationSettings:
-    """Sampling controls. ``temperature`` 0 means greedy decoding (deterministic)."""
-
-    max_new_tokens: int = 512  # tokens in one answer at most
-    temperature: float = 0.7  # 0 = greedy; 0.1-1.0 typical
-    top_p: float = 0.9  # nucleus sampling mass
-    top_k: int = 50  # sample among the k most likely tokens; 0 = no limit
-    repetition_penalty: float = 1.1  # >1 discourages repeating tokens; 1.0 = off
-    seed: int | None = None  # fixed seed = reproducible sampling
-
-    def problems(self) -> list[str]:
-        out = []
-        if self.max_new_tokens < 1:
-            out.append(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
-        if self.temperature < 0:
-            out.append(f"temperature must be 0 (greedy) or more, not {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            out.append(f"top_p must be in (0, 1], not {self.top_p}")
-        if self.top_k < 0:
-            out.append(f"top_k must be 0 (off) or more, not {self.top_k}")
-        if self.repetition_penalty <= 0:
-            out.append(f"repetition_penalty must be above 0, not {self.repetition_penalty}")
-        return out
-
-    def updated(self, **changes) -> GenerationSettings:
-        known = {f.name for f in fields(self)}
-        unknown = set(changes) - known
-        if unknown:
-            raise TunerError(f"unknown generation setting(s): {', '.join(sorted(unknown))}")
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update({k: v for k, v in changes.items() if v is not None})
-        return GenerationSettings(**values)
-
-
-def generation_config(settings: GenerationSettings, *, max_new_tokens: int, eos_ids, pad_id):
-    """A transformers GenerationConfig for one answer."""
-    from transformers import GenerationConfig
-
-    kwargs = dict(
-        max_new_tokens=max_new_tokens,
-        eos_token_id=list(eos_ids),
-        pad_token_id=pad_id,
-        repetition_penalty=settings.repetition_penalty,
-    )
-    if settings.temperature > 0:
-        kwargs.update(
-            do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k
-        )
-    else:
-        kwargs.update(do_sample=False)
-    return GenerationConfig(**kwargs)
-
-
-# ------------------------------------------------------------------------------ generation thread
-
-
-class _TokenQueue:
-    """A transformers streamer that hands new token ids to the consuming thread through a queue."""
-
-    DONE = object()
-
-    def __init__(self):
-        self.queue: queue.Queue = queue.Queue()
-        self._prompt_seen = False
-
-    def put(self, value) -> None:
-        if not self._prompt_seen:  # generate() first pushes the prompt itself
-            self._prompt_seen = True
-            return
-        self.queue.put(value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        self.queue.put(self.DONE)
-
-
-def _stopping_criterion(tokenizer, prompt_len: int, stops: list[str], cancel: threading.Event):
-    """Stop when the tail of the generated text contains a stop word, or when cancelled."""
-    import torch
-    from transformers import StoppingCriteria
-
-    class StopOnText(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            done = []
-            for row in input_ids:
-                tail = row[prompt_len:][-STOP_WINDOW_TOKENS:]
-                text = tokenizer.decode(tail, skip_special_tokens=False)
-                done.append(cancel.is_set() or any(word in text for word in stops))
-            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-    return StopOnText()
 
 
 # --------------------------------------------------------------------------------------- session
@@ -536,57 +377,6 @@ class ChatSession:
                     "out of GPU memory while generating; lower max_new_tokens or load with --bits 4"
                 ) from exc
             raise exc
-
-
-# -------------------------------------------------------------------------------- loading helpers
-
-
-def _adapter_folder(path: Path) -> Path:
-    """Accept an adapter folder, a checkpoint or a run folder (its final adapter or last checkpoint)."""
-    from tuner.export import locate_adapter
-
-    return locate_adapter(path).adapter_dir
-
-
-def _saved_setting(adapter_dir: Path | None, key: str) -> str | None:
-    """A setting (template, system) of the run that trained the adapter, when the adapter folder sits
-    in (or was exported from) a run."""
-    if adapter_dir is None:
-        return None
-    from tuner.export import locate_adapter
-
-    return locate_adapter(adapter_dir).config.get(key)
-
-
-def _load_tokenizer(model_name: str, adapter_dir: Path | None, trust_remote_code: bool):
-    """The adapter's saved tokenizer (it carries the training chat template) or the base model's."""
-    from tuner.model import load_tokenizer
-
-    if adapter_dir is not None and any((adapter_dir / f).is_file() for f in TOKENIZER_FILES):
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir), trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as exc:
-            log.warning(
-                "could not load the tokenizer saved with the adapter (%s); using the base model's", exc
-            )
-        else:
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-            return tokenizer
-    return load_tokenizer(model_name, trust_remote_code=trust_remote_code)
-
-
-def _context_window(model, tokenizer) -> int:
-    """Tokens the model handles: its config's max_position_embeddings, or the tokenizer's limit if smaller."""
-    config = getattr(model, "config", None)
-    sizes = [getattr(config, "max_position_embeddings", None)]
-    limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and limit < 10**7:  # tokenizers without a limit report ~1e30
-        sizes.append(limit)
-    sizes = [s for s in sizes if isinstance(s, int) and s > 0]
-    return min(sizes) if sizes else 2048
 
 
 def _last(items, default):
