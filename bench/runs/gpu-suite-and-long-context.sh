@@ -2,7 +2,6 @@
 # Device run (carry [".whl"]): the GPU test suite with the new speed defaults, then the longest-context
 # probe: one Llama-3-8B QLoRA step on a single 131072-token row (tuner's defaults).
 set -u
-mkdir -p "$OUT/logs"
 source bench/device_setup.sh || exit 1
 timeout 330 python3 -m pytest -p no:cacheprovider tests/gpu -v -s --ignore=tests/gpu/test_gpu_multi.py > "$OUT/logs/gpu-tests.log" 2>&1
 grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" "$OUT/logs/gpu-tests.log" | tail -20

@@ -4,10 +4,7 @@
 # each speed switch on top of the previous one. Liger patches model classes for the whole process,
 # so its rows run in a process of their own. Results: $OUT/<date>-packing.json, logs in $OUT/logs/.
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-mkdir -p "$OUT/logs"
+source bench/wheels_setup.sh || exit 1
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_attention.py -s > "$OUT/logs/gpu-attention-tests.log" 2>&1
 tail -8 "$OUT/logs/gpu-attention-tests.log"
 F="$OUT/$(date +%F)-packing.json"

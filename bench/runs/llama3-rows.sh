@@ -3,10 +3,7 @@
 # (varlen attention, bf16 k-bit preparation, Liger) against the plain loop: QLoRA at 2048/4096,
 # packed 512-token samples in 16384-token rows, bf16 LoRA at 4096. Results: $OUT/<date>-llama3.json.
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-mkdir -p "$OUT/logs"
+source bench/wheels_setup.sh || exit 1
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_gpu_attention.py -s > "$OUT/logs/gpu-attention-tests.log" 2>&1
 grep -E "passed|failed|loss sdpa" "$OUT/logs/gpu-attention-tests.log"
 F="$OUT/$(date +%F)-llama3.json"
