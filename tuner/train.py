@@ -1,6 +1,7 @@
 """Training: data -> tokens -> transformers' Trainer, with a run folder the user can read and resume.
 
-Reading order: ``train()`` at the bottom calls the helpers above it in execution order.
+Reading order: ``train()`` at the bottom calls the helpers above it in execution order; the data
+comes from :mod:`tuner.train_data`, the model from :mod:`tuner.train_model`.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import re
 import shutil
 import time
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.callbacks import EvaluationAnswersCallback, EventCallback, RunControl
-from tuner.config import DEEPSPEED_PRESETS
-from tuner.errors import DataError, TunerError
+from tuner.config import resolve_path
+from tuner.errors import TunerError
 from tuner.events import EVENTS_FILE, EventLog
 from tuner.io import write_text_atomic
 from tuner.run_dirs import (
@@ -30,9 +30,13 @@ from tuner.run_dirs import (
     latest_run,
     new_run_dir,
 )
-from tuner.speed import checkpoint_reentrant, lean_steps, switch
+from tuner.speed import lean_steps
 from tuner.speed import rank as _rank
 from tuner.speed import world_size as _world_size
+
+# Data and model setup live in their own modules; their names stay importable from here.
+from tuner.train_data import encode_for_training, load_training_samples, make_collator  # noqa: F401
+from tuner.train_model import build_model, deepspeed_config_path, method_bits, partitions_weights  # noqa: F401
 from tuner.trainer import make_trainer_class
 from tuner.workspace import work_dirs
 
@@ -52,129 +56,6 @@ class RunResult:
     output_dir: Path | None  # the final adapter (or full model); None when cancelled
     steps: int
     train_loss: float | None
-
-
-# --------------------------------------------------------------------------------------------- data
-
-
-def _resolve_path(path: str) -> Path:
-    from tuner.workspace import workspace_dir
-
-    candidate = Path(path).expanduser()
-    return candidate if candidate.is_absolute() else workspace_dir() / candidate
-
-
-def load_training_samples(config) -> tuple[list, list]:
-    """(train, eval) samples in the internal form; bad records stop the run with their location."""
-    from tuner.data.formats import load_samples
-
-    result = load_samples(_resolve_path(config.data_path), config.data_format, system=config.system)
-    if result.problems:
-        first = result.problems[0]
-        raise DataError(
-            f"{len(result.problems)} bad record(s), first: {first}",
-            hint=f"run `python -m tuner check-data {config.data_path}` for the full list, fix them, then train again",
-        )
-    samples = list(result.samples)
-    if not samples:
-        raise DataError(
-            "no usable samples", path=config.data_path, hint="check the file's format with check-data"
-        )
-    if config.eval_data_path:
-        eval_result = load_samples(
-            _resolve_path(config.eval_data_path), config.data_format, system=config.system
-        )
-        if eval_result.problems:
-            raise DataError(f"eval data: {eval_result.problems[0]}", hint="run check-data on the eval file")
-        return samples, list(eval_result.samples)
-    if config.test_split and config.test_split > 0:
-        order = list(range(len(samples)))
-        random.Random(config.seed).shuffle(order)
-        n_test = max(1, int(round(len(samples) * config.test_split)))
-        test_idx = set(order[:n_test])
-        return [s for i, s in enumerate(samples) if i not in test_idx], [samples[i] for i in sorted(test_idx)]
-    return samples, []
-
-
-def encode_for_training(samples, tokenizer, template, config) -> tuple[list, dict]:
-    """Tokens + labels, packed into rows of ``tokens_per_step`` tokens when packing is on."""
-    from tuner.data.encode import encode_samples
-    from tuner.data.pack import pack_samples, pack_stats
-
-    encoded, stats = encode_samples(samples, tokenizer, template, config.max_length)
-    info = {"encode": stats.as_dict() if hasattr(stats, "as_dict") else dict(vars(stats))}
-    if not encoded:
-        raise DataError(
-            "no sample kept a supervised token after truncation",
-            hint="raise max_length or check that the data has answers",
-        )
-    if config.pack_to_max_length:
-        budget = config.tokens_per_step or config.max_length
-        rows = pack_samples(encoded, budget, seed=config.seed)
-        stats_ = pack_stats(encoded, rows, budget)
-        info["pack"] = stats_.as_dict() if hasattr(stats_, "as_dict") else dict(vars(stats_))
-        return rows, info
-    return encoded, info
-
-
-def make_collator(tokenizer, packed: bool, attention: str = "sdpa"):
-    """Packed rows (with sample boundaries for varlen attention kernels) or padded samples."""
-    from tuner.attention import NAME as VARLEN
-    from tuner.data.pack import PackedCollator, PaddingCollator
-
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    if not packed:
-        return PaddingCollator(pad_token_id=pad_id)
-    return PackedCollator(pad_token_id=pad_id, boundaries=attention in (VARLEN, "flash_attention_2"))
-
-
-# -------------------------------------------------------------------------------------------- model
-
-
-def method_bits(config) -> int | None:
-    return {"4bit": 4, "8bit": 8}.get(config.quantization) or (4 if config.method == "qlora" else None)
-
-
-def build_model(config):
-    """Base model (+ LoRA unless full fine-tuning), with gradient checkpointing as asked."""
-    from tuner.model import add_lora, load_model
-
-    bits = method_bits(config)
-    loaded = load_model(
-        config.model, bits=bits, precision=config.precision, trust_remote_code=config.trust_remote_code
-    )
-    model = loaded.model
-    model.config.use_cache = False  # caches are useless in training and break position-id packing
-    if switch("TUNER_VARLEN") == "on":
-        from tuner.attention import NAME as VARLEN
-        from tuner.attention import use_for_training
-
-        switched, why = use_for_training(model)
-        if switched:
-            loaded.attention, loaded.attention_reason = VARLEN, why
-    if switch("TUNER_LIGER") == "on" and not partitions_weights(config):
-        from tuner.model import apply_liger
-
-        loaded.liger = apply_liger(model)
-    reentrant = checkpoint_reentrant()
-    if config.method == "full":
-        if config.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
-            if reentrant:
-                model.enable_input_require_grads()
-        return model, loaded
-    model = add_lora(
-        model,
-        r=config.lora_r,
-        alpha=config.lora_alpha,
-        dropout=config.lora_dropout,
-        targets=config.lora_targets,
-        quantized=bits is not None,
-        gradient_checkpointing=config.gradient_checkpointing,
-        reentrant=reentrant,
-        upcast=switch("TUNER_KBIT_UPCAST") == "on",
-    )
-    return model, loaded
 
 
 def answer_questions(model, tokenizer, template, questions, system, max_new_tokens) -> list[dict]:
@@ -215,33 +96,6 @@ def answer_questions(model, tokenizer, template, questions, system, max_new_toke
 
 
 # ------------------------------------------------------------------------------------------ trainer
-
-
-def partitions_weights(config) -> bool:
-    """True under DeepSpeed ZeRO-3, whose weights exist only inside their module's forward: Liger's
-    fused cross-entropy reads the LM head's weight directly, so it stays off there."""
-    path = deepspeed_config_path(config.deepspeed)
-    if not path:
-        return False
-    try:
-        stage = json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage")
-    except (OSError, ValueError):
-        return False
-    return stage == 3
-
-
-def deepspeed_config_path(value: str | None) -> str | None:
-    """A preset name (zero2, ...) -> the JSON shipped in tuner/deepspeed; a path stays a path."""
-    if not value:
-        return None
-    if value in DEEPSPEED_PRESETS:
-        return str(Path(__file__).parent / "deepspeed" / f"{value}.json")
-    path = _resolve_path(value)
-    if not path.is_file():
-        raise TunerError(
-            f"deepspeed config {value} not found; use one of {', '.join(DEEPSPEED_PRESETS)} or a .json file"
-        )
-    return str(path)
 
 
 def _ensure_single_process_env() -> None:
@@ -379,7 +233,7 @@ def prepare_run(config, *, run_dir: Path | None = None, resume: bool = False) ->
             raise TunerError(f"nothing to resume: no complete checkpoint in {where}; train without --resume")
         return run_dir, checkpoint
     if config.output_dir:
-        run_dir = _resolve_path(config.output_dir)
+        run_dir = resolve_path(config.output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     elif run_dir is None:
         run_dir = _shared_run_dir(config.name) if _world_size() > 1 else new_run_dir(config.name)
