@@ -427,7 +427,7 @@ def versions() -> dict:
 class StepClock:
     """Host time at the end of every step (after a device sync), peak device use, losses."""
 
-    def __init__(self, profile: tuple[int, int] | None = None):
+    def __init__(self, profile: tuple[int, int] | None = None, cuda_profile: bool = False):
         self.ends: list[float] = []
         self.losses: list[float] = []
         self.device_used = 0
@@ -436,6 +436,8 @@ class StepClock:
         # --profile: cProfile of the main thread between these step ends (the timed steps)
         self.profiler = None
         self.profile = profile
+        # --profile-cuda: torch.profiler (host ops + CUDA kernels) instead of cProfile
+        self.cuda_profile = cuda_profile
 
     def begin(self) -> None:
         import torch
@@ -452,10 +454,7 @@ class StepClock:
         _sync()
         self.ends.append(time.perf_counter())
         if self.profile and len(self.ends) == self.profile[0]:
-            import cProfile
-
-            self.profiler = cProfile.Profile()
-            self.profiler.enable()
+            self.profiler = _start_profiler(self.cuda_profile)
         elif self.profiler is not None and len(self.ends) == self.profile[1]:
             self.profiler.disable()
         if torch.cuda.is_available():
@@ -524,6 +523,15 @@ def checkpointing_mode(model) -> str | None:
             keywords = getattr(func, "keywords", {}) or {}
             return "reentrant" if keywords.get("use_reentrant", True) else "non-reentrant"
     return None
+
+
+def checkpointed_layers(model) -> int:
+    """Decoder layers that recompute their activations in the backward pass."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return sum(
+        1 for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing
+    )
 
 
 def run_tuner(
@@ -608,6 +616,7 @@ def run_tuner(
             attention=loaded.attention,
             trainable_params=trainable,
             checkpointing=checkpointing_mode(model),
+            checkpointed_layers=checkpointed_layers(model),
             switches={name: switch(name) for name in SWITCHES},
             tuner_liger=bool(getattr(loaded, "liger", False)),
             overrides={kind: values for kind, values in overrides.items() if values} or None,
@@ -716,6 +725,7 @@ def run_plain(
         attention=getattr(model.config, "_attn_implementation", None),
         trainable_params=sum(p.numel() for p in params),
         checkpointing=checkpointing_mode(model),
+        checkpointed_layers=checkpointed_layers(model),
     )
     if scaler is not None:
         result["amp_skipped_steps"] = int(skipped)
@@ -765,7 +775,10 @@ def measure(spec: Spec, opts) -> dict:
     if not torch.cuda.is_available():
         # CPU smoke runs only check the harness; one thread avoids oversubscribing a shared machine.
         torch.set_num_threads(1)
-    clock = StepClock(profile=(opts.warmup, opts.warmup + opts.steps) if opts.profile else None)
+    clock = StepClock(
+        profile=(opts.warmup, opts.warmup + opts.steps) if opts.profile else None,
+        cuda_profile=opts.profile_cuda,
+    )
     started = time.perf_counter()
     try:
         model_dir = ensure_model(spec.shape, models_dir)
@@ -830,16 +843,63 @@ def measure(spec: Spec, opts) -> dict:
     return row
 
 
-def write_profile(profiler, folder: Path, spec: Spec, opts, top: int = 45) -> Path:
-    """The timed steps' main-thread profile: top functions by own time and by cumulative time.
+class _TorchProfiler:
+    """torch.profiler over the timed steps, with cProfile's enable/disable interface."""
 
+    def __init__(self):
+        import torch
+
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        self.profile = torch.profiler.profile(activities=activities)
+        self.started = time.perf_counter()
+        self.wall_s = None
+        self.profile.__enter__()
+
+    def disable(self) -> None:
+        if self.wall_s is None:
+            self.wall_s = time.perf_counter() - self.started
+            self.profile.__exit__(None, None, None)
+
+
+def _start_profiler(cuda: bool):
+    if cuda:
+        return _TorchProfiler()
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    return profiler
+
+
+def write_cuda_profile(profiler: _TorchProfiler, path: Path, spec: Spec, opts, top: int) -> None:
+    """Kernels by GPU time, and how much of the wall clock the GPU was busy at all: what is left
+    idle is host overhead (Python, launches, syncs) that no faster kernel can win back."""
+    events = profiler.profile.key_averages()
+    busy_us = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA")
+    steps = max(opts.steps, 1)
+    head = (
+        f"{spec.label}: {opts.steps} timed steps under torch.profiler\n"
+        f"wall {profiler.wall_s / steps:.4f} s/step, GPU kernels {busy_us / 1e6 / steps:.4f} s/step "
+        f"({100 * busy_us / 1e6 / profiler.wall_s:.1f}% busy; profiler overhead included)\n\n"
+    )
+    by_gpu = events.table(sort_by="self_device_time_total", row_limit=top, max_name_column_width=90)
+    by_host = events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=90)
+    path.write_text(head + "By GPU time\n" + by_gpu + "\n\nBy host time\n" + by_host + "\n")
+
+
+def write_profile(profiler, folder: Path, spec: Spec, opts, top: int = 45) -> Path:
+    """The timed steps' profile. cProfile (main thread): top functions by own and cumulative time.
     The autograd engine runs CUDA backward passes on its own thread, which cProfile does not follow:
-    there the backward (checkpoint recomputation included) shows as ``run_backward`` as a whole."""
+    there the backward (checkpoint recomputation included) shows as ``run_backward`` as a whole.
+    torch.profiler (--profile-cuda): see write_cuda_profile."""
     import io
     import pstats
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{spec.label}.txt"
+    if isinstance(profiler, _TorchProfiler):
+        write_cuda_profile(profiler, path, spec, opts, top)
+        return path
     text = io.StringIO()
     text.write(f"{spec.label}: {opts.steps} timed steps, main thread (cProfile inflates Python-heavy code)\n")
     for key in ("tottime", "cumulative"):
@@ -977,6 +1037,8 @@ def child_argv(spec: Spec, opts, out: Path) -> list[str]:
         argv += ["--variant", dict(opts.variant_texts)[spec.variant]]
     if opts.profile:
         argv += ["--profile", str(opts.profile)]
+    if opts.profile_cuda:
+        argv.append("--profile-cuda")
     return argv
 
 
@@ -1087,6 +1149,11 @@ def parse_args(argv=None):
         "--profile",
         metavar="DIR",
         help="write a cProfile of each row's timed steps (main thread) to DIR/<label>.txt",
+    )
+    p.add_argument(
+        "--profile-cuda",
+        action="store_true",
+        help="with --profile: torch.profiler (CUDA kernels by GPU time, GPU busy share) instead of cProfile",
     )
     p.add_argument("--report", metavar="JSON", help="print the markdown table of a results file and exit")
     opts = p.parse_args(argv)

@@ -89,10 +89,14 @@ def _estimate(row):
         "lora_r": 64,
         "gradient_checkpointing": row.get("checkpointing") not in (None, "none", "off"),
     }
+    config.update((row.get("overrides") or {}).get("set") or {})  # e.g. a variant's lora_dropout
     switches = row.get("switches") or {}
     liger = bool(row.get("tuner_liger") or row.get("liger"))
     upcast = switches.get("TUNER_KBIT_UPCAST", "on") == "on"  # rows before the switch: peft's upcast
-    return estimate(config, shape_from_config(SHAPES[row["model"]]), H100, liger=liger, upcast=upcast)
+    shape = shape_from_config(SHAPES[row["model"]])
+    # rows before partial checkpointing: every layer or none
+    layers = row.get("checkpointed_layers", shape.layers if config["gradient_checkpointing"] else 0)
+    return estimate(config, shape, H100, liger=liger, upcast=upcast, checkpointed_layers=layers)
 
 
 def _label(row):
@@ -113,3 +117,48 @@ def test_estimate_within_15_percent_of_measured_peak_allocated(row):
 def test_estimate_within_15_percent_of_measured_device_memory(row):
     got, measured = _estimate(row).total_gib, row["device_used_gib"]
     assert abs(got - measured) / measured <= 0.15, (got, measured)
+
+
+def _qlora_4096(**overrides):
+    return {"method": "qlora", "max_length": 4096, "lora_r": 64, "gradient_checkpointing": True, **overrides}
+
+
+def test_checkpointing_only_the_layers_memory_needs(monkeypatch):
+    from tuner.estimate import AUTO_CHECKPOINT_FRACTION, checkpoint_layers
+
+    monkeypatch.delenv("TUNER_CHECKPOINT_LAYERS", raising=False)
+    shape = shape_from_config(LLAMA2_7B)
+    chosen = {
+        gib: checkpoint_layers(_qlora_4096(), shape, H100, gib, liger=True) for gib in (8, 16, 24, 79.2)
+    }
+    # A big card recomputes nothing, a 24 GB one part of the layers, an 8 GB one every layer.
+    assert chosen[79.2] == 0 and chosen[8] == 32 and 0 < chosen[24] < chosen[16] < 32, chosen
+    for gib in (16, 24):  # the fewest layers that keep the estimate under the planned share
+        count = chosen[gib]
+        fits = estimate(_qlora_4096(), shape, H100, liger=True, checkpointed_layers=count)
+        one_less = estimate(_qlora_4096(), shape, H100, liger=True, checkpointed_layers=count - 1)
+        assert fits.total_gib <= gib * AUTO_CHECKPOINT_FRACTION < one_less.total_gib
+    # Each layer left out keeps its activations and skips recomputing them.
+    none, every = (estimate(_qlora_4096(), shape, H100, liger=True, checkpointed_layers=n) for n in (0, 32))
+    assert (
+        none.activations_gib > 10 * every.activations_gib and none.seconds_per_step < every.seconds_per_step
+    )
+    # The estimate shown to the user picks the same count for the device's memory.
+    assert estimate(_qlora_4096(), shape, H100, liger=True).checkpointed_layers == chosen[79.2]
+
+
+def test_checkpointing_every_layer_when_asked_or_not_decidable(monkeypatch):
+    from tuner.estimate import checkpoint_layers
+
+    shape = shape_from_config(LLAMA2_7B)
+    cpu = Hardware(device="cpu", name="CPU", memory_gib=64, cpu_count=2)
+    assert checkpoint_layers(_qlora_4096(gradient_checkpointing=False), shape, H100, 8) == 0
+    assert (
+        checkpoint_layers(_qlora_4096(method="lora"), shape, cpu, 64) == 32
+    )  # no CUDA: no free-memory reading
+    assert checkpoint_layers(_qlora_4096(deepspeed="zero2"), shape, H100, 79.2) == 32
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert checkpoint_layers(_qlora_4096(), shape, H100, 79.2) == 32
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("TUNER_CHECKPOINT_LAYERS", "all")
+    assert checkpoint_layers(_qlora_4096(), shape, H100, 79.2) == 32

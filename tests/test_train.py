@@ -410,3 +410,62 @@ def test_speed_switch_defaults_and_bad_values(monkeypatch):
     monkeypatch.setenv("TUNER_LIGER", "maybe")
     with pytest.raises(TunerError, match="TUNER_LIGER='maybe': use one of on, off"):
         switch("TUNER_LIGER")
+
+
+def test_checkpointing_is_limited_to_the_layers_memory_needs(monkeypatch):
+    # tuner.estimate.checkpoint_layers picks how many layers (tests/test_estimate.py); here: the
+    # first that many recompute their forward pass in the backward, the rest keep their activations,
+    # and the gradients are those of the model without checkpointing.
+    import tuner.estimate
+    from tests.tiny import build_model, build_tokenizer
+    from tuner.model import LoadedModel, add_lora
+    from tuner.train_model import CUDA_CONTEXT_GIB, limit_checkpointing
+
+    tokenizer = build_tokenizer()
+    config = make_config("unused", "unused.jsonl", gradient_checkpointing=True)
+
+    def tiny_lora(checkpointing):
+        model = build_model("llama", tokenizer, num_hidden_layers=4)
+        return add_lora(model, r=4, dropout=0.0, gradient_checkpointing=checkpointing)
+
+    budgets = []
+
+    def two_layers(cfg, shape, hw, budget_gib, **kw):
+        budgets.append((shape.layers, budget_gib))
+        return 2
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (30 * 1024**3, 80 * 1024**3))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda: 2 * 1024**3)
+    monkeypatch.setattr(tuner.estimate, "checkpoint_layers", two_layers)
+    model = tiny_lora(True)
+    loaded = LoadedModel(model, torch.float32, "sdpa", "test", None, "cpu")
+    assert (
+        limit_checkpointing(model, config, loaded)
+        == "on 2 of 4 layers (the rest fit in 33 GiB of GPU memory)"
+    )
+    assert budgets == [(4, 32 + CUDA_CONTEXT_GIB)]
+    monkeypatch.undo()
+
+    layers = model.base_model.model.model.layers
+    assert [layer.gradient_checkpointing for layer in layers] == [True, True, False, False]
+    calls = [0] * 4
+    for index, layer in enumerate(layers):
+        # a wrapped forward, not a hook: the recomputation runs the forward but not the module's hooks
+
+        def counted(*args, forward=layer.mlp.forward, index=index, **kwargs):
+            calls[index] += 1
+            return forward(*args, **kwargs)
+
+        layer.mlp.forward = counted
+    reference = tiny_lora(False)
+    reference.load_state_dict(model.state_dict())
+    ids = torch.randint(0, len(tokenizer), (2, 16), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for each in (model, reference):
+        each.train()
+        each(input_ids=ids, labels=ids).loss.backward()
+        grads.append({n: p.grad for n, p in each.named_parameters() if p.requires_grad})
+    assert calls == [2, 2, 1, 1]  # the checkpointed layers ran again in the backward pass
+    for name, grad in grads[1].items():
+        torch.testing.assert_close(grads[0][name], grad)

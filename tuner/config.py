@@ -99,7 +99,9 @@ class TrainConfig:
     max_norm: float = _f(1.0, "gradient clipping norm; 0 = no clipping")
     optimizer: str = _f("auto", "auto = paged_adamw_32bit for qlora on CUDA, adamw_torch otherwise")
     precision: str = _f("auto", "auto, bf16, fp16 or fp32; auto = bf16 where supported, fp32 on CPU")
-    gradient_checkpointing: bool = _f(True, "recompute activations: less GPU memory, ~30% slower")
+    gradient_checkpointing: bool = _f(
+        True, "recompute activations where GPU memory needs it (only as many layers as needed): less memory, slower"
+    )
     # --- LoRA (lora and qlora)
     lora_r: int = _f(64, "LoRA rank; typical 8..64")
     lora_alpha: int = _f(16, "LoRA scaling numerator (scale = alpha / r); typical 16..2*r")

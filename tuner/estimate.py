@@ -7,9 +7,12 @@ constants below are to be calibrated against GPU measurements (see bench/). Memo
   block constants; fp32 on a CPU = 4 bytes).
 - trainable parameters (LoRA adapters, or every weight for a full fine-tune) cost
   ``16 bytes each``: fp32 weight 4 + fp32 gradient 4 + two fp32 AdamW moments 8.
-- activations: ``tokens x hidden x (2 x layers + 34)`` bytes with gradient checkpointing (each layer
-  keeps its 16-bit input, one layer is recomputed at a time) and ``tokens x hidden x 34 x layers``
-  without (Korthikanti et al. 2022, 16-bit activations, attention scores not stored: sdpa/flash).
+- activations: a checkpointed layer keeps only its 16-bit input (``tokens x hidden x 2`` bytes) and one
+  layer is recomputed at a time during the backward pass; a layer that is not checkpointed keeps
+  everything its backward pass needs (``tokens x hidden x ACT_BYTES...`` below, measured: attention
+  scores are never stored with sdpa/flash kernels). With ``gradient_checkpointing`` on, tuner
+  checkpoints only as many layers as the GPU's memory needs (``checkpoint_layers``), the last layers
+  first left out: on a large card nothing is recomputed.
 - logits: ``tokens x vocab x 4 bytes x 2`` (fp32 logits and their gradient in the loss).
 - a fixed overhead (CUDA context, allocator slack).
 
@@ -35,8 +38,14 @@ GIB = 1024**3
 # the fp32 upcast; tests/test_estimate.py keeps every recorded row within 15% of its measured peak.
 # NF4 with double quantization: 4 bits + one 8-bit scale per 64 weights + fp32 scales of those.
 NF4_BITS = 4.127
-# Activation bytes per token per hidden unit for one transformer layer without checkpointing.
-ACT_BYTES_PER_LAYER = 74
+# Activation bytes per token per hidden unit kept by one layer that is not checkpointed:
+# ACT_BYTES + ACT_MLP_BYTES x intermediate / hidden, plus, with LoRA dropout, DROPOUT_BYTES x (6 +
+# intermediate / hidden) for the dropped-out copies of the 7 adapted layers' inputs and their masks.
+# Fitted on H200 rows without checkpointing (bench/results/2026-12-01-h200-nockpt.json): Llama-2-7B
+# QLoRA 4096 with and without dropout, Llama-3-8B bf16 LoRA 4096 and QLoRA 2048.
+ACT_BYTES = 19.0
+ACT_MLP_BYTES = 5.3
+DROPOUT_BYTES = 1.92
 # With gradient checkpointing a layer keeps only its input: 2 bytes per hidden unit in bf16/fp16, 4
 # when peft's k-bit preparation has cast the embedding to fp32 (the residual stream is then fp32) ...
 # ... plus the one layer recomputed during the backward pass: RECOMPUTE_BYTES + RECOMPUTE_MLP_BYTES x
@@ -54,6 +63,9 @@ GPU_OVERHEAD_GIB = 1.4  # CUDA context and allocator fragmentation: on the devic
 CPU_OVERHEAD_GIB = 1.0  # Python, torch and tokenizer in RAM
 # Share of the device memory a run may plan to use; the rest is headroom for spikes.
 USABLE_FRACTION = 0.9
+# Share of the memory the automatic choice of checkpointed layers plans to fill: the estimate is within
+# 15% of measured peaks, and an out-of-memory error an hour into a run costs more than the speed.
+AUTO_CHECKPOINT_FRACTION = 0.8
 # Effective training throughput. GPU: bf16 dense peak x GPU_MFU on the FLOPs below (recomputation
 # included), plus a fixed host cost per step (bitsandbytes dequantizes each layer with small kernels):
 # fitted on H100 rows of 4096 and 16384 tokens (Llama-2-7B 0.78 / 1.73 s, Llama-3-8B 0.78 / 1.88 s per
@@ -119,6 +131,8 @@ class Estimate:
     seconds_per_step: float
     total_steps: int | None
     total_seconds: float | None
+    checkpointed_layers: int = 0  # layers whose activations are recomputed in the backward pass
+    layers: int = 0
     advice: list[str] = field(default_factory=list)
 
 
@@ -282,13 +296,16 @@ def estimate(
     *,
     liger: bool | None = None,
     upcast: bool | None = None,
+    checkpointed_layers: int | None = None,
+    budget_gib: float | None = None,
 ) -> Estimate:
     """Memory (GiB) and time of one training run of ``cfg`` (a TrainConfig or a dict of its keys).
 
     ``dataset_tokens`` (total tokens in the training data) gives the number of steps when the
     config trains by epochs; without it only a run with ``max_steps`` gets a total time.
     ``liger`` (fused cross-entropy: no logits) and ``upcast`` (k-bit bases: unquantized weights in
-    fp32) default to what tuner's training does here.
+    fp32) default to what tuner's training does here. ``checkpointed_layers`` defaults to what
+    training would choose (``checkpoint_layers``) for ``budget_gib`` of memory (default: the device's).
     """
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     shape = shape or model_shape(get("model", "default"))
@@ -296,13 +313,57 @@ def estimate(
     default_liger, default_upcast = speed_defaults(get, hw)
     liger = default_liger if liger is None else liger
     upcast = default_upcast if upcast is None else upcast
+    if checkpointed_layers is None:
+        checkpointed_layers = checkpoint_layers(
+            cfg, shape, hw, hw.memory_gib if budget_gib is None else budget_gib, liger=liger, upcast=upcast
+        )
+    est = _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed_layers)
+    if not est.fits:
+        est.advice = advice(est, get, hw)
+    return est
+
+
+def checkpoint_layers(
+    cfg, shape: ModelShape, hw: Hardware, budget_gib: float, *, liger: bool = False, upcast: bool = False
+) -> int:
+    """How many layers training checkpoints: none when ``gradient_checkpointing`` is off; with it on,
+    all of them unless TUNER_CHECKPOINT_LAYERS is ``auto`` on one CUDA process without DeepSpeed,
+    where it is the fewest that keep the estimate within AUTO_CHECKPOINT_FRACTION of ``budget_gib``
+    (every layer left out saves its recomputation, about a third of its compute)."""
+    from tuner.speed import switch, world_size
+
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    if not get("gradient_checkpointing", True):
+        return 0
+    if (
+        switch("TUNER_CHECKPOINT_LAYERS") != "auto"
+        or hw.device != "cuda"
+        or world_size() > 1
+        or get("deepspeed", None)
+    ):
+        return shape.layers
+    limit = budget_gib * AUTO_CHECKPOINT_FRACTION
+    for count in range(shape.layers + 1):
+        if _estimate(get, shape, hw, None, liger, upcast, count).total_gib <= limit:
+            return count
+    return shape.layers
+
+
+def activation_bytes(shape: ModelShape, lora_dropout: float) -> float:
+    """Bytes per token per hidden unit that one layer without checkpointing keeps for its backward."""
+    ratio = shape.intermediate / shape.hidden
+    dropout = DROPOUT_BYTES * (6 + ratio) if lora_dropout > 0 else 0.0
+    return ACT_BYTES + ACT_MLP_BYTES * ratio + dropout
+
+
+def _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed: int) -> Estimate:
     method = get("method", "lora") or "lora"
     quant = get("quantization", "none") or "none"
     max_length = int(get("max_length", 2048) or 2048)
     row_tokens = int(get("tokens_per_step") or max_length)
     batch = int(get("batch_size", 1) or 1)
     accum = int(get("accumulative_counts", 1) or 1)
-    checkpointing = bool(get("gradient_checkpointing", True))
+    checkpointed = max(0, min(shape.layers, checkpointed))
     tokens = batch * row_tokens
 
     bits = _base_bits(method, quant, hw.device)
@@ -324,11 +385,12 @@ def estimate(
     # QLoRA's optimizer on CUDA is paged AdamW: its state is device memory PyTorch does not count.
     paged = hw.device == "cuda" and (method == "qlora" or quant == "4bit")
     outside_allocator = trainable * PAGED_OPTIMIZER_BYTES if paged else 0
-    if checkpointing:
+    dropout = float(get("lora_dropout", 0.1) or 0) if method != "full" else 0.0
+    kept_per_layer = activation_bytes(shape, dropout) * (residual_bytes / 2)
+    act = tokens * shape.hidden * (shape.layers - checkpointed) * kept_per_layer
+    if checkpointed:
         recompute = RECOMPUTE_BYTES + RECOMPUTE_MLP_BYTES * shape.intermediate / shape.hidden
-        act = tokens * shape.hidden * (residual_bytes * shape.layers + recompute)
-    else:
-        act = tokens * shape.hidden * ACT_BYTES_PER_LAYER * shape.layers
+        act += tokens * shape.hidden * (residual_bytes * checkpointed + recompute)
     logits = 0 if liger else tokens * shape.vocab * LOGIT_BYTES
     overhead = (GPU_OVERHEAD_GIB if hw.device == "cuda" else CPU_OVERHEAD_GIB) * GIB
     allocated = weights + trainable_bytes - outside_allocator + act + logits
@@ -339,8 +401,8 @@ def estimate(
     context = min(max_length, row_tokens)
     attention = 6 * shape.layers * shape.heads * shape.head_dim * context
     flops_per_token = (6 if method == "full" else 4) * shape.params + attention
-    if checkpointing:
-        flops_per_token += 2 * shape.params + attention / 3  # the forward pass again
+    # the forward pass of the checkpointed layers again
+    flops_per_token += (2 * shape.params + attention / 3) * checkpointed / shape.layers
     step_tokens = tokens * accum
     if hw.device == "cuda":
         peak = next((v for k, v in GPU_PEAK_FLOPS.items() if k in hw.name), GPU_DEFAULT_PEAK)
@@ -357,8 +419,7 @@ def estimate(
     else:
         steps = None
     available = hw.memory_gib
-    fits = total / GIB <= available * USABLE_FRACTION
-    est = Estimate(
+    return Estimate(
         weights_gib=weights / GIB,
         trainable_params=trainable,
         trainable_gib=trainable_bytes / GIB,
@@ -368,22 +429,21 @@ def estimate(
         total_gib=total / GIB,
         allocated_gib=allocated / GIB,
         available_gib=available,
-        fits=fits,
+        fits=total / GIB <= available * USABLE_FRACTION,
         tokens_per_step=step_tokens,
         seconds_per_step=seconds_per_step,
         total_steps=steps,
         total_seconds=steps * seconds_per_step if steps else None,
+        checkpointed_layers=checkpointed,
+        layers=shape.layers,
     )
-    if not fits:
-        est.advice = advice(est, get, hw)
-    return est
 
 
 def advice(est: Estimate, get, hw: Hardware) -> list[str]:
     """What to change, biggest saving first, when a run will not fit."""
     tips: list[str] = []
     method = get("method", "lora")
-    if not get("gradient_checkpointing", True):
+    if est.checkpointed_layers < est.layers:
         tips.append("turn on gradient_checkpointing (activations shrink by ~15x)")
     if method == "full":
         tips.append("use method: lora (only the adapters get gradients and optimizer states)")

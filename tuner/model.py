@@ -140,11 +140,13 @@ class LoadedModel:
     bits: int | None
     device: str
     liger: bool = False  # Liger's kernels patched in (training only, see apply_liger)
+    checkpointing: str = ""  # training only: which layers recompute their activations
 
     def describe(self) -> str:
         quant = f", {self.bits}-bit" if self.bits else ""
         liger = ", liger kernels" if self.liger else ""
-        return f"{self.device}, {str(self.dtype).replace('torch.', '')}{quant}, attention {self.attention} ({self.attention_reason}){liger}"
+        ckpt = f", gradient checkpointing {self.checkpointing}" if self.checkpointing else ""
+        return f"{self.device}, {str(self.dtype).replace('torch.', '')}{quant}, attention {self.attention} ({self.attention_reason}){liger}{ckpt}"
 
 
 def load_model(

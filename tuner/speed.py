@@ -35,6 +35,9 @@ SWITCHES = {
     "TUNER_KBIT_UPCAST": ("off", ("on", "off")),
     # on: Liger's fused kernels where Liger supports the architecture (CUDA only)
     "TUNER_LIGER": ("on", ("on", "off")),
+    # auto: with gradient_checkpointing on, checkpoint only as many layers as the GPU's free memory
+    # needs (tuner.estimate.checkpoint_layers; one CUDA process without DeepSpeed); all: every layer
+    "TUNER_CHECKPOINT_LAYERS": ("auto", ("auto", "all")),
 }
 
 

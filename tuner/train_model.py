@@ -42,6 +42,7 @@ def build_model(config):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
             if reentrant:
                 model.enable_input_require_grads()
+        loaded.checkpointing = limit_checkpointing(model, config, loaded)
         return model, loaded
     model = add_lora(
         model,
@@ -54,7 +55,50 @@ def build_model(config):
         reentrant=reentrant,
         upcast=switch("TUNER_KBIT_UPCAST") == "on",
     )
+    loaded.checkpointing = limit_checkpointing(model, config, loaded)
     return model, loaded
+
+
+# The CUDA context and cuBLAS workspaces: device memory in use that is neither free nor PyTorch's.
+CUDA_CONTEXT_GIB = 0.6
+
+
+def limit_checkpointing(model, config, loaded) -> str:
+    """Leave gradient checkpointing on only for the layers that memory needs it for
+    (tuner.estimate.checkpoint_layers, from the GPU memory free now), the first ones: a layer left out
+    keeps its activations and skips its recomputation, about a third of its compute. Returns what the
+    run log says about it ("" when checkpointing is off)."""
+    if not config.gradient_checkpointing:
+        return ""
+    import torch
+
+    from tuner.estimate import GIB, checkpoint_layers, hardware, shape_from_config
+
+    layers = checkpointing_layers(model)
+    if not torch.cuda.is_available() or not layers:
+        return "on every layer"
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    shape = shape_from_config(text_config.to_dict())
+    free, _ = torch.cuda.mem_get_info()
+    budget = (free + torch.cuda.memory_reserved()) / GIB + CUDA_CONTEXT_GIB
+    upcast = switch("TUNER_KBIT_UPCAST") == "on"
+    count = checkpoint_layers(config, shape, hardware(), budget, liger=loaded.liger, upcast=upcast)
+    count = min(count, len(layers))
+    for index, layer in enumerate(layers):
+        layer.gradient_checkpointing = index < count
+    if count == len(layers):
+        return f"on every layer ({count})"
+    return f"on {count} of {len(layers)} layers (the rest fit in {budget:.0f} GiB of GPU memory)"
+
+
+def checkpointing_layers(model) -> list:
+    """The decoder layers transformers checkpoints one by one (empty for remote-code models, whose
+    own checkpointing stays all-or-nothing)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [
+        m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing
+    ]
 
 
 def partitions_weights(config) -> bool:

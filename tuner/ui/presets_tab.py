@@ -140,6 +140,9 @@ def estimate_form(*values_and_lang):
     data = form.from_form(values)
     est = estimate(data, dataset_tokens=_dataset_tokens(data.get("data_path")))
     verdict = tr(lang, "est.fits") if est.fits else tr(lang, "est.nofit")
+    activations = tr(lang, "est.activations")
+    if est.checkpointed_layers:
+        activations = tr(lang, "est.activations_ckpt", n=est.checkpointed_layers, layers=est.layers)
     lines = [
         f"### {verdict}",
         tr(lang, "est.total", total=f"{est.total_gib:.1f}", avail=f"{est.available_gib:.1f}"),
@@ -148,7 +151,7 @@ def estimate_form(*values_and_lang):
         "| --- | --- |",
         f"| {tr(lang, 'est.weights')} | {est.weights_gib:.2f} |",
         f"| {tr(lang, 'est.trainable', n=f'{est.trainable_params:,}')} | {est.trainable_gib:.2f} |",
-        f"| {tr(lang, 'est.activations')} | {est.activations_gib:.2f} |",
+        f"| {activations} | {est.activations_gib:.2f} |",
         f"| {tr(lang, 'est.logits')} | {est.logits_gib:.2f} |",
         f"| {tr(lang, 'est.overhead')} | {est.overhead_gib:.2f} |",
         "",
