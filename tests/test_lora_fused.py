@@ -1,0 +1,388 @@
+"""The fused LoRA linear (tuner.lora_fused) against peft's own forward, on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tuner import lora_fused
+from tuner.lora_fused import fuse_lora, unfuse_lora
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)  # module weights and inputs drawn in the tests below
+
+
+class TwoLinears(nn.Module):
+    def __init__(self, bias: bool = False):
+        super().__init__()
+        self.q = nn.Linear(16, 24, bias=bias)
+        self.o = nn.Linear(24, 16, bias=bias)
+
+    def forward(self, x):
+        return self.o(torch.tanh(self.q(x)))
+
+
+class OneLinear(nn.Module):
+    def __init__(self, q: nn.Module):
+        super().__init__()
+        self.q = q
+
+    def forward(self, x):
+        return self.q(x)
+
+
+def _lora(module: nn.Module, dropout: float = 0.0, seed: int = 0):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        module, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["q", "o"])
+    )
+    _randomize_lora_B(model)
+    return model.train()
+
+
+def _randomize_lora_B(model):
+    # peft starts B at zero, which would hide every bug in the LoRA branch
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+
+
+def _lora_grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if "lora_" in n and p.grad is not None}
+
+
+def _step(model, x):
+    """Output, input grad and LoRA grads of one forward and backward of sum(out * fixed weights)."""
+    model.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    out = model(x)
+    torch.manual_seed(1)
+    (out.float() * torch.randn(out.shape)).sum().backward()
+    return out.detach(), x.grad, _lora_grads(model)
+
+
+def _assert_close(actual, expected, rtol):
+    scale = expected.float().abs().max().clamp_min(1e-6)
+    assert (actual.float() - expected.float()).abs().max() <= rtol * scale
+
+
+def _compare(model, x, rtol, autocast=False):
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return _step(model, x)
+
+    ref_out, ref_gx, ref_grads = run()
+    assert fuse_lora(model) == 2
+    try:
+        out, gx, grads = run()
+    finally:
+        unfuse_lora(model)
+    assert out.dtype == ref_out.dtype and gx.dtype == ref_gx.dtype
+    _assert_close(out, ref_out, rtol)
+    _assert_close(gx, ref_gx, rtol)
+    assert grads.keys() == ref_grads.keys() and len(grads) == 4
+    for name, grad in grads.items():
+        assert grad.dtype == ref_grads[name].dtype == torch.float32
+        _assert_close(grad, ref_grads[name], rtol)
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """How many times the fused Function ran (the fallbacks must not run it)."""
+    calls = []
+    original = lora_fused._FusedLoraLinear.apply
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return original(*args)
+
+    monkeypatch.setattr(lora_fused._FusedLoraLinear, "apply", counting)
+    return calls
+
+
+@pytest.mark.parametrize("bias", [False, True])  # with bias: Qwen's q/k/v projections
+def test_fused_equals_peft_in_fp32(bias, fused_calls):
+    model = _lora(TwoLinears(bias=bias))
+    _compare(model, torch.randn(2, 5, 16), rtol=1e-5)
+    assert len(fused_calls) == 2
+
+
+@pytest.mark.parametrize("model_dtype", [torch.float32, torch.bfloat16])
+def test_fused_equals_peft_under_bf16_autocast(model_dtype, fused_calls):
+    model = _lora(TwoLinears(bias=True).to(model_dtype))  # LoRA weights stay fp32, as peft makes them
+    _compare(model, torch.randn(2, 5, 16, dtype=model_dtype), rtol=3e-2, autocast=True)
+    assert len(fused_calls) == 2
+
+
+def _single_layer(dropout: float):
+    model = _lora(TwoLinears(bias=True), dropout=dropout)
+    return model, model.base_model.model.q
+
+
+def test_dropout_gradients_follow_the_drawn_mask():
+    p = 0.25
+    _, layer = _single_layer(p)
+    assert fuse_lora(layer) == 1
+    x = torch.randn(3, 7, 16, requires_grad=True)
+    out = layer(x)
+    node = out.grad_fn.next_functions[0][0]  # the fused node, under the reshape to x's leading dims
+    mask = node.saved_tensors[2].view(x.shape)
+    gy = torch.randn(out.shape)
+    out.backward(gy)
+    assert mask.dtype == torch.bool
+
+    # the same math by hand, on the mask the fused forward drew
+    x_ref = x.detach().clone().requires_grad_(True)
+    base = layer.base_layer
+    A = layer.lora_A["default"].weight.detach().clone().requires_grad_(True)
+    B = layer.lora_B["default"].weight.detach().clone().requires_grad_(True)
+    scale = layer.scaling["default"]
+    ref = base(x_ref) + (x_ref * mask / (1 - p)) @ A.t() @ B.t() * scale
+    ref.backward(gy)
+    _assert_close(out.detach(), ref.detach(), 1e-5)
+    _assert_close(x.grad, x_ref.grad, 1e-5)
+    _assert_close(layer.lora_A["default"].weight.grad, A.grad, 1e-5)
+    _assert_close(layer.lora_B["default"].weight.grad, B.grad, 1e-5)
+
+
+def test_dropout_keeps_about_1_minus_p():
+    p = 0.3
+    _, layer = _single_layer(p)
+    fuse_lora(layer)
+    out = layer(torch.randn(64, 1024, 16))
+    mask = out.grad_fn.next_functions[0][0].saved_tensors[2]
+    assert abs(mask.float().mean().item() - (1 - p)) < 0.01
+
+
+def test_dropout_in_eval_mode_is_peft_exactly(fused_calls):
+    model, _ = _single_layer(0.3)
+    model.eval()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        ref = model(x)
+        fuse_lora(model)
+        assert torch.equal(model(x), ref)
+    assert not fused_calls
+
+
+def test_no_grad_in_training_mode_is_fused_and_equals_the_grad_forward(fused_calls):
+    # reentrant checkpointing's first forward runs so; its recomputation must draw the same mask
+    model, _ = _single_layer(0.3)
+    fuse_lora(model)
+    x = torch.randn(2, 5, 16)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        first = model(x)
+    torch.manual_seed(3)
+    assert torch.equal(model(x).detach(), first)
+    assert len(fused_calls) == 4
+
+
+def _fallback_model():
+    from peft import LoraConfig
+
+    model = _lora(TwoLinears(bias=True))
+    model.add_adapter("other", LoraConfig(r=2, lora_alpha=2, target_modules=["q", "o"]))
+    _randomize_lora_B(model)
+    return model
+
+
+def _merged(model, x):
+    model.merge_adapter()
+    try:
+        return _step(model, x)[0]
+    finally:
+        model.unmerge_adapter()
+
+
+def _adapters_disabled(model, x):
+    with model.disable_adapter():
+        return _step(model, x)[0]
+
+
+def _two_adapters(model, x):
+    model.base_model.set_adapter(["default", "other"])
+    try:
+        return _step(model, x)
+    finally:
+        model.base_model.set_adapter("default")
+
+
+def _eval(model, x):
+    model.eval()
+    try:
+        return model(x)
+    finally:
+        model.train()
+
+
+def _adapter_names(model, x):
+    return model.base_model.model.q(x, adapter_names=["default", "other"])
+
+
+def _as_tuple(result):
+    return result if isinstance(result, tuple) else (result,)
+
+
+@pytest.mark.parametrize("case", [_eval, _merged, _adapters_disabled, _two_adapters, _adapter_names])
+def test_fallbacks_are_peft_exactly(case, fused_calls):
+    model = _fallback_model()
+    x = torch.randn(2, 5, 16)
+    ref = case(model, x)
+    fuse_lora(model)
+    fused = case(model, x)
+    for a, b in zip(_as_tuple(ref), _as_tuple(fused), strict=True):
+        if isinstance(a, dict):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        else:
+            assert torch.equal(a, b)
+    assert not fused_calls
+
+
+def test_trainable_base_weight_is_not_fused(fused_calls):
+    model = _lora(TwoLinears())
+    model.base_model.model.q.base_layer.weight.requires_grad_(True)
+    fuse_lora(model)
+    _step(model, torch.randn(2, 5, 16))
+    assert len(fused_calls) == 1  # o only
+
+
+def test_fuse_is_idempotent_and_unfuse_restores(fused_calls):
+    model = _lora(TwoLinears())
+    x = torch.randn(2, 5, 16)
+    ref = _step(model, x)
+    assert fuse_lora(model) == 2
+    assert fuse_lora(model) == 2
+    _step(model, x)
+    assert len(fused_calls) == 2  # one per layer: not wrapped twice
+    assert unfuse_lora(model) == 2
+    assert unfuse_lora(model) == 0
+    for layer in (model.base_model.model.q, model.base_model.model.o):
+        assert "forward" not in layer.__dict__
+    again = _step(model, x)
+    assert len(fused_calls) == 2
+    assert torch.equal(again[0], ref[0]) and torch.equal(again[1], ref[1])
+
+
+def test_fuse_keeps_an_instance_forward(fused_calls):
+    model = _lora(TwoLinears())
+    layer = model.base_model.model.q
+    own = layer.forward  # an instance-level forward (as accelerate's hooks install) must come back
+    layer.forward = own
+    fuse_lora(model)
+    unfuse_lora(model)
+    assert layer.__dict__["forward"] is own
+
+
+def _tiny_llama(tokenizer, dropout: float = 0.0):
+    from peft import LoraConfig, get_peft_model
+
+    from tests.tiny import build_model
+
+    model = build_model("llama", tokenizer)
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear")
+    model = get_peft_model(model, config)
+    _randomize_lora_B(model)
+    with torch.no_grad():  # smaller B: a loss near its start, so the steps below have room to lower it
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(0.05)
+    return model.train()
+
+
+def _llama_loss_and_grads(model, ids):
+    model.zero_grad(set_to_none=True)
+    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    loss.backward()
+    return loss.detach(), _lora_grads(model)
+
+
+def test_tiny_llama_fused_equals_peft_and_trains(tiny_tokenizer, fused_calls):
+    model = _tiny_llama(tiny_tokenizer)
+    torch.manual_seed(0)
+    ids = torch.randint(3, len(tiny_tokenizer), (2, 24))
+    ref_loss, ref_grads = _llama_loss_and_grads(model, ids)
+    assert fuse_lora(model) == 14  # 2 layers x (q, k, v, o, gate, up, down)
+    loss, grads = _llama_loss_and_grads(model, ids)
+    assert len(fused_calls) == 14
+    assert torch.allclose(loss, ref_loss, rtol=1e-5)
+    assert grads.keys() == ref_grads.keys() and len(grads) == 28
+    for name, grad in grads.items():
+        _assert_close(grad, ref_grads[name], 1e-4)
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(5):
+        loss, _ = _llama_loss_and_grads(model, ids)
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)) and losses[-1] < losses[0] - 0.3, (
+        losses
+    )
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpointing_recomputes_the_same_dropout(tiny_tokenizer, reentrant, fused_calls):
+    # the reentrant kind's first forward runs under no_grad; fused there too, both passes take the
+    # same path and so draw the same masks (peft's and the fused dropout draw different ones on CUDA)
+    model = _tiny_llama(tiny_tokenizer, dropout=0.2)
+    fuse_lora(model)
+    ids = torch.randint(3, len(tiny_tokenizer), (2, 24))
+    torch.manual_seed(5)
+    ref_loss, ref_grads = _llama_loss_and_grads(model, ids)
+    model.base_model.model.gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs={"use_reentrant": reentrant}
+    )
+    model.base_model.model.enable_input_require_grads()
+    torch.manual_seed(5)
+    del fused_calls[:]
+    loss, grads = _llama_loss_and_grads(model, ids)
+    assert len(fused_calls) == 28  # the forward and the recomputation
+    assert torch.allclose(loss, ref_loss, rtol=1e-6)
+    for name, grad in grads.items():
+        _assert_close(grad, ref_grads[name], 1e-5)
+
+
+@pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float32])  # float32: peft's k-bit upcast
+def test_4bit_base_on_cpu_equals_peft(x_dtype, fused_calls):
+    """bitsandbytes' CPU backend, where it has one (tests/gpu covers CUDA and memory)."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
+
+    dense = nn.Linear(64, 96, bias=True).to(torch.bfloat16)
+    base = bnb.nn.Linear4bit(64, 96, bias=True, compute_dtype=torch.bfloat16, quant_type="nf4")
+    base.weight = bnb.nn.Params4bit(
+        dense.weight.data, compress_statistics=True, quant_type="nf4", module=base
+    )
+    base.bias = nn.Parameter(dense.bias.data, requires_grad=False)
+    try:
+        base = base.to("cpu")  # quantizes
+    except Exception as error:  # any failure: no usable CPU backend
+        pytest.skip(f"bitsandbytes cannot quantize on the CPU: {error}")
+    if getattr(base.weight, "quant_state", None) is None:
+        pytest.skip("bitsandbytes did not quantize on the CPU")
+
+    holder = OneLinear(base)
+    holder.is_loaded_in_4bit = True  # as transformers marks a 4-bit model; peft picks its bnb layer by it
+    model = get_peft_model(holder, LoraConfig(r=4, lora_alpha=8, target_modules=["q"]))
+    assert type(model.base_model.model.q) is LoraLinear4bit
+    _randomize_lora_B(model)
+    model.train()
+    x = torch.randn(2, 5, 64, dtype=x_dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = _step(model, x)
+        assert fuse_lora(model) == 1
+        fused = _step(model, x)
+    assert len(fused_calls) == 1
+    for a, b in zip(fused[:2], ref[:2], strict=True):
+        assert a.dtype == b.dtype == x_dtype
+        _assert_close(a, b, 3e-2)
+    for name, grad in fused[2].items():
+        _assert_close(grad, ref[2][name], 3e-2)
