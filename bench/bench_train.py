@@ -619,6 +619,7 @@ def run_tuner(
             checkpointed_layers=checkpointed_layers(model),
             switches={name: switch(name) for name in SWITCHES},
             tuner_liger=bool(getattr(loaded, "liger", False)),
+            fused_lora=getattr(loaded, "fused_lora", 0),
             overrides={kind: values for kind, values in overrides.items() if values} or None,
         )
     finally:
@@ -957,6 +958,10 @@ def report(rows: list[dict]) -> str:
             notes.append(f"packed {r['sample_len']}-token samples")
         if r.get("liger"):
             notes.append("liger")
+        if r.get("fused_lora"):
+            notes.append("fused lora")
+        if r.get("checkpointed_layers") is not None and r.get("tool") == "tuner":
+            notes.append(f"ckpt {r['checkpointed_layers']} layers")
         if r.get("tag"):
             notes.append(r["tag"])
         if r.get("error"):

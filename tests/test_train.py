@@ -306,7 +306,11 @@ def test_speed_switches_leave_the_training_unchanged(workspace, tiny_llama_dir, 
     results = {}
     for name, env in {
         "default": {},
-        "switched": {"TUNER_CHECKPOINTING": "reentrant", "TUNER_STEP_OVERHEAD": "lean"},
+        "switched": {
+            "TUNER_CHECKPOINTING": "reentrant",
+            "TUNER_STEP_OVERHEAD": "lean",
+            "TUNER_FUSED_LORA": "off",
+        },
     }.items():
         with monkeypatch.context() as patch:
             for key, value in env.items():
@@ -402,9 +406,16 @@ def test_speed_switch_defaults_and_bad_values(monkeypatch):
     from tuner.errors import TunerError
     from tuner.speed import switch
 
-    for name in ("TUNER_VARLEN", "TUNER_KBIT_UPCAST", "TUNER_LIGER"):
+    defaults = {
+        "TUNER_VARLEN": "on",
+        "TUNER_KBIT_UPCAST": "off",
+        "TUNER_LIGER": "on",
+        "TUNER_FUSED_LORA": "on",
+        "TUNER_CHECKPOINT_LAYERS": "auto",
+    }
+    for name in defaults:
         monkeypatch.delenv(name, raising=False)
-    assert (switch("TUNER_VARLEN"), switch("TUNER_KBIT_UPCAST"), switch("TUNER_LIGER")) == ("on", "off", "on")
+    assert {name: switch(name) for name in defaults} == defaults
     monkeypatch.setenv("TUNER_LIGER", "Off ")
     assert switch("TUNER_LIGER") == "off"
     monkeypatch.setenv("TUNER_LIGER", "maybe")
@@ -469,3 +480,21 @@ def test_checkpointing_is_limited_to_the_layers_memory_needs(monkeypatch):
     assert calls == [2, 2, 1, 1]  # the checkpointed layers ran again in the backward pass
     for name, grad in grads[1].items():
         torch.testing.assert_close(grads[0][name], grad)
+
+
+def test_auto_optimizer_is_fused_adamw_unless_a_quantized_base_is_tight_on_memory():
+    from tuner.config import TrainConfig
+    from tuner.model import LoadedModel
+    from tuner.train import auto_optimizer
+
+    def loaded(tight):
+        return LoadedModel(None, torch.bfloat16, "sdpa", "test", None, "cuda", memory_tight=tight)
+
+    qlora, lora = TrainConfig(method="qlora"), TrainConfig(method="lora")
+    assert auto_optimizer(qlora, loaded(False), cuda=True) == "adamw_torch_fused"
+    assert auto_optimizer(qlora, loaded(True), cuda=True) == "paged_adamw_32bit"
+    assert auto_optimizer(TrainConfig(method="qlora", deepspeed="zero2"), loaded(False), cuda=True) == (
+        "paged_adamw_32bit"
+    )
+    assert auto_optimizer(lora, loaded(True), cuda=True) == "adamw_torch_fused"
+    assert auto_optimizer(qlora, loaded(False), cuda=False) == "adamw_torch"

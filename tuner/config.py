@@ -97,10 +97,14 @@ class TrainConfig:
     warmup_ratio: float = _f(0.03, "fraction of steps spent warming the learning rate up; typical 0.03")
     lr_scheduler: str = _f("cosine", "cosine, linear, constant or constant_with_warmup")
     max_norm: float = _f(1.0, "gradient clipping norm; 0 = no clipping")
-    optimizer: str = _f("auto", "auto = paged_adamw_32bit for qlora on CUDA, adamw_torch otherwise")
+    optimizer: str = _f(
+        "auto",
+        "auto = adamw_torch_fused on a GPU (paged_adamw_32bit for qlora when memory is tight), adamw_torch on a CPU",
+    )
     precision: str = _f("auto", "auto, bf16, fp16 or fp32; auto = bf16 where supported, fp32 on CPU")
     gradient_checkpointing: bool = _f(
-        True, "recompute activations where GPU memory needs it (only as many layers as needed): less memory, slower"
+        True,
+        "recompute activations where GPU memory needs it (only as many layers as needed): less memory, slower",
     )
     # --- LoRA (lora and qlora)
     lora_r: int = _f(64, "LoRA rank; typical 8..64")

@@ -105,7 +105,8 @@ def _fusable_adapter(layer, base: nn.Module) -> str | None:
     if len(active) != 1:
         return None
     name = active[0]
-    if name not in layer.lora_A or name in layer.lora_variant or layer.use_dora.get(name, False):
+    variants = getattr(layer, "lora_variant", {})  # peft < 0.17 has no variants
+    if name not in layer.lora_A or name in variants or layer.use_dora.get(name, False):
         return None
     if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
         return None

@@ -141,12 +141,16 @@ class LoadedModel:
     device: str
     liger: bool = False  # Liger's kernels patched in (training only, see apply_liger)
     checkpointing: str = ""  # training only: which layers recompute their activations
+    fused_lora: int = 0  # training only: LoRA layers running tuner.lora_fused's fused function
+    # training only: every layer had to be checkpointed to fit, so memory is tight (optimizer choice)
+    memory_tight: bool = False
 
     def describe(self) -> str:
         quant = f", {self.bits}-bit" if self.bits else ""
         liger = ", liger kernels" if self.liger else ""
         ckpt = f", gradient checkpointing {self.checkpointing}" if self.checkpointing else ""
-        return f"{self.device}, {str(self.dtype).replace('torch.', '')}{quant}, attention {self.attention} ({self.attention_reason}){liger}{ckpt}"
+        fused = f", {self.fused_lora} fused LoRA layers" if self.fused_lora else ""
+        return f"{self.device}, {str(self.dtype).replace('torch.', '')}{quant}, attention {self.attention} ({self.attention_reason}){liger}{fused}{ckpt}"
 
 
 def load_model(

@@ -38,6 +38,9 @@ SWITCHES = {
     # auto: with gradient_checkpointing on, checkpoint only as many layers as the GPU's free memory
     # needs (tuner.estimate.checkpoint_layers; one CUDA process without DeepSpeed); all: every layer
     "TUNER_CHECKPOINT_LAYERS": ("auto", ("auto", "all")),
+    # on: LoRA layers train through one fused autograd function each (tuner.lora_fused); off: peft's
+    # own forward (never under DeepSpeed ZeRO-3, whose weights exist only inside peft's path)
+    "TUNER_FUSED_LORA": ("on", ("on", "off")),
 }
 
 

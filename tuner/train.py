@@ -110,6 +110,18 @@ def _ensure_single_process_env() -> None:
             os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
 
 
+def auto_optimizer(config, loaded, cuda: bool) -> str:
+    """AdamW as ``optimizer: auto`` picks it. On a GPU: torch's fused AdamW (one kernel launch for all
+    LoRA weights; bitsandbytes' paged AdamW launches one per weight, which the host cannot hide behind
+    short steps), except for a 4/8-bit base that needed every layer checkpointed to fit (or runs under
+    DeepSpeed): there paged AdamW's state can move to host memory when a long row spikes."""
+    if not cuda:
+        return "adamw_torch"
+    if method_bits(config) and (loaded.memory_tight or config.deepspeed):
+        return "paged_adamw_32bit"
+    return "adamw_torch_fused"
+
+
 def training_arguments(config, run_dir: Path, loaded, has_eval: bool):
     import torch
     from transformers import TrainingArguments
@@ -117,7 +129,7 @@ def training_arguments(config, run_dir: Path, loaded, has_eval: bool):
     cuda = torch.cuda.is_available()
     optimizer = config.optimizer
     if optimizer == "auto":
-        optimizer = "paged_adamw_32bit" if (method_bits(config) and cuda) else "adamw_torch"
+        optimizer = auto_optimizer(config, loaded, cuda)
     eval_kwargs = {}
     if has_eval:
         if config.eval_freq:

@@ -55,6 +55,10 @@ def build_model(config):
         reentrant=reentrant,
         upcast=switch("TUNER_KBIT_UPCAST") == "on",
     )
+    if switch("TUNER_FUSED_LORA") == "on" and not partitions_weights(config):
+        from tuner.lora_fused import fuse_lora
+
+        loaded.fused_lora = fuse_lora(model)
     loaded.checkpointing = limit_checkpointing(model, config, loaded)
     return model, loaded
 
@@ -76,6 +80,7 @@ def limit_checkpointing(model, config, loaded) -> str:
 
     layers = checkpointing_layers(model)
     if not torch.cuda.is_available() or not layers:
+        loaded.memory_tight = True
         return "on every layer"
     text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     shape = shape_from_config(text_config.to_dict())
@@ -86,6 +91,7 @@ def limit_checkpointing(model, config, loaded) -> str:
     count = min(count, len(layers))
     for index, layer in enumerate(layers):
         layer.gradient_checkpointing = index < count
+    loaded.memory_tight = count == len(layers)
     if count == len(layers):
         return f"on every layer ({count})"
     return f"on {count} of {len(layers)} layers (the rest fit in {budget:.0f} GiB of GPU memory)"
