@@ -89,6 +89,7 @@ def _estimate(row):
         "lora_r": 64,
         "gradient_checkpointing": row.get("checkpointing") not in (None, "none", "off"),
     }
+    config["optimizer"] = row.get("optimizer") or "auto"
     config.update((row.get("overrides") or {}).get("set") or {})  # e.g. a variant's lora_dropout
     switches = row.get("switches") or {}
     liger = bool(row.get("tuner_liger") or row.get("liger"))

@@ -382,8 +382,13 @@ def _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed: int) 
             weights = (shape.params - kept) * bits / 8 + kept * kept_bytes
             residual_bytes = 4 if upcast else 2
     trainable_bytes = trainable * BYTES_PER_TRAINABLE
-    # QLoRA's optimizer on CUDA is paged AdamW: its state is device memory PyTorch does not count.
-    paged = hw.device == "cuda" and (method == "qlora" or quant == "4bit")
+    # Paged AdamW keeps its state in device memory PyTorch does not count. optimizer auto picks it for
+    # a quantized base that needs every layer checkpointed (tuner.train.auto_optimizer).
+    optimizer = get("optimizer", "auto") or "auto"
+    if optimizer == "auto":
+        paged = hw.device == "cuda" and quantized and (checkpointed == shape.layers or bool(get("deepspeed")))
+    else:
+        paged = hw.device == "cuda" and optimizer.startswith("paged_")
     outside_allocator = trainable * PAGED_OPTIMIZER_BYTES if paged else 0
     dropout = float(get("lora_dropout", 0.1) or 0) if method != "full" else 0.0
     kept_per_layer = activation_bytes(shape, dropout) * (residual_bytes / 2)
