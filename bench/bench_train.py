@@ -534,6 +534,17 @@ def checkpointed_layers(model) -> int:
     )
 
 
+def offloaded_layers(model) -> int:
+    """Checkpointed layers whose saved inputs wait in host memory (tuner.checkpoint_offload)."""
+    try:
+        from tuner.checkpoint_offload import offloaded_checkpoint
+    except ImportError:
+        return 0
+    return sum(
+        1 for m in model.modules() if getattr(m, "_gradient_checkpointing_func", None) is offloaded_checkpoint
+    )
+
+
 def run_tuner(
     spec: Spec, model_dir: Path, rows: list[list[int]], clock: StepClock, work: Path, overrides=None
 ) -> dict:
@@ -617,6 +628,7 @@ def run_tuner(
             trainable_params=trainable,
             checkpointing=checkpointing_mode(model),
             checkpointed_layers=checkpointed_layers(model),
+            offloaded_layers=offloaded_layers(model),
             switches={name: switch(name) for name in SWITCHES},
             tuner_liger=bool(getattr(loaded, "liger", False)),
             fused_lora=getattr(loaded, "fused_lora", 0),
@@ -961,7 +973,8 @@ def report(rows: list[dict]) -> str:
         if r.get("fused_lora"):
             notes.append("fused lora")
         if r.get("checkpointed_layers") is not None and r.get("tool") == "tuner":
-            notes.append(f"ckpt {r['checkpointed_layers']} layers")
+            offloaded = ", inputs offloaded" if r.get("offloaded_layers") else ""
+            notes.append(f"ckpt {r['checkpointed_layers']} layers{offloaded}")
         if r.get("tag"):
             notes.append(r["tag"])
         if r.get("error"):

@@ -97,7 +97,10 @@ def _estimate(row):
     shape = shape_from_config(SHAPES[row["model"]])
     # rows before partial checkpointing: every layer or none
     layers = row.get("checkpointed_layers", shape.layers if config["gradient_checkpointing"] else 0)
-    return estimate(config, shape, H100, liger=liger, upcast=upcast, checkpointed_layers=layers)
+    offload = bool(row.get("offloaded_layers"))
+    return estimate(
+        config, shape, H100, liger=liger, upcast=upcast, checkpointed_layers=layers, offload=offload
+    )
 
 
 def _label(row):
@@ -125,41 +128,54 @@ def _qlora_4096(**overrides):
 
 
 def test_checkpointing_only_the_layers_memory_needs(monkeypatch):
-    from tuner.estimate import AUTO_CHECKPOINT_FRACTION, checkpoint_layers
+    from tuner.estimate import AUTO_CHECKPOINT_FRACTION, checkpoint_plan
 
     monkeypatch.delenv("TUNER_CHECKPOINT_LAYERS", raising=False)
     shape = shape_from_config(LLAMA2_7B)
-    chosen = {
-        gib: checkpoint_layers(_qlora_4096(), shape, H100, gib, liger=True) for gib in (8, 16, 24, 79.2)
-    }
-    # A big card recomputes nothing, a 24 GB one part of the layers, an 8 GB one every layer.
-    assert chosen[79.2] == 0 and chosen[8] == 32 and 0 < chosen[24] < chosen[16] < 32, chosen
+    budgets = (6, 8, 12, 16, 24, 79.2)
+    plans = {gib: checkpoint_plan(_qlora_4096(), shape, H100, gib, liger=True) for gib in budgets}
+    chosen = {gib: count for gib, (count, _) in plans.items()}
+    # A big card recomputes nothing, a 24 GB one part of the layers, a 12 GB one every layer, and
+    # smaller ones every layer with the inputs in host memory.
+    assert chosen[79.2] == 0 and chosen[12] == chosen[8] == 32 and 0 < chosen[24] < chosen[16] < 32, chosen
+    assert [gib for gib, (_, offload) in plans.items() if offload] == [6, 8]
     for gib in (16, 24):  # the fewest layers that keep the estimate under the planned share
         count = chosen[gib]
-        fits = estimate(_qlora_4096(), shape, H100, liger=True, checkpointed_layers=count)
-        one_less = estimate(_qlora_4096(), shape, H100, liger=True, checkpointed_layers=count - 1)
+        fits = estimate(_qlora_4096(), shape, H100, liger=True, checkpointed_layers=count, offload=False)
+        one_less = estimate(
+            _qlora_4096(), shape, H100, liger=True, checkpointed_layers=count - 1, offload=False
+        )
         assert fits.total_gib <= gib * AUTO_CHECKPOINT_FRACTION < one_less.total_gib
-    # Each layer left out keeps its activations and skips recomputing them.
-    none, every = (estimate(_qlora_4096(), shape, H100, liger=True, checkpointed_layers=n) for n in (0, 32))
+    # Each layer left out keeps its activations and skips recomputing them; offloading the inputs of
+    # the 32 checkpointed layers leaves 2 of them on the device.
+    none, every, offloaded = (
+        estimate(_qlora_4096(), shape, H100, liger=True, checkpointed_layers=n, offload=o)
+        for n, o in ((0, False), (32, False), (32, True))
+    )
     assert (
         none.activations_gib > 10 * every.activations_gib and none.seconds_per_step < every.seconds_per_step
     )
-    # The estimate shown to the user picks the same count for the device's memory.
+    inputs_gib = 4096 * 4096 * 2 / 1024**3  # one layer's bf16 input
+    assert every.activations_gib - offloaded.activations_gib == pytest.approx(30 * inputs_gib)
+    assert offloaded.offloaded and not every.offloaded
+    # The estimate shown to the user picks the same plan for the device's memory.
     assert estimate(_qlora_4096(), shape, H100, liger=True).checkpointed_layers == chosen[79.2]
 
 
 def test_checkpointing_every_layer_when_asked_or_not_decidable(monkeypatch):
-    from tuner.estimate import checkpoint_layers
+    from tuner.estimate import checkpoint_plan
 
     shape = shape_from_config(LLAMA2_7B)
     cpu = Hardware(device="cpu", name="CPU", memory_gib=64, cpu_count=2)
-    assert checkpoint_layers(_qlora_4096(gradient_checkpointing=False), shape, H100, 8) == 0
-    assert (
-        checkpoint_layers(_qlora_4096(method="lora"), shape, cpu, 64) == 32
-    )  # no CUDA: no free-memory reading
-    assert checkpoint_layers(_qlora_4096(deepspeed="zero2"), shape, H100, 79.2) == 32
+    assert checkpoint_plan(_qlora_4096(gradient_checkpointing=False), shape, H100, 4) == (0, False)
+    # no CUDA, DeepSpeed, several processes: the free memory cannot be planned against
+    assert checkpoint_plan(_qlora_4096(method="lora"), shape, cpu, 4) == (32, False)
+    assert checkpoint_plan(_qlora_4096(deepspeed="zero2"), shape, H100, 79.2) == (32, False)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert checkpoint_layers(_qlora_4096(), shape, H100, 79.2) == 32
+    assert checkpoint_plan(_qlora_4096(), shape, H100, 79.2) == (32, False)
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("TUNER_CHECKPOINT_LAYERS", "all")
-    assert checkpoint_layers(_qlora_4096(), shape, H100, 79.2) == 32
+    assert checkpoint_plan(_qlora_4096(), shape, H100, 79.2) == (32, False)
+    monkeypatch.setenv("TUNER_CHECKPOINT_LAYERS", "offload")
+    assert checkpoint_plan(_qlora_4096(), shape, H100, 79.2) == (32, True)
+    assert checkpoint_plan(_qlora_4096(method="lora"), shape, cpu, 64) == (32, False)  # host memory already

@@ -424,7 +424,7 @@ def test_speed_switch_defaults_and_bad_values(monkeypatch):
 
 
 def test_checkpointing_is_limited_to_the_layers_memory_needs(monkeypatch):
-    # tuner.estimate.checkpoint_layers picks how many layers (tests/test_estimate.py); here: the
+    # tuner.estimate.checkpoint_plan picks how many layers (tests/test_estimate.py); here: the
     # first that many recompute their forward pass in the backward, the rest keep their activations,
     # and the gradients are those of the model without checkpointing.
     import tuner.estimate
@@ -443,12 +443,12 @@ def test_checkpointing_is_limited_to_the_layers_memory_needs(monkeypatch):
 
     def two_layers(cfg, shape, hw, budget_gib, **kw):
         budgets.append((shape.layers, budget_gib))
-        return 2
+        return 2, False
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (30 * 1024**3, 80 * 1024**3))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda: 2 * 1024**3)
-    monkeypatch.setattr(tuner.estimate, "checkpoint_layers", two_layers)
+    monkeypatch.setattr(tuner.estimate, "checkpoint_plan", two_layers)
     model = tiny_lora(True)
     loaded = LoadedModel(model, torch.float32, "sdpa", "test", None, "cpu")
     assert (
@@ -498,3 +498,25 @@ def test_auto_optimizer_is_fused_adamw_unless_a_quantized_base_is_tight_on_memor
     )
     assert auto_optimizer(lora, loaded(True), cuda=True) == "adamw_torch_fused"
     assert auto_optimizer(qlora, loaded(False), cuda=False) == "adamw_torch"
+
+
+def test_checkpointed_inputs_go_to_host_memory_when_every_layer_is_not_enough(monkeypatch):
+    import tuner.estimate
+    from tests.tiny import build_model, build_tokenizer
+    from tuner.checkpoint_offload import offloaded_checkpoint
+    from tuner.model import LoadedModel, add_lora
+    from tuner.train_model import limit_checkpointing
+
+    model = add_lora(
+        build_model("llama", build_tokenizer(), num_hidden_layers=3), r=4, gradient_checkpointing=True
+    )
+    config = make_config("unused", "unused.jsonl", gradient_checkpointing=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (4 * 1024**3, 8 * 1024**3))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda: 0)
+    monkeypatch.setattr(tuner.estimate, "checkpoint_plan", lambda *args, **kwargs: (3, True))
+    loaded = LoadedModel(model, torch.float32, "sdpa", "test", None, "cpu")
+    assert limit_checkpointing(model, config, loaded) == "on every layer (3), inputs kept in host memory"
+    layers = model.base_model.model.model.layers
+    assert all(layer.gradient_checkpointing for layer in layers) and loaded.memory_tight
+    assert all(layer._gradient_checkpointing_func is offloaded_checkpoint for layer in layers)

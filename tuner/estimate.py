@@ -11,8 +11,9 @@ constants below are to be calibrated against GPU measurements (see bench/). Memo
   layer is recomputed at a time during the backward pass; a layer that is not checkpointed keeps
   everything its backward pass needs (``tokens x hidden x ACT_BYTES...`` below, measured: attention
   scores are never stored with sdpa/flash kernels). With ``gradient_checkpointing`` on, tuner
-  checkpoints only as many layers as the GPU's memory needs (``checkpoint_layers``), the last layers
-  first left out: on a large card nothing is recomputed.
+  checkpoints only as many layers as the GPU's memory needs (``checkpoint_plan``), the last layers
+  first left out: on a large card nothing is recomputed; where even every layer does not fit, the
+  checkpointed inputs wait in host memory (tuner.checkpoint_offload).
 - logits: ``tokens x vocab x 4 bytes x 2`` (fp32 logits and their gradient in the loss).
 - a fixed overhead (CUDA context, allocator slack).
 
@@ -66,6 +67,9 @@ USABLE_FRACTION = 0.9
 # Share of the memory the automatic choice of checkpointed layers plans to fill: the estimate is within
 # 15% of measured peaks, and an out-of-memory error an hour into a run costs more than the speed.
 AUTO_CHECKPOINT_FRACTION = 0.8
+# Checkpointed layers whose inputs are on the device at once when they are offloaded to host memory:
+# the one being recomputed and the next one copied back.
+OFFLOAD_INPUTS_ON_DEVICE = 2
 # Effective training throughput. GPU: bf16 dense peak x GPU_MFU on the FLOPs below (recomputation
 # included), plus a fixed host cost per step (bitsandbytes dequantizes each layer with small kernels):
 # fitted on H100 rows of 4096 and 16384 tokens (Llama-2-7B 0.78 / 1.73 s, Llama-3-8B 0.78 / 1.88 s per
@@ -132,6 +136,7 @@ class Estimate:
     total_steps: int | None
     total_seconds: float | None
     checkpointed_layers: int = 0  # layers whose activations are recomputed in the backward pass
+    offloaded: bool = False  # their inputs wait in host memory (tuner.checkpoint_offload)
     layers: int = 0
     advice: list[str] = field(default_factory=list)
 
@@ -297,6 +302,7 @@ def estimate(
     liger: bool | None = None,
     upcast: bool | None = None,
     checkpointed_layers: int | None = None,
+    offload: bool | None = None,
     budget_gib: float | None = None,
 ) -> Estimate:
     """Memory (GiB) and time of one training run of ``cfg`` (a TrainConfig or a dict of its keys).
@@ -304,8 +310,9 @@ def estimate(
     ``dataset_tokens`` (total tokens in the training data) gives the number of steps when the
     config trains by epochs; without it only a run with ``max_steps`` gets a total time.
     ``liger`` (fused cross-entropy: no logits) and ``upcast`` (k-bit bases: unquantized weights in
-    fp32) default to what tuner's training does here. ``checkpointed_layers`` defaults to what
-    training would choose (``checkpoint_layers``) for ``budget_gib`` of memory (default: the device's).
+    fp32) default to what tuner's training does here. ``checkpointed_layers`` and ``offload`` (the
+    checkpointed layers' inputs kept in host memory) default to what training would choose
+    (``checkpoint_plan``) for ``budget_gib`` of memory (default: the device's).
     """
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     shape = shape or model_shape(get("model", "default"))
@@ -313,40 +320,43 @@ def estimate(
     default_liger, default_upcast = speed_defaults(get, hw)
     liger = default_liger if liger is None else liger
     upcast = default_upcast if upcast is None else upcast
-    if checkpointed_layers is None:
-        checkpointed_layers = checkpoint_layers(
-            cfg, shape, hw, hw.memory_gib if budget_gib is None else budget_gib, liger=liger, upcast=upcast
-        )
-    est = _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed_layers)
+    if checkpointed_layers is None or offload is None:
+        budget = hw.memory_gib if budget_gib is None else budget_gib
+        planned, planned_offload = checkpoint_plan(cfg, shape, hw, budget, liger=liger, upcast=upcast)
+        checkpointed_layers = planned if checkpointed_layers is None else checkpointed_layers
+        offload = planned_offload if offload is None else offload
+    est = _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed_layers, offload)
     if not est.fits:
         est.advice = advice(est, get, hw)
     return est
 
 
-def checkpoint_layers(
+def checkpoint_plan(
     cfg, shape: ModelShape, hw: Hardware, budget_gib: float, *, liger: bool = False, upcast: bool = False
-) -> int:
-    """How many layers training checkpoints: none when ``gradient_checkpointing`` is off; with it on,
-    all of them unless TUNER_CHECKPOINT_LAYERS is ``auto`` on one CUDA process without DeepSpeed,
-    where it is the fewest that keep the estimate within AUTO_CHECKPOINT_FRACTION of ``budget_gib``
-    (every layer left out saves its recomputation, about a third of its compute)."""
+) -> tuple[int, bool]:
+    """(layers to checkpoint, whether their inputs wait in host memory) as training decides them.
+
+    None when ``gradient_checkpointing`` is off. With it on (TUNER_CHECKPOINT_LAYERS): ``all`` checkpoints
+    every layer, ``offload`` every layer with the inputs in host memory; ``auto`` (one CUDA process
+    without DeepSpeed) the fewest layers that keep the estimate within AUTO_CHECKPOINT_FRACTION of
+    ``budget_gib`` (every layer left out saves its recomputation, about a third of its compute), and
+    when even every layer does not fit, every layer with its input offloaded. Where ``auto`` cannot
+    read the free memory (CPU, several processes, DeepSpeed), every layer."""
     from tuner.speed import switch, world_size
 
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     if not get("gradient_checkpointing", True):
-        return 0
-    if (
-        switch("TUNER_CHECKPOINT_LAYERS") != "auto"
-        or hw.device != "cuda"
-        or world_size() > 1
-        or get("deepspeed", None)
-    ):
-        return shape.layers
+        return 0, False
+    mode = switch("TUNER_CHECKPOINT_LAYERS")
+    if mode != "auto":
+        return shape.layers, mode == "offload" and hw.device == "cuda"
+    if hw.device != "cuda" or world_size() > 1 or get("deepspeed", None):
+        return shape.layers, False
     limit = budget_gib * AUTO_CHECKPOINT_FRACTION
     for count in range(shape.layers + 1):
-        if _estimate(get, shape, hw, None, liger, upcast, count).total_gib <= limit:
-            return count
-    return shape.layers
+        if _estimate(get, shape, hw, None, liger, upcast, count, False).total_gib <= limit:
+            return count, False
+    return shape.layers, True
 
 
 def activation_bytes(shape: ModelShape, lora_dropout: float) -> float:
@@ -356,7 +366,7 @@ def activation_bytes(shape: ModelShape, lora_dropout: float) -> float:
     return ACT_BYTES + ACT_MLP_BYTES * ratio + dropout
 
 
-def _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed: int) -> Estimate:
+def _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed: int, offload: bool) -> Estimate:
     method = get("method", "lora") or "lora"
     quant = get("quantization", "none") or "none"
     max_length = int(get("max_length", 2048) or 2048)
@@ -395,7 +405,9 @@ def _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed: int) 
     act = tokens * shape.hidden * (shape.layers - checkpointed) * kept_per_layer
     if checkpointed:
         recompute = RECOMPUTE_BYTES + RECOMPUTE_MLP_BYTES * shape.intermediate / shape.hidden
-        act += tokens * shape.hidden * (residual_bytes * checkpointed + recompute)
+        # offloaded: only the inputs on their way to and from host memory stay on the device
+        kept_inputs = min(OFFLOAD_INPUTS_ON_DEVICE, checkpointed) if offload else checkpointed
+        act += tokens * shape.hidden * (residual_bytes * kept_inputs + recompute)
     logits = 0 if liger else tokens * shape.vocab * LOGIT_BYTES
     overhead = (GPU_OVERHEAD_GIB if hw.device == "cuda" else CPU_OVERHEAD_GIB) * GIB
     allocated = weights + trainable_bytes - outside_allocator + act + logits
@@ -440,6 +452,7 @@ def _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed: int) 
         total_steps=steps,
         total_seconds=steps * seconds_per_step if steps else None,
         checkpointed_layers=checkpointed,
+        offloaded=offload and checkpointed > 0,
         layers=shape.layers,
     )
 

@@ -36,8 +36,10 @@ SWITCHES = {
     # on: Liger's fused kernels where Liger supports the architecture (CUDA only)
     "TUNER_LIGER": ("on", ("on", "off")),
     # auto: with gradient_checkpointing on, checkpoint only as many layers as the GPU's free memory
-    # needs (tuner.estimate.checkpoint_layers; one CUDA process without DeepSpeed); all: every layer
-    "TUNER_CHECKPOINT_LAYERS": ("auto", ("auto", "all")),
+    # needs, and keep their inputs in host memory when even every layer does not fit
+    # (tuner.estimate.checkpoint_plan; one CUDA process without DeepSpeed); all: every layer;
+    # offload: every layer, inputs in host memory (tuner.checkpoint_offload)
+    "TUNER_CHECKPOINT_LAYERS": ("auto", ("auto", "all", "offload")),
     # on: LoRA layers train through one fused autograd function each (tuner.lora_fused); off: peft's
     # own forward (never under DeepSpeed ZeRO-3, whose weights exist only inside peft's path)
     "TUNER_FUSED_LORA": ("on", ("on", "off")),

@@ -68,15 +68,15 @@ CUDA_CONTEXT_GIB = 0.6
 
 
 def limit_checkpointing(model, config, loaded) -> str:
-    """Leave gradient checkpointing on only for the layers that memory needs it for
-    (tuner.estimate.checkpoint_layers, from the GPU memory free now), the first ones: a layer left out
-    keeps its activations and skips its recomputation, about a third of its compute. Returns what the
-    run log says about it ("" when checkpointing is off)."""
+    """Leave gradient checkpointing on only for the layers that memory needs it for, the first ones,
+    and keep their saved inputs in host memory when even that does not fit (tuner.estimate.checkpoint_plan,
+    from the GPU memory free now): a layer left out keeps its activations and skips its recomputation,
+    about a third of its compute. Returns what the run log says about it ("" when checkpointing is off)."""
     if not config.gradient_checkpointing:
         return ""
     import torch
 
-    from tuner.estimate import GIB, checkpoint_layers, hardware, shape_from_config
+    from tuner.estimate import GIB, checkpoint_plan, hardware, shape_from_config
 
     layers = checkpointing_layers(model)
     if not torch.cuda.is_available() or not layers:
@@ -87,14 +87,19 @@ def limit_checkpointing(model, config, loaded) -> str:
     free, _ = torch.cuda.mem_get_info()
     budget = (free + torch.cuda.memory_reserved()) / GIB + CUDA_CONTEXT_GIB
     upcast = switch("TUNER_KBIT_UPCAST") == "on"
-    count = checkpoint_layers(config, shape, hardware(), budget, liger=loaded.liger, upcast=upcast)
+    count, offload = checkpoint_plan(config, shape, hardware(), budget, liger=loaded.liger, upcast=upcast)
     count = min(count, len(layers))
     for index, layer in enumerate(layers):
         layer.gradient_checkpointing = index < count
     loaded.memory_tight = count == len(layers)
-    if count == len(layers):
-        return f"on every layer ({count})"
-    return f"on {count} of {len(layers)} layers (the rest fit in {budget:.0f} GiB of GPU memory)"
+    if count < len(layers):
+        return f"on {count} of {len(layers)} layers (the rest fit in {budget:.0f} GiB of GPU memory)"
+    if offload:
+        from tuner.checkpoint_offload import offload_checkpoints
+
+        offload_checkpoints(layers)
+        return f"on every layer ({count}), inputs kept in host memory"
+    return f"on every layer ({count})"
 
 
 def checkpointing_layers(model) -> list:
