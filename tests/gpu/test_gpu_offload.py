@@ -49,6 +49,9 @@ def test_offloaded_inputs_leave_the_gpu_and_keep_the_gradients():
     print(f"peak above weights: checkpointed {peak / 2**20:.1f} MiB, offloaded {off_peak / 2**20:.1f} MiB")
     assert off_loss == pytest.approx(loss, rel=1e-3)
     for name, grad in grads.items():
-        assert torch.allclose(off_grads[name], grad, rtol=2e-2, atol=1e-5), name
+        # flash attention's backward accumulates in a nondeterministic order: compare whole tensors
+        # (elements of bf16 runs differ by ~0.5%, the 2026-12-01 H200 run)
+        error = (off_grads[name] - grad).norm() / grad.norm().clamp_min(1e-12)
+        assert error < 2e-2, (name, error.item())
     # 8 inputs checkpointed; offloaded, at most the ones in flight stay (2 in the estimate)
     assert peak - off_peak >= 5 * one_input, (peak, off_peak)
