@@ -520,3 +520,17 @@ def test_checkpointed_inputs_go_to_host_memory_when_every_layer_is_not_enough(mo
     layers = model.base_model.model.model.layers
     assert all(layer.gradient_checkpointing for layer in layers) and loaded.memory_tight
     assert all(layer._gradient_checkpointing_func is offloaded_checkpoint for layer in layers)
+
+
+def test_out_of_memory_after_partial_checkpointing_says_how_to_checkpoint_everything():
+    from tuner.model import LoadedModel
+    from tuner.train import OOM_ADVICE, oom_advice
+
+    loaded = LoadedModel(None, torch.bfloat16, "sdpa", "test", None, "cuda")
+    loaded.checkpointing = "on 19 of 32 layers (the rest fit in 23 GiB of GPU memory)"
+    advice = oom_advice(loaded)
+    assert advice.startswith("out of GPU memory with gradient checkpointing on 19 of 32 layers, as planned")
+    assert "TUNER_CHECKPOINT_LAYERS=all" in advice and advice.endswith("The last checkpoint was kept.")
+    for full in ("on every layer (32)", "on every layer (32), inputs kept in host memory", ""):
+        loaded.checkpointing = full
+        assert oom_advice(loaded) == OOM_ADVICE

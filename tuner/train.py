@@ -49,6 +49,20 @@ OOM_ADVICE = (
 )
 
 
+def oom_advice(loaded) -> str:
+    """OOM_ADVICE, led by what undoes tuner's own memory plan when the run used less checkpointing
+    than it could have (the plan is an estimate: another process may have taken memory since)."""
+    partial = " of " in loaded.checkpointing  # "on N of M layers (...)"
+    if not partial:
+        return OOM_ADVICE
+    return (
+        f"out of GPU memory with gradient checkpointing {loaded.checkpointing.split(' (')[0]}, as planned "
+        "from the GPU memory free at the start. Run again with TUNER_CHECKPOINT_LAYERS=all (every layer) "
+        "or offload (every layer, inputs in host memory), or free GPU memory used by other programs. "
+        + OOM_ADVICE.removeprefix("out of GPU memory. ")
+    )
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -358,7 +372,7 @@ def train(
         try:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except torch.cuda.OutOfMemoryError as exc:
-            raise TunerError(OOM_ADVICE) from exc
+            raise TunerError(oom_advice(loaded)) from exc
 
         status = "completed"
         if control.stop_requested:
