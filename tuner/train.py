@@ -6,6 +6,7 @@ comes from :mod:`tuner.train_data`, the model from :mod:`tuner.train_model`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -122,6 +123,19 @@ def _ensure_single_process_env() -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+
+
+def packing_keeps_samples_apart(model, tokenizer, loaded, config) -> bool:
+    """tuner.packing_probe on the model as training will run it. Under ZeRO-3 the weights exist only
+    inside DeepSpeed's engine, which does not exist yet: there the model's own attention code is
+    trusted (transformers' architectures honour packed position ids)."""
+    if partitions_weights(config):
+        return True
+    from tuner.packing_probe import packs_in_isolation
+
+    collator = make_collator(tokenizer, packed=True, attention=loaded.attention)
+    vocab = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
+    return packs_in_isolation(model, collator, vocab)
 
 
 def auto_optimizer(config, loaded, cuda: bool) -> str:
@@ -317,6 +331,18 @@ def train(
         events.emit("status", status="loading", message=f"template {template.name}; data {json.dumps(info)}")
 
         model, loaded = build_model(config)
+        if config.pack_to_max_length and not packing_keeps_samples_apart(model, tokenizer, loaded, config):
+            warning = (
+                f"{config.model}: its attention does not keep packed samples apart (it ignores the "
+                "restarting position ids), so each sample would attend to the ones before it in its row. "
+                "Training one sample per row instead (pack_to_max_length false: same data, slower)."
+            )
+            log.warning(warning)
+            events.emit("status", status="loading", message=warning)
+            config = dataclasses.replace(config, pack_to_max_length=False)
+            train_rows, _ = encode_for_training(train_samples, tokenizer, template, config)
+            if eval_samples:
+                eval_rows, _ = encode_for_training(eval_samples, tokenizer, template, config)
         trainable, total = count_parameters(model)
         message = (
             f"model {config.model}: {loaded.describe()}; trainable {trainable:,} of {total:,} parameters"
