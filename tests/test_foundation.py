@@ -81,3 +81,20 @@ def test_embedded_model_converted_and_answers(default_model_dir):
     out = model.generate(**inputs, max_new_tokens=20, do_sample=False)
     answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert answer.strip() == "The capital of France is Paris."
+
+
+def test_cli_works_from_any_folder_as_installed(tmp_path):
+    # scripts/install.sh installs tuner (editable): the CLI runs in a workspace outside the repository.
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    commands = [[sys.executable, "-m", "tuner", "list-presets", "-p", "qlora"]]
+    if shutil.which("tuner"):
+        commands.append(["tuner", "list-presets", "-p", "qlora"])
+    for command in commands:
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "qwen2_5_7b_instruct_qlora_oasst1_2048_e3" in done.stdout
