@@ -497,6 +497,10 @@ def test_auto_optimizer_is_fused_adamw_unless_a_quantized_base_is_tight_on_memor
         "paged_adamw_32bit"
     )
     assert auto_optimizer(lora, loaded(True), cuda=True) == "adamw_torch_fused"
+    # DeepSpeed's offload configs keep optimizer state in host memory: never the fused CUDA kernel
+    assert auto_optimizer(
+        TrainConfig(method="lora", deepspeed="zero2_offload"), loaded(False), cuda=True
+    ) == ("adamw_torch")
     assert auto_optimizer(qlora, loaded(False), cuda=False) == "adamw_torch"
 
 
@@ -534,3 +538,16 @@ def test_out_of_memory_after_partial_checkpointing_says_how_to_checkpoint_everyt
     for full in ("on every layer (32)", "on every layer (32), inputs kept in host memory", ""):
         loaded.checkpointing = full
         assert oom_advice(loaded) == OOM_ADVICE
+
+
+def test_lora_layers_are_fused_by_default_but_not_under_deepspeed(tiny_llama_dir, monkeypatch):
+    from tuner.train_model import build_model
+
+    monkeypatch.delenv("TUNER_FUSED_LORA", raising=False)
+    loaded = {
+        deepspeed: build_model(make_config(tiny_llama_dir, "unused.jsonl", deepspeed=deepspeed))[1]
+        for deepspeed in (None, "zero2")
+    }
+    assert loaded[None].fused_lora == 2 * 7 and loaded["zero2"].fused_lora == 0  # 2 layers x 7 linears
+    assert "14 fused LoRA layers" in loaded[None].describe()
+    assert "fused" not in loaded["zero2"].describe()

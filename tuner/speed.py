@@ -41,7 +41,8 @@ SWITCHES = {
     # offload: every layer, inputs in host memory (tuner.checkpoint_offload)
     "TUNER_CHECKPOINT_LAYERS": ("auto", ("auto", "all", "offload")),
     # on: LoRA layers train through one fused autograd function each (tuner.lora_fused); off: peft's
-    # own forward (never under DeepSpeed ZeRO-3, whose weights exist only inside peft's path)
+    # own forward (always under DeepSpeed: ZeRO-3's weights exist only inside peft's path, and the
+    # other stages are not measured with it yet)
     "TUNER_FUSED_LORA": ("on", ("on", "off")),
 }
 

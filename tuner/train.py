@@ -141,11 +141,15 @@ def packing_keeps_samples_apart(model, tokenizer, loaded, config) -> bool:
 def auto_optimizer(config, loaded, cuda: bool) -> str:
     """AdamW as ``optimizer: auto`` picks it. On a GPU: torch's fused AdamW (one kernel launch for all
     LoRA weights; bitsandbytes' paged AdamW launches one per weight, which the host cannot hide behind
-    short steps), except for a 4/8-bit base that needed every layer checkpointed to fit (or runs under
-    DeepSpeed): there paged AdamW's state can move to host memory when a long row spikes."""
+    short steps), except for a 4/8-bit base that needed every layer checkpointed to fit: there paged
+    AdamW's state can move to host memory when a long row spikes. Under DeepSpeed as before this
+    choice existed (paged AdamW for 4/8-bit bases, else torch's unfused AdamW): its offload configs
+    keep the optimizer state in host memory, where the fused kernel cannot run."""
     if not cuda:
         return "adamw_torch"
-    if method_bits(config) and (loaded.memory_tight or config.deepspeed):
+    if config.deepspeed:
+        return "paged_adamw_32bit" if method_bits(config) else "adamw_torch"
+    if method_bits(config) and loaded.memory_tight:
         return "paged_adamw_32bit"
     return "adamw_torch_fused"
 

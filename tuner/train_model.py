@@ -55,7 +55,9 @@ def build_model(config):
         reentrant=reentrant,
         upcast=switch("TUNER_KBIT_UPCAST") == "on",
     )
-    if switch("TUNER_FUSED_LORA") == "on" and not partitions_weights(config):
+    # Not under DeepSpeed yet: ZeRO-3 gathers weights only inside peft's own path, and the fused
+    # function has not been run under the other stages' engines on a GPU.
+    if switch("TUNER_FUSED_LORA") == "on" and not config.deepspeed:
         from tuner.lora_fused import fuse_lora
 
         loaded.fused_lora = fuse_lora(model)
