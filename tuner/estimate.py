@@ -71,9 +71,13 @@ AUTO_CHECKPOINT_FRACTION = 0.8
 # the one being recomputed and the next one copied back.
 OFFLOAD_INPUTS_ON_DEVICE = 2
 # Effective training throughput. GPU: bf16 dense peak x GPU_MFU on the FLOPs below (recomputation
-# included), plus a fixed host cost per step (bitsandbytes dequantizes each layer with small kernels):
-# fitted on H100 rows of 4096 and 16384 tokens (Llama-2-7B 0.78 / 1.73 s, Llama-3-8B 0.78 / 1.88 s per
-# QLoRA step). CPU: measured with SmolLM2-135M LoRA at ~171 tokens/s on 2 cores, i.e. ~1.4e11 FLOP/s.
+# included), plus a fixed host cost per step (Python per layer, bitsandbytes' dequantize calls, the
+# optimizer), which grows with the share of layers checkpointed (saved-tensor hooks, paged AdamW):
+# GPU_STEP_SECONDS = (no layer checkpointed, every layer). Fitted on the H200 rows of 2026-12-01 with
+# tuner's defaults (Llama-2-7B QLoRA 0.44 s at 4096 tokens and 1.07 s at 16384, 0.69 to 0.87 s at 4096
+# with every layer checkpointed; Llama-3-8B bf16 LoRA 0.39 to 0.40 s at 4096), within ~25% of each
+# (tests/test_estimate.py). CPU: measured with SmolLM2-135M LoRA at ~171 tokens/s on 2 cores, i.e.
+# ~1.4e11 FLOP/s.
 GPU_PEAK_FLOPS = {
     "H100": 989e12,
     "H200": 989e12,
@@ -87,7 +91,7 @@ GPU_PEAK_FLOPS = {
 }
 GPU_DEFAULT_PEAK = 100e12
 GPU_MFU = 0.54
-GPU_STEP_SECONDS = {"quantized": 0.45, "16-bit": 0.3}
+GPU_STEP_SECONDS = {"quantized": (0.21, 0.45), "16-bit": (0.13, 0.3)}
 CPU_FLOPS = 1.4e11
 
 
@@ -423,7 +427,8 @@ def _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed: int, 
     step_tokens = tokens * accum
     if hw.device == "cuda":
         peak = next((v for k, v in GPU_PEAK_FLOPS.items() if k in hw.name), GPU_DEFAULT_PEAK)
-        fixed = GPU_STEP_SECONDS["quantized" if quantized else "16-bit"] * batch * accum
+        unchecked, every = GPU_STEP_SECONDS["quantized" if quantized else "16-bit"]
+        fixed = (unchecked + (every - unchecked) * checkpointed / shape.layers) * batch * accum
         seconds_per_step = fixed + step_tokens * flops_per_token / (peak * GPU_MFU)
     else:
         throughput = CPU_FLOPS * max(1, hw.cpu_count) / 2  # calibrated on 2 cores
