@@ -359,3 +359,22 @@ def test_agent_mode_streams_tool_steps_and_answer():
     assert any("calculator" in s for s in steps)
     assert any(s.startswith("> ") and "391" in s for s in steps)  # the tool's observation
     assert steps[-1] == "17 x 23 = 391"
+
+
+def test_estimate_says_how_many_layers_are_checkpointed(monkeypatch):
+    import tuner.estimate
+    from tuner.ui import presets_tab
+
+    real = tuner.estimate.estimate
+    plans = iter([(0, False), (12, False), (30, True)])
+
+    def planned(cfg, *args, **kwargs):
+        count, offload = next(plans)
+        return real(cfg, *args, checkpointed_layers=count, offload=offload, **kwargs)
+
+    monkeypatch.setattr(tuner.estimate, "estimate", planned)
+    values = presets_tab.load_preset(IDENTITY)[: len(KEYS)]
+    texts = [presets_tab.estimate_form(*values, lang) for lang in ("en", "en", "zh")]
+    assert "| activations |" in texts[0]
+    assert "activations (gradient checkpointing on 12 of 30 layers)" in texts[1]
+    assert "30 层中 30 层做梯度检查点，其输入放在内存中" in texts[2]

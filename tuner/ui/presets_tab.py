@@ -142,7 +142,8 @@ def estimate_form(*values_and_lang):
     verdict = tr(lang, "est.fits") if est.fits else tr(lang, "est.nofit")
     activations = tr(lang, "est.activations")
     if est.checkpointed_layers:
-        activations = tr(lang, "est.activations_ckpt", n=est.checkpointed_layers, layers=est.layers)
+        key = "est.activations_offload" if est.offloaded else "est.activations_ckpt"
+        activations = tr(lang, key, n=est.checkpointed_layers, layers=est.layers)
     lines = [
         f"### {verdict}",
         tr(lang, "est.total", total=f"{est.total_gib:.1f}", avail=f"{est.available_gib:.1f}"),

@@ -106,6 +106,7 @@ STRINGS = {
     "est.trainable": "trainable parameters ({n}) + gradients + optimizer",
     "est.activations": "activations",
     "est.activations_ckpt": "activations (gradient checkpointing on {n} of {layers} layers)",
+    "est.activations_offload": "activations (gradient checkpointing on {n} of {layers} layers, their inputs in CPU memory)",
     "est.logits": "logits",
     "est.overhead": "runtime overhead",
     "est.time": "One optimizer step = {tokens} tokens ≈ {sec}.",

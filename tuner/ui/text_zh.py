@@ -101,6 +101,7 @@ STRINGS = {
     "est.trainable": "可训练参数（{n}）+ 梯度 + 优化器状态",
     "est.activations": "激活值",
     "est.activations_ckpt": "激活值（{layers} 层中 {n} 层做梯度检查点）",
+    "est.activations_offload": "激活值（{layers} 层中 {n} 层做梯度检查点，其输入放在内存中）",
     "est.logits": "logits",
     "est.overhead": "运行时开销",
     "est.time": "每个优化步 = {tokens} 个 token ≈ {sec}。",
