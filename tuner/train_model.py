@@ -94,6 +94,10 @@ def limit_checkpointing(model, config, loaded) -> str:
     for index, layer in enumerate(layers):
         layer.gradient_checkpointing = index < count
     loaded.memory_tight = count == len(layers)
+    if count == 0:
+        return (
+            f"on 0 of {len(layers)} layers (every layer's activations fit in {budget:.0f} GiB of GPU memory)"
+        )
     if count < len(layers):
         return f"on {count} of {len(layers)} layers (the rest fit in {budget:.0f} GiB of GPU memory)"
     if offload:
