@@ -26,11 +26,12 @@ at an assumed effective throughput (MFU) per device.
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
+
+# The model's sizes and the machine's live in their own modules; their names stay importable from here.
+from tuner.model_shape import ModelShape, lora_params, model_shape, shape_from_config  # noqa: F401
+from tuner.system_info import Hardware, environment, hardware  # noqa: F401
 
 GIB = 1024**3
 
@@ -96,34 +97,6 @@ CPU_FLOPS = 1.4e11
 
 
 @dataclass
-class ModelShape:
-    """The sizes the estimate needs, read from a model's config.json."""
-
-    params: int
-    hidden: int
-    layers: int
-    vocab: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    tied: bool = False  # one matrix for the embedding and the LM head
-
-    @property
-    def embedding_params(self) -> int:
-        """Embedding + LM head: the weights bitsandbytes leaves unquantized."""
-        return self.vocab * self.hidden * (1 if self.tied else 2)
-
-
-@dataclass
-class Hardware:
-    device: str  # "cuda" or "cpu"
-    name: str
-    memory_gib: float  # total VRAM of GPU 0, or total RAM on a CPU
-    cpu_count: int
-
-
-@dataclass
 class Estimate:
     weights_gib: float
     trainable_params: int
@@ -143,136 +116,6 @@ class Estimate:
     offloaded: bool = False  # their inputs wait in host memory (tuner.checkpoint_offload)
     layers: int = 0
     advice: list[str] = field(default_factory=list)
-
-
-def shape_from_config(cfg: dict) -> ModelShape:
-    """A ModelShape from a Hugging Face config dict (Llama/Qwen/Mistral-style keys).
-
-    >>> s = shape_from_config({"hidden_size": 576, "num_hidden_layers": 30, "vocab_size": 49152,
-    ...     "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
-    ...     "tie_word_embeddings": True})
-    >>> round(s.params / 1e6)
-    135
-    """
-    hidden = int(cfg["hidden_size"])
-    layers = int(cfg["num_hidden_layers"])
-    vocab = int(cfg["vocab_size"])
-    inter = int(cfg.get("intermediate_size") or 4 * hidden)
-    heads = int(cfg.get("num_attention_heads") or max(1, hidden // 64))
-    kv_heads = int(cfg.get("num_key_value_heads") or heads)
-    head_dim = int(cfg.get("head_dim") or hidden // heads)
-    attn = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
-    mlp = 3 * hidden * inter
-    embed = vocab * hidden * (1 if cfg.get("tie_word_embeddings") else 2)
-    params = layers * (attn + mlp + 2 * hidden) + embed + hidden
-    return ModelShape(
-        params, hidden, layers, vocab, inter, heads, kv_heads, head_dim, bool(cfg.get("tie_word_embeddings"))
-    )
-
-
-def model_shape(model: str) -> ModelShape:
-    """Read the shape of ``model`` (a folder, ``default`` or a cached hub id) from its config.json."""
-    from tuner.errors import ModelError
-    from tuner.workspace import DEFAULT_MODEL_NAME, default_model_dir
-
-    if not model or model == DEFAULT_MODEL_NAME:
-        path = default_model_dir() / "config.json"
-        if not path.is_file():  # not converted yet: the embedded SmolLM2-135M's published sizes
-            return shape_from_config(
-                {
-                    "hidden_size": 576,
-                    "num_hidden_layers": 30,
-                    "vocab_size": 49152,
-                    "intermediate_size": 1536,
-                    "num_attention_heads": 9,
-                    "num_key_value_heads": 3,
-                    "tie_word_embeddings": True,
-                }
-            )
-    else:
-        path = Path(model) / "config.json"
-        if not path.is_file():
-            try:
-                from huggingface_hub import hf_hub_download
-
-                path = Path(hf_hub_download(model, "config.json"))
-            except Exception as exc:  # offline, unknown id: say so in words
-                raise ModelError(f"{model}: no config.json found locally; cannot estimate its size") from exc
-    cfg = json.loads(Path(path).read_text(encoding="utf-8"))
-    cfg = cfg.get("text_config", cfg)  # multimodal configs nest the language model
-    return shape_from_config(cfg)
-
-
-def lora_params(shape: ModelShape, r: int, targets="all-linear") -> int:
-    """Trainable parameters of LoRA rank ``r``: r x (in + out) for each adapted linear layer."""
-    h, hd = shape.hidden, shape.head_dim
-    linears = {
-        "q_proj": (h, shape.heads * hd),
-        "k_proj": (h, shape.kv_heads * hd),
-        "v_proj": (h, shape.kv_heads * hd),
-        "o_proj": (shape.heads * hd, h),
-        "gate_proj": (h, shape.intermediate),
-        "up_proj": (h, shape.intermediate),
-        "down_proj": (shape.intermediate, h),
-    }
-    if targets != "all-linear" and targets:
-        linears = {k: v for k, v in linears.items() if k in set(targets)} or linears
-    return shape.layers * sum(r * (i + o) for i, o in linears.values())
-
-
-def hardware() -> Hardware:
-    """GPU 0 when CUDA is available, else the CPU and its RAM."""
-    cpu_count = os.cpu_count() or 1
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            return Hardware("cuda", props.name, props.total_memory / GIB, cpu_count)
-    except Exception:  # a broken CUDA install must not break the estimate
-        pass
-    return Hardware("cpu", "CPU", _ram_gib(), cpu_count)
-
-
-def _ram_gib() -> float:
-    try:
-        import psutil
-
-        return psutil.virtual_memory().total / GIB
-    except ImportError:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
-
-
-def environment() -> dict:
-    """What the environment panel shows: versions, device, memory, optional accelerators."""
-    info: dict = {}
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
-    except ImportError:
-        info["torch"] = None
-        info["cuda"] = None
-    hw = hardware()
-    info["device"] = hw.device
-    info["gpu"] = hw.name if hw.device == "cuda" else None
-    info["memory_gib"] = round(hw.memory_gib, 1)
-    info["cpu_count"] = hw.cpu_count
-    for pkg in ("transformers", "peft", "bitsandbytes", "flash_attn", "deepspeed"):
-        info[pkg] = _version(pkg)
-    return info
-
-
-def _version(pkg: str) -> str | None:
-    if importlib.util.find_spec(pkg) is None:
-        return None
-    from importlib import metadata
-
-    try:
-        return metadata.version(pkg.replace("_", "-"))
-    except metadata.PackageNotFoundError:
-        return "installed"
 
 
 def _base_bits(method: str, quantization: str, device: str) -> float:
@@ -397,7 +240,7 @@ def _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed: int, 
             residual_bytes = 4 if upcast else 2
     trainable_bytes = trainable * BYTES_PER_TRAINABLE
     # Paged AdamW keeps its state in device memory PyTorch does not count. optimizer auto picks it for
-    # a quantized base that needs every layer checkpointed (tuner.train.auto_optimizer).
+    # a quantized base that needs every layer checkpointed (tuner.train_args.auto_optimizer).
     optimizer = get("optimizer", "auto") or "auto"
     if optimizer == "auto":
         paged = hw.device == "cuda" and quantized and (checkpointed == shape.layers or bool(get("deepspeed")))

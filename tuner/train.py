@@ -31,9 +31,9 @@ from tuner.run_dirs import (
     latest_run,
     new_run_dir,
 )
-from tuner.speed import lean_steps
 from tuner.speed import rank as _rank
 from tuner.speed import world_size as _world_size
+from tuner.train_args import auto_optimizer, training_arguments  # noqa: F401
 
 # Data and model setup live in their own modules; their names stay importable from here.
 from tuner.train_data import encode_for_training, load_training_samples, make_collator  # noqa: F401
@@ -113,18 +113,6 @@ def answer_questions(model, tokenizer, template, questions, system, max_new_toke
 # ------------------------------------------------------------------------------------------ trainer
 
 
-def _ensure_single_process_env() -> None:
-    # DeepSpeed wants a process group even on one GPU; `python -m tuner train` is not torchrun.
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
-        os.environ.setdefault(key, value)
-    if "MASTER_PORT" not in os.environ:
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
-
-
 def packing_keeps_samples_apart(model, tokenizer, loaded, config) -> bool:
     """tuner.packing_probe on the model as training will run it. Under ZeRO-3 the weights exist only
     inside DeepSpeed's engine, which does not exist yet: there the model's own attention code is
@@ -136,86 +124,6 @@ def packing_keeps_samples_apart(model, tokenizer, loaded, config) -> bool:
     collator = make_collator(tokenizer, packed=True, attention=loaded.attention)
     vocab = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
     return packs_in_isolation(model, collator, vocab)
-
-
-def auto_optimizer(config, loaded, cuda: bool) -> str:
-    """AdamW as ``optimizer: auto`` picks it. On a GPU: torch's fused AdamW (one kernel launch for all
-    LoRA weights; bitsandbytes' paged AdamW launches one per weight, which the host cannot hide behind
-    short steps), except for a 4/8-bit base that needed every layer checkpointed to fit: there paged
-    AdamW's state can move to host memory when a long row spikes. Under DeepSpeed as before this
-    choice existed (paged AdamW for 4/8-bit bases, else torch's unfused AdamW): its offload configs
-    keep the optimizer state in host memory, where the fused kernel cannot run."""
-    if not cuda:
-        return "adamw_torch"
-    if config.deepspeed:
-        return "paged_adamw_32bit" if method_bits(config) else "adamw_torch"
-    if method_bits(config) and loaded.memory_tight:
-        return "paged_adamw_32bit"
-    return "adamw_torch_fused"
-
-
-def training_arguments(config, run_dir: Path, loaded, has_eval: bool):
-    import torch
-    from transformers import TrainingArguments
-
-    cuda = torch.cuda.is_available()
-    optimizer = config.optimizer
-    if optimizer == "auto":
-        optimizer = auto_optimizer(config, loaded, cuda)
-    eval_kwargs = {}
-    if has_eval:
-        if config.eval_freq:
-            eval_kwargs = dict(eval_strategy="steps", eval_steps=config.eval_freq)
-        else:
-            eval_kwargs = dict(eval_strategy="epoch")
-    if config.keep_best or config.early_stopping_patience:
-        if not has_eval:
-            raise TunerError(
-                "keep_best and early_stopping_patience need eval data (eval_data_path or test_split)"
-            )
-        eval_kwargs.update(
-            load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False
-        )
-        if eval_kwargs.get("eval_strategy") == "steps":
-            eval_kwargs["save_strategy"] = "steps"
-        else:
-            eval_kwargs["save_strategy"] = "epoch"
-    ds = deepspeed_config_path(config.deepspeed)
-    if ds and "RANK" not in os.environ:
-        _ensure_single_process_env()
-    return TrainingArguments(
-        output_dir=str(run_dir),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.accumulative_counts,
-        num_train_epochs=config.max_epochs,
-        max_steps=config.max_steps if config.max_steps and config.max_steps > 0 else -1,
-        learning_rate=config.lr,
-        weight_decay=config.weight_decay,
-        warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of the total steps
-        lr_scheduler_type=config.lr_scheduler,
-        max_grad_norm=config.max_norm,
-        optim=optimizer,
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=cuda and loaded.dtype == torch.bfloat16,
-        fp16=cuda and loaded.dtype == torch.float16,
-        use_cpu=not cuda,
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        report_to="none",
-        remove_unused_columns=False,
-        # Trainer's token count moves a scalar to the GPU, gathers it and reads it back after every
-        # micro-step's backward: a device sync that idles the GPU while the host launches the
-        # optimizer. On one process the host-side count in our Trainer class gives the same number.
-        include_num_input_tokens_seen="no" if lean_steps() else "all",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        deepspeed=ds,
-        **eval_kwargs,
-    )
 
 
 # --------------------------------------------------------------------------------------------- run

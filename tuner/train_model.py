@@ -78,7 +78,9 @@ def limit_checkpointing(model, config, loaded) -> str:
         return ""
     import torch
 
-    from tuner.estimate import GIB, checkpoint_plan, hardware, shape_from_config
+    from tuner.estimate import GIB, checkpoint_plan
+    from tuner.model_shape import shape_from_config
+    from tuner.system_info import hardware
 
     layers = checkpointing_layers(model)
     if not torch.cuda.is_available() or not layers:
