@@ -90,3 +90,23 @@ def test_training_packs_when_the_model_keeps_samples_apart(workspace, tiny_llama
     assert result.status == "completed"
     assert not any("packed samples apart" in e.get("message", "") for e in read_events(result.run_dir))
     assert rows_seen == [True, True]  # the probe's collator, then training's: packed rows
+
+
+def test_a_packing_check_that_cannot_run_means_no_packing(workspace, tiny_llama_dir, monkeypatch):
+    import tuner.packing_probe
+    from tests.test_train import make_config, write_data
+    from tuner.events import read_events
+    from tuner.train import train
+
+    def broken(*args):
+        raise RuntimeError("this model wants other inputs")
+
+    monkeypatch.setattr(tuner.packing_probe, "packs_in_isolation", broken)
+    data = write_data(workspace / "d.jsonl", repeat=2)
+    result = train(make_config(tiny_llama_dir, data, pack_to_max_length=True, max_steps=1, name="unchecked"))
+    assert result.status == "completed"
+    messages = [e.get("message", "") for e in read_events(result.run_dir)]
+    assert any(
+        "failed to run (RuntimeError: this model wants other inputs)" in m and "one sample per row" in m
+        for m in messages
+    )

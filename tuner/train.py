@@ -113,17 +113,29 @@ def answer_questions(model, tokenizer, template, questions, system, max_new_toke
 # ------------------------------------------------------------------------------------------ trainer
 
 
-def packing_keeps_samples_apart(model, tokenizer, loaded, config) -> bool:
-    """tuner.packing_probe on the model as training will run it. Under ZeRO-3 the weights exist only
-    inside DeepSpeed's engine, which does not exist yet: there the model's own attention code is
-    trusted (transformers' architectures honour packed position ids)."""
+def packing_problem(model, tokenizer, loaded, config) -> str | None:
+    """Why packed rows would train this model wrongly (tuner.packing_probe), or None. Under ZeRO-3 the
+    weights exist only inside DeepSpeed's engine, which does not exist yet: there the model's own
+    attention code is trusted (transformers' architectures honour packed position ids)."""
     if partitions_weights(config):
-        return True
+        return None
+    import torch
+
     from tuner.packing_probe import packs_in_isolation
 
     collator = make_collator(tokenizer, packed=True, attention=loaded.attention)
     vocab = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
-    return packs_in_isolation(model, collator, vocab)
+    try:
+        if packs_in_isolation(model, collator, vocab):
+            return None
+    except torch.cuda.OutOfMemoryError:
+        raise  # two short rows did not fit: training would not either, and says what to do
+    except Exception as exc:  # a check that cannot run proves nothing: do not pack on trust
+        return f"the check that packed samples stay apart failed to run ({type(exc).__name__}: {exc})"
+    return (
+        "its attention does not keep packed samples apart (it ignores the restarting position ids), "
+        "so each sample would attend to the ones before it in its row"
+    )
 
 
 # --------------------------------------------------------------------------------------------- run
@@ -243,10 +255,10 @@ def train(
         events.emit("status", status="loading", message=f"template {template.name}; data {json.dumps(info)}")
 
         model, loaded = build_model(config)
-        if config.pack_to_max_length and not packing_keeps_samples_apart(model, tokenizer, loaded, config):
+        problem = packing_problem(model, tokenizer, loaded, config) if config.pack_to_max_length else None
+        if problem:
             warning = (
-                f"{config.model}: its attention does not keep packed samples apart (it ignores the "
-                "restarting position ids), so each sample would attend to the ones before it in its row. "
+                f"{config.model}: {problem}. "
                 "Training one sample per row instead (pack_to_max_length false: same data, slower)."
             )
             log.warning(warning)
