@@ -88,3 +88,33 @@ def _write_yaml(folder, model_dir, data):
     path = folder / "ds.yaml"
     save_config(gpu_config(model_dir, data, name="ds_test", gradient_checkpointing=False), path, force=True)
     return path
+
+
+@pytest.mark.parametrize("plan", ["auto", "all", "offload"])
+def test_each_checkpointing_plan_trains_qlora_packed(workspace, small_llama_dir, monkeypatch, plan):
+    # TUNER_CHECKPOINT_LAYERS: auto (on a large GPU no layer is checkpointed), every layer, every
+    # layer with its input in host memory; with fused LoRA (the default), packed rows and the packing check.
+    from tuner.events import read_events
+    from tuner.train import train
+
+    monkeypatch.setenv("TUNER_CHECKPOINT_LAYERS", plan)
+    config = gpu_config(
+        small_llama_dir,
+        write_gpu_data(workspace),
+        name=f"plan_{plan}",
+        method="qlora",
+        quantization="4bit",
+        gradient_checkpointing=True,
+        pack_to_max_length=True,
+        tokens_per_step=256,
+        lora_dropout=0.1,
+    )
+    result = train(config)
+    losses = _losses(result.run_dir)
+    messages = " ".join(e.get("message", "") for e in read_events(result.run_dir))
+    expected = {"auto": "gradient checkpointing on 0 of 4 layers", "all": "on every layer (4)"}
+    expected["offload"] = "on every layer (4), inputs kept in host memory"
+    print(plan, f"first {losses[0]:.3f} last {losses[-1]:.3f}")
+    assert result.status == "completed" and expected[plan] in messages
+    assert "packed samples apart" not in messages and "fused LoRA layers" in messages
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.5
