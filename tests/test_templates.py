@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.tiny import build_tokenizer
-from tuner.data.templates import ChatTemplate, get_template, implicit_system, list_templates, resolve_template
+from tuner.data.templates import ChatTemplate, get_template, list_templates, resolve_template
+from tuner.data.tokenizer_template import implicit_system
 from tuner.errors import TunerError
 
 CONVERSATION = [

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner.data.encode import IGNORE, chat_ids_and_labels, encode_samples
-from tuner.data.templates import ChatTemplate, implicit_system, resolve_template
+from tuner.data.templates import ChatTemplate, resolve_template
+from tuner.data.tokenizer_template import implicit_system
 from tuner.errors import DataError, TunerError
 
 MARK_OPEN, MARK_CLOSE = "[[", "]]"
