@@ -527,11 +527,9 @@ def checkpointing_mode(model) -> str | None:
 
 def checkpointed_layers(model) -> int:
     """Decoder layers that recompute their activations in the backward pass."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
+    from tuner.train_model import checkpointing_layers
 
-    return sum(
-        1 for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing
-    )
+    return len(checkpointing_layers(model))
 
 
 def offloaded_layers(model) -> int:

@@ -535,9 +535,12 @@ def test_out_of_memory_after_partial_checkpointing_says_how_to_checkpoint_everyt
     advice = oom_advice(loaded)
     assert advice.startswith("out of GPU memory with gradient checkpointing on 19 of 32 layers, as planned")
     assert "TUNER_CHECKPOINT_LAYERS=all" in advice and advice.endswith("The last checkpoint was kept.")
-    for full in ("on every layer (32)", "on every layer (32), inputs kept in host memory", ""):
+    loaded.memory_tight = True  # what limit_checkpointing sets when every layer is checkpointed
+    for full in ("on every layer (32)", "on every layer (32), inputs kept in host memory"):
         loaded.checkpointing = full
         assert oom_advice(loaded) == OOM_ADVICE
+    loaded.checkpointing, loaded.memory_tight = "", False  # checkpointing off
+    assert oom_advice(loaded) == OOM_ADVICE
 
 
 def test_lora_layers_are_fused_by_default_but_not_under_deepspeed(tiny_llama_dir, monkeypatch):

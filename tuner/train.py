@@ -53,7 +53,7 @@ OOM_ADVICE = (
 def oom_advice(loaded) -> str:
     """OOM_ADVICE, led by what undoes tuner's own memory plan when the run used less checkpointing
     than it could have (the plan is an estimate: another process may have taken memory since)."""
-    partial = " of " in loaded.checkpointing  # "on N of M layers (...)"
+    partial = bool(loaded.checkpointing) and not loaded.memory_tight  # fewer layers than it has
     if not partial:
         return OOM_ADVICE
     return (
