@@ -557,7 +557,7 @@ def run_tuner(
     from tuner.events import EventLog
     from tuner.model import count_parameters, load_tokenizer
     from tuner.speed import SWITCHES, switch
-    from tuner.train import build_model, make_collator, training_arguments
+    from tuner.train import build_model, training_arguments, training_collator
     from tuner.trainer import make_trainer_class
 
     overrides = overrides or {kind: {} for kind in VARIANT_KINDS}
@@ -611,7 +611,7 @@ def run_tuner(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(tuner_rows(spec, rows)),
-        data_collator=make_collator(tokenizer, packed=True, attention=loaded.attention),
+        data_collator=training_collator(tokenizer, config, loaded),
         processing_class=tokenizer,
         callbacks=[EventCallback(EventLog(work / "events.jsonl"), RunControl()), Clock()],
     )
@@ -630,11 +630,19 @@ def run_tuner(
             switches={name: switch(name) for name in SWITCHES},
             tuner_liger=bool(getattr(loaded, "liger", False)),
             fused_lora=getattr(loaded, "fused_lora", 0),
+            cuda_graphs=_graphs_info(getattr(loaded, "layer_graphs", None)),
             overrides={kind: values for kind, values in overrides.items() if values} or None,
         )
     finally:
         trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
         del trainer, model
+
+
+def _graphs_info(graphs) -> dict | None:
+    """What tuner.layer_graphs did in a row: layers graphed, forward passes replayed, or why not."""
+    if graphs is None:
+        return None
+    return dict(layers=len(graphs.layers), replays=graphs.replays, failed=graphs.failed)
 
 
 def plain_dtype(spec: Spec, recipe: str):
@@ -973,6 +981,13 @@ def report(rows: list[dict]) -> str:
         if r.get("checkpointed_layers") is not None and r.get("tool") == "tuner":
             offloaded = ", inputs offloaded" if r.get("offloaded_layers") else ""
             notes.append(f"ckpt {r['checkpointed_layers']} layers{offloaded}")
+        graphs = r.get("cuda_graphs")
+        if graphs:
+            notes.append(
+                f"graphs off: {graphs['failed'][:60]}"
+                if graphs.get("failed")
+                else f"cuda graphs x{graphs['replays']}"
+            )
         if r.get("tag"):
             notes.append(r["tag"])
         if r.get("error"):

@@ -164,3 +164,32 @@ def test_padding_collator():
     assert batch["input_ids"].tolist() == [[5, 6, 0, 0], [7, 0, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, -100, -100], [7, -100, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 0, 0, 0]]
+
+
+def test_pad_to_fills_the_row_with_one_unsupervised_sample():
+    collate = PackedCollator(pad_token_id=9, boundaries=True, pad_to=8)
+    batch = collate(
+        [
+            {"input_ids": [1, 2, 3], "labels": [-100, 2, 3], "position_ids": [0, 1, 2]},
+            {"input_ids": [4, 5], "labels": [-100, 5], "position_ids": [0, 1]},
+        ]
+    )
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5, 9, 9, 9]]
+    assert batch["labels"].tolist() == [[-100, 2, 3, -100, 5, -100, -100, -100]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]
+    assert batch["cu_seq_lens_q"].tolist() == [0, 3, 5, 8]
+    assert batch["max_length_q"] == 3
+    # a row already a multiple of pad_to is left as it is
+    full = collate([{"input_ids": list(range(8)), "labels": list(range(8)), "position_ids": list(range(8))}])
+    assert full["input_ids"].tolist() == [list(range(8))] and full["cu_seq_lens_q"].tolist() == [0, 8]
+
+
+def test_pad_to_leaves_the_packed_loss_unchanged(tiny_tokenizer, encoded):
+    model = _model("llama", tiny_tokenizer, "sdpa")
+    rows = pack_samples(encoded, 256)
+    plain, padded = PackedCollator()(rows[:1]), PackedCollator(pad_to=512)(rows[:1])
+    assert padded["input_ids"].shape[1] == 512 > plain["input_ids"].shape[1]
+    with torch.no_grad():
+        expected = model(**plain).loss
+        actual = model(**padded).loss
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)

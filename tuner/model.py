@@ -144,13 +144,15 @@ class LoadedModel:
     fused_lora: int = 0  # training only: LoRA layers running tuner.lora_fused's fused function
     # training only: every layer had to be checkpointed to fit, so memory is tight (optimizer choice)
     memory_tight: bool = False
+    layer_graphs: object = None  # training only: tuner.layer_graphs.LayerGraphs when installed
 
     def describe(self) -> str:
         quant = f", {self.bits}-bit" if self.bits else ""
         liger = ", liger kernels" if self.liger else ""
         ckpt = f", gradient checkpointing {self.checkpointing}" if self.checkpointing else ""
         fused = f", {self.fused_lora} fused LoRA layers" if self.fused_lora else ""
-        return f"{self.device}, {str(self.dtype).replace('torch.', '')}{quant}, attention {self.attention} ({self.attention_reason}){liger}{fused}{ckpt}"
+        graphs = f", {self.layer_graphs.describe()}" if self.layer_graphs is not None else ""
+        return f"{self.device}, {str(self.dtype).replace('torch.', '')}{quant}, attention {self.attention} ({self.attention_reason}){liger}{fused}{ckpt}{graphs}"
 
 
 def load_model(

@@ -44,6 +44,9 @@ SWITCHES = {
     # own forward (always under DeepSpeed: ZeRO-3's weights exist only inside peft's path, and the
     # other stages are not measured with it yet)
     "TUNER_FUSED_LORA": ("on", ("on", "off")),
+    # on: when no layer is checkpointed (one CUDA process, no DeepSpeed, varlen or flash attention),
+    # the decoder layers replay as CUDA graphs once a row shape repeats (tuner.layer_graphs)
+    "TUNER_CUDA_GRAPHS": ("off", ("on", "off")),
 }
 
 

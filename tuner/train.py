@@ -36,7 +36,12 @@ from tuner.speed import world_size as _world_size
 from tuner.train_args import auto_optimizer, training_arguments  # noqa: F401
 
 # Data and model setup live in their own modules; their names stay importable from here.
-from tuner.train_data import encode_for_training, load_training_samples, make_collator  # noqa: F401
+from tuner.train_data import (  # noqa: F401
+    encode_for_training,
+    load_training_samples,
+    make_collator,
+    training_collator,
+)
 from tuner.train_model import build_model, deepspeed_config_path, method_bits, partitions_weights  # noqa: F401
 from tuner.trainer import make_trainer_class
 from tuner.workspace import work_dirs
@@ -303,9 +308,7 @@ def train(
             args=args,
             train_dataset=Dataset.from_list(train_rows),
             eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-            data_collator=make_collator(
-                tokenizer, packed=config.pack_to_max_length, attention=loaded.attention
-            ),
+            data_collator=training_collator(tokenizer, config, loaded),
             processing_class=tokenizer,
             callbacks=callbacks,
         )

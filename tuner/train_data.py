@@ -61,12 +61,25 @@ def encode_for_training(samples, tokenizer, template, config) -> tuple[list, dic
     return encoded, info
 
 
-def make_collator(tokenizer, packed: bool, attention: str = "sdpa"):
-    """Packed rows (with sample boundaries for varlen attention kernels) or padded samples."""
+def make_collator(tokenizer, packed: bool, attention: str = "sdpa", pad_to: int | None = None):
+    """Packed rows (with sample boundaries for varlen attention kernels) or padded samples;
+    ``pad_to``: packed batches padded to a multiple of it (a fixed shape for CUDA graphs)."""
     from tuner.attention import NAME as VARLEN
     from tuner.data.pack import PackedCollator, PaddingCollator
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if not packed:
         return PaddingCollator(pad_token_id=pad_id)
-    return PackedCollator(pad_token_id=pad_id, boundaries=attention in (VARLEN, "flash_attention_2"))
+    return PackedCollator(
+        pad_token_id=pad_id, boundaries=attention in (VARLEN, "flash_attention_2"), pad_to=pad_to
+    )
+
+
+def training_collator(tokenizer, config, loaded):
+    """The collator a training run uses: packed or padded as the config says; with CUDA graphs on
+    (tuner.layer_graphs) packed batches are padded to full rows, so every full batch has the shape
+    the graphs replay."""
+    pad_to = (config.tokens_per_step or config.max_length) if loaded.layer_graphs is not None else None
+    return make_collator(
+        tokenizer, packed=config.pack_to_max_length, attention=loaded.attention, pad_to=pad_to
+    )

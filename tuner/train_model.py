@@ -62,6 +62,10 @@ def build_model(config):
 
         loaded.fused_lora = fuse_lora(model)
     loaded.checkpointing = limit_checkpointing(model, config, loaded)
+    if switch("TUNER_CUDA_GRAPHS") == "on" and not config.deepspeed:
+        from tuner.layer_graphs import graph_layers
+
+        loaded.layer_graphs = graph_layers(model, loaded)
     return model, loaded
 
 
@@ -110,14 +114,18 @@ def limit_checkpointing(model, config, loaded) -> str:
     return f"on every layer ({count})"
 
 
+def decoder_layers(model) -> list:
+    """The decoder layers, in order, of a model whose layers transformers can checkpoint one by one
+    (empty for remote-code models)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
 def checkpointing_layers(model) -> list:
     """The decoder layers transformers checkpoints one by one (empty for remote-code models, whose
     own checkpointing stays all-or-nothing)."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    return [
-        m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing
-    ]
+    return [layer for layer in decoder_layers(model) if layer.gradient_checkpointing]
 
 
 def partitions_weights(config) -> bool:

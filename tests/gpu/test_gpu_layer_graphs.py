@@ -1,0 +1,149 @@
+"""CUDA graphs of decoder layers (tuner.layer_graphs) on the device: the varlen kernel skips the
+empty samples the graphs pad with, graphed QLoRA layers give the eager loss and LoRA gradients
+(also for another sample count and after the weights change), and a training run replays them
+with its loss going down."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.gpu.common import gpu_config, write_gpu_data
+
+pytestmark = pytest.mark.gpu
+
+
+def _rel(actual, expected) -> float:
+    return (
+        (actual.float() - expected.float()).abs().max() / expected.float().abs().max().clamp_min(1e-6)
+    ).item()
+
+
+def test_varlen_kernel_skips_empty_samples():
+    import torch
+
+    from tuner.attention import varlen_kernel
+    from tuner.layer_graphs import pad_boundaries
+
+    kernel = varlen_kernel()
+    if kernel is None:
+        pytest.skip("this torch has no varlen attention")
+    varlen_attn, causal, _ = kernel
+    torch.manual_seed(0)
+    q, k, v = (
+        torch.randn(1000, 8, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)
+    )
+    cu = torch.tensor([0, 300, 700, 1000], dtype=torch.int32, device="cuda")
+
+    def run(boundaries, longest):
+        out = varlen_attn(q, k, v, boundaries, boundaries, longest, longest, **causal)
+        grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+        return out, grads
+
+    out, grads = run(cu, 400)
+    padded_out, padded_grads = run(pad_boundaries(cu, 8), 1000)  # 5 empty samples, an upper bound
+    errors = [_rel(padded_out, out)] + [_rel(a, b) for a, b in zip(padded_grads, grads, strict=True)]
+    print("varlen with empty samples: relative error of output, dq, dk, dv", [f"{e:.5f}" for e in errors])
+    assert max(errors) < 1e-2
+
+
+def _packed_batch(lengths, vocab):
+    import torch
+
+    from tuner.data.pack import PackedCollator
+
+    rows = []
+    for n in lengths:
+        ids = torch.randint(3, vocab, (n,)).tolist()
+        rows.append({"input_ids": ids, "labels": [-100, *ids[1:]], "position_ids": list(range(n))})
+    batch = PackedCollator(boundaries=True)(rows)
+    return {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def test_graphed_qlora_layers_equal_eager(workspace, small_llama_dir, monkeypatch):
+    import torch
+
+    from tuner.model import release
+    from tuner.train_model import build_model
+
+    monkeypatch.setenv("TUNER_CUDA_GRAPHS", "on")
+    config = gpu_config(
+        small_llama_dir,
+        write_gpu_data(workspace),
+        method="qlora",
+        quantization="4bit",
+        gradient_checkpointing=False,
+    )
+    model, loaded = build_model(config)
+    graphs = loaded.layer_graphs
+    assert graphs is not None and len(graphs.layers) == 4, loaded.describe()
+    model.train()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    lora = [p for p in model.parameters() if p.requires_grad]
+    vocab = model.config.vocab_size
+
+    def step(batch, paused):
+        graphs.paused = paused
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        return loss.item(), [p.grad.float().clone() for p in lora]
+
+    def check(batch, what):
+        ref_loss, ref_grads = step(batch, paused=True)
+        loss, grads = step(batch, paused=False)
+        worst = max(_rel(g, r) for g, r in zip(grads, ref_grads, strict=True))
+        print(
+            f"{what}: loss eager {ref_loss:.5f} graphed {loss:.5f}; LoRA grads worst relative error {worst:.4f}"
+        )
+        assert abs(loss - ref_loss) < 1e-2 * abs(ref_loss) and worst < 5e-2
+
+    try:
+        three = _packed_batch([300, 500, 224], vocab)
+        step(three, paused=False)  # first sight of the shape: eager
+        assert graphs.graphed is None
+        check(three, "3 samples, captured")
+        assert graphs.graphed is not None and graphs.failed is None and graphs.replays == 1
+        check(_packed_batch([100, 200, 300, 424], vocab), "4 samples, same graph")
+        assert graphs.replays == 2
+        with torch.no_grad():  # the optimizer changes the weights in place: the graphs must see it
+            for p in lora:
+                p.add_(torch.randn_like(p) * 0.01)
+        check(three, "after a weight update")
+        assert graphs.replays == 3
+        step(_packed_batch([1000], vocab), paused=False)  # another row length: eager, no new capture
+        assert graphs.replays == 3
+    finally:
+        graphs.remove()
+        release(model, loaded)
+
+
+def test_training_with_graphs_replays_and_lowers_the_loss(workspace, small_llama_dir, monkeypatch, caplog):
+    from tuner.events import read_events
+    from tuner.train import train
+
+    monkeypatch.setenv("TUNER_CUDA_GRAPHS", "on")
+    config = gpu_config(
+        small_llama_dir,
+        write_gpu_data(workspace),
+        name="graphs",
+        method="qlora",
+        quantization="4bit",
+        gradient_checkpointing=False,
+        pack_to_max_length=True,
+        tokens_per_step=256,
+        lora_dropout=0.1,
+    )
+    with caplog.at_level(logging.INFO, logger="tuner.layer_graphs"):
+        result = train(config)
+    losses = [e["loss"] for e in read_events(result.run_dir) if e["type"] == "log" and "loss" in e]
+    messages = " ".join(e.get("message", "") for e in read_events(result.run_dir))
+    print(f"graphs: first {losses[0]:.3f} last {losses[-1]:.3f};", caplog.text.strip()[-300:])
+    assert result.status == "completed" and "CUDA graphs for 4 layers" in messages
+    assert "captured CUDA graphs of 4 layers" in caplog.text
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.5

@@ -1,0 +1,70 @@
+"""tuner.layer_graphs on the CPU: the bookkeeping around CUDA graphs. Capture and replay need CUDA
+and are tested on the device (tests/gpu/test_gpu_layer_graphs.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from tuner.layer_graphs import LayerGraphs, graph_layers, pad_boundaries, padded_sample_count
+from tuner.train_model import decoder_layers
+
+
+def _model(tiny_tokenizer):
+    from tests.tiny import build_model
+
+    model = build_model("llama", tiny_tokenizer, num_hidden_layers=3)
+    model.train()
+    return model
+
+
+def test_padded_sample_counts_are_powers_of_two():
+    assert [padded_sample_count(n) for n in (1, 2, 3, 4, 5, 8, 9, 33)] == [1, 2, 4, 4, 8, 8, 16, 64]
+
+
+def test_boundaries_are_padded_with_empty_samples():
+    cu = torch.tensor([0, 3, 5], dtype=torch.int32)
+    assert pad_boundaries(cu, 4).tolist() == [0, 3, 5, 5, 5]
+    assert pad_boundaries(cu, 2) is cu
+
+
+def test_installed_on_cpu_the_layers_compute_as_before_and_nothing_is_captured(tiny_tokenizer):
+    model = _model(tiny_tokenizer)
+    ids = torch.randint(3, 500, (1, 24))
+    expected = model(input_ids=ids, labels=ids).loss
+    expected.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    graphs = LayerGraphs(decoder_layers(model))
+    assert graphs.install() == 3
+    for _ in range(3):  # a repeated shape: on CUDA the second step would capture
+        model.zero_grad()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+    torch.testing.assert_close(loss, expected)
+    for param, grad in zip(model.parameters(), grads, strict=True):
+        torch.testing.assert_close(param.grad, grad)
+    assert graphs.graphed is None and graphs.replays == 0 and not graphs.seen
+
+
+def test_remove_gives_each_layer_its_forward_back(tiny_tokenizer):
+    model = _model(tiny_tokenizer)
+    layers = decoder_layers(model)
+    own = lambda hidden, **kwargs: hidden  # noqa: E731 - an instance-level forward set by someone else
+    layers[1].forward = own
+    graphs = LayerGraphs(layers)
+    graphs.install()
+    graphs.install()  # idempotent
+    assert all("forward" in layer.__dict__ for layer in layers)
+    graphs.remove()
+    assert "forward" not in layers[0].__dict__ and "forward" not in layers[2].__dict__
+    assert layers[1].forward is own
+
+
+def test_not_installed_without_cuda(tiny_tokenizer):
+    from tuner.model import LoadedModel
+
+    model = _model(tiny_tokenizer)
+    loaded = LoadedModel(model, torch.float32, "tuner_varlen", "", None, "cpu")
+    assert graph_layers(model, loaded) is None
+    assert "forward" not in decoder_layers(model)[0].__dict__

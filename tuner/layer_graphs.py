@@ -1,0 +1,254 @@
+"""Decoder layers replayed as CUDA graphs during training, so the GPU stops waiting on Python.
+
+Why: a QLoRA step on a 4096-token row launches some 10,000 kernels, each costing the host 5 to 60 us
+of Python, autograd and dispatch (bitsandbytes' dequantize, peft, Liger's Triton launchers). On an
+H100/H200 those kernels take ~0.3 s while the host needs ~0.45 s to issue them, so the GPU idles a
+third of the step (bench/results/profiles/). A CUDA graph records a layer's kernels once and
+replays them with one call: ``torch.cuda.make_graphed_callables`` does this for the forward and the
+backward of every layer, with parameters as inputs (their gradients come out as usual) and dropout
+drawing fresh random numbers on each replay.
+
+A graph replays fixed shapes and fixed kernel arguments, so:
+- only the layers that keep their activations (no gradient checkpointing) are graphed, and only on
+  one CUDA process without DeepSpeed;
+- a step is graphed when its row has the shape of the step the graphs were captured for (one
+  shape per run, captured the second time it is seen, so a one-off shape costs nothing); other
+  steps, evaluation and generation run the layers as usual;
+- packed rows pass their sample boundaries (``cu_seq_lens_q``) as a graph input padded to a power
+  of two with empty samples, and the longest sample as the row length (an upper bound the varlen
+  kernel accepts), so rows holding different numbers of samples replay the same graph;
+- the layer must take no padding mask and no KV cache, and every other keyword argument must be
+  one tuner knows (below): anything else means the layer runs as usual.
+
+Memory: a graph keeps its activations in a private pool for the next replay, about one eager
+step's activations, which is why this is only for layers that keep theirs anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Keyword arguments of a decoder layer's forward that a graphed call reproduces (the boundaries and
+# rotary embeddings become graph inputs) or that must be empty / off for the call to be graphed.
+_INPUTS = {
+    "position_embeddings",
+    "cu_seq_lens_q",
+    "cu_seq_lens_k",
+    "max_length_q",
+    "max_length_k",
+    "position_ids",
+}
+_MUST_BE_EMPTY = {"attention_mask", "past_key_values", "cache", "cache_position", "use_cache"}
+WARMUP_STEPS = 3  # eager iterations before capture (Triton compiles, cuBLAS picks its kernels)
+
+
+def padded_sample_count(samples: int) -> int:
+    """The number of samples a graph is captured for: the next power of two, so that rows with 5 to
+    8 samples share one graph.
+
+    >>> [padded_sample_count(n) for n in (1, 2, 3, 5, 8, 9)]
+    [1, 2, 4, 8, 8, 16]
+    """
+    return 1 << max(samples - 1, 0).bit_length()
+
+
+def pad_boundaries(cu: torch.Tensor, samples: int) -> torch.Tensor:
+    """``cu`` (int32 cumulative sample lengths, samples + 1 entries) padded with empty samples at
+    the end to ``samples`` samples: the varlen kernel skips a sample of length 0.
+
+    >>> pad_boundaries(torch.tensor([0, 3, 5]), 4).tolist()
+    [0, 3, 5, 5, 5]
+    """
+    missing = samples + 1 - cu.numel()
+    return cu if missing <= 0 else torch.cat([cu, cu[-1:].expand(missing)])
+
+
+class _LayerCall(nn.Module):
+    """A decoder layer as a module of positional tensors only, the form make_graphed_callables
+    takes; its parameters (the layer's) become graph inputs. Not part of the model's module tree."""
+
+    def __init__(self, layer: nn.Module, forward, row_length: int):
+        super().__init__()
+        self.layer = layer
+        self._layer_forward = forward
+        self.row_length = row_length
+
+    def forward(self, hidden, cos, sin, cu):
+        return self._layer_forward(
+            hidden,
+            position_embeddings=(cos, sin),
+            cu_seq_lens_q=cu,
+            cu_seq_lens_k=cu,
+            max_length_q=self.row_length,  # an upper bound of the longest sample: fixed per graph
+            max_length_k=self.row_length,
+        )
+
+
+class LayerGraphs:
+    """Replays ``layers`` (run in this order each forward pass) as CUDA graphs when a training step
+    allows it (see the module docstring). ``install`` patches their forward; ``remove`` undoes it."""
+
+    def __init__(self, layers: list):
+        self.layers = list(layers)
+        self.eager: list = []  # each layer's forward before install
+        self._own: list = []  # each layer's instance-level forward before install (None: its class's)
+        self.graphed: list | None = None  # the graphed callables, one per layer, once captured
+        self.key = None  # the step shape they were captured for
+        self.seen: set = set()
+        self.failed: str | None = None  # why capture failed; then every step runs eagerly
+        self.paused = False  # True: every call runs eagerly (the graphs are kept)
+        self.replays = 0  # forward passes that replayed the last layer's graph
+        self._step = None  # (cos tensor of the current forward pass, key, padded boundaries)
+
+    def install(self) -> int:
+        if self.eager:
+            return len(self.layers)
+        for index, layer in enumerate(self.layers):
+            self.eager.append(layer.forward)
+            self._own.append(layer.__dict__.get("forward"))
+            layer.forward = _Patched(self, index)
+        return len(self.layers)
+
+    def remove(self) -> None:
+        for layer, own in zip(self.layers, self._own, strict=True):
+            if own is None:
+                layer.__dict__.pop("forward", None)
+            else:
+                layer.forward = own
+        self.eager, self._own, self.graphed = [], [], None
+
+    def describe(self) -> str:
+        if self.failed:
+            return f"CUDA graphs off ({self.failed})"
+        if self.graphed is None:
+            return f"CUDA graphs for {len(self.layers)} layers, captured when a row shape repeats"
+        return f"CUDA graphs for {len(self.layers)} layers, rows of {self.key[0][1]} tokens"
+
+    # -- one call -------------------------------------------------------------------------------
+    def forward(self, index: int, hidden, *args, **kwargs):
+        eager = self.eager[index]
+        step = None if self.failed or self.paused else self._step_for(index, hidden, args, kwargs)
+        if step is None:
+            return eager(hidden, *args, **kwargs)
+        key, cu = step
+        cos, sin = kwargs["position_embeddings"]
+        if self.graphed is None and index == 0 and key in self.seen:
+            self._capture(key, hidden, cos, sin, cu)
+        self.seen.add(key)
+        if self.graphed is None or key != self.key:
+            return eager(hidden, *args, **kwargs)
+        if index == len(self.layers) - 1:
+            self.replays += 1
+        return self.graphed[index](hidden, cos, sin, cu)
+
+    def _step_for(self, index, hidden, args, kwargs):
+        """(key, padded boundaries) when this call can replay a graph, else None. Worked out once
+        per forward pass (at the first layer) and reused by the others."""
+        layer = self.layers[index]
+        if args or not layer.training or not torch.is_grad_enabled() or layer.gradient_checkpointing:
+            return None
+        embeddings = kwargs.get("position_embeddings")
+        if not isinstance(embeddings, tuple) or len(embeddings) != 2:
+            return None
+        for name, value in kwargs.items():
+            if name in _MUST_BE_EMPTY:
+                if value is not None and value is not False:
+                    return None
+            elif name not in _INPUTS:
+                return None
+        if index > 0:
+            step = self._step
+            return step[1:] if step is not None and step[0] is embeddings[0] else None
+        self._step = None
+        if not hidden.is_cuda or hidden.dim() != 3 or hidden.shape[0] != 1:
+            return None
+        cu = _boundaries(hidden, kwargs)
+        samples = padded_sample_count(cu.numel() - 1)
+        key = (tuple(hidden.shape), hidden.dtype, hidden.requires_grad, samples, embeddings[0].dtype)
+        self._step = (embeddings[0], key, pad_boundaries(cu, samples))
+        return self._step[1:]
+
+    def _capture(self, key, hidden, cos, sin, cu) -> None:
+        calls = tuple(
+            _LayerCall(layer, eager, hidden.shape[1])
+            for layer, eager in zip(self.layers, self.eager, strict=True)
+        )
+        # Each layer its own input buffer (a layer's backward reads its saved input); the first
+        # layer's input requires grad only if the embeddings' output does, the others' always do.
+        shared = (cos.detach().clone(), sin.detach().clone(), cu.clone())
+        args = tuple(
+            (hidden.detach().clone().requires_grad_(hidden.requires_grad or i > 0), *shared)
+            for i in range(len(calls))
+        )
+        device = hidden.device.type
+        # The previous eager step's activations sit in the caching allocator, which a graph's
+        # private pool cannot reuse: hand them back first.
+        torch.cuda.empty_cache()
+        try:
+            # make_graphed_callables refuses autocast's weight-cast cache (a cached cast would be
+            # read from outside the graph); the graphs compute the same dtypes without it.
+            with torch.autocast(
+                device,
+                dtype=torch.get_autocast_dtype(device),
+                enabled=torch.is_autocast_enabled(device),
+                cache_enabled=False,
+            ):
+                graphed = torch.cuda.make_graphed_callables(calls, args, num_warmup_iters=WARMUP_STEPS)
+        except Exception as exc:  # noqa: BLE001 - any capture failure means eager layers, logged
+            self.failed = f"capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            log.warning("%s; the layers run without CUDA graphs", self.failed)
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            return
+        self.graphed, self.key = list(graphed), key
+        log.info("captured CUDA graphs of %d layers for rows of %d tokens", len(calls), hidden.shape[1])
+
+
+class _Patched:
+    """A layer's forward while graphs are installed (a class, not a closure, so repr says so)."""
+
+    def __init__(self, graphs: LayerGraphs, index: int):
+        self.graphs, self.index = graphs, index
+
+    def __call__(self, hidden, *args, **kwargs):
+        return self.graphs.forward(self.index, hidden, *args, **kwargs)
+
+
+def _boundaries(hidden, kwargs) -> torch.Tensor:
+    """The row's cumulative sample lengths on its device: the collator's, else from the position
+    ids (a host read, once per step), else one sample."""
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None and kwargs.get("position_ids") is not None:
+        from tuner.attention import boundaries_from_position_ids
+
+        cu, _ = boundaries_from_position_ids(kwargs["position_ids"])
+    if cu is None:
+        cu = torch.tensor([0, hidden.shape[1]], dtype=torch.int32)
+    return cu.to(hidden.device, torch.int32, non_blocking=True)
+
+
+def graph_layers(model, loaded) -> LayerGraphs | None:
+    """Install CUDA graphs on ``model``'s decoder layers that keep their activations, when this run
+    can use them (CUDA, one process, no DeepSpeed, attention that reads sample boundaries). Returns
+    the manager or None."""
+    from tuner.attention import NAME as VARLEN
+    from tuner.speed import world_size
+    from tuner.train_model import decoder_layers
+
+    if not torch.cuda.is_available() or world_size() > 1:
+        return None
+    if loaded.attention not in (VARLEN, "flash_attention_2"):
+        return None
+    layers = [layer for layer in decoder_layers(model) if not layer.gradient_checkpointing]
+    if not layers or len(layers) != len(decoder_layers(model)):
+        # Graphs of some layers only would save part of the host time and keep a second copy of
+        # their activations' memory pool next to the checkpointed layers' recomputation.
+        return None
+    graphs = LayerGraphs(layers)
+    graphs.install()
+    return graphs
