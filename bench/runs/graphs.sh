@@ -4,6 +4,7 @@
 # GPU tests not yet run with this session's code (offload, checkpointing plans, DeepSpeed).
 # Results: $OUT/<date>-graphs.json; logs in $OUT/logs.
 set -u
+mkdir -p "$OUT/logs"
 source bench/device_setup.sh > "$OUT/logs/setup.log" 2>&1 || { tail -5 "$OUT/logs/setup.log"; exit 1; }
 tail -2 "$OUT/logs/setup.log"
 T="timeout 75 python3 -m pytest -q -s -p no:cacheprovider"
