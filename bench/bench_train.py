@@ -642,7 +642,9 @@ def _graphs_info(graphs) -> dict | None:
     """What tuner.layer_graphs did in a row: layers graphed, forward passes replayed, or why not."""
     if graphs is None:
         return None
-    return dict(layers=len(graphs.layers), replays=graphs.replays, failed=graphs.failed)
+    return dict(
+        layers=len(graphs.layers), replays=graphs.replays, failed=graphs.failed, skipped=graphs.skipped
+    )
 
 
 def plain_dtype(spec: Spec, recipe: str):

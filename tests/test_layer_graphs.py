@@ -68,3 +68,19 @@ def test_not_installed_without_cuda(tiny_tokenizer):
     loaded = LoadedModel(model, torch.float32, "tuner_varlen", "", None, "cpu")
     assert graph_layers(model, loaded) is None
     assert "forward" not in decoder_layers(model)[0].__dict__
+
+
+def test_a_packed_training_call_is_refused_only_for_being_on_the_cpu(tiny_tokenizer):
+    # Everything a training step hands the layers (boundaries from the collator, the Trainer's
+    # num_items_in_batch, rotary embeddings) is understood: on CUDA this call would be graphed.
+    from tuner.attention import register
+    from tuner.data.pack import PackedCollator
+
+    model = _model(tiny_tokenizer)
+    model.set_attn_implementation(register())
+    graphs = LayerGraphs(decoder_layers(model))
+    graphs.install()
+    rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "position_ids": [0, 1, 2]}] * 2
+    batch = PackedCollator(boundaries=True, pad_to=8)(rows)
+    model(**batch, num_items_in_batch=torch.tensor(4), use_cache=False).loss.backward()
+    assert graphs.skipped == "hidden states of shape (1, 8, 64) on cpu"

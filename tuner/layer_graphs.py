@@ -43,7 +43,10 @@ _INPUTS = {
     "max_length_k",
     "position_ids",
 }
-_MUST_BE_EMPTY = {"attention_mask", "past_key_values", "cache", "cache_position", "use_cache"}
+_MUST_BE_EMPTY = {"attention_mask", "past_key_values", "cache", "use_cache", "output_attentions"}
+# Passed along by transformers but unused by a layer without a KV cache (the cache positions; the
+# loss normaliser the Trainer hands the model).
+_IGNORED = {"cache_position", "num_items_in_batch"}
 WARMUP_STEPS = 3  # eager iterations before capture (Triton compiles, cuBLAS picks its kernels)
 
 
@@ -103,6 +106,7 @@ class LayerGraphs:
         self.failed: str | None = None  # why capture failed; then every step runs eagerly
         self.paused = False  # True: every call runs eagerly (the graphs are kept)
         self.replays = 0  # forward passes that replayed the last layer's graph
+        self.skipped: str | None = None  # why the last training call that could not replay did not
         self._step = None  # (cos tensor of the current forward pass, key, padded boundaries)
 
     def install(self) -> int:
@@ -151,27 +155,31 @@ class LayerGraphs:
         per forward pass (at the first layer) and reused by the others."""
         layer = self.layers[index]
         if args or not layer.training or not torch.is_grad_enabled() or layer.gradient_checkpointing:
-            return None
+            return None  # evaluation, generation, checkpointing: not a graphed training step
         embeddings = kwargs.get("position_embeddings")
         if not isinstance(embeddings, tuple) or len(embeddings) != 2:
-            return None
+            return self._skip("no rotary position_embeddings argument")
         for name, value in kwargs.items():
             if name in _MUST_BE_EMPTY:
                 if value is not None and value is not False:
-                    return None
-            elif name not in _INPUTS:
-                return None
+                    return self._skip(f"{name} is set")
+            elif name not in _INPUTS and name not in _IGNORED:
+                return self._skip(f"unknown argument {name}")
         if index > 0:
             step = self._step
             return step[1:] if step is not None and step[0] is embeddings[0] else None
         self._step = None
         if not hidden.is_cuda or hidden.dim() != 3 or hidden.shape[0] != 1:
-            return None
+            return self._skip(f"hidden states of shape {tuple(hidden.shape)} on {hidden.device}")
         cu = _boundaries(hidden, kwargs)
         samples = padded_sample_count(cu.numel() - 1)
         key = (tuple(hidden.shape), hidden.dtype, hidden.requires_grad, samples, embeddings[0].dtype)
         self._step = (embeddings[0], key, pad_boundaries(cu, samples))
         return self._step[1:]
+
+    def _skip(self, reason: str) -> None:
+        self.skipped = reason
+        return None
 
     def _capture(self, key, hidden, cos, sin, cu) -> None:
         calls = tuple(

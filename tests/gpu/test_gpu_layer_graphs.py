@@ -108,7 +108,8 @@ def test_graphed_qlora_layers_equal_eager(workspace, small_llama_dir, monkeypatc
         step(three, paused=False)  # first sight of the shape: eager
         assert graphs.graphed is None
         check(three, "3 samples, captured")
-        assert graphs.graphed is not None and graphs.failed is None and graphs.replays == 1
+        assert graphs.graphed is not None, graphs.failed or graphs.skipped
+        assert graphs.replays == 1
         check(_packed_batch([100, 200, 300, 424], vocab), "4 samples, same graph")
         assert graphs.replays == 2
         with torch.no_grad():  # the optimizer changes the weights in place: the graphs must see it
@@ -145,5 +146,5 @@ def test_training_with_graphs_replays_and_lowers_the_loss(workspace, small_llama
     messages = " ".join(e.get("message", "") for e in read_events(result.run_dir))
     print(f"graphs: first {losses[0]:.3f} last {losses[-1]:.3f};", caplog.text.strip()[-300:])
     assert result.status == "completed" and "CUDA graphs for 4 layers" in messages
-    assert "captured CUDA graphs of 4 layers" in caplog.text
+    assert "captured CUDA graphs of 4 layers" in caplog.text, caplog.text[-2000:]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.5
