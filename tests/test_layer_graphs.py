@@ -84,3 +84,20 @@ def test_a_packed_training_call_is_refused_only_for_being_on_the_cpu(tiny_tokeni
     batch = PackedCollator(boundaries=True, pad_to=8)(rows)
     model(**batch, num_items_in_batch=torch.tensor(4), use_cache=False).loss.backward()
     assert graphs.skipped == "hidden states of shape (1, 8, 64) on cpu"
+
+
+def test_flags_become_part_of_the_key_and_unknown_tensors_stop_the_graph(tiny_tokenizer):
+    model = _model(tiny_tokenizer)
+    graphs = LayerGraphs(decoder_layers(model))
+    graphs.install()
+    ids = torch.randint(3, 500, (1, 8))
+    model(input_ids=ids, labels=ids, output_hidden_states=False, use_cache=False).loss.backward()
+    assert graphs.skipped.startswith("hidden states of shape")  # the flag itself was accepted
+    layer = decoder_layers(model)[0]
+    hidden = torch.zeros(1, 8, 64)
+    cos = sin = torch.zeros(1, 8, 16)
+    graphs._step_for(0, hidden, (), {"position_embeddings": (cos, sin), "extra": torch.ones(1)})
+    assert graphs.skipped == "argument extra of type Tensor"
+    graphs._step_for(0, hidden, (), {"position_embeddings": (cos, sin), "attention_mask": torch.ones(1, 8)})
+    assert graphs.skipped == "attention_mask is set"
+    assert layer.training

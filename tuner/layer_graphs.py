@@ -17,8 +17,9 @@ A graph replays fixed shapes and fixed kernel arguments, so:
 - packed rows pass their sample boundaries (``cu_seq_lens_q``) as a graph input padded to a power
   of two with empty samples, and the longest sample as the row length (an upper bound the varlen
   kernel accepts), so rows holding different numbers of samples replay the same graph;
-- the layer must take no padding mask and no KV cache, and every other keyword argument must be
-  one tuner knows (below): anything else means the layer runs as usual.
+- the layer must take no padding mask and no KV cache; other keyword arguments that are not tensors
+  (flags such as ``output_hidden_states``) are replayed as captured and are part of the shape key,
+  and a tensor argument tuner does not know means the layer runs as usual.
 
 Memory: a graph keeps its activations in a private pool for the next replay, about one eager
 step's activations, which is why this is only for layers that keep theirs anyway.
@@ -75,11 +76,12 @@ class _LayerCall(nn.Module):
     """A decoder layer as a module of positional tensors only, the form make_graphed_callables
     takes; its parameters (the layer's) become graph inputs. Not part of the model's module tree."""
 
-    def __init__(self, layer: nn.Module, forward, row_length: int):
+    def __init__(self, layer: nn.Module, forward, row_length: int, constants: tuple):
         super().__init__()
         self.layer = layer
         self._layer_forward = forward
         self.row_length = row_length
+        self.constants = dict(constants)
 
     def forward(self, hidden, cos, sin, cu):
         return self._layer_forward(
@@ -89,6 +91,7 @@ class _LayerCall(nn.Module):
             cu_seq_lens_k=cu,
             max_length_q=self.row_length,  # an upper bound of the longest sample: fixed per graph
             max_length_k=self.row_length,
+            **self.constants,
         )
 
 
@@ -159,21 +162,36 @@ class LayerGraphs:
         embeddings = kwargs.get("position_embeddings")
         if not isinstance(embeddings, tuple) or len(embeddings) != 2:
             return self._skip("no rotary position_embeddings argument")
+        constants = []
         for name, value in kwargs.items():
             if name in _MUST_BE_EMPTY:
                 if value is not None and value is not False:
                     return self._skip(f"{name} is set")
-            elif name not in _INPUTS and name not in _IGNORED:
-                return self._skip(f"unknown argument {name}")
+            elif name in _INPUTS or name in _IGNORED:
+                continue
+            elif isinstance(value, (bool, int, float, str, type(None))):
+                constants.append((name, value))
+            else:
+                return self._skip(f"argument {name} of type {type(value).__name__}")
+        constants = tuple(sorted(constants))
         if index > 0:
             step = self._step
-            return step[1:] if step is not None and step[0] is embeddings[0] else None
+            if step is None or step[0] is not embeddings[0] or step[1][-1] != constants:
+                return None
+            return step[1:]
         self._step = None
         if not hidden.is_cuda or hidden.dim() != 3 or hidden.shape[0] != 1:
             return self._skip(f"hidden states of shape {tuple(hidden.shape)} on {hidden.device}")
         cu = _boundaries(hidden, kwargs)
         samples = padded_sample_count(cu.numel() - 1)
-        key = (tuple(hidden.shape), hidden.dtype, hidden.requires_grad, samples, embeddings[0].dtype)
+        key = (
+            tuple(hidden.shape),
+            hidden.dtype,
+            hidden.requires_grad,
+            samples,
+            embeddings[0].dtype,
+            constants,
+        )
         self._step = (embeddings[0], key, pad_boundaries(cu, samples))
         return self._step[1:]
 
@@ -183,7 +201,7 @@ class LayerGraphs:
 
     def _capture(self, key, hidden, cos, sin, cu) -> None:
         calls = tuple(
-            _LayerCall(layer, eager, hidden.shape[1])
+            _LayerCall(layer, eager, hidden.shape[1], key[-1])
             for layer, eager in zip(self.layers, self.eager, strict=True)
         )
         # Each layer its own input buffer (a layer's backward reads its saved input); the first

@@ -13,6 +13,7 @@ G="graphs:env.TUNER_CUDA_GRAPHS=on"
 run() { local name=$1; shift; timeout "$@" > "$OUT/logs/$name.log" 2>&1; echo "$name: exit $?"; }
 run l2 230 python3 bench/bench_train.py --shape llama2-7b --method qlora --seq 4096 --tool plain,tuner $B --variant default --variant $G
 run l3 250 python3 bench/bench_train.py --shape llama3-8b --method qlora --seq 4096 --tool tuner $B --variant default --variant $G
+run l3-lora 150 python3 bench/bench_train.py --shape llama3-8b --method lora --seq 4096 --tool tuner $B --variant default --variant $G
 python3 bench/bench_train.py --report "$F"
 python3 -c "
 import json; [print(r.get('model'), r.get('variant'), r.get('cuda_graphs')) for r in json.load(open('$F'))]"
