@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from tuner import lora_fused
-from tuner.lora_fused import fuse_lora, unfuse_lora
+from tuner.lora_fused import fuse_lora, set_dropout_regeneration, unfuse_lora
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +25,19 @@ class TwoLinears(nn.Module):
         return self.o(torch.tanh(self.q(x)))
 
 
+class SharedInput(nn.Module):
+    """Three linears reading one input, as a decoder layer's q, k and v projections do."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Linear(16, 24, bias=False)
+        self.k = nn.Linear(16, 8, bias=False)
+        self.v = nn.Linear(16, 8, bias=False)
+
+    def forward(self, x):
+        return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
+
+
 class OneLinear(nn.Module):
     def __init__(self, q: nn.Module):
         super().__init__()
@@ -34,12 +47,12 @@ class OneLinear(nn.Module):
         return self.q(x)
 
 
-def _lora(module: nn.Module, dropout: float = 0.0, seed: int = 0):
+def _lora(module: nn.Module, dropout: float = 0.0, seed: int = 0, targets=("q", "o")):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
     model = get_peft_model(
-        module, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["q", "o"])
+        module, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=list(targets))
     )
     _randomize_lora_B(model)
     return model.train()
@@ -327,8 +340,9 @@ def test_tiny_llama_fused_equals_peft_and_trains(tiny_tokenizer, fused_calls):
     )
 
 
+@pytest.mark.parametrize("regenerate", [False, True])
 @pytest.mark.parametrize("reentrant", [False, True])
-def test_checkpointing_recomputes_the_same_dropout(tiny_tokenizer, reentrant, fused_calls):
+def test_checkpointing_recomputes_the_same_dropout(tiny_tokenizer, reentrant, regenerate, fused_calls):
     # the reentrant kind's first forward runs under no_grad; fused there too, both passes take the
     # same path and so draw the same masks (peft's and the fused dropout draw different ones on CUDA)
     model = _tiny_llama(tiny_tokenizer, dropout=0.2)
@@ -340,6 +354,7 @@ def test_checkpointing_recomputes_the_same_dropout(tiny_tokenizer, reentrant, fu
         gradient_checkpointing_kwargs={"use_reentrant": reentrant}
     )
     model.base_model.model.enable_input_require_grads()
+    assert set_dropout_regeneration(model, regenerate) == 14
     torch.manual_seed(5)
     del fused_calls[:]
     loss, grads = _llama_loss_and_grads(model, ids)
@@ -386,3 +401,142 @@ def test_4bit_base_on_cpu_equals_peft(x_dtype, fused_calls):
         _assert_close(a, b, 3e-2)
     for name, grad in fused[2].items():
         _assert_close(grad, ref[2][name], 3e-2)
+
+
+def _shared_input_model(dropout: float = 0.1):
+    return _lora(SharedInput(), dropout=dropout, targets=("q", "k", "v"))
+
+
+def _seeded_step(model, x, seed: int = 4, autocast: bool = False):
+    """_step with the dropout masks drawn from ``seed``."""
+    torch.manual_seed(seed)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        return _step(model, x)
+
+
+def _assert_equal_steps(actual, expected):
+    for a, b in zip(actual[:2], expected[:2], strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert actual[2].keys() == expected[2].keys() and len(actual[2]) == 6
+    for name, grad in actual[2].items():
+        assert torch.equal(grad, expected[2][name]), name
+
+
+# bf16 autocast over an fp32 input: the cast input is a copy, kept instead of the input
+@pytest.mark.parametrize("autocast", [False, True])
+def test_regenerated_dropout_equals_saved_dropout_exactly(autocast, fused_calls):
+    model = _shared_input_model()
+    x = torch.randn(2, 5, 16)
+    assert fuse_lora(model) == 3
+    saved = _seeded_step(model, x, autocast=autocast)
+    assert set_dropout_regeneration(model, True) == 3
+    regenerated = _seeded_step(model, x, autocast=autocast)
+    assert len(fused_calls) == 6
+    _assert_equal_steps(regenerated, saved)
+    other_seed = _seeded_step(model, x, seed=5, autocast=autocast)
+    assert not torch.equal(other_seed[0], saved[0])  # the masks do depend on the seed
+
+
+def test_regeneration_is_set_by_fuse_lora_and_unset(fused_calls):
+    model = _shared_input_model()
+    x = torch.randn(2, 5, 16)
+    assert fuse_lora(model, regenerate_dropout=True) == 3
+    regenerated = _seeded_step(model, x)
+    assert set_dropout_regeneration(model, False) == 3
+    saved = _seeded_step(model, x)
+    _assert_equal_steps(regenerated, saved)
+    assert set_dropout_regeneration(model.base_model.model.q, True) == 1  # one module's layers
+    assert fuse_lora(model, regenerate_dropout=True) == 3  # already fused: their setting stays
+    assert [layer.forward.args[3] for layer in _lora_layers(model)] == [True, False, False]
+    assert unfuse_lora(model) == 3
+    assert set_dropout_regeneration(model, True) == 0
+    assert len(fused_calls) == 6
+
+
+def _lora_layers(model):
+    return [model.base_model.model.q, model.base_model.model.k, model.base_model.model.v]
+
+
+def test_regeneration_refuses_a_forward_replaced_after_fusing():
+    model = _shared_input_model()
+    fuse_lora(model)
+    layer = model.base_model.model.q
+    fused = layer.forward
+    layer.forward = lambda x: fused(x)
+    with pytest.raises(RuntimeError, match="replaced after fuse_lora"):
+        set_dropout_regeneration(model, True)
+
+
+def _saved_bytes(model, x, exclude) -> int:
+    """Bytes of the distinct storages saved for backward by one forward, but those in ``exclude``."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = model(x)
+    out.sum().backward()
+    return sum(size for ptr, size in storages.items() if ptr not in exclude)
+
+
+@pytest.mark.parametrize("dropout", [0.1, 0.0])
+def test_regeneration_keeps_one_input_for_the_layers_sharing_it(dropout):
+    model = _shared_input_model(dropout)
+    fuse_lora(model)
+    params = {param.untyped_storage().data_ptr() for param in model.parameters()}
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    saved = _saved_bytes(model, x, params)
+    set_dropout_regeneration(model, True)
+    regenerated = _saved_bytes(model, x, params)
+
+    tokens, layers, rank = 2 * 5, 3, 4
+    x_bytes = tokens * 16 * 4  # fp32, as xd is
+    h_bytes = tokens * rank * 4
+    mask_bytes = tokens * 16  # bool
+    print(f"dropout {dropout}: saved activation bytes {saved} without regeneration, {regenerated} with")
+    if dropout == 0:  # nothing to regenerate: every layer keeps x itself
+        assert saved == regenerated == x_bytes + layers * h_bytes
+        return
+    assert saved == layers * (x_bytes + mask_bytes + h_bytes)  # 2880
+    assert regenerated == x_bytes + layers * h_bytes  # 1120
+    assert saved - regenerated == 2 * x_bytes + layers * mask_bytes
+
+
+def test_regeneration_leaves_the_generator_where_saved_dropout_does():
+    model = _shared_input_model()
+    fuse_lora(model)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    gy = torch.randn(2, 5, 40)
+
+    def after_step(regenerate):
+        set_dropout_regeneration(model, regenerate)
+        torch.manual_seed(7)
+        model(x).backward(gy)
+        return torch.get_rng_state(), torch.rand(100)
+
+    saved_state, saved_next = after_step(False)
+    regenerated_state, regenerated_next = after_step(True)
+    assert torch.equal(regenerated_state, saved_state)
+    assert torch.equal(regenerated_next, saved_next)
+
+
+def test_regeneration_under_reentrant_checkpointing_equals_no_checkpointing():
+    from torch.utils.checkpoint import checkpoint
+
+    model = _shared_input_model()
+    fuse_lora(model, regenerate_dropout=True)
+    x = torch.randn(2, 5, 16)
+
+    def step(checkpointed):
+        model.zero_grad(set_to_none=True)
+        x_ = x.clone().requires_grad_(True)
+        torch.manual_seed(9)
+        out = checkpoint(model, x_, use_reentrant=True) if checkpointed else model(x_)
+        torch.manual_seed(1)
+        out.backward(torch.randn(out.shape))
+        return out.detach(), x_.grad, _lora_grads(model)
+
+    _assert_equal_steps(step(True), step(False))

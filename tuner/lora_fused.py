@@ -19,6 +19,22 @@ in ``x``'s dtype: without autocast a 16-bit model's LoRA product is then bf16/fp
 computes it in fp32. The products are rounded once instead of after each step, so half-precision
 results differ from peft's by rounding.
 
+Dropout regeneration (opt-in: ``fuse_lora(model, regenerate_dropout=True)`` or
+:func:`set_dropout_regeneration` on the layers that want it). Why: with dropout on, backward needs
+the dropped-out input and the mask, and by default each layer keeps both, a copy of its input and a
+bool tensor of that size, although q, k and v (and gate and up) read one input: ~0.24 GiB per Llama
+7B decoder layer at 4096 tokens. With gradient checkpointing of every layer the peak is at the end
+of backward with one recomputed layer alive, so that is what it lowers. With regeneration a layer
+keeps its input instead (one storage for all the layers reading it; where autocast casts it, the
+cast copy, still less than copy and mask) and the state of the device's generator from just before
+the mask was drawn; backward sets that state, draws the same mask and dropped-out input again and
+puts the generator back as it found it, so no later randomness shifts. Cost: one more dropout
+kernel per layer in backward and two generator state swaps (a few microseconds of host time).
+CPU and CUDA only (other devices keep copy and mask); not for layers captured in CUDA graphs
+(PyTorch refuses to read or set the generator's state during a capture). No effect when dropout is off or
+where it falls back. As with dropout off, the kept input must not be changed in place before
+backward (autograd's version check refuses it).
+
 When it falls back to peft's own forward, unchanged: in eval mode (generation, evaluation), with
 the adapters disabled or merged, with no or several active adapters, for DoRA or another LoRA
 variant, when extra arguments are passed (``adapter_names`` for mixed batches), when the base
@@ -64,19 +80,55 @@ def _weight(weight: torch.Tensor, quant_state, dtype: torch.dtype) -> torch.Tens
     return _cast(dequantize_4bit(weight, quant_state), dtype)
 
 
+def _generator(device: torch.device):
+    """The generator ``native_dropout`` draws from on ``device``, or None where dropout is not
+    regenerated (other device types: their dropout is saved as without regeneration)."""
+    if device.type == "cuda":
+        index = device.index
+        return torch.cuda.default_generators[torch.cuda.current_device() if index is None else index]
+    return torch.default_generator if device.type == "cpu" else None
+
+
+def _redraw(x2: torch.Tensor, p: float, generator, state) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward's dropout of ``x2`` drawn again from the generator state it started from; the
+    generator then continues as if nothing had been drawn, so later randomness does not shift."""
+    entry = generator.get_state()
+    generator.set_state(state)
+    try:
+        return torch.native_dropout(x2, p, True)
+    finally:
+        generator.set_state(entry)
+
+
 class _FusedLoraLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_A, lora_B, scale, p, quant_state, dtype, out_dtype):
+    def forward(ctx, x, weight, bias, lora_A, lora_B, scale, p, quant_state, dtype, out_dtype, regenerate):
         # Custom Functions see their inputs uncast under autocast: every dtype here is explicit.
         # 2-D throughout: a 2-D F.linear is one addmm, and its output (not a view) can be added to
         # in place; the caller unflattens it outside this Function.
         x2 = _cast(x.reshape(-1, x.shape[-1]), dtype)
         y = F.linear(x2, _weight(weight, quant_state, dtype), None if bias is None else _cast(bias, dtype))
         A, B = _cast(lora_A, dtype), _cast(lora_B, dtype)
-        xd, mask = torch.native_dropout(x2, p, True) if p > 0 else (x2, None)
+        if p > 0:
+            generator = _generator(x2.device) if regenerate else None
+            if generator is None:
+                xd, mask = torch.native_dropout(x2, p, True)
+                kept = xd
+            else:
+                # x2 is kept, not xd and the mask. Where it is a view of x it shares x's storage
+                # with the other layers reading x (q, k, v) and costs nothing more. Where the cast
+                # made it a copy (an fp32 x under bf16 autocast) it is xd's size, still less than xd
+                # and the mask together; keeping the wider x instead and casting again in backward
+                # would be less only where three or more layers share x, and more for a layer that
+                # reads its own input (o, down), whose input is the larger one in an MLP.
+                ctx.rng = generator, generator.get_state()
+                xd, mask, kept = torch.native_dropout(x2, p, True)[0], None, x2
+        else:
+            xd = kept = x2
+            mask = None
         h = torch.mm(xd, A.t())
         y.addmm_(h, B.t(), alpha=scale)
-        ctx.save_for_backward(xd, h, mask, A, B, weight)
+        ctx.save_for_backward(kept, h, mask, A, B, weight)
         ctx.scale, ctx.p, ctx.quant_state, ctx.dtype = scale, p, quant_state, dtype
         ctx.x_dtype, ctx.x_shape, ctx.A_dtype, ctx.B_dtype = x.dtype, x.shape, lora_A.dtype, lora_B.dtype
         return _cast(y, out_dtype)
@@ -91,8 +143,11 @@ class _FusedLoraLinear(torch.autograd.Function):
             gB = _cast(_mm(gy.t(), h, ctx.scale), ctx.B_dtype)
         if need_x or need_A:
             gh = _mm(gy, B, ctx.scale)
+            if mask is None and ctx.p > 0:  # dropout with regeneration: only x2 was kept
+                xd, mask = _redraw(xd, ctx.p, *ctx.rng)
             if need_A:
                 gA = _cast(torch.mm(gh.t(), xd), ctx.A_dtype)
+            del xd  # a regenerated one need not stay alive while gx is computed
             if need_x:
                 gx = torch.mm(gy, _weight(weight, ctx.quant_state, ctx.dtype))
                 if mask is None:
@@ -100,7 +155,7 @@ class _FusedLoraLinear(torch.autograd.Function):
                 else:
                     gx.addcmul_(torch.mm(gh, A), mask, value=1.0 / (1.0 - ctx.p))
                 gx = _cast(gx, ctx.x_dtype).view(ctx.x_shape)
-        return gx, None, None, gA, gB, None, None, None, None, None
+        return gx, None, None, gA, gB, None, None, None, None, None, None
 
 
 def _fusable_adapter(layer, base: nn.Module) -> str | None:
@@ -127,7 +182,7 @@ def _dropout_p(dropout: nn.Module) -> float | None:
     return None
 
 
-def _forward(layer, unfused, quantized: bool, x, *args, **kwargs):
+def _forward(layer, unfused, quantized: bool, regenerate: bool, x, *args, **kwargs):
     base = layer.get_base_layer()
     name = None if args or kwargs else _fusable_adapter(layer, base)
     p = None if name is None else _dropout_p(layer.lora_dropout[name])
@@ -143,7 +198,7 @@ def _forward(layer, unfused, quantized: bool, x, *args, **kwargs):
     weight = base.weight.data if quantized else base.weight
     A, B = layer.lora_A[name].weight, layer.lora_B[name].weight
     y = _FusedLoraLinear.apply(
-        x, weight, base.bias, A, B, layer.scaling[name], p, quant_state, dtype, out_dtype
+        x, weight, base.bias, A, B, layer.scaling[name], p, quant_state, dtype, out_dtype, regenerate
     )
     return y.view(*x.shape[:-1], y.shape[-1])
 
@@ -161,10 +216,11 @@ def _kind(layer) -> bool | None:
     return True if linear4bit is not None and type(layer) is linear4bit else None
 
 
-def fuse_lora(model: nn.Module) -> int:
+def fuse_lora(model: nn.Module, regenerate_dropout: bool = False) -> int:
     """Route the training forward of ``model``'s LoRA linears through one fused autograd Function
-    each (see the module docstring for when it falls back). Idempotent. Returns how many layers are
-    fused."""
+    each (see the module docstring for when it falls back), with dropout regeneration as
+    ``regenerate_dropout`` says. Idempotent: a layer fused before keeps its forward and its setting
+    (:func:`set_dropout_regeneration` changes that). Returns how many layers are fused."""
     count = 0
     for layer in model.modules():
         quantized = _kind(layer)
@@ -173,9 +229,35 @@ def fuse_lora(model: nn.Module) -> int:
         if _UNFUSED not in layer.__dict__:
             unfused = layer.forward
             layer.__dict__[_UNFUSED] = layer.__dict__.get("forward")
-            layer.forward = functools.partial(_forward, layer, unfused, quantized)
+            layer.forward = functools.partial(_forward, layer, unfused, quantized, bool(regenerate_dropout))
         count += 1
     return count
+
+
+def set_dropout_regeneration(model: nn.Module, on: bool) -> int:
+    """Turn dropout regeneration (see the module docstring) on or off for the LoRA linears of
+    ``model`` (a model or any module in it, e.g. one decoder layer) fused by :func:`fuse_lora`.
+    Not for layers captured in CUDA graphs: PyTorch refuses to read or set the generator's state
+    during a capture. Returns how many layers it set (raises where a fused layer's forward was
+    replaced since)."""
+    count = 0
+    for layer in model.modules():
+        if _UNFUSED in layer.__dict__:
+            _set_regeneration(layer, on)
+            count += 1
+    return count
+
+
+def _set_regeneration(layer: nn.Module, on: bool) -> None:
+    # The flag is bound into the partial, not looked up on each call: the step is host-bound.
+    forward = layer.__dict__.get("forward")
+    if not (type(forward) is functools.partial and forward.func is _forward):
+        raise RuntimeError(
+            f"the forward of {type(layer).__name__} was replaced after fuse_lora: "
+            "dropout regeneration cannot be set on it"
+        )
+    if forward.args[3] != on:
+        layer.forward = functools.partial(_forward, *forward.args[:3], bool(on))
 
 
 def unfuse_lora(model: nn.Module) -> int:
