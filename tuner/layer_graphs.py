@@ -227,7 +227,7 @@ class LayerGraphs:
                 graphed = torch.cuda.make_graphed_callables(calls, args, num_warmup_iters=WARMUP_STEPS)
         except Exception as exc:  # noqa: BLE001 - any capture failure means eager layers, logged
             self.failed = f"capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-            log.warning("%s; the layers run without CUDA graphs", self.failed)
+            log.warning("%s; the layers run without CUDA graphs", self.failed, exc_info=True)
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             return

@@ -99,6 +99,13 @@ def limit_checkpointing(model, config, loaded) -> str:
     count = min(count, len(layers))
     for index, layer in enumerate(layers):
         layer.gradient_checkpointing = index < count
+    if loaded.fused_lora and count:
+        from tuner.lora_fused import set_dropout_regeneration
+
+        # A checkpointed layer's saved tensors are what the backward peak holds: there LoRA dropout
+        # keeps only the shared input and draws its mask again instead of saving a copy per linear.
+        for layer in layers[:count]:
+            set_dropout_regeneration(layer, True)
     loaded.memory_tight = count == len(layers)
     if count == 0:
         return (

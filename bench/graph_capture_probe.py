@@ -1,0 +1,89 @@
+"""Device diagnosis for tuner.layer_graphs: on the small GPU-test Llama (QLoRA, fused LoRA, varlen
+attention), capture the layers' CUDA graphs for a one-sample row and for a packed row of three
+samples, each with a fresh LayerGraphs, and print what happened: replays, or the full traceback of
+a failed capture, plus every synchronizing call PyTorch saw during capture (sync debug mode).
+
+    python3 bench/graph_capture_probe.py [dropout]
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import traceback
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.gpu.common import gpu_config, write_gpu_data  # noqa: E402
+from tests.tiny import SMALL_GPU_SIZES, save_tiny_model  # noqa: E402
+
+
+def _batch(lengths, vocab):
+    from tuner.data.pack import PackedCollator
+
+    rows = []
+    for n in lengths:
+        ids = torch.randint(3, vocab, (n,)).tolist()
+        rows.append({"input_ids": ids, "labels": [-100, *ids[1:]], "position_ids": list(range(n))})
+    batch = PackedCollator(boundaries=True)(rows)
+    return {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def main() -> None:
+    import os
+
+    logging.basicConfig(level=logging.INFO)
+    os.environ["TUNER_CUDA_GRAPHS"] = "on"
+    dropout = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0
+    from tuner.layer_graphs import LayerGraphs
+    from tuner.train_model import build_model
+
+    work = Path(tempfile.mkdtemp())
+    model_dir = save_tiny_model("llama", work / "m", torch.bfloat16, **SMALL_GPU_SIZES)
+    config = gpu_config(
+        model_dir,
+        write_gpu_data(work),
+        method="qlora",
+        quantization="4bit",
+        gradient_checkpointing=False,
+        lora_dropout=dropout,
+    )
+    model, loaded = build_model(config)
+    model.train()
+    layers = loaded.layer_graphs.layers
+    loaded.layer_graphs.remove()
+    vocab = model.config.vocab_size
+
+    def shown(message, category, filename, lineno, file=None, line=None):
+        print(f"WARNING {category.__name__}: {str(message)[:200]}")
+        print("".join(traceback.format_stack(limit=14)[:-1]))
+
+    warnings.showwarning = shown
+    for lengths in ([1024], [300, 500, 224]):
+        graphs = LayerGraphs(layers)
+        graphs.install()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(3):
+                model.zero_grad(set_to_none=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = model(**_batch(lengths, vocab), use_cache=False).loss
+                loss.backward()
+            print(
+                f"== {lengths} dropout {dropout}: replays {graphs.replays} failed {graphs.failed} skipped {graphs.skipped}"
+            )
+        except Exception:
+            print(f"== {lengths} dropout {dropout}: step raised")
+            traceback.print_exc()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+            graphs.remove()
+
+
+if __name__ == "__main__":
+    main()
