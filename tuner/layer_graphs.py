@@ -72,18 +72,18 @@ def pad_boundaries(cu: torch.Tensor, samples: int) -> torch.Tensor:
     return cu if missing <= 0 else torch.cat([cu, cu[-1:].expand(missing)])
 
 
-class _LayerCall(nn.Module):
-    """A decoder layer as a module of positional tensors only, the form make_graphed_callables
-    takes; its parameters (the layer's) become graph inputs. Not part of the model's module tree."""
+class _LayerCall:
+    """A decoder layer as a function of positional tensors only, the form make_graphed_callables
+    takes: the hidden states, the rotary tables, the sample boundaries, then the layer's trainable
+    parameters, which the body does not read by name (the layer reads its own) but which make their
+    gradients graph outputs."""
 
-    def __init__(self, layer: nn.Module, forward, row_length: int, constants: tuple):
-        super().__init__()
-        self.layer = layer
+    def __init__(self, forward, row_length: int, constants: tuple):
         self._layer_forward = forward
         self.row_length = row_length
         self.constants = dict(constants)
 
-    def forward(self, hidden, cos, sin, cu):
+    def __call__(self, hidden, cos, sin, cu, *params):
         return self._layer_forward(
             hidden,
             position_embeddings=(cos, sin),
@@ -95,6 +95,37 @@ class _LayerCall(nn.Module):
         )
 
 
+def _trainable(layer: nn.Module) -> list:
+    """(module, name) of each trainable parameter of ``layer``, in a fixed order."""
+    return [
+        (module, name)
+        for module in layer.modules()
+        for name, param in module._parameters.items()
+        if param is not None and param.requires_grad
+    ]
+
+
+def _swap_in_aliases(slots: list) -> list:
+    """Replace each parameter in ``slots`` by a new leaf sharing its memory; returns the originals.
+
+    Why: the backward of a parameter first used on the default stream (by an earlier eager step
+    whose autograd nodes something still holds) makes that stream wait on the capturing stream,
+    which ends the capture ("operation would make the legacy stream depend on a capturing blocking
+    stream"). A fresh leaf has no history; sharing memory, the captured kernels read the real
+    weights, which the optimizer updates in place."""
+    originals = []
+    for module, name in slots:
+        param = module._parameters[name]
+        originals.append(param)
+        module._parameters[name] = nn.Parameter(param.detach(), requires_grad=True)
+    return originals
+
+
+def _restore(slots: list, originals: list) -> None:
+    for (module, name), param in zip(slots, originals, strict=True):
+        module._parameters[name] = param
+
+
 class LayerGraphs:
     """Replays ``layers`` (run in this order each forward pass) as CUDA graphs when a training step
     allows it (see the module docstring). ``install`` patches their forward; ``remove`` undoes it."""
@@ -104,6 +135,7 @@ class LayerGraphs:
         self.eager: list = []  # each layer's forward before install
         self._own: list = []  # each layer's instance-level forward before install (None: its class's)
         self.graphed: list | None = None  # the graphed callables, one per layer, once captured
+        self.params: list = []  # each layer's trainable parameters, graph inputs after the tensors
         self.key = None  # the step shape they were captured for
         self.seen: set = set()
         self.failed: str | None = None  # why capture failed; then every step runs eagerly
@@ -151,7 +183,7 @@ class LayerGraphs:
             return eager(hidden, *args, **kwargs)
         if index == len(self.layers) - 1:
             self.replays += 1
-        return self.graphed[index](hidden, cos, sin, cu)
+        return self.graphed[index](hidden, cos, sin, cu, *self.params[index])
 
     def _step_for(self, index, hidden, args, kwargs):
         """(key, padded boundaries) when this call can replay a graph, else None. Worked out once
@@ -200,21 +232,20 @@ class LayerGraphs:
         return None
 
     def _capture(self, key, hidden, cos, sin, cu) -> None:
-        calls = tuple(
-            _LayerCall(layer, eager, hidden.shape[1], key[-1])
-            for layer, eager in zip(self.layers, self.eager, strict=True)
-        )
+        calls = tuple(_LayerCall(eager, hidden.shape[1], key[-1]) for eager in self.eager)
+        slots = [_trainable(layer) for layer in self.layers]
+        params = [[module._parameters[name] for module, name in layer_slots] for layer_slots in slots]
         # Each layer its own input buffer (a layer's backward reads its saved input); the first
         # layer's input requires grad only if the embeddings' output does, the others' always do.
         shared = (cos.detach().clone(), sin.detach().clone(), cu.clone())
-        args = tuple(
-            (hidden.detach().clone().requires_grad_(hidden.requires_grad or i > 0), *shared)
-            for i in range(len(calls))
-        )
+        inputs = [
+            hidden.detach().clone().requires_grad_(hidden.requires_grad or i > 0) for i in range(len(calls))
+        ]
         device = hidden.device.type
         # The previous eager step's activations sit in the caching allocator, which a graph's
         # private pool cannot reuse: hand them back first.
         torch.cuda.empty_cache()
+        swapped = []
         try:
             # make_graphed_callables refuses autocast's weight-cast cache (a cached cast would be
             # read from outside the graph); the graphs compute the same dtypes without it.
@@ -224,15 +255,48 @@ class LayerGraphs:
                 enabled=torch.is_autocast_enabled(device),
                 cache_enabled=False,
             ):
-                graphed = torch.cuda.make_graphed_callables(calls, args, num_warmup_iters=WARMUP_STEPS)
+                for layer_slots in slots:  # warm-up leaves, dropped before capture (see _swap_in_aliases)
+                    swapped.append(_swap_in_aliases(layer_slots))
+                _warm_up(calls, inputs, shared, slots)
+                for layer_slots, originals in zip(slots, swapped, strict=True):
+                    _restore(layer_slots, originals)
+                swapped = [_swap_in_aliases(layer_slots) for layer_slots in slots]
+                inputs = [t.detach().requires_grad_(t.requires_grad) for t in inputs]  # fresh leaves too
+                args = tuple(
+                    (inputs[i], *shared, *[m._parameters[n] for m, n in slots[i]]) for i in range(len(calls))
+                )
+                graphed = torch.cuda.make_graphed_callables(
+                    calls, args, num_warmup_iters=0, allow_unused_input=True
+                )
         except Exception as exc:  # noqa: BLE001 - any capture failure means eager layers, logged
             self.failed = f"capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             log.warning("%s; the layers run without CUDA graphs", self.failed, exc_info=True)
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             return
-        self.graphed, self.key = list(graphed), key
+        finally:
+            for layer_slots, originals in zip(slots, swapped, strict=False):
+                _restore(layer_slots, originals)
+        self.graphed, self.key, self.params = list(graphed), key, params
         log.info("captured CUDA graphs of %d layers for rows of %d tokens", len(calls), hidden.shape[1])
+
+
+def _warm_up(calls, inputs, shared, slots) -> None:
+    """WARMUP_STEPS eager forward + backward passes of every layer on a side stream, as
+    make_graphed_callables' own warm-up does (Triton compiles, cuBLAS picks its kernels, lazy
+    initialisation happens outside the capture), but with leaves that are dropped afterwards."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(WARMUP_STEPS):
+            for call, first, layer_slots in zip(calls, inputs, slots, strict=True):
+                leaves = [m._parameters[n] for m, n in layer_slots]
+                out = call(first, *shared, *leaves)
+                wanted = [t for t in (first, *leaves) if t.requires_grad]
+                torch.autograd.grad(out, wanted, torch.empty_like(out), allow_unused=True)
+                del out
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
 
 
 class _Patched:
