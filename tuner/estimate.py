@@ -54,6 +54,11 @@ DROPOUT_BYTES = 1.92
 # intermediate / hidden (the MLP's wide tensors dominate it).
 RECOMPUTE_BYTES = 16
 RECOMPUTE_MLP_BYTES = 15
+# ... less, with LoRA dropout and fused LoRA, what regenerating the masks saves in that layer
+# (tuner.lora_fused): per hidden unit, q/k/v keep one shared input instead of three copies and three
+# masks (7 bytes), o 1, gate/up 4, down 1 x intermediate / hidden. Measured on H200: -0.28 GiB for
+# Llama-2-7B QLoRA at 4096 (bench/results/2026-12-01-h200-memory-regen.json); this counts 0.23.
+REGEN_SAVED_BYTES = 12
 # Bytes per token per vocabulary entry at the peak when the logits are materialised (16-bit logits,
 # their fp32 loss copies and gradients, not all alive at once); Liger's fused cross-entropy never
 # materialises them (chunks of a few thousand tokens: negligible).
@@ -206,6 +211,13 @@ def checkpoint_plan(
     return shape.layers, True
 
 
+def fused_lora_in_use(method: str, deepspeed) -> bool:
+    """Whether training runs LoRA through tuner.lora_fused (tuner.train_model.build_model's rule)."""
+    from tuner.speed import switch
+
+    return method != "full" and not deepspeed and switch("TUNER_FUSED_LORA") == "on"
+
+
 def activation_bytes(shape: ModelShape, lora_dropout: float) -> float:
     """Bytes per token per hidden unit that one layer without checkpointing keeps for its backward."""
     ratio = shape.intermediate / shape.hidden
@@ -252,6 +264,8 @@ def _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed: int, 
     act = tokens * shape.hidden * (shape.layers - checkpointed) * kept_per_layer
     if checkpointed:
         recompute = RECOMPUTE_BYTES + RECOMPUTE_MLP_BYTES * shape.intermediate / shape.hidden
+        if dropout > 0 and fused_lora_in_use(method, get("deepspeed")):
+            recompute -= REGEN_SAVED_BYTES + shape.intermediate / shape.hidden
         # offloaded: only the inputs on their way to and from host memory stay on the device
         kept_inputs = min(OFFLOAD_INPUTS_ON_DEVICE, checkpointed) if offload else checkpointed
         act += tokens * shape.hidden * (residual_bytes * kept_inputs + recompute)

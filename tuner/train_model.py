@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tuner.config import DEEPSPEED_PRESETS, resolve_path
 from tuner.errors import TunerError
+from tuner.estimate import fused_lora_in_use
 from tuner.speed import checkpoint_reentrant, switch
 
 
@@ -57,7 +58,7 @@ def build_model(config):
     )
     # Not under DeepSpeed yet: ZeRO-3 gathers weights only inside peft's own path, and the fused
     # function has not been run under the other stages' engines on a GPU.
-    if switch("TUNER_FUSED_LORA") == "on" and not config.deepspeed:
+    if fused_lora_in_use(config.method, config.deepspeed):
         from tuner.lora_fused import fuse_lora
 
         loaded.fused_lora = fuse_lora(model)
