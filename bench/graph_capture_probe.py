@@ -19,19 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.gpu.common import gpu_config, write_gpu_data  # noqa: E402
+from tests.gpu.common import gpu_config, packed_cuda_batch, write_gpu_data  # noqa: E402
 from tests.tiny import SMALL_GPU_SIZES, save_tiny_model  # noqa: E402
-
-
-def _batch(lengths, vocab):
-    from tuner.data.pack import PackedCollator
-
-    rows = []
-    for n in lengths:
-        ids = torch.randint(3, vocab, (n,)).tolist()
-        rows.append({"input_ids": ids, "labels": [-100, *ids[1:]], "position_ids": list(range(n))})
-    batch = PackedCollator(boundaries=True)(rows)
-    return {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def main() -> None:
@@ -72,7 +61,7 @@ def main() -> None:
             for _ in range(3):
                 model.zero_grad(set_to_none=True)
                 with torch.autocast("cuda", dtype=torch.bfloat16):
-                    loss = model(**_batch(lengths, vocab), use_cache=False).loss
+                    loss = model(**packed_cuda_batch(lengths, vocab), use_cache=False).loss
                 loss.backward()
             print(
                 f"== {lengths} dropout {dropout}: replays {graphs.replays} failed {graphs.failed} skipped {graphs.skipped}"

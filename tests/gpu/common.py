@@ -43,3 +43,17 @@ def gpu_config(model_dir, data, **overrides):
     )
     base.update(overrides)
     return config_from_dict(base)
+
+
+def packed_cuda_batch(lengths, vocab: int) -> dict:
+    """One flattened row of random samples of these lengths, with boundaries, on the GPU."""
+    import torch
+
+    from tuner.data.pack import PackedCollator
+
+    rows = []
+    for n in lengths:
+        ids = torch.randint(3, vocab, (n,)).tolist()
+        rows.append({"input_ids": ids, "labels": [-100, *ids[1:]], "position_ids": list(range(n))})
+    batch = PackedCollator(boundaries=True)(rows)
+    return {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

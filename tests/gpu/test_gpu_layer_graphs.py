@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from tests.gpu.common import gpu_config, write_gpu_data
+from tests.gpu.common import gpu_config, packed_cuda_batch, write_gpu_data
 
 pytestmark = pytest.mark.gpu
 
@@ -46,19 +46,6 @@ def test_varlen_kernel_skips_empty_samples():
     errors = [_rel(padded_out, out)] + [_rel(a, b) for a, b in zip(padded_grads, grads, strict=True)]
     print("varlen with empty samples: relative error of output, dq, dk, dv", [f"{e:.5f}" for e in errors])
     assert max(errors) < 1e-2
-
-
-def _packed_batch(lengths, vocab):
-    import torch
-
-    from tuner.data.pack import PackedCollator
-
-    rows = []
-    for n in lengths:
-        ids = torch.randint(3, vocab, (n,)).tolist()
-        rows.append({"input_ids": ids, "labels": [-100, *ids[1:]], "position_ids": list(range(n))})
-    batch = PackedCollator(boundaries=True)(rows)
-    return {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def test_graphed_qlora_layers_equal_eager(workspace, small_llama_dir, monkeypatch):
@@ -104,20 +91,20 @@ def test_graphed_qlora_layers_equal_eager(workspace, small_llama_dir, monkeypatc
         assert abs(loss - ref_loss) < 1e-2 * abs(ref_loss) and worst < 5e-2
 
     try:
-        three = _packed_batch([300, 500, 224], vocab)
+        three = packed_cuda_batch([300, 500, 224], vocab)
         step(three, paused=False)  # first sight of the shape: eager
         assert graphs.graphed is None
         check(three, "3 samples, captured")
         assert graphs.graphed is not None, graphs.failed or graphs.skipped
         assert graphs.replays == 1
-        check(_packed_batch([100, 200, 300, 424], vocab), "4 samples, same graph")
+        check(packed_cuda_batch([100, 200, 300, 424], vocab), "4 samples, same graph")
         assert graphs.replays == 2
         with torch.no_grad():  # the optimizer changes the weights in place: the graphs must see it
             for p in lora:
                 p.add_(torch.randn_like(p) * 0.01)
         check(three, "after a weight update")
         assert graphs.replays == 3
-        step(_packed_batch([1000], vocab), paused=False)  # another row length: eager, no new capture
+        step(packed_cuda_batch([1000], vocab), paused=False)  # another row length: eager, no new capture
         assert graphs.replays == 3
     finally:
         graphs.remove()
