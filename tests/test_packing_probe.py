@@ -48,6 +48,7 @@ def test_training_falls_back_to_one_sample_per_row_when_packing_would_leak(
 ):
     import tuner.packing_probe
     import tuner.train
+    import tuner.train_data
     from tests.test_train import make_config, write_data
     from tuner.events import read_events
     from tuner.train import train
@@ -55,12 +56,13 @@ def test_training_falls_back_to_one_sample_per_row_when_packing_would_leak(
     rows_seen = []
     real_collator = tuner.train.make_collator
 
-    def recording_collator(tokenizer, packed, attention="sdpa"):
+    def recording_collator(tokenizer, packed, attention="sdpa", pad_to=None):
         rows_seen.append(packed)
-        return real_collator(tokenizer, packed, attention)
+        return real_collator(tokenizer, packed, attention, pad_to)
 
     monkeypatch.setattr(tuner.packing_probe, "packs_in_isolation", lambda *args: False)
-    monkeypatch.setattr(tuner.train, "make_collator", recording_collator)
+    monkeypatch.setattr(tuner.train, "make_collator", recording_collator)  # the probe's
+    monkeypatch.setattr(tuner.train_data, "make_collator", recording_collator)  # training's
     data = write_data(workspace / "d.jsonl", repeat=2)
     result = train(make_config(tiny_llama_dir, data, pack_to_max_length=True, max_steps=2, name="leaky"))
     assert result.status == "completed"
@@ -73,6 +75,7 @@ def test_training_falls_back_to_one_sample_per_row_when_packing_would_leak(
 
 def test_training_packs_when_the_model_keeps_samples_apart(workspace, tiny_llama_dir, monkeypatch):
     import tuner.train
+    import tuner.train_data
     from tests.test_train import make_config, write_data
     from tuner.events import read_events
     from tuner.train import train
@@ -80,11 +83,12 @@ def test_training_packs_when_the_model_keeps_samples_apart(workspace, tiny_llama
     rows_seen = []
     real_collator = tuner.train.make_collator
 
-    def recording_collator(tokenizer, packed, attention="sdpa"):
+    def recording_collator(tokenizer, packed, attention="sdpa", pad_to=None):
         rows_seen.append(packed)
-        return real_collator(tokenizer, packed, attention)
+        return real_collator(tokenizer, packed, attention, pad_to)
 
-    monkeypatch.setattr(tuner.train, "make_collator", recording_collator)
+    monkeypatch.setattr(tuner.train, "make_collator", recording_collator)  # the probe's
+    monkeypatch.setattr(tuner.train_data, "make_collator", recording_collator)  # training's
     data = write_data(workspace / "d.jsonl", repeat=2)
     result = train(make_config(tiny_llama_dir, data, pack_to_max_length=True, max_steps=2, name="packed"))
     assert result.status == "completed"
