@@ -1,7 +1,8 @@
 """Device diagnosis for tuner.layer_graphs: on the small GPU-test Llama (QLoRA, fused LoRA, varlen
 attention), capture the layers' CUDA graphs for a one-sample row and for a packed row of three
 samples, each with a fresh LayerGraphs, and print what happened: replays, or the full traceback of
-a failed capture, plus every synchronizing call PyTorch saw during capture (sync debug mode).
+a failed capture, plus every synchronizing call PyTorch saw during capture (sync debug mode), and
+whether an eager step with dropout still runs afterwards.
 
     python3 bench/graph_capture_probe.py [dropout]
 """
@@ -72,6 +73,12 @@ def main() -> None:
         finally:
             torch.cuda.set_sync_debug_mode(0)
             graphs.remove()
+        try:  # after a capture, failed or not, an eager step (dropout included) must still run
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                model(**packed_cuda_batch(lengths, vocab), use_cache=False).loss.backward()
+            print(f"== {lengths}: eager step afterwards ok")
+        except Exception as exc:
+            print(f"== {lengths}: eager step afterwards raised {type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

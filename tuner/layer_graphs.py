@@ -245,6 +245,11 @@ class LayerGraphs:
         # The previous eager step's activations sit in the caching allocator, which a graph's
         # private pool cannot reuse: hand them back first.
         torch.cuda.empty_cache()
+        # A capture that fails after registering the CUDA generator leaves that generator's state
+        # marked as capturing, and every later dropout raises ("Offset increment outside graph
+        # capture"): keep a copy to put back if it fails.
+        generator = torch.cuda.default_generators[hidden.device.index or torch.cuda.current_device()]
+        generator_backup = generator.clone_state()
         swapped = []
         try:
             # make_graphed_callables refuses autocast's weight-cast cache (a cached cast would be
@@ -271,6 +276,7 @@ class LayerGraphs:
         except Exception as exc:  # noqa: BLE001 - any capture failure means eager layers, logged
             self.failed = f"capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             log.warning("%s; the layers run without CUDA graphs", self.failed, exc_info=True)
+            generator.graphsafe_set_state(generator_backup)
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             return

@@ -129,6 +129,10 @@ def test_training_with_graphs_replays_and_lowers_the_loss(workspace, small_llama
     )
     with caplog.at_level(logging.INFO, logger="tuner.layer_graphs"):
         result = train(config)
+        # The app trains again in the same process: the second run captures its own graphs (or
+        # falls back to eager layers) and trains as well.
+        again = train(config)
+    assert again.status == "completed", again
     losses = [e["loss"] for e in read_events(result.run_dir) if e["type"] == "log" and "loss" in e]
     messages = " ".join(e.get("message", "") for e in read_events(result.run_dir))
     print(f"graphs: first {losses[0]:.3f} last {losses[-1]:.3f};", caplog.text.strip()[-300:])
