@@ -412,6 +412,7 @@ def test_speed_switch_defaults_and_bad_values(monkeypatch):
         "TUNER_LIGER": "on",
         "TUNER_FUSED_LORA": "on",
         "TUNER_CHECKPOINT_LAYERS": "auto",
+        "TUNER_CUDA_GRAPHS": "on",
     }
     for name in defaults:
         monkeypatch.delenv(name, raising=False)

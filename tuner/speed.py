@@ -45,8 +45,9 @@ SWITCHES = {
     # other stages are not measured with it yet)
     "TUNER_FUSED_LORA": ("on", ("on", "off")),
     # on: when no layer is checkpointed (one CUDA process, no DeepSpeed, varlen or flash attention),
-    # the decoder layers replay as CUDA graphs once a row shape repeats (tuner.layer_graphs)
-    "TUNER_CUDA_GRAPHS": ("off", ("on", "off")),
+    # the decoder layers replay as CUDA graphs once a row shape repeats, and packed batches are padded
+    # to full rows so that they repeat (tuner.layer_graphs)
+    "TUNER_CUDA_GRAPHS": ("on", ("on", "off")),
 }
 
 
