@@ -8,7 +8,14 @@ import torch
 from tuner.attention import NAME as VARLEN
 from tuner.attention import register
 from tuner.data.encode import encode_samples
-from tuner.data.pack import PackedCollator, PaddingCollator, pack_row, pack_samples, pack_stats
+from tuner.data.pack import (
+    PADDING_TOKENS,
+    PackedCollator,
+    PaddingCollator,
+    pack_row,
+    pack_samples,
+    pack_stats,
+)
 from tuner.data.templates import get_template
 
 CONVERSATIONS = [
@@ -179,15 +186,18 @@ def test_pad_to_fills_the_row_with_one_unsupervised_sample():
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]
     assert batch["cu_seq_lens_q"].tolist() == [0, 3, 5, 8]
     assert batch["max_length_q"] == 3
+    assert batch[PADDING_TOKENS] == 3
     # a row already a multiple of pad_to is left as it is
     full = collate([{"input_ids": list(range(8)), "labels": list(range(8)), "position_ids": list(range(8))}])
     assert full["input_ids"].tolist() == [list(range(8))] and full["cu_seq_lens_q"].tolist() == [0, 8]
+    assert full[PADDING_TOKENS] == 0
 
 
 def test_pad_to_leaves_the_packed_loss_unchanged(tiny_tokenizer, encoded):
     model = _model("llama", tiny_tokenizer, "sdpa")
     rows = pack_samples(encoded, 256)
     plain, padded = PackedCollator()(rows[:1]), PackedCollator(pad_to=512)(rows[:1])
+    assert padded.pop(PADDING_TOKENS) == 512 - plain["input_ids"].shape[1]
     assert padded["input_ids"].shape[1] == 512 > plain["input_ids"].shape[1]
     with torch.no_grad():
         expected = model(**plain).loss

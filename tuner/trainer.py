@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
+from tuner.data.pack import PADDING_TOKENS
 from tuner.speed import lean_steps
 
 
@@ -25,6 +26,9 @@ def make_trainer_class():
         _flop_params = None  # parameters counted for FLOPs, cached at the first step
 
         def training_step(self, model, inputs, *args, **kwargs):
+            # Padding added for a fixed row shape is not a token seen; Trainer counts every input id
+            # (before or after this call, depending on its version: the sum is right either way).
+            self.state.num_input_tokens_seen -= inputs.pop(PADDING_TOKENS, 0)
             if self._lean is None:  # training_arguments turned Trainer's own count off for lean steps
                 self._lean = lean_steps() and self.args.include_num_input_tokens_seen in ("no", False)
             if not self._lean:
@@ -34,6 +38,10 @@ def make_trainer_class():
                 # Trainer's "all" mode counts them).
                 self.state.num_input_tokens_seen += inputs["input_ids"].numel()
             return super().training_step(model, inputs, *args, **kwargs)
+
+        def prediction_step(self, model, inputs, *args, **kwargs):
+            inputs.pop(PADDING_TOKENS, None)
+            return super().prediction_step(model, inputs, *args, **kwargs)
 
         def floating_point_ops(self, inputs):
             # Trainer's version counts the model's parameters (walking every module and parameter)

@@ -126,6 +126,11 @@ def _tensor(rows: list[list[int]]):
     return torch.tensor(rows, dtype=torch.long)
 
 
+# Batch key (a plain int) with the padding tokens a pad_to batch holds, so that the tokens a run
+# reports seeing are real tokens; tuner.trainer removes it before the batch reaches the model.
+PADDING_TOKENS = "tuner_padding_tokens"
+
+
 class PackedCollator:
     """Batch packed rows without an attention_mask, so masks come from ``position_ids``.
 
@@ -139,6 +144,7 @@ class PackedCollator:
     ``pad_to`` (flattened rows only) pads each batch to a multiple of that many tokens with one
     padding sample (labels -100, its own positions), so that steps repeat one shape, which CUDA
     graphs replay (tuner.layer_graphs); best-fit packing leaves rows nearly full, so it costs little.
+    Such batches carry their padding count under :data:`PADDING_TOKENS`.
 
     >>> PackedCollator()([{"input_ids": [1, 2], "labels": [-100, 2], "position_ids": [0, 1]},
     ...                   {"input_ids": [3], "labels": [-100], "position_ids": [0]}])["position_ids"]
@@ -163,6 +169,8 @@ class PackedCollator:
                 flat["labels"] += [IGNORE] * pad
                 flat["position_ids"] += list(range(pad))
             batch = {key: _tensor([value]) for key, value in flat.items()}
+            if self.pad_to:
+                batch[PADDING_TOKENS] = pad  # taken out by tuner's Trainer before the model sees it
             if self.boundaries:
                 batch.update(sample_boundaries(flat["position_ids"]))
             return batch
