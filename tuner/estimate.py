@@ -77,13 +77,14 @@ AUTO_CHECKPOINT_FRACTION = 0.8
 # the one being recomputed and the next one copied back.
 OFFLOAD_INPUTS_ON_DEVICE = 2
 # Effective training throughput. GPU: bf16 dense peak x GPU_MFU on the FLOPs below (recomputation
-# included), plus a fixed host cost per step (Python per layer, bitsandbytes' dequantize calls, the
-# optimizer), which grows with the share of layers checkpointed (saved-tensor hooks, paged AdamW):
-# GPU_STEP_SECONDS = (no layer checkpointed, every layer). Fitted on the H200 rows of 2026-12-01 with
-# tuner's defaults (Llama-2-7B QLoRA 0.44 s at 4096 tokens and 1.07 s at 16384, 0.69 to 0.87 s at 4096
-# with every layer checkpointed; Llama-3-8B bf16 LoRA 0.39 to 0.40 s at 4096), within ~25% of each
-# (tests/test_estimate.py). CPU: measured with SmolLM2-135M LoRA at ~171 tokens/s on 2 cores, i.e.
-# ~1.4e11 FLOP/s.
+# included), plus a fixed host cost per step (what the GPU waits for: the LM head's loss, the optimizer,
+# the Trainer's step; per layer too where layers are not replayed as CUDA graphs), which grows with the
+# share of layers checkpointed (no graphs there, saved-tensor hooks, paged AdamW):
+# GPU_STEP_SECONDS = (no layer checkpointed, every layer). Fitted on the H200 rows of session 4 with
+# tuner's defaults (CUDA graphs; regenerated LoRA dropout): QLoRA at 4096 tokens 0.38 s (Llama-2-7B,
+# Qwen2.5-7B) and 0.40 s (Llama-3-8B), with every layer checkpointed 0.56 to 0.60 s (Llama-2-7B); bf16
+# LoRA Llama-3-8B 0.38 s; within ~25% of each (tests/test_estimate.py). CPU: measured with SmolLM2-135M
+# LoRA at ~171 tokens/s on 2 cores, i.e. ~1.4e11 FLOP/s.
 GPU_PEAK_FLOPS = {
     "H100": 989e12,
     "H200": 989e12,
@@ -97,7 +98,7 @@ GPU_PEAK_FLOPS = {
 }
 GPU_DEFAULT_PEAK = 100e12
 GPU_MFU = 0.54
-GPU_STEP_SECONDS = {"quantized": (0.21, 0.45), "16-bit": (0.13, 0.3)}
+GPU_STEP_SECONDS = {"quantized": (0.14, 0.30), "16-bit": (0.11, 0.3)}
 CPU_FLOPS = 1.4e11
 
 
