@@ -21,8 +21,13 @@ A graph replays fixed shapes and fixed kernel arguments, so:
   (flags such as ``output_hidden_states``) are replayed as captured and are part of the shape key,
   and a tensor argument tuner does not know means the layer runs as usual.
 
+- position ids reach a graphed layer only through the rotary tables and the sample boundaries, as in
+  transformers' own decoder layers (rotary embeddings computed once per forward pass by the model).
+
 Memory: a graph keeps its activations in a private pool for the next replay, about one eager
-step's activations, which is why this is only for layers that keep theirs anyway.
+step's activations, which is why this is only for layers that keep theirs anyway; its static input,
+output and gradient buffers add about 1.2 GiB on a 7B QLoRA run at 4096 tokens (H200 rows of
+docs/benchmarks.md, session 4).
 """
 
 from __future__ import annotations
