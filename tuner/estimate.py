@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass, field
 
 # The model's sizes and the machine's live in their own modules; their names stay importable from here.
+from tuner import speed
 from tuner.model_shape import ModelShape, lora_params, model_shape, shape_from_config  # noqa: F401
 from tuner.system_info import Hardware, environment, hardware  # noqa: F401
 
@@ -212,13 +213,6 @@ def checkpoint_plan(
     return shape.layers, True
 
 
-def fused_lora_in_use(method: str, deepspeed) -> bool:
-    """Whether training runs LoRA through tuner.lora_fused (tuner.train_model.build_model's rule)."""
-    from tuner.speed import switch
-
-    return method != "full" and not deepspeed and switch("TUNER_FUSED_LORA") == "on"
-
-
 def activation_bytes(shape: ModelShape, lora_dropout: float) -> float:
     """Bytes per token per hidden unit that one layer without checkpointing keeps for its backward."""
     ratio = shape.intermediate / shape.hidden
@@ -265,7 +259,7 @@ def _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed: int, 
     act = tokens * shape.hidden * (shape.layers - checkpointed) * kept_per_layer
     if checkpointed:
         recompute = RECOMPUTE_BYTES + RECOMPUTE_MLP_BYTES * shape.intermediate / shape.hidden
-        if dropout > 0 and fused_lora_in_use(method, get("deepspeed")):
+        if dropout > 0 and speed.fused_lora_in_use(method, get("deepspeed")):
             recompute -= REGEN_SAVED_BYTES + shape.intermediate / shape.hidden
         # offloaded: only the inputs on their way to and from host memory stay on the device
         kept_inputs = min(OFFLOAD_INPUTS_ON_DEVICE, checkpointed) if offload else checkpointed

@@ -78,3 +78,10 @@ def lean_steps() -> bool:
     """Trim Trainer's per-step host work (see make_trainer_class). One process only: with several,
     each rank's token count must be gathered, which is what Trainer's own bookkeeping does."""
     return switch("TUNER_STEP_OVERHEAD") == "lean" and world_size() <= 1
+
+
+def fused_lora_in_use(method: str, deepspeed) -> bool:
+    """Whether training runs LoRA through tuner.lora_fused: TUNER_FUSED_LORA on, a LoRA method, and
+    not under DeepSpeed (ZeRO-3 gathers weights only inside peft's own path, and the fused function
+    has not been run under the other stages' engines on a GPU)."""
+    return method != "full" and not deepspeed and switch("TUNER_FUSED_LORA") == "on"

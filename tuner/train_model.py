@@ -8,8 +8,7 @@ from pathlib import Path
 
 from tuner.config import DEEPSPEED_PRESETS, resolve_path
 from tuner.errors import TunerError
-from tuner.estimate import fused_lora_in_use
-from tuner.speed import checkpoint_reentrant, switch
+from tuner.speed import checkpoint_reentrant, fused_lora_in_use, switch
 
 
 def method_bits(config) -> int | None:
@@ -56,8 +55,6 @@ def build_model(config):
         reentrant=reentrant,
         upcast=switch("TUNER_KBIT_UPCAST") == "on",
     )
-    # Not under DeepSpeed yet: ZeRO-3 gathers weights only inside peft's own path, and the fused
-    # function has not been run under the other stages' engines on a GPU.
     if fused_lora_in_use(config.method, config.deepspeed):
         from tuner.lora_fused import fuse_lora
 
