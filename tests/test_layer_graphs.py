@@ -101,3 +101,13 @@ def test_flags_become_part_of_the_key_and_unknown_tensors_stop_the_graph(tiny_to
     graphs._step_for(0, hidden, (), {"position_embeddings": (cos, sin), "attention_mask": torch.ones(1, 8)})
     assert graphs.skipped == "attention_mask is set"
     assert layer.training
+
+
+def test_a_layer_called_with_its_hidden_states_by_keyword_runs_as_usual(tiny_tokenizer):
+    model = _model(tiny_tokenizer)
+    layer = decoder_layers(model)[0]
+    hidden = torch.randn(1, 6, 64)
+    cos, sin = model.model.rotary_emb(hidden, torch.arange(6)[None])
+    expected = layer(hidden, position_embeddings=(cos, sin))
+    LayerGraphs([layer]).install()
+    torch.testing.assert_close(layer(hidden_states=hidden, position_embeddings=(cos, sin)), expected)

@@ -316,8 +316,10 @@ class _Patched:
     def __init__(self, graphs: LayerGraphs, index: int):
         self.graphs, self.index = graphs, index
 
-    def __call__(self, hidden, *args, **kwargs):
-        return self.graphs.forward(self.index, hidden, *args, **kwargs)
+    def __call__(self, *args, **kwargs):
+        if not args:  # hidden states passed by keyword: not a call shape tuner graphs
+            return self.graphs.eager[self.index](*args, **kwargs)
+        return self.graphs.forward(self.index, *args, **kwargs)
 
 
 def _boundaries(hidden, kwargs) -> torch.Tensor:
