@@ -98,8 +98,16 @@ def _estimate(row):
     # rows before partial checkpointing: every layer or none
     layers = row.get("checkpointed_layers", shape.layers if config["gradient_checkpointing"] else 0)
     offload = bool(row.get("offloaded_layers"))
+    graphs = switches.get("TUNER_CUDA_GRAPHS") == "on"  # rows before the switch: no graphs
     return estimate(
-        config, shape, H100, liger=liger, upcast=upcast, checkpointed_layers=layers, offload=offload
+        config,
+        shape,
+        H100,
+        liger=liger,
+        upcast=upcast,
+        checkpointed_layers=layers,
+        offload=offload,
+        graphs=graphs,
     )
 
 

@@ -60,6 +60,10 @@ RECOMPUTE_MLP_BYTES = 15
 # masks (7 bytes), o 1, gate/up 4, down 1 x intermediate / hidden. Measured on H200: -0.28 GiB for
 # Llama-2-7B QLoRA at 4096 (bench/results/2026-12-01-h200-memory-regen.json); this counts 0.23.
 REGEN_SAVED_BYTES = 12
+# CUDA graphs of the layers (tuner.layer_graphs, only where no layer is checkpointed) keep a static
+# copy of each layer's 16-bit input: measured +1.2 GiB for 32 layers of hidden 4096 at 4096 tokens,
+# +0.9 GiB for Qwen2.5-7B (28 x 3584) on H200 (bench/results/2026-12-01-h200-{graphs2,qwen}.json).
+GRAPH_INPUT_BYTES = 2
 # Bytes per token per vocabulary entry at the peak when the logits are materialised (16-bit logits,
 # their fp32 loss copies and gradients, not all alive at once); Liger's fused cross-entropy never
 # materialises them (chunks of a few thousand tokens: negligible).
@@ -158,6 +162,7 @@ def estimate(
     checkpointed_layers: int | None = None,
     offload: bool | None = None,
     budget_gib: float | None = None,
+    graphs: bool | None = None,
 ) -> Estimate:
     """Memory (GiB) and time of one training run of ``cfg`` (a TrainConfig or a dict of its keys).
 
@@ -166,7 +171,8 @@ def estimate(
     ``liger`` (fused cross-entropy: no logits) and ``upcast`` (k-bit bases: unquantized weights in
     fp32) default to what tuner's training does here. ``checkpointed_layers`` and ``offload`` (the
     checkpointed layers' inputs kept in host memory) default to what training would choose
-    (``checkpoint_plan``) for ``budget_gib`` of memory (default: the device's).
+    (``checkpoint_plan``) for ``budget_gib`` of memory (default: the device's); ``graphs`` (CUDA
+    graphs where no layer is checkpointed) to TUNER_CUDA_GRAPHS.
     """
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     shape = shape or model_shape(get("model", "default"))
@@ -174,19 +180,29 @@ def estimate(
     default_liger, default_upcast = speed_defaults(get, hw)
     liger = default_liger if liger is None else liger
     upcast = default_upcast if upcast is None else upcast
+    graphs = graphs_apply(get) if graphs is None else graphs
     if checkpointed_layers is None or offload is None:
         budget = hw.memory_gib if budget_gib is None else budget_gib
-        planned, planned_offload = checkpoint_plan(cfg, shape, hw, budget, liger=liger, upcast=upcast)
+        planned, planned_offload = checkpoint_plan(
+            cfg, shape, hw, budget, liger=liger, upcast=upcast, graphs=graphs
+        )
         checkpointed_layers = planned if checkpointed_layers is None else checkpointed_layers
         offload = planned_offload if offload is None else offload
-    est = _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed_layers, offload)
+    est = _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed_layers, offload, graphs)
     if not est.fits:
         est.advice = advice(est, get, hw)
     return est
 
 
 def checkpoint_plan(
-    cfg, shape: ModelShape, hw: Hardware, budget_gib: float, *, liger: bool = False, upcast: bool = False
+    cfg,
+    shape: ModelShape,
+    hw: Hardware,
+    budget_gib: float,
+    *,
+    liger: bool = False,
+    upcast: bool = False,
+    graphs: bool | None = None,
 ) -> tuple[int, bool]:
     """(layers to checkpoint, whether their inputs wait in host memory) as training decides them.
 
@@ -207,10 +223,22 @@ def checkpoint_plan(
     if hw.device != "cuda" or world_size() > 1 or get("deepspeed", None):
         return shape.layers, False
     limit = budget_gib * AUTO_CHECKPOINT_FRACTION
+    graphs = graphs_apply(get) if graphs is None else graphs
     for count in range(shape.layers + 1):
-        if _estimate(get, shape, hw, None, liger, upcast, count, False).total_gib <= limit:
+        if _estimate(get, shape, hw, None, liger, upcast, count, False, graphs).total_gib <= limit:
             return count, False
     return shape.layers, True
+
+
+def graphs_apply(get) -> bool:
+    """Whether training would replay the layers as CUDA graphs when none is checkpointed
+    (tuner.train_model.build_model's rule: TUNER_CUDA_GRAPHS, LoRA, one process, no DeepSpeed)."""
+    return (
+        speed.switch("TUNER_CUDA_GRAPHS") == "on"
+        and (get("method", "lora") or "lora") != "full"
+        and not get("deepspeed", None)
+        and speed.world_size() <= 1
+    )
 
 
 def activation_bytes(shape: ModelShape, lora_dropout: float) -> float:
@@ -220,7 +248,9 @@ def activation_bytes(shape: ModelShape, lora_dropout: float) -> float:
     return ACT_BYTES + ACT_MLP_BYTES * ratio + dropout
 
 
-def _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed: int, offload: bool) -> Estimate:
+def _estimate(
+    get, shape, hw, dataset_tokens, liger, upcast, checkpointed: int, offload: bool, graphs: bool = False
+) -> Estimate:
     method = get("method", "lora") or "lora"
     quant = get("quantization", "none") or "none"
     max_length = int(get("max_length", 2048) or 2048)
@@ -264,6 +294,8 @@ def _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed: int, 
         # offloaded: only the inputs on their way to and from host memory stay on the device
         kept_inputs = min(OFFLOAD_INPUTS_ON_DEVICE, checkpointed) if offload else checkpointed
         act += tokens * shape.hidden * (residual_bytes * kept_inputs + recompute)
+    elif graphs and hw.device == "cuda":
+        act += tokens * shape.hidden * shape.layers * GRAPH_INPUT_BYTES
     logits = 0 if liger else tokens * shape.vocab * LOGIT_BYTES
     overhead = (GPU_OVERHEAD_GIB if hw.device == "cuda" else CPU_OVERHEAD_GIB) * GIB
     allocated = weights + trainable_bytes - outside_allocator + act + logits
