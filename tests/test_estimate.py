@@ -218,3 +218,20 @@ def test_estimate_within_25_percent_of_measured_step_time(row):
     # estimate says 0.339).
     got, measured = _estimate(row).seconds_per_step, row["step_s"]
     assert abs(got - measured) / measured <= 0.25, (got, measured)
+
+
+def test_cuda_graphs_count_only_where_no_layer_is_checkpointed(monkeypatch):
+    monkeypatch.delenv("TUNER_CUDA_GRAPHS", raising=False)
+    monkeypatch.delenv("TUNER_CHECKPOINT_LAYERS", raising=False)
+    shape = shape_from_config(LLAMA2_7B)
+    big = estimate(_qlora_4096(), shape, H100, liger=True, budget_gib=79.2)
+    assert big.checkpointed_layers == 0 and big.graphs
+    eager = estimate(
+        _qlora_4096(), shape, H100, liger=True, checkpointed_layers=0, offload=False, graphs=False
+    )
+    # one static 16-bit copy of each layer's input: 32 layers x 4096 tokens x 4096 hidden x 2 bytes
+    assert big.allocated_gib - eager.allocated_gib == pytest.approx(1.0)
+    small = estimate(_qlora_4096(), shape, H100, liger=True, budget_gib=12)
+    assert small.checkpointed_layers == 32 and not small.graphs
+    monkeypatch.setenv("TUNER_CUDA_GRAPHS", "off")
+    assert not estimate(_qlora_4096(), shape, H100, liger=True, budget_gib=79.2).graphs

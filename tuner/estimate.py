@@ -125,6 +125,7 @@ class Estimate:
     total_seconds: float | None
     checkpointed_layers: int = 0  # layers whose activations are recomputed in the backward pass
     offloaded: bool = False  # their inputs wait in host memory (tuner.checkpoint_offload)
+    graphs: bool = False  # no layer checkpointed and the layers replayed as CUDA graphs (tuner.layer_graphs)
     layers: int = 0
     advice: list[str] = field(default_factory=list)
 
@@ -342,6 +343,7 @@ def _estimate(
         total_seconds=steps * seconds_per_step if steps else None,
         checkpointed_layers=checkpointed,
         offloaded=offload and checkpointed > 0,
+        graphs=bool(graphs) and checkpointed == 0 and hw.device == "cuda",
         layers=shape.layers,
     )
 

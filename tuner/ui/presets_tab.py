@@ -144,6 +144,8 @@ def estimate_form(*values_and_lang):
     if est.checkpointed_layers:
         key = "est.activations_offload" if est.offloaded else "est.activations_ckpt"
         activations = tr(lang, key, n=est.checkpointed_layers, layers=est.layers)
+    elif est.graphs:
+        activations = tr(lang, "est.activations_graphs")
     lines = [
         f"### {verdict}",
         tr(lang, "est.total", total=f"{est.total_gib:.1f}", avail=f"{est.available_gib:.1f}"),

@@ -107,6 +107,7 @@ STRINGS = {
     "est.activations": "activations",
     "est.activations_ckpt": "activations (gradient checkpointing on {n} of {layers} layers)",
     "est.activations_offload": "activations (gradient checkpointing on {n} of {layers} layers, their inputs in CPU memory)",
+    "est.activations_graphs": "activations (every layer kept, no recomputation; layers replayed as CUDA graphs)",
     "est.logits": "logits",
     "est.overhead": "runtime overhead",
     "est.time": "One optimizer step = {tokens} tokens ≈ {sec}.",

@@ -102,6 +102,7 @@ STRINGS = {
     "est.activations": "激活值",
     "est.activations_ckpt": "激活值（{layers} 层中 {n} 层做梯度检查点）",
     "est.activations_offload": "激活值（{layers} 层中 {n} 层做梯度检查点，其输入放在内存中）",
+    "est.activations_graphs": "激活值（各层全部保留、不重算；各层以 CUDA Graph 重放）",
     "est.logits": "logits",
     "est.overhead": "运行时开销",
     "est.time": "每个优化步 = {tokens} 个 token ≈ {sec}。",
