@@ -30,8 +30,9 @@ cast copy, still less than copy and mask) and the state of the device's generato
 the mask was drawn; backward sets that state, draws the same mask and dropped-out input again and
 puts the generator back as it found it, so no later randomness shifts. Cost: one more dropout
 kernel per layer in backward and two generator state swaps (a few microseconds of host time).
-CPU and CUDA only (other devices keep copy and mask); not for layers captured in CUDA graphs
-(PyTorch refuses to read or set the generator's state during a capture). No effect when dropout is off or
+CPU and CUDA only (other devices keep copy and mask); not for layers captured in CUDA graphs (the
+state swaps are host work that a replay would not repeat; tuner.layer_graphs only graphs layers
+that are not checkpointed, and only checkpointed layers regenerate). No effect when dropout is off or
 where it falls back. As with dropout off, the kept input must not be changed in place before
 backward (autograd's version check refuses it).
 
@@ -237,8 +238,7 @@ def fuse_lora(model: nn.Module, regenerate_dropout: bool = False) -> int:
 def set_dropout_regeneration(model: nn.Module, on: bool) -> int:
     """Turn dropout regeneration (see the module docstring) on or off for the LoRA linears of
     ``model`` (a model or any module in it, e.g. one decoder layer) fused by :func:`fuse_lora`.
-    Not for layers captured in CUDA graphs: PyTorch refuses to read or set the generator's state
-    during a capture. Returns how many layers it set (raises where a fused layer's forward was
+    Not for layers captured in CUDA graphs (see the module docstring). Returns how many layers it set (raises where a fused layer's forward was
     replaced since)."""
     count = 0
     for layer in model.modules():
