@@ -631,6 +631,7 @@ def run_tuner(
             tuner_liger=bool(getattr(loaded, "liger", False)),
             fused_lora=getattr(loaded, "fused_lora", 0),
             cuda_graphs=_graphs_info(getattr(loaded, "layer_graphs", None)),
+            embedding_on_cpu=bool(getattr(loaded, "embedding_on_cpu", "")),
             overrides={kind: values for kind, values in overrides.items() if values} or None,
         )
     finally:
@@ -983,6 +984,8 @@ def report(rows: list[dict]) -> str:
         if r.get("checkpointed_layers") is not None and r.get("tool") == "tuner":
             offloaded = ", inputs offloaded" if r.get("offloaded_layers") else ""
             notes.append(f"ckpt {r['checkpointed_layers']} layers{offloaded}")
+        if r.get("embedding_on_cpu"):
+            notes.append("embedding in host memory")
         graphs = r.get("cuda_graphs")
         if graphs:
             notes.append(

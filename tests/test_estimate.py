@@ -235,3 +235,22 @@ def test_cuda_graphs_count_only_where_no_layer_is_checkpointed(monkeypatch):
     assert small.checkpointed_layers == 32 and not small.graphs
     monkeypatch.setenv("TUNER_CUDA_GRAPHS", "off")
     assert not estimate(_qlora_4096(), shape, H100, liger=True, budget_gib=79.2).graphs
+
+
+def test_input_embedding_in_host_memory_counts_where_the_switch_puts_it(monkeypatch):
+    monkeypatch.delenv("TUNER_CHECKPOINT_LAYERS", raising=False)
+    shape = shape_from_config(SHAPES["llama3-8b"])
+    config = _qlora_4096(max_length=2048)
+    args = dict(liger=True, checkpointed_layers=32, offload=False)
+    monkeypatch.setenv("TUNER_EMBEDDING_ON_CPU", "off")
+    on_gpu = estimate(config, shape, H100, **args).allocated_gib
+    monkeypatch.setenv("TUNER_EMBEDDING_ON_CPU", "auto")
+    # every layer checkpointed: the 128256 x 4096 bf16 table (0.98 GiB) leaves the GPU
+    assert on_gpu - estimate(config, shape, H100, **args).allocated_gib == pytest.approx(
+        128256 * 4096 * 2 / 2**30
+    )
+    partial = dict(args, checkpointed_layers=16)
+    monkeypatch.setenv("TUNER_EMBEDDING_ON_CPU", "off")
+    partial_gpu = estimate(config, shape, H100, **partial).allocated_gib
+    monkeypatch.setenv("TUNER_EMBEDDING_ON_CPU", "auto")
+    assert estimate(config, shape, H100, **partial).allocated_gib == partial_gpu  # auto: only when tight

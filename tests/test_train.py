@@ -413,6 +413,7 @@ def test_speed_switch_defaults_and_bad_values(monkeypatch):
         "TUNER_FUSED_LORA": "on",
         "TUNER_CHECKPOINT_LAYERS": "auto",
         "TUNER_CUDA_GRAPHS": "on",
+        "TUNER_EMBEDDING_ON_CPU": "off",
     }
     for name in defaults:
         monkeypatch.delenv(name, raising=False)

@@ -276,6 +276,10 @@ def _estimate(
             kept_bytes = 4 if upcast else 2
             weights = (shape.params - kept) * bits / 8 + kept * kept_bytes
             residual_bytes = 4 if upcast else 2
+        every_layer = checkpointed == shape.layers
+        if hw.device == "cuda" and not shape.tied and speed.embedding_on_cpu(every_layer, get("deepspeed")):
+            # the frozen input embedding's table waits in host memory (tuner.embedding_offload)
+            weights -= shape.vocab * shape.hidden * (kept_bytes if quantized else bits / 8)
     trainable_bytes = trainable * BYTES_PER_TRAINABLE
     # Paged AdamW keeps its state in device memory PyTorch does not count. optimizer auto picks it for
     # a quantized base that needs every layer checkpointed (tuner.train_args.auto_optimizer).

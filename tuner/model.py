@@ -145,6 +145,7 @@ class LoadedModel:
     # training only: every layer had to be checkpointed to fit, so memory is tight (optimizer choice)
     memory_tight: bool = False
     layer_graphs: object = None  # training only: tuner.layer_graphs.LayerGraphs when installed
+    embedding_on_cpu: str = ""  # training only: what tuner.embedding_offload did ("" nothing)
 
     def describe(self) -> str:
         quant = f", {self.bits}-bit" if self.bits else ""
@@ -152,6 +153,7 @@ class LoadedModel:
         ckpt = f", gradient checkpointing {self.checkpointing}" if self.checkpointing else ""
         fused = f", {self.fused_lora} fused LoRA layers" if self.fused_lora else ""
         graphs = f", {self.layer_graphs.describe()}" if self.layer_graphs is not None else ""
+        graphs += f", {self.embedding_on_cpu}" if self.embedding_on_cpu else ""
         return f"{self.device}, {str(self.dtype).replace('torch.', '')}{quant}, attention {self.attention} ({self.attention_reason}){liger}{fused}{ckpt}{graphs}"
 
 

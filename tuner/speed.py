@@ -48,6 +48,10 @@ SWITCHES = {
     # the decoder layers replay as CUDA graphs once a row shape repeats, and packed batches are padded
     # to full rows so that they repeat (tuner.layer_graphs)
     "TUNER_CUDA_GRAPHS": ("on", ("on", "off")),
+    # auto: when every layer is checkpointed (memory is tight), the frozen input embedding's table
+    # stays in host memory and each step looks its tokens up there (tuner.embedding_offload); on:
+    # always (one CUDA process, no DeepSpeed, an untied embedding). Off until measured on a GPU.
+    "TUNER_EMBEDDING_ON_CPU": ("off", ("off", "auto", "on")),
 }
 
 
@@ -85,3 +89,11 @@ def fused_lora_in_use(method: str, deepspeed) -> bool:
     not under DeepSpeed (ZeRO-3 gathers weights only inside peft's own path, and the fused function
     has not been run under the other stages' engines on a GPU)."""
     return method != "full" and not deepspeed and switch("TUNER_FUSED_LORA") == "on"
+
+
+def embedding_on_cpu(every_layer_checkpointed: bool, deepspeed) -> bool:
+    """Whether TUNER_EMBEDDING_ON_CPU asks for the input embedding in host memory in this run (the
+    embedding itself must allow it too: tuner.embedding_offload.why_not_offloadable)."""
+    mode = switch("TUNER_EMBEDDING_ON_CPU")
+    wanted = mode == "on" or (mode == "auto" and every_layer_checkpointed)
+    return wanted and not deepspeed and world_size() <= 1

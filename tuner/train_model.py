@@ -4,11 +4,14 @@ DeepSpeed config that decides some of it."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from tuner.config import DEEPSPEED_PRESETS, resolve_path
 from tuner.errors import TunerError
-from tuner.speed import checkpoint_reentrant, fused_lora_in_use, switch
+from tuner.speed import checkpoint_reentrant, embedding_on_cpu, fused_lora_in_use, switch
+
+log = logging.getLogger(__name__)
 
 
 def method_bits(config) -> int | None:
@@ -60,6 +63,8 @@ def build_model(config):
 
         loaded.fused_lora = fuse_lora(model)
     loaded.checkpointing = limit_checkpointing(model, config, loaded)
+    if embedding_on_cpu(loaded.memory_tight, config.deepspeed):
+        loaded.embedding_on_cpu = move_embedding_to_host(model)
     if switch("TUNER_CUDA_GRAPHS") == "on" and not config.deepspeed:
         from tuner.layer_graphs import graph_layers
 
@@ -117,6 +122,19 @@ def limit_checkpointing(model, config, loaded) -> str:
         offload_checkpoints(layers)
         return f"on every layer ({count}), inputs kept in host memory"
     return f"on every layer ({count})"
+
+
+def move_embedding_to_host(model) -> str:
+    """The input embedding's table into host memory where it can go (tuner.embedding_offload);
+    returns what the run log says about it."""
+    from tuner.embedding_offload import offload_embedding, why_not_offloadable
+
+    reason = why_not_offloadable(model)
+    if reason:
+        log.info("input embedding stays on the GPU: %s", reason)
+        return ""
+    size = offload_embedding(model)
+    return f"input embedding in host memory ({size / 2**30:.2f} GiB of GPU memory freed)"
 
 
 def decoder_layers(model) -> list:

@@ -1,0 +1,93 @@
+"""tuner.embedding_offload: the input embedding's table in host memory gives the same outputs and
+gradients, keeps the require-grad hook gradient checkpointing needs, and refuses tied or trained
+embeddings. On the CPU the "device" is the CPU itself; the memory saving is measured on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tuner.embedding_offload import HostEmbedding, offload_embedding, why_not_offloadable
+
+
+def _model(tiny_tokenizer, **sizes):
+    from tests.tiny import build_model
+
+    return build_model("llama", tiny_tokenizer, **sizes)
+
+
+def test_host_embedding_looks_up_the_same_rows():
+    torch.manual_seed(0)
+    embedding = nn.Embedding(50, 8, padding_idx=0).requires_grad_(False)
+    host = HostEmbedding(embedding)
+    ids = torch.tensor([[0, 3, 49, 3]])
+    assert torch.equal(host(ids), embedding(ids))
+    assert host.weight.device.type == "cpu" and host.num_embeddings == 50 and host.embedding_dim == 8
+    assert not list(host.parameters()) and not list(host.buffers())  # model.to() cannot move it back
+
+
+def test_refused_where_the_embedding_cannot_move(tiny_tokenizer):
+    model = _model(tiny_tokenizer)
+    model.requires_grad_(False)
+    assert why_not_offloadable(model) == "the input embedding is on cpu, not a GPU"
+    model.get_input_embeddings().weight.requires_grad_(True)
+    assert why_not_offloadable(model) == "the input embedding trains"
+    tied = _model(tiny_tokenizer, tie_word_embeddings=True).requires_grad_(False)
+    with pytest.raises(ValueError, match="tied to the LM head"):
+        offload_embedding(tied)
+    assert type(tied.get_input_embeddings()) is nn.Embedding  # left as it was
+
+
+def test_a_lora_model_trains_the_same_with_the_table_in_host_memory(tiny_tokenizer, monkeypatch):
+    # why_not_offloadable wants a GPU; on the CPU the move itself is what is tested
+    import tuner.embedding_offload as offload
+    from tuner.model import add_lora
+
+    ids = torch.randint(3, 500, (2, 16))
+
+    def loss_and_grads(model):
+        model.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    results = []
+    for move in (False, True):
+        model = add_lora(
+            _model(tiny_tokenizer), r=4, alpha=8, dropout=0.0, gradient_checkpointing=True, reentrant=True
+        )
+        model.train()
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.copy_(torch.linspace(-0.1, 0.1, param.numel()).view_as(param))
+        if move:
+            monkeypatch.setattr(offload, "why_not_offloadable", lambda model: None)
+            size = offload_embedding(model)
+            embedding = model.get_base_model().get_input_embeddings()
+            assert isinstance(embedding, HostEmbedding) and size == embedding.weight.numel() * 4
+            assert embedding(ids).requires_grad  # the hook reentrant checkpointing needs is back
+        results.append(loss_and_grads(model))
+    (loss, grads), (moved_loss, moved_grads) = results
+    assert grads and grads.keys() == moved_grads.keys()
+    torch.testing.assert_close(moved_loss, loss)
+    for name in grads:
+        torch.testing.assert_close(moved_grads[name], grads[name])
+
+
+def test_asked_for_on_a_cpu_the_embedding_stays_and_the_run_builds(
+    workspace, tiny_llama_dir, monkeypatch, caplog
+):
+    import logging
+
+    from tests.test_train import make_config, write_data
+    from tuner.train_model import build_model
+
+    monkeypatch.setenv("TUNER_EMBEDDING_ON_CPU", "on")
+    config = make_config(tiny_llama_dir, write_data(workspace / "d.jsonl"), name="emb")
+    with caplog.at_level(logging.INFO, logger="tuner.train_model"):
+        model, loaded = build_model(config)
+    assert type(model.get_base_model().get_input_embeddings()) is nn.Embedding
+    assert loaded.embedding_on_cpu == "" and "input embedding" not in loaded.describe()
+    assert "input embedding stays on the GPU: the input embedding is on cpu, not a GPU" in caplog.text
