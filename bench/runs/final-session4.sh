@@ -3,8 +3,7 @@
 # after it), the graphs GPU tests (two training runs in one process), and Qwen2.5-7B QLoRA 4096: the plain
 # loop, tuner's defaults and tuner with CUDA graphs in one process. Results: $OUT/<date>-qwen.json.
 set -u
-mkdir -p "$OUT/logs"
-source bench/wheels_setup.sh > "$OUT/logs/setup.log" 2>&1 || { tail -5 "$OUT/logs/setup.log"; exit 1; }
+source bench/runs/lib.sh
 timeout 60 python3 bench/graph_capture_probe.py 0.1 > "$OUT/logs/probe.log" 2>&1
 grep -E "^==" "$OUT/logs/probe.log" | cut -c1-240 | head -8
 timeout 75 python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_gpu_layer_graphs.py > "$OUT/logs/gpu-graphs-tests.log" 2>&1

@@ -3,8 +3,7 @@
 # (tuner/layer_graphs.py): the capture probe, the graphs GPU tests, and Llama-2-7B QLoRA 4096 with
 # and without graphs in one process. Results: $OUT/<date>-graphs-fix.json; logs in $OUT/logs.
 set -u
-mkdir -p "$OUT/logs"
-source bench/wheels_setup.sh > "$OUT/logs/setup.log" 2>&1 || { tail -5 "$OUT/logs/setup.log"; exit 1; }
+source bench/runs/lib.sh
 timeout 70 python3 bench/graph_capture_probe.py 0.1 > "$OUT/logs/probe.log" 2>&1
 grep -E "^==|Error" "$OUT/logs/probe.log" | grep -v liger | cut -c1-240 | head -8
 timeout 90 python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_gpu_layer_graphs.py > "$OUT/logs/gpu-graphs-tests.log" 2>&1

@@ -3,14 +3,12 @@
 # 4096-token rows, each tuner row (default, graphs) beside the plain loop in the same process (plain first:
 # Liger's patches are process-wide). Results: $OUT/<date>-graphs-rows.json; logs in $OUT/logs.
 set -u
-mkdir -p "$OUT/logs"
-source bench/wheels_setup.sh > "$OUT/logs/setup.log" 2>&1 || { tail -5 "$OUT/logs/setup.log"; exit 1; }
+source bench/runs/lib.sh
 timeout 60 python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_gpu_layer_graphs.py > "$OUT/logs/gpu-graphs-tests.log" 2>&1
 grep -E "varlen with|samples|after a|graphs:|passed|failed|Error|assert" "$OUT/logs/gpu-graphs-tests.log" | cut -c1-300 | tail -12
 F="$OUT/$(date +%F)-graphs-rows.json"
 B="--steps 8 --warmup 3 --in-process --out $F"
 G="graphs:env.TUNER_CUDA_GRAPHS=on"
-run() { local name=$1; shift; timeout "$@" > "$OUT/logs/$name.log" 2>&1; echo "$name: exit $?"; }
 run l2 230 python3 bench/bench_train.py --shape llama2-7b --method qlora --seq 4096 --tool plain,tuner $B --variant default --variant $G
 run l3 250 python3 bench/bench_train.py --shape llama3-8b --method qlora --seq 4096 --tool tuner $B --variant default --variant $G
 run l3-lora 150 python3 bench/bench_train.py --shape llama3-8b --method lora --seq 4096 --tool tuner $B --variant default --variant $G

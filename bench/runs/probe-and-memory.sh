@@ -4,8 +4,7 @@
 # LoRA dropout regenerating its masks in checkpointed layers (every layer checkpointed; with and
 # without the inputs offloaded). Results: $OUT/<date>-memory.json; logs in $OUT/logs.
 set -u
-mkdir -p "$OUT/logs"
-source bench/wheels_setup.sh > "$OUT/logs/setup.log" 2>&1 || { tail -5 "$OUT/logs/setup.log"; exit 1; }
+source bench/runs/lib.sh
 for p in 0.0 0.1; do
   timeout 70 python3 bench/graph_capture_probe.py $p > "$OUT/logs/probe-$p.log" 2>&1
   grep -E "^==|Error|error" "$OUT/logs/probe-$p.log" | grep -v liger | cut -c1-240 | head -8
@@ -15,7 +14,6 @@ grep -E "peak|passed|failed" "$OUT/logs/gpu-fused-tests.log" | cut -c1-240 | tai
 F="$OUT/$(date +%F)-memory.json"
 B="--steps 6 --warmup 2 --in-process --out $F"
 V="--variant lean-memory:env.TUNER_CHECKPOINT_LAYERS=all --variant offload:env.TUNER_CHECKPOINT_LAYERS=offload"
-run() { local name=$1; shift; timeout "$@" > "$OUT/logs/$name.log" 2>&1; echo "$name: exit $?"; }
 run l2 170 python3 bench/bench_train.py --shape llama2-7b --method qlora --seq 4096 --tool tuner $B $V
 run l3 190 python3 bench/bench_train.py --shape llama3-8b --method qlora --seq 2048 --tool tuner $B $V
 python3 bench/bench_train.py --report "$F"
