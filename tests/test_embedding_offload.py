@@ -91,3 +91,51 @@ def test_asked_for_on_a_cpu_the_embedding_stays_and_the_run_builds(
     assert type(model.get_base_model().get_input_embeddings()) is nn.Embedding
     assert loaded.embedding_on_cpu == "" and "input embedding" not in loaded.describe()
     assert "input embedding stays on the GPU: the input embedding is on cpu, not a GPU" in caplog.text
+
+
+def test_the_forward_looks_up_the_host_ids_it_is_handed_and_reads_back_without_them():
+    from accelerate.utils import send_to_device
+
+    from tuner.embedding_offload import HOST_INPUT_IDS, HostIds, hand_over_host_ids, with_host_input_ids
+
+    embedding = nn.Embedding(50, 4).requires_grad_(False)
+    host = HostEmbedding(embedding)
+    model = nn.Module()
+    model.get_input_embeddings = lambda: host
+    batch = with_host_input_ids(lambda rows: {"input_ids": torch.tensor([rows])})([5, 6, 7])
+    assert isinstance(batch[HOST_INPUT_IDS], HostIds)
+    moved = send_to_device(batch, "meta")  # what the Trainer's DataLoader does with a batch
+    assert moved["input_ids"].device.type == "meta" and moved[HOST_INPUT_IDS] is batch[HOST_INPUT_IDS]
+    hand_over_host_ids(model, moved)
+    assert HOST_INPUT_IDS not in moved  # the model never sees it
+    # The handed-over copy is what the forward looks up (a different tensor of the same shape here,
+    # to tell them apart), once: the next forward reads its own ids back.
+    assert torch.equal(host(torch.tensor([[1, 2, 3]])), embedding(torch.tensor([[5, 6, 7]])))
+    assert host.readbacks == 0
+    assert torch.equal(host(torch.tensor([[1, 2, 3]])), embedding(torch.tensor([[1, 2, 3]])))
+    assert host.readbacks == 1
+    host.next_host_ids = torch.tensor([[5, 6]])  # a shape that does not match is not used
+    assert torch.equal(host(torch.tensor([[1, 2, 3]])), embedding(torch.tensor([[1, 2, 3]])))
+    assert host.readbacks == 2
+
+
+def test_a_training_run_hands_every_forward_its_host_ids(workspace, tiny_llama_dir, monkeypatch):
+    # The whole path on a CPU (the move itself allowed there): collator, DataLoader, tuner's Trainer.
+    import tuner.embedding_offload as offload
+    from tests.test_train import make_config, write_data
+    from tuner.train import train
+
+    monkeypatch.setattr(offload, "why_not_offloadable", lambda model: None)
+    monkeypatch.setenv("TUNER_EMBEDDING_ON_CPU", "on")
+    handed = []
+    forward = HostEmbedding.forward
+
+    def spy(self, input_ids):
+        handed.append(self.next_host_ids is not None and torch.equal(self.next_host_ids, input_ids))
+        return forward(self, input_ids)
+
+    monkeypatch.setattr(HostEmbedding, "forward", spy)
+    config = make_config(tiny_llama_dir, write_data(workspace / "d.jsonl"), name="emb", max_steps=3)
+    result = train(config)
+    assert result.status == "completed"
+    assert len(handed) >= 3 and all(handed)

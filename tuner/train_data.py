@@ -78,8 +78,13 @@ def make_collator(tokenizer, packed: bool, attention: str = "sdpa", pad_to: int 
 def training_collator(tokenizer, config, loaded):
     """The collator a training run uses: packed or padded as the config says; with CUDA graphs on
     (tuner.layer_graphs) packed batches are padded to full rows, so every full batch has the shape
-    the graphs replay."""
+    the graphs replay; with the input embedding in host memory, batches carry their ids' host copy."""
     pad_to = (config.tokens_per_step or config.max_length) if loaded.layer_graphs is not None else None
-    return make_collator(
+    collator = make_collator(
         tokenizer, packed=config.pack_to_max_length, attention=loaded.attention, pad_to=pad_to
     )
+    if loaded.embedding_on_cpu:  # the host-memory embedding reads its ids from the batch, not the GPU
+        from tuner.embedding_offload import with_host_input_ids
+
+        collator = with_host_input_ids(collator)
+    return collator

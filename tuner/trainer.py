@@ -13,6 +13,8 @@ def make_trainer_class():
     from transformers import Trainer
     from transformers.trainer_utils import rotate_checkpoints
 
+    from tuner.embedding_offload import hand_over_host_ids
+
     class AtomicCheckpointTrainer(Trainer):
         """Writes each checkpoint into a hidden staging folder, then renames it into place, so a crash
         mid-save never leaves a checkpoint that looks complete but is not.
@@ -29,6 +31,7 @@ def make_trainer_class():
             # Padding added for a fixed row shape is not a token seen; Trainer counts every input id
             # (before or after this call, depending on its version: the sum is right either way).
             self.state.num_input_tokens_seen -= inputs.pop(PADDING_TOKENS, 0)
+            hand_over_host_ids(self.model, inputs)
             if self._lean is None:  # training_arguments turned Trainer's own count off for lean steps
                 self._lean = lean_steps() and self.args.include_num_input_tokens_seen in ("no", False)
             if not self._lean:
@@ -41,6 +44,7 @@ def make_trainer_class():
 
         def prediction_step(self, model, inputs, *args, **kwargs):
             inputs.pop(PADDING_TOKENS, None)
+            hand_over_host_ids(self.model, inputs)
             return super().prediction_step(model, inputs, *args, **kwargs)
 
         def floating_point_ops(self, inputs):
