@@ -85,3 +85,12 @@ def test_not_used_without_a_gpu(tiny_tokenizer):
     assert unavailable_reason() == "no CUDA GPU"
     assert use_for_training(model) == (False, "no CUDA GPU")
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_cudnn_for_one_sample_needs_the_switch_and_a_gpu(monkeypatch):
+    from tuner import attention
+
+    monkeypatch.setenv("TUNER_CUDNN_ATTENTION", "off")
+    assert attention.cudnn_for_one_sample() is False
+    monkeypatch.setenv("TUNER_CUDNN_ATTENTION", "on")
+    assert attention.cudnn_for_one_sample() is False  # no CUDA here: the varlen path is not taken either

@@ -308,7 +308,7 @@ def test_speed_switches_leave_the_training_unchanged(workspace, tiny_llama_dir, 
         "default": {},
         "switched": {
             "TUNER_CHECKPOINTING": "reentrant",
-            "TUNER_STEP_OVERHEAD": "lean",
+            "TUNER_STEP_OVERHEAD": "trainer",
             "TUNER_FUSED_LORA": "off",
         },
     }.items():
@@ -413,7 +413,9 @@ def test_speed_switch_defaults_and_bad_values(monkeypatch):
         "TUNER_FUSED_LORA": "on",
         "TUNER_CHECKPOINT_LAYERS": "auto",
         "TUNER_CUDA_GRAPHS": "on",
-        "TUNER_EMBEDDING_ON_CPU": "off",
+        "TUNER_EMBEDDING_ON_CPU": "auto",
+        "TUNER_STEP_OVERHEAD": "lean",
+        "TUNER_CUDNN_ATTENTION": "on",
     }
     for name in defaults:
         monkeypatch.delenv(name, raising=False)

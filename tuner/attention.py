@@ -13,7 +13,8 @@ Sample boundaries come from the batch: :class:`tuner.data.pack.PackedCollator` a
 computed on the host so no step waits on the GPU to find them. Without them they are derived from
 ``position_ids`` (each sample restarts at 0). Anything the varlen kernel does not cover (a CPU, a
 padding mask, dropout, sliding windows, soft-capping, a KV cache) goes to SDPA with an explicit
-block-causal mask, so the result is the same, only slower.
+block-causal mask, so the result is the same, only slower. A row that is one sample goes to SDPA's
+cuDNN kernel on Hopper, faster there than the flash kernel (:func:`cudnn_for_one_sample`).
 """
 
 from __future__ import annotations
@@ -148,6 +149,8 @@ def packed_attention(
             cu = cu.to(query.device)
     dtype = query.dtype
     half = dtype if dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+    if cu.shape[0] == 2 and cudnn_for_one_sample():  # the row is one sample (a host-known shape)
+        return _one_sample_causal(query.to(half), key.to(half), value.to(half), scaling).to(dtype), None
     # varlen takes (tokens, heads, head_dim); the flash kernel needs the last dim contiguous
     q, k, v = (t[0].transpose(0, 1).to(half).contiguous() for t in (query, key, value))
     gqa = {}
@@ -159,6 +162,41 @@ def packed_attention(
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
     out = varlen_attn(q, k, v, cu, cu, int(longest), int(longest), scale=scaling, **causal, **gqa)
     return out.to(dtype).unsqueeze(0), None
+
+
+def cudnn_for_one_sample() -> bool:
+    """Whether a row holding one sample goes to SDPA's cuDNN kernel instead of the varlen flash kernel
+    (TUNER_CUDNN_ATTENTION). Why: on Hopper cuDNN's fused attention runs a causal 4096-token sample's
+    forward and backward in 1.09 ms against the flash kernel's 1.98 ms (H200, 32 heads of 128, with or
+    without grouped KV heads: bench/attention_kernels.py, docs/benchmarks.md), and PyTorch's varlen
+    entry point has only the flash kernel. Long rows are often one sample (long documents, rows of
+    incremental pretraining, single long conversations). Hopper or newer only: that is where it was
+    measured to pay."""
+    from tuner.speed import switch
+
+    return _cudnn_here(switch("TUNER_CUDNN_ATTENTION"))  # called per layer: the GPU check is cached
+
+
+@functools.cache
+def _cudnn_here(mode: str) -> bool:
+    import torch
+
+    if mode != "on" or not torch.cuda.is_available():
+        return False
+    return torch.backends.cudnn.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+def _one_sample_causal(query, key, value, scaling):
+    """Causal attention over one sample (batch, heads, seq, head_dim in; batch, seq, heads, head_dim
+    out) through SDPA with cuDNN first; SDPA falls back to its flash kernel where cuDNN declines."""
+    from torch.nn import functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    gqa = {"enable_gqa": True} if key.shape[1] != query.shape[1] else {}
+    with sdpa_kernel(order, set_priority=True):
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, **gqa)
+    return out.transpose(1, 2)
 
 
 def _mask_for_packed(*args, **kwargs):

@@ -26,7 +26,7 @@ SWITCHES = {
     "TUNER_CHECKPOINTING": ("non-reentrant", ("auto", "reentrant", "non-reentrant")),
     # lean: tokens and FLOPs counted on the host, no per-step device sync or module walk for them
     # (one process only, see lean_steps); trainer: transformers' own per-step bookkeeping
-    "TUNER_STEP_OVERHEAD": ("trainer", ("lean", "trainer")),
+    "TUNER_STEP_OVERHEAD": ("lean", ("lean", "trainer")),
     # on: packed rows use PyTorch's varlen flash kernel on CUDA when flash-attn is absent
     # (tuner.attention); off: transformers' SDPA with a block mask built from the position ids
     "TUNER_VARLEN": ("on", ("on", "off")),
@@ -50,8 +50,11 @@ SWITCHES = {
     "TUNER_CUDA_GRAPHS": ("on", ("on", "off")),
     # auto: when every layer is checkpointed (memory is tight), the frozen input embedding's table
     # stays in host memory and each step looks its tokens up there (tuner.embedding_offload); on:
-    # always (one CUDA process, no DeepSpeed, an untied embedding). Off until measured on a GPU.
-    "TUNER_EMBEDDING_ON_CPU": ("off", ("off", "auto", "on")),
+    # always (one CUDA process, no DeepSpeed, an untied embedding)
+    "TUNER_EMBEDDING_ON_CPU": ("auto", ("off", "auto", "on")),
+    # on: with tuner_varlen attention on a Hopper (or newer) GPU, a row that is one sample runs
+    # SDPA's cuDNN kernel instead of the varlen flash kernel (tuner.attention.cudnn_for_one_sample)
+    "TUNER_CUDNN_ATTENTION": ("on", ("on", "off")),
 }
 
 

@@ -96,3 +96,39 @@ def test_training_picks_varlen_without_flash_attn(small_llama_dir, workspace):
     assert model.config._attn_implementation == attention.NAME
     assert make_collator(type("T", (), {"pad_token_id": 0})(), True, loaded.attention).boundaries
     print("training attention:", loaded.describe())
+
+
+@pytest.mark.parametrize("kv_heads", [16, 4])
+def test_a_one_sample_row_runs_cudnn_and_equals_the_varlen_kernel(kv_heads, monkeypatch):
+    # TUNER_CUDNN_ATTENTION=on (default): a row that is one sample runs SDPA's cuDNN kernel (seen in
+    # the profiler's kernel names) and gives the varlen flash kernel's loss and gradients.
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from tests.tiny import SMALL_GPU_SIZES, build_model, build_tokenizer
+    from tuner import attention
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("cuDNN attention is used on Hopper or newer only")
+    tokenizer = build_tokenizer()
+    sizes = dict(SMALL_GPU_SIZES, num_key_value_heads=kv_heads)
+    model = build_model("llama", tokenizer, **sizes).to("cuda", torch.bfloat16).train()
+    attention.register()
+    model.set_attn_implementation(attention.NAME)
+    for length in (77, 1000):
+        batch = _packed_batch(len(tokenizer), [length], "cuda")
+        results, kernels = {}, {}
+        for mode in ("off", "on"):
+            monkeypatch.setenv("TUNER_CUDNN_ATTENTION", mode)
+            assert attention.cudnn_for_one_sample() is (mode == "on")
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                results[mode] = _loss_and_grads(model, batch)
+                torch.cuda.synchronize()
+            kernels[mode] = " ".join(e.name.lower() for e in prof.events())
+        assert "cudnn" in kernels["on"] and "cudnn" not in kernels["off"], kernels["on"][:3000]
+        (ref_loss, ref_grads), (loss, grads) = results["off"], results["on"]
+        print(f"kv_heads {kv_heads}, {length} tokens: loss varlen {ref_loss:.5f} cudnn {loss:.5f}")
+        assert loss == pytest.approx(ref_loss, abs=2e-2)
+        for name, ref in ref_grads.items():
+            cosine = torch.nn.functional.cosine_similarity(grads[name].flatten(), ref.flatten(), dim=0)
+            assert cosine > 0.99, (name, float(cosine))
