@@ -872,7 +872,8 @@ class _TorchProfiler:
         import torch
 
         activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        self.profile = torch.profiler.profile(activities=activities)
+        # with_stack: the GPU idle gaps (idle_gaps) name the Python code the host was in
+        self.profile = torch.profiler.profile(activities=activities, with_stack=True)
         self.started = time.perf_counter()
         self.wall_s = None
         self.profile.__enter__()
@@ -906,7 +907,46 @@ def write_cuda_profile(profiler: _TorchProfiler, path: Path, spec: Spec, opts, t
     )
     by_gpu = events.table(sort_by="self_device_time_total", row_limit=top, max_name_column_width=90)
     by_host = events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=90)
-    path.write_text(head + "By GPU time\n" + by_gpu + "\n\nBy host time\n" + by_host + "\n")
+    gaps = idle_gaps(profiler.profile.events(), steps)
+    path.write_text(head + "By GPU time\n" + by_gpu + "\n\nBy host time\n" + by_host + "\n\n" + gaps + "\n")
+
+
+def _caller(event) -> str:
+    """The innermost frames of an op's Python stack outside torch itself (where tuner, transformers,
+    peft, Liger or the Trainer asked for it)."""
+    frames = [f for f in (getattr(event, "stack", None) or []) if "torch/" not in f and "<built-in" not in f]
+    return " < ".join(f.split("site-packages/")[-1] for f in frames[:3]) or "?"
+
+
+def idle_gaps(events, steps: int, min_us: float = 200.0, top: int = 12) -> str:
+    """Where the GPU waits for the host: the stretches of at least ``min_us`` with no kernel, memcpy or
+    memset running, the largest first, each with the kernels either side and the host ops that
+    started inside it (longest first, with their Python callers)."""
+    device = sorted(
+        (e.time_range.start, e.time_range.end, e.name) for e in events if e.device_type.name == "CUDA"
+    )
+    if not device:
+        return "GPU idle gaps: no device events"
+    gaps, busy_until, last = [], device[0][1], device[0][2]
+    for start, end, name in device[1:]:
+        if start - busy_until >= min_us:
+            gaps.append((start - busy_until, busy_until, start, last, name))
+        if end >= busy_until:
+            busy_until, last = end, name
+    host = [e for e in events if e.device_type.name == "CPU"]
+    total = sum(g[0] for g in gaps)
+    lines = [
+        f"GPU idle gaps >= {min_us:.0f} us: {len(gaps) / steps:.1f} per step, {total / 1e3 / steps:.1f} ms per step",
+        "",
+    ]
+    for length, begin, end, before, after in sorted(gaps, reverse=True)[:top]:
+        lines.append(f"{length / 1e3:.2f} ms idle, after {before[:60]!r}, before {after[:60]!r}")
+        inside = [e for e in host if begin <= e.time_range.start < end]
+        inside.sort(key=lambda e: min(e.time_range.end, end) - e.time_range.start, reverse=True)
+        for e in inside[:4]:
+            spent = (min(e.time_range.end, end) - e.time_range.start) / 1e3
+            lines.append(f"    {spent:6.2f} ms {e.name[:50]:50s} {_caller(e)[:200]}")
+    return "\n".join(lines)
 
 
 def write_profile(profiler, folder: Path, spec: Spec, opts, top: int = 45) -> Path:

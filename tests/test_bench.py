@@ -104,3 +104,25 @@ def test_specs_and_names(bench):
     assert bench.slug("NVIDIA H200") == "h200"
     with pytest.raises(SystemExit):
         bench.parse_args(["--shape", "llama9"])
+
+
+def test_idle_gaps_names_the_waits_and_the_host_work_inside_them(bench):
+    from types import SimpleNamespace as NS
+
+    def event(kind, name, start, end, stack=()):
+        return NS(device_type=NS(name=kind), name=name, time_range=NS(start=start, end=end), stack=list(stack))
+
+    events = [
+        event("CUDA", "gemm", 0, 1000),
+        event("CUDA", "overlapping", 500, 1100),
+        event("CUDA", "flash_bwd", 1150, 2000),  # 50 us later: below the threshold
+        event("CPU", "aten::item", 2100, 2900, ["site-packages/transformers/trainer.py(10): log"]),
+        event("CUDA", "adamw", 3000, 3100),  # 1 ms after flash_bwd
+        event("CUDA", "embedding", 3400, 3500),  # 0.3 ms after adamw
+    ]
+    text = bench.idle_gaps(events, steps=1)
+    lines = text.splitlines()
+    assert lines[0] == "GPU idle gaps >= 200 us: 2.0 per step, 1.3 ms per step"
+    assert lines[2] == "1.00 ms idle, after 'flash_bwd', before 'adamw'"
+    assert "aten::item" in lines[3] and "transformers/trainer.py(10): log" in lines[3]
+    assert lines[4] == "0.30 ms idle, after 'adamw', before 'embedding'"

@@ -416,6 +416,7 @@ def test_speed_switch_defaults_and_bad_values(monkeypatch):
         "TUNER_EMBEDDING_ON_CPU": "auto",
         "TUNER_STEP_OVERHEAD": "lean",
         "TUNER_CUDNN_ATTENTION": "on",
+        "TUNER_DROPOUT_GRAD_KERNEL": "on",
     }
     for name in defaults:
         monkeypatch.delenv(name, raising=False)

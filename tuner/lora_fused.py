@@ -59,6 +59,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tuner.dropout_grad import add_masked_
+
 _UNFUSED = "_lora_unfused_forward"  # the instance's own forward before fusing; None: its class's
 
 
@@ -154,7 +156,7 @@ class _FusedLoraLinear(torch.autograd.Function):
                 if mask is None:
                     gx.addmm_(gh, A)
                 else:
-                    gx.addcmul_(torch.mm(gh, A), mask, value=1.0 / (1.0 - ctx.p))
+                    add_masked_(gx, torch.mm(gh, A), mask, 1.0 / (1.0 - ctx.p))
                 gx = _cast(gx, ctx.x_dtype).view(ctx.x_shape)
         return gx, None, None, gA, gB, None, None, None, None, None, None
 

@@ -55,6 +55,9 @@ SWITCHES = {
     # on: with tuner_varlen attention on a Hopper (or newer) GPU, a row that is one sample runs
     # SDPA's cuDNN kernel instead of the varlen flash kernel (tuner.attention.cudnn_for_one_sample)
     "TUNER_CUDNN_ATTENTION": ("on", ("on", "off")),
+    # on: fused LoRA's backward adds the dropout-masked input gradient with a Triton kernel at full
+    # bandwidth instead of PyTorch's mixed-dtype addcmul (tuner.dropout_grad; CUDA with Triton)
+    "TUNER_DROPOUT_GRAD_KERNEL": ("on", ("on", "off")),
 }
 
 

@@ -261,3 +261,20 @@ def test_fused_4bit_regenerated_dropout_equals_saved_and_peaks_lower():
         assert torch.equal(a, b)
     assert torch.equal(regenerated_rng, saved_rng)
     assert regenerated_peak < saved_peak
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_the_dropout_grad_kernel_is_bit_identical_to_addcmul(dtype):
+    import torch
+
+    from tuner.dropout_grad import add_masked_, kernel_applies
+
+    dtype = getattr(torch, dtype)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    for shape in [(4096, 4096), (1000, 4097)]:  # a full-size step and a ragged tail block
+        out = torch.randn(shape, device="cuda", dtype=dtype, generator=generator)
+        src = torch.randn(shape, device="cuda", dtype=dtype, generator=generator)
+        keep = torch.rand(shape, device="cuda", generator=generator) > 0.1
+        assert kernel_applies(out, src, keep)
+        expected = out.clone().addcmul_(src, keep, value=1 / 0.9)
+        assert torch.equal(add_masked_(out, src, keep, 1 / 0.9), expected)
