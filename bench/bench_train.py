@@ -29,7 +29,11 @@ each child appends its row to the ``--out`` JSON list (atomically, under a lock)
 Measurement: ``--warmup`` steps first (allocator growth, paged optimizer state, cuBLAS handles), then
 ``--steps`` timed steps; the time of a step is the host clock between consecutive step ends, each
 after ``torch.cuda.synchronize()``, so it holds everything a step costs (data loading, logging,
-forward, backward, optimizer). ``tok_s`` = tokens per step / mean step time. Memory: peak allocated
+forward, backward, optimizer). ``tok_s`` = tokens per step / mean step time. ``--clock window``
+synchronizes only at the last warm-up step's end and the last timed step's end: a sync after every
+step idles the GPU while the host starts the next one, which a training run does not do (tuner's own
+syncs, logging among them, still happen), so the mean over the window is the run's throughput; the
+per-step spread is then host time only. Memory: peak allocated
 and reserved bytes of PyTorch's allocator after ``reset_peak_memory_stats`` once the model is loaded
 (bitsandbytes' paged optimizer state lives in CUDA managed memory outside that allocator; the
 device-wide ``device_used_gib``, sampled after every step from ``cudaMemGetInfo``, includes it and the
@@ -427,8 +431,10 @@ def versions() -> dict:
 class StepClock:
     """Host time at the end of every step (after a device sync), peak device use, losses."""
 
-    def __init__(self, profile: tuple[int, int] | None = None, cuda_profile: bool = False):
+    def __init__(self, profile: tuple[int, int] | None = None, cuda_profile: bool = False, sync_steps=None):
         self.ends: list[float] = []
+        # --clock window: the step numbers (1-based) whose ends sync; None: every step's
+        self.sync_steps = sync_steps
         self.losses: list[float] = []
         self.device_used = 0
         self.loaded_bytes = None
@@ -451,7 +457,8 @@ class StepClock:
     def step_end(self) -> None:
         import torch
 
-        _sync()
+        if self.sync_steps is None or len(self.ends) + 1 in self.sync_steps:
+            _sync()
         self.ends.append(time.perf_counter())
         if self.profile and len(self.ends) == self.profile[0]:
             self.profiler = _start_profiler(self.cuda_profile)
@@ -800,7 +807,9 @@ def measure(spec: Spec, opts) -> dict:
     clock = StepClock(
         profile=(opts.warmup, opts.warmup + opts.steps) if opts.profile else None,
         cuda_profile=opts.profile_cuda,
+        sync_steps={opts.warmup, opts.warmup + opts.steps} if opts.clock == "window" else None,
     )
+    row["clock"] = opts.clock
     started = time.perf_counter()
     try:
         model_dir = ensure_model(spec.shape, models_dir)
@@ -1026,6 +1035,8 @@ def report(rows: list[dict]) -> str:
             notes.append(f"ckpt {r['checkpointed_layers']} layers{offloaded}")
         if r.get("embedding_on_cpu"):
             notes.append("embedding in host memory")
+        if r.get("clock") == "window":
+            notes.append("window clock")
         graphs = r.get("cuda_graphs")
         if graphs:
             notes.append(
@@ -1115,6 +1126,7 @@ def child_argv(spec: Spec, opts, out: Path) -> list[str]:
         argv += ["--profile", str(opts.profile)]
     if opts.profile_cuda:
         argv.append("--profile-cuda")
+    argv += ["--clock", opts.clock]
     return argv
 
 
@@ -1230,6 +1242,12 @@ def parse_args(argv=None):
         "--profile-cuda",
         action="store_true",
         help="with --profile: torch.profiler (CUDA kernels by GPU time, GPU busy share) instead of cProfile",
+    )
+    p.add_argument(
+        "--clock",
+        choices=("step", "window"),
+        default="step",
+        help="step: a device sync after every step (default); window: only around the timed steps",
     )
     p.add_argument("--report", metavar="JSON", help="print the markdown table of a results file and exit")
     opts = p.parse_args(argv)

@@ -110,7 +110,9 @@ def test_idle_gaps_names_the_waits_and_the_host_work_inside_them(bench):
     from types import SimpleNamespace as NS
 
     def event(kind, name, start, end, stack=()):
-        return NS(device_type=NS(name=kind), name=name, time_range=NS(start=start, end=end), stack=list(stack))
+        return NS(
+            device_type=NS(name=kind), name=name, time_range=NS(start=start, end=end), stack=list(stack)
+        )
 
     events = [
         event("CUDA", "gemm", 0, 1000),

@@ -593,3 +593,29 @@ def test_rows_padded_for_cuda_graphs_train_the_same_and_count_only_real_tokens(
     # Adam turns such roundings into visible weight differences on near-zero gradients)
     assert len(padded) == len(plain) == 3
     torch.testing.assert_close(torch.tensor(padded), torch.tensor(plain), rtol=1e-4, atol=0)
+
+
+def test_a_non_finite_loss_is_logged_as_it_is_with_one_warning(tmp_path):
+    # Lean steps turn Trainer's NaN filter off (a device sync per micro-step): the loss line shows
+    # the NaN, and the run's events say once, in words, that training diverged and what to do.
+    from types import SimpleNamespace
+
+    from tuner.callbacks import EventCallback, RunControl
+    from tuner.events import EventLog
+
+    events = EventLog(tmp_path / "events.jsonl")
+    callback = EventCallback(events, RunControl())
+    state = SimpleNamespace(global_step=7, max_steps=10, epoch=1.0, num_input_tokens_seen=0)
+    control = SimpleNamespace(should_training_stop=False, should_save=False)
+    callback.on_log(None, state, control, logs={"loss": 2.5})
+    callback.on_log(None, state, control, logs={"loss": float("nan")})
+    callback.on_log(None, state, control, logs={"loss": float("inf")})
+    warnings = [e for e in events.since() if e["type"] == "warning"]
+    assert len(warnings) == 1 and warnings[0]["step"] == 7
+    assert (
+        "training loss is nan at step 7: training diverged; lower the learning rate" in warnings[0]["message"]
+    )
+    assert [e["loss"] for e in events.since() if e["type"] == "log"][1:] == [
+        pytest.approx(float("nan"), nan_ok=True),
+        float("inf"),
+    ]

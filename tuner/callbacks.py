@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 
@@ -47,6 +48,7 @@ class EventCallback(TrainerCallback):
         self._last_time = None
         self._last_tokens = 0
         self._start_step = 0
+        self._diverged = False  # a non-finite loss was reported
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.time()
@@ -95,6 +97,17 @@ class EventCallback(TrainerCallback):
             eta_s=eta,
             train_loss=logs.get("train_loss"),
         )
+        loss = logs.get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss) and not self._diverged:
+            # Trainer's NaN filter (which averages such steps away) is off with lean steps: it reads
+            # the loss back after every micro-step. Saying so once is what the user needs.
+            self._diverged = True
+            self.events.emit(
+                "warning",
+                step=state.global_step,
+                message=f"the training loss is {loss} at step {state.global_step}: training diverged; "
+                "lower the learning rate (lr), or use bf16 instead of fp16, and start again",
+            )
         # A stop asked for by a listener of this very event takes effect before the checkpoint decision.
         self._honour_stop(control)
 

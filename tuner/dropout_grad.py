@@ -5,7 +5,8 @@ Why: tuner.lora_fused's backward adds the LoRA path's input gradient through the
 TensorIterator cannot take its vectorized path (mixed dtypes) and runs its unrolled, casting kernel:
 97 us per 4096 x 4096 call on an H200, ~1.15 TB/s, 7% of a Llama-2 QLoRA 4096 step's GPU time
 (224 calls per step; torch.profiler, docs/benchmarks.md). This Triton kernel reads the three tensors
-and writes one at full bandwidth. Same arithmetic as addcmul: in fp32, one rounding, so bit-identical.
+and writes one at full bandwidth. Same arithmetic as addcmul: in fp32, ``src * scale`` rounded, then
+added and rounded to the output dtype (no fused multiply-add), so bit-identical.
 
 Used on CUDA when Triton imports, the tensors are contiguous and alike, and TUNER_DROPOUT_GRAD_KERNEL
 is on; ``addcmul_`` otherwise (CPU, other layouts).
@@ -65,5 +66,8 @@ def add_masked_(out: torch.Tensor, src: torch.Tensor, keep: torch.Tensor, scale:
         return out.addcmul_(src, keep, value=scale)
     add_masked, cdiv = _kernel()
     n = out.numel()
-    add_masked[(cdiv(n, BLOCK),)](out, src, keep.view(torch.uint8), n, scale, BLOCK=BLOCK)
+    # No fused multiply-add: addcmul rounds src * scale before adding, and so must this to match it
+    add_masked[(cdiv(n, BLOCK),)](
+        out, src, keep.view(torch.uint8), n, scale, BLOCK=BLOCK, enable_fp_fusion=False
+    )
     return out

@@ -96,6 +96,10 @@ def training_arguments(config, run_dir: Path, loaded, has_eval: bool):
         # micro-step's backward: a device sync that idles the GPU while the host launches the
         # optimizer. On one process the host-side count in our Trainer class gives the same number.
         include_num_input_tokens_seen="no" if lean_steps() else "all",
+        # Trainer's NaN filter tests every micro-step's loss on the host (a device sync each, 16 per
+        # optimizer step with accumulation 16); with lean steps a NaN loss is logged as it is, and
+        # tuner.callbacks warns that training diverged.
+        logging_nan_inf_filter=not lean_steps(),
         disable_tqdm=True,
         dataloader_num_workers=0,
         deepspeed=ds,
