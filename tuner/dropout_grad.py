@@ -5,8 +5,8 @@ Why: tuner.lora_fused's backward adds the LoRA path's input gradient through the
 TensorIterator cannot take its vectorized path (mixed dtypes) and runs its unrolled, casting kernel:
 97 us per 4096 x 4096 call on an H200, ~1.15 TB/s, 7% of a Llama-2 QLoRA 4096 step's GPU time
 (224 calls per step; torch.profiler, docs/benchmarks.md). This Triton kernel reads the three tensors
-and writes one at full bandwidth. Same arithmetic as addcmul: in fp32, ``src * scale`` rounded, then
-added and rounded to the output dtype (no fused multiply-add), so bit-identical.
+and writes one at full bandwidth. Same arithmetic as addcmul's CUDA kernel, ``a + alpha * (b * c)`` in
+fp32, which the compiler turns into one fused multiply-add: ``fma(src, scale, out)`` where kept.
 
 Used on CUDA when Triton imports, the tensors are contiguous and alike, and TUNER_DROPOUT_GRAD_KERNEL
 is on; ``addcmul_`` otherwise (CPU, other layouts).
@@ -35,7 +35,7 @@ def _kernel():
         out = tl.load(out_ptr + offsets, mask=inside).to(tl.float32)
         src = tl.load(src_ptr + offsets, mask=inside).to(tl.float32)
         keep = tl.load(keep_ptr + offsets, mask=inside)
-        total = out + tl.where(keep != 0, src * scale, 0.0)
+        total = tl.where(keep != 0, tl.fma(src, scale, out), out)
         tl.store(out_ptr + offsets, total.to(out_ptr.dtype.element_ty), mask=inside)
 
     return add_masked, triton.cdiv
