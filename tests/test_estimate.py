@@ -108,6 +108,7 @@ def _estimate(row):
         checkpointed_layers=layers,
         offload=offload,
         graphs=graphs,
+        embedding_on_cpu=bool(row.get("embedding_on_cpu")),  # rows before the switch: on the GPU
     )
 
 
@@ -193,9 +194,9 @@ def test_checkpointing_every_layer_when_asked_or_not_decidable(monkeypatch):
 # Runs with session 4's defaults (CUDA graphs where no layer is checkpointed, regenerated LoRA dropout
 # where layers are): their rows with graphs on, or with every layer checkpointed (never graphed).
 CURRENT_DEFAULTS = {
-    "2026-12-01-h200-graphs2.json",
-    "2026-12-01-h200-graphs3.json",
-    "2026-12-01-h200-qwen.json",
+    "2026-12-01-h200-dropout-kernel.json",  # session 5: every speed default of now
+    "2026-12-01-h200-embedding2.json",
+    "2026-12-01-h200-qwen.json",  # session 4: before lean steps and cuDNN attention
     "2026-12-01-h200-memory-regen.json",
 }
 

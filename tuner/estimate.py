@@ -85,11 +85,12 @@ OFFLOAD_INPUTS_ON_DEVICE = 2
 # included), plus a fixed host cost per step (what the GPU waits for: the LM head's loss, the optimizer,
 # the Trainer's step; per layer too where layers are not replayed as CUDA graphs), which grows with the
 # share of layers checkpointed (no graphs there, saved-tensor hooks, paged AdamW):
-# GPU_STEP_SECONDS = (no layer checkpointed, every layer). Fitted on the H200 rows of session 4 with
-# tuner's defaults (CUDA graphs; regenerated LoRA dropout): QLoRA at 4096 tokens 0.38 s (Llama-2-7B,
-# Qwen2.5-7B) and 0.40 s (Llama-3-8B), with every layer checkpointed 0.56 to 0.60 s (Llama-2-7B); bf16
-# LoRA Llama-3-8B 0.38 s; within ~25% of each (tests/test_estimate.py). CPU: measured with SmolLM2-135M
-# LoRA at ~171 tokens/s on 2 cores, i.e. ~1.4e11 FLOP/s.
+# GPU_STEP_SECONDS = (no layer checkpointed, every layer). Fitted on the H200 rows of session 5 with
+# tuner's defaults (CUDA graphs, lean steps, cuDNN attention for one-sample rows, the dropout-gradient
+# kernel): QLoRA at 4096 tokens 0.31 s (Llama-2-7B) and 0.34 s (Llama-3-8B), bf16 LoRA Llama-3-8B
+# 0.31 s; with every layer checkpointed 0.56 to 0.65 s (Llama-2-7B QLoRA, session 4 and 5); within ~25%
+# of each (tests/test_estimate.py). CPU: measured with SmolLM2-135M LoRA at ~171 tokens/s on 2 cores,
+# i.e. ~1.4e11 FLOP/s.
 GPU_PEAK_FLOPS = {
     "H100": 989e12,
     "H200": 989e12,
@@ -103,7 +104,7 @@ GPU_PEAK_FLOPS = {
 }
 GPU_DEFAULT_PEAK = 100e12
 GPU_MFU = 0.54
-GPU_STEP_SECONDS = {"quantized": (0.14, 0.30), "16-bit": (0.11, 0.3)}
+GPU_STEP_SECONDS = {"quantized": (0.075, 0.30), "16-bit": (0.04, 0.3)}
 CPU_FLOPS = 1.4e11
 
 
@@ -164,6 +165,7 @@ def estimate(
     offload: bool | None = None,
     budget_gib: float | None = None,
     graphs: bool | None = None,
+    embedding_on_cpu: bool | None = None,
 ) -> Estimate:
     """Memory (GiB) and time of one training run of ``cfg`` (a TrainConfig or a dict of its keys).
 
@@ -173,7 +175,8 @@ def estimate(
     fp32) default to what tuner's training does here. ``checkpointed_layers`` and ``offload`` (the
     checkpointed layers' inputs kept in host memory) default to what training would choose
     (``checkpoint_plan``) for ``budget_gib`` of memory (default: the device's); ``graphs`` (CUDA
-    graphs where no layer is checkpointed) to TUNER_CUDA_GRAPHS.
+    graphs where no layer is checkpointed) to TUNER_CUDA_GRAPHS, and ``embedding_on_cpu`` (the input
+    embedding's table in host memory, where the model allows it) to TUNER_EMBEDDING_ON_CPU.
     """
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     shape = shape or model_shape(get("model", "default"))
@@ -189,7 +192,9 @@ def estimate(
         )
         checkpointed_layers = planned if checkpointed_layers is None else checkpointed_layers
         offload = planned_offload if offload is None else offload
-    est = _estimate(get, shape, hw, dataset_tokens, liger, upcast, checkpointed_layers, offload, graphs)
+    est = _estimate(
+        get, shape, hw, dataset_tokens, liger, upcast, checkpointed_layers, offload, graphs, embedding_on_cpu
+    )
     if not est.fits:
         est.advice = advice(est, get, hw)
     return est
@@ -250,7 +255,16 @@ def activation_bytes(shape: ModelShape, lora_dropout: float) -> float:
 
 
 def _estimate(
-    get, shape, hw, dataset_tokens, liger, upcast, checkpointed: int, offload: bool, graphs: bool = False
+    get,
+    shape,
+    hw,
+    dataset_tokens,
+    liger,
+    upcast,
+    checkpointed: int,
+    offload: bool,
+    graphs: bool = False,
+    embedding_on_cpu: bool | None = None,  # None: as TUNER_EMBEDDING_ON_CPU decides for this plan
 ) -> Estimate:
     method = get("method", "lora") or "lora"
     quant = get("quantization", "none") or "none"
@@ -277,7 +291,9 @@ def _estimate(
             weights = (shape.params - kept) * bits / 8 + kept * kept_bytes
             residual_bytes = 4 if upcast else 2
         every_layer = checkpointed == shape.layers
-        if hw.device == "cuda" and not shape.tied and speed.embedding_on_cpu(every_layer, get("deepspeed")):
+        if embedding_on_cpu is None:
+            embedding_on_cpu = speed.embedding_on_cpu(every_layer, get("deepspeed"))
+        if hw.device == "cuda" and not shape.tied and embedding_on_cpu:
             # the frozen input embedding's table waits in host memory (tuner.embedding_offload)
             weights -= shape.vocab * shape.hidden * (kept_bytes if quantized else bits / 8)
     trainable_bytes = trainable * BYTES_PER_TRAINABLE
