@@ -142,6 +142,19 @@ def test_input_embedding_in_host_memory_trains_and_frees_its_gpu_memory(workspac
         return train_begin(self, *args, **kwargs)
 
     monkeypatch.setattr(EventCallback, "on_train_begin", reset_peak)
+    # Every training forward gets its ids' host copy from the batch: none reads them back from the GPU
+    # (a device sync per step) through the real DataLoader (pinned memory) and accelerate's device move.
+    from tuner.embedding_offload import HostEmbedding
+
+    handed = []
+    forward = HostEmbedding.forward
+
+    def spy(self, input_ids):
+        if torch.is_grad_enabled():  # a training step's forward (sample answers generate without grad)
+            handed.append(self.next_host_ids is not None and torch.equal(self.next_host_ids, input_ids.cpu()))
+        return forward(self, input_ids)
+
+    monkeypatch.setattr(HostEmbedding, "forward", spy)
     sizes = {**SMALL_GPU_SIZES, "vocab_size": 32000}
     model_dir = save_tiny_model("llama", tmp_path / "m", torch.bfloat16, **sizes)
     peaks, losses = {}, {}
@@ -162,5 +175,6 @@ def test_input_embedding_in_host_memory_trains_and_frees_its_gpu_memory(workspac
     table_mib = sizes["vocab_size"] * sizes["hidden_size"] * 2 / 2**20
     print(f"peak off {peaks['off']:.1f} MiB, on {peaks['on']:.1f} MiB, table {table_mib:.1f} MiB")
     assert peaks["off"] - peaks["on"] > 0.8 * table_mib
+    assert len(handed) >= 30 and all(handed), handed
     for mode in losses:
         assert sum(losses[mode][-3:]) / 3 < sum(losses[mode][:3]) / 3 * 0.5
