@@ -36,6 +36,11 @@ that are not checkpointed, and only checkpointed layers regenerate). No effect w
 where it falls back. As with dropout off, the kept input must not be changed in place before
 backward (autograd's version check refuses it).
 
+Drawn dropout (TUNER_LORA_DROPOUT_KERNEL=on, off by default until measured on a GPU): the mask is
+drawn inside Triton kernels from a per-call seed, in forward and again in backward, so neither the
+dropped-out copy nor the mask is ever stored, in any layer, graphed or checkpointed
+(tuner.lora_dropout_kernels). It takes precedence over regeneration where it applies.
+
 When it falls back to peft's own forward, unchanged: in eval mode (generation, evaluation), with
 the adapters disabled or merged, with no or several active adapters, for DoRA or another LoRA
 variant, when extra arguments are passed (``adapter_names`` for mixed batches), when the base
@@ -60,6 +65,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from tuner.dropout_grad import add_masked_
+from tuner.lora_dropout_kernels import add_masked_grad_x, masked_gradient_a, masked_x_at, new_seed
+from tuner.lora_dropout_kernels import kernels_apply as dropout_kernels_apply
 
 _UNFUSED = "_lora_unfused_forward"  # the instance's own forward before fusing; None: its class's
 
@@ -112,6 +119,17 @@ class _FusedLoraLinear(torch.autograd.Function):
         x2 = _cast(x.reshape(-1, x.shape[-1]), dtype)
         y = F.linear(x2, _weight(weight, quant_state, dtype), None if bias is None else _cast(bias, dtype))
         A, B = _cast(lora_A, dtype), _cast(lora_B, dtype)
+        ctx.drawn = p > 0 and dropout_kernels_apply(x2, A)
+        if ctx.drawn:
+            # The mask is drawn inside the kernels from this seed (tuner.lora_dropout_kernels): only x2
+            # (shared with the other layers reading x) and the seed are kept
+            seed = new_seed(x2.device)
+            h = masked_x_at(x2, A, seed, p)
+            y.addmm_(h, B.t(), alpha=scale)
+            ctx.save_for_backward(x2, h, seed, A, B, weight)
+            ctx.scale, ctx.p, ctx.quant_state, ctx.dtype = scale, p, quant_state, dtype
+            ctx.x_dtype, ctx.x_shape, ctx.A_dtype, ctx.B_dtype = x.dtype, x.shape, lora_A.dtype, lora_B.dtype
+            return _cast(y, out_dtype)
         if p > 0:
             generator = _generator(x2.device) if regenerate else None
             if generator is None:
@@ -144,7 +162,15 @@ class _FusedLoraLinear(torch.autograd.Function):
         gx = gA = gB = None
         if need_B:
             gB = _cast(_mm(gy.t(), h, ctx.scale), ctx.B_dtype)
-        if need_x or need_A:
+        if (need_x or need_A) and ctx.drawn:
+            gh = _mm(gy, B, ctx.scale)
+            x2, seed = xd, mask
+            if need_A:
+                gA = _cast(masked_gradient_a(gh, x2, seed, ctx.p), ctx.A_dtype)
+            if need_x:
+                gx = torch.mm(gy, _weight(weight, ctx.quant_state, ctx.dtype))
+                gx = _cast(add_masked_grad_x(gx, gh, A, seed, ctx.p), ctx.x_dtype).view(ctx.x_shape)
+        elif need_x or need_A:
             gh = _mm(gy, B, ctx.scale)
             if mask is None and ctx.p > 0:  # dropout with regeneration: only x2 was kept
                 xd, mask = _redraw(xd, ctx.p, *ctx.rng)

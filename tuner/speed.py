@@ -58,6 +58,10 @@ SWITCHES = {
     # on: fused LoRA's backward adds the dropout-masked input gradient with a Triton kernel at full
     # bandwidth instead of PyTorch's mixed-dtype addcmul (tuner.dropout_grad; CUDA with Triton)
     "TUNER_DROPOUT_GRAD_KERNEL": ("on", ("on", "off")),
+    # on: fused LoRA draws its dropout mask inside Triton kernels from a per-call seed instead of
+    # keeping a dropped-out copy and a mask per linear (tuner.lora_dropout_kernels). Off until measured
+    # on a GPU.
+    "TUNER_LORA_DROPOUT_KERNEL": ("off", ("off", "on")),
 }
 
 

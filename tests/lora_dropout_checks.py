@@ -1,0 +1,90 @@
+"""Checks of tuner.lora_dropout_kernels that run under Triton's interpreter on the CPU, each in a process
+of its own started by tests/test_lora_dropout_kernels.py with TRITON_INTERPRET=1 (Triton decides
+interpreted or compiled for its own library when it is first imported, so a pytest process that has
+imported Triton already cannot switch). Each function raises on a mismatch."""
+
+from __future__ import annotations
+
+import torch
+
+
+def each_kernel_equals_its_formula_with_the_drawn_mask():
+    for dtype in (torch.float32, torch.float16):
+        _kernel_formulas(dtype)
+
+
+def _kernel_formulas(dtype):
+    from tuner import lora_dropout_kernels as K
+
+    torch.manual_seed(0)
+    tokens, width, rank, p = 70, 96, 8, 0.25  # ragged against the 64-wide blocks
+    x = torch.randn(tokens, width, dtype=dtype)
+    A = (torch.randn(rank, width) * 0.1).to(dtype)
+    seed = K.new_seed(torch.device("cpu"))
+    assert K.kernels_apply(x, A)
+    keep = K.drawn_mask((tokens, width), seed, p, "cpu")
+    assert 0.7 < keep.float().mean().item() < 0.8
+    dropped = (x.float() * keep / (1 - p)).to(dtype).float()
+    tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(K.masked_x_at(x, A, seed, p).float(), dropped @ A.float().t(), **tolerance)
+    grad_h = torch.randn(tokens, rank, dtype=dtype)
+    torch.testing.assert_close(
+        K.masked_gradient_a(grad_h, x, seed, p), grad_h.float().t() @ dropped, **tolerance
+    )
+    grad_x = torch.randn(tokens, width, dtype=dtype)
+    expected = grad_x.float() + (grad_h.float() @ A.float()) * keep / (1 - p)
+    torch.testing.assert_close(K.add_masked_grad_x(grad_x, grad_h, A, seed, p).float(), expected, **tolerance)
+    other = K.drawn_mask((tokens, width), K.new_seed(torch.device("cpu")), p, "cpu")
+    assert not torch.equal(other, keep)  # a new call draws a new mask
+
+
+def a_fused_lora_linear_trains_through_the_kernels():
+    # The fused layer's output and gradients equal vanilla LoRA's formulas with the mask the kernels
+    # drew (read back by replaying the seed), and nothing of the mask's size is kept for backward.
+    import peft
+    from torch import nn
+
+    from tuner import lora_dropout_kernels, lora_fused
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(96, 80, bias=False))
+    config = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.25, target_modules=["0"])
+    model = peft.get_peft_model(base, config)
+    model.train()
+    layer = model.base_model.model[0]
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_(0, 0.1)
+    assert lora_fused.fuse_lora(model) == 1
+    seeds = []
+    new_seed = lora_fused.new_seed
+
+    def recording(device):
+        seeds.append(new_seed(device))
+        return seeds[-1].clone()
+
+    lora_fused.new_seed = recording
+    x = torch.randn(3, 20, 96, requires_grad=True)
+    saved = []
+
+    def pack(tensor):
+        saved.append((tuple(tensor.shape), tensor.dtype, tensor.untyped_storage().data_ptr()))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        y = model(x)
+    # no mask and no dropped-out copy: the only input-sized tensor kept is x itself (a view of it)
+    assert not [s for s in saved if s[1] == torch.bool], saved
+    input_sized = [s for s in saved if s[0] in ((60, 96), (3, 20, 96))]
+    assert input_sized and {s[2] for s in input_sized} == {x.untyped_storage().data_ptr()}, saved
+    y.square().sum().backward()
+    assert len(seeds) == 1
+    keep = lora_dropout_kernels.drawn_mask((60, 96), seeds[0], 0.25, "cpu").view(3, 20, 96)
+    A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    x_ref = x.detach().clone().requires_grad_()
+    A_ref, B_ref = A.detach().clone().requires_grad_(), B.detach().clone().requires_grad_()
+    y_ref = layer.base_layer(x_ref) + (x_ref * keep / 0.75) @ A_ref.t() @ B_ref.t() * layer.scaling["default"]
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(A.grad, A_ref.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(B.grad, B_ref.grad, rtol=1e-4, atol=1e-4)
