@@ -2,7 +2,7 @@
 
 Why: with dropout on, tuner.lora_fused keeps, for every adapted linear, a dropped-out copy of its input
 and a bool mask of that size for backward. q/k/v and gate/up read one input, yet each keeps its own:
-~0.46 GiB per Llama-3-8B decoder layer at 4096 tokens, ~15 GiB over 32 layers that are not
+~0.43 GiB per Llama-3-8B decoder layer at 4096 tokens, ~14 GiB over 32 layers that are not
 checkpointed, and four full-width elementwise kernels per linear per step (the dropout, the masked
 gradient, and the copies' traffic). Here the mask is a pure function of a per-call seed (a one-element
 device tensor drawn from PyTorch's generator, so CUDA graphs and checkpoint recomputation replay it)
