@@ -255,3 +255,21 @@ def test_input_embedding_in_host_memory_counts_where_the_switch_puts_it(monkeypa
     partial_gpu = estimate(config, shape, H100, **partial).allocated_gib
     monkeypatch.setenv("TUNER_EMBEDDING_ON_CPU", "auto")
     assert estimate(config, shape, H100, **partial).allocated_gib == partial_gpu  # auto: only when tight
+
+
+def test_drawn_lora_dropout_counts_no_copies_or_masks(monkeypatch):
+    # TUNER_LORA_DROPOUT_KERNEL=on: a layer that is not checkpointed keeps no dropped-out inputs or
+    # masks: DROPOUT_BYTES x (6 + intermediate / hidden) per token and hidden unit fewer, per layer.
+    from tuner.estimate import DROPOUT_BYTES
+
+    monkeypatch.delenv("TUNER_FUSED_LORA", raising=False)
+    shape = shape_from_config(SHAPES["llama3-8b"])
+    config = _qlora_4096(method="lora", quantization="none")
+    args = dict(liger=True, checkpointed_layers=0, offload=False, graphs=False)
+    monkeypatch.setenv("TUNER_LORA_DROPOUT_KERNEL", "off")
+    stored = estimate(config, shape, H100, **args).allocated_gib
+    monkeypatch.setenv("TUNER_LORA_DROPOUT_KERNEL", "on")
+    drawn = estimate(config, shape, H100, **args).allocated_gib
+    per_layer = 4096 * shape.hidden * DROPOUT_BYTES * (6 + shape.intermediate / shape.hidden)
+    assert stored - drawn == pytest.approx(per_layer * shape.layers / 2**30)
+    assert estimate(dict(config, lora_dropout=0.0), shape, H100, **args).allocated_gib == pytest.approx(drawn)

@@ -306,7 +306,14 @@ def _estimate(
         paged = hw.device == "cuda" and optimizer.startswith("paged_")
     outside_allocator = trainable * PAGED_OPTIMIZER_BYTES if paged else 0
     dropout = float(get("lora_dropout", 0.1) or 0) if method != "full" else 0.0
-    kept_per_layer = activation_bytes(shape, dropout) * (residual_bytes / 2)
+    # drawn dropout (tuner.lora_dropout_kernels) keeps neither the dropped-out copies nor the masks
+    drawn = (
+        dropout > 0
+        and hw.device == "cuda"
+        and speed.fused_lora_in_use(method, get("deepspeed"))
+        and speed.switch("TUNER_LORA_DROPOUT_KERNEL") == "on"
+    )
+    kept_per_layer = activation_bytes(shape, 0.0 if drawn else dropout) * (residual_bytes / 2)
     act = tokens * shape.hidden * (shape.layers - checkpointed) * kept_per_layer
     if checkpointed:
         recompute = RECOMPUTE_BYTES + RECOMPUTE_MLP_BYTES * shape.intermediate / shape.hidden
