@@ -127,6 +127,7 @@ class Estimate:
     checkpointed_layers: int = 0  # layers whose activations are recomputed in the backward pass
     offloaded: bool = False  # their inputs wait in host memory (tuner.checkpoint_offload)
     graphs: bool = False  # no layer checkpointed and the layers replayed as CUDA graphs (tuner.layer_graphs)
+    embedding_on_cpu: bool = False  # the input embedding's table in host memory (tuner.embedding_offload)
     layers: int = 0
     advice: list[str] = field(default_factory=list)
 
@@ -293,7 +294,8 @@ def _estimate(
         every_layer = checkpointed == shape.layers
         if embedding_on_cpu is None:
             embedding_on_cpu = speed.embedding_on_cpu(every_layer, get("deepspeed"))
-        if hw.device == "cuda" and not shape.tied and embedding_on_cpu:
+        embedding_on_cpu = bool(embedding_on_cpu) and hw.device == "cuda" and not shape.tied
+        if embedding_on_cpu:
             # the frozen input embedding's table waits in host memory (tuner.embedding_offload)
             weights -= shape.vocab * shape.hidden * (kept_bytes if quantized else bits / 8)
     trainable_bytes = trainable * BYTES_PER_TRAINABLE
@@ -371,6 +373,7 @@ def _estimate(
         checkpointed_layers=checkpointed,
         offloaded=offload and checkpointed > 0,
         graphs=bool(graphs) and checkpointed == 0 and hw.device == "cuda",
+        embedding_on_cpu=method != "full" and bool(embedding_on_cpu),
         layers=shape.layers,
     )
 

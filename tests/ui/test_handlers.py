@@ -247,6 +247,27 @@ def test_estimate_verdict_and_advice():
     assert "Fits" in text and "GiB" in text
 
 
+def test_estimate_says_when_the_input_embedding_waits_in_cpu_memory(monkeypatch):
+    # An 8 GB card checkpoints every layer of an 8B QLoRA run, so its untied input embedding's table
+    # stays in host memory (TUNER_EMBEDDING_ON_CPU=auto): the weights row says so
+    from tuner import estimate as estimate_module
+    from tuner.estimate import Hardware, shape_from_config
+    from tuner.ui import presets_tab
+
+    monkeypatch.delenv("TUNER_EMBEDDING_ON_CPU", raising=False)
+    llama3 = {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256, "intermediate_size": 14336}
+    llama3 |= {"num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": False}
+    monkeypatch.setattr(estimate_module, "model_shape", lambda model: shape_from_config(llama3))
+    values = presets_tab.load_preset(IDENTITY)[: len(KEYS)]
+    values[KEYS.index("method")] = "qlora"
+    values[KEYS.index("gradient_checkpointing")] = True
+    for device, expected in (("cuda", True), ("cpu", False)):
+        hardware = Hardware(device, "RTX 3070" if device == "cuda" else "cpu", 8.0, 8)
+        monkeypatch.setattr(estimate_module, "hardware", lambda hardware=hardware: hardware)
+        text = presets_tab.estimate_form(*values, "en")
+        assert ("the input embedding waits in CPU memory" in text) is expected, text
+
+
 def test_environment_panel():
     from tuner.ui.presets_tab import environment_markdown
 

@@ -152,7 +152,7 @@ def estimate_form(*values_and_lang):
         "",
         "| | GiB |",
         "| --- | --- |",
-        f"| {tr(lang, 'est.weights')} | {est.weights_gib:.2f} |",
+        f"| {tr(lang, 'est.weights_embedding_host' if est.embedding_on_cpu else 'est.weights')} | {est.weights_gib:.2f} |",
         f"| {tr(lang, 'est.trainable', n=f'{est.trainable_params:,}')} | {est.trainable_gib:.2f} |",
         f"| {activations} | {est.activations_gib:.2f} |",
         f"| {tr(lang, 'est.logits')} | {est.logits_gib:.2f} |",

@@ -103,6 +103,7 @@ STRINGS = {
     "est.nofit": "❌ Won't fit",
     "est.total": "About **{total} GiB** needed of {avail} GiB.",
     "est.weights": "base weights",
+    "est.weights_embedding_host": "base weights (the input embedding waits in CPU memory)",
     "est.trainable": "trainable parameters ({n}) + gradients + optimizer",
     "est.activations": "activations",
     "est.activations_ckpt": "activations (gradient checkpointing on {n} of {layers} layers)",

@@ -98,6 +98,7 @@ STRINGS = {
     "est.nofit": "❌ 放不下",
     "est.total": "约需 **{total} GiB**，可用 {avail} GiB。",
     "est.weights": "基座权重",
+    "est.weights_embedding_host": "基座权重（输入嵌入表放在 CPU 内存）",
     "est.trainable": "可训练参数（{n}）+ 梯度 + 优化器状态",
     "est.activations": "激活值",
     "est.activations_ckpt": "激活值（{layers} 层中 {n} 层做梯度检查点）",
