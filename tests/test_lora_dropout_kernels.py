@@ -40,6 +40,11 @@ def test_a_fused_lora_linear_trains_through_the_kernels():
     _run("a_fused_lora_linear_trains_through_the_kernels")
 
 
+@needs_triton
+def test_a_training_run_learns_with_drawn_dropout():
+    _run("a_training_run_learns_with_drawn_dropout")
+
+
 def test_off_by_default_and_never_without_triton_on_a_plain_cpu(monkeypatch):
     from tuner import lora_dropout_kernels as K
 
