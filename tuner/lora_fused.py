@@ -122,15 +122,11 @@ class _FusedLoraLinear(torch.autograd.Function):
         ctx.drawn = p > 0 and dropout_kernels_apply(x2, A)
         if ctx.drawn:
             # The mask is drawn inside the kernels from this seed (tuner.lora_dropout_kernels): only x2
-            # (shared with the other layers reading x) and the seed are kept
-            seed = new_seed(x2.device)
-            h = masked_x_at(x2, A, seed, p)
-            y.addmm_(h, B.t(), alpha=scale)
-            ctx.save_for_backward(x2, h, seed, A, B, weight)
-            ctx.scale, ctx.p, ctx.quant_state, ctx.dtype = scale, p, quant_state, dtype
-            ctx.x_dtype, ctx.x_shape, ctx.A_dtype, ctx.B_dtype = x.dtype, x.shape, lora_A.dtype, lora_B.dtype
-            return _cast(y, out_dtype)
-        if p > 0:
+            # (shared with the other layers reading x) and the seed are kept; the seed takes the mask's
+            # place among the saved tensors
+            mask = new_seed(x2.device)
+            kept, h = x2, masked_x_at(x2, A, mask, p)
+        elif p > 0:
             generator = _generator(x2.device) if regenerate else None
             if generator is None:
                 xd, mask = torch.native_dropout(x2, p, True)
@@ -147,7 +143,8 @@ class _FusedLoraLinear(torch.autograd.Function):
         else:
             xd = kept = x2
             mask = None
-        h = torch.mm(xd, A.t())
+        if not ctx.drawn:
+            h = torch.mm(xd, A.t())
         y.addmm_(h, B.t(), alpha=scale)
         ctx.save_for_backward(kept, h, mask, A, B, weight)
         ctx.scale, ctx.p, ctx.quant_state, ctx.dtype = scale, p, quant_state, dtype
