@@ -310,6 +310,7 @@ def test_speed_switches_leave_the_training_unchanged(workspace, tiny_llama_dir, 
             "TUNER_CHECKPOINTING": "reentrant",
             "TUNER_STEP_OVERHEAD": "trainer",
             "TUNER_FUSED_LORA": "off",
+            "TUNER_DEFERRED_LOGGING": "on",
         },
     }.items():
         with monkeypatch.context() as patch:
@@ -322,6 +323,66 @@ def test_speed_switches_leave_the_training_unchanged(workspace, tiny_llama_dir, 
     assert default_tokens and switched_tokens == default_tokens
     for key in default:
         torch.testing.assert_close(switched[key], default[key], rtol=1e-4, atol=1e-6)
+
+
+def test_deferred_logging_logs_the_same_lines_for_the_same_steps_one_step_later(
+    workspace, tiny_llama_dir, monkeypatch
+):
+    # TUNER_DEFERRED_LOGGING reads a logged step's values back at the next logging point (no device
+    # sync at this one): every line, evaluation, checkpoint and the summary must come out as without
+    # it, stamped with its own step, and a step that saves or ends the run logs before it saves.
+    from tuner.callbacks import EventCallback
+    from tuner.train import train
+
+    data = write_data(workspace / "d.jsonl", repeat=2)
+    settings = dict(max_steps=7, save_steps=4, logging_steps=2, test_split=0.2, eval_freq=3)
+    timing = ("elapsed_s", "eta_s", "tokens_per_s", "gpu_mem_gib", "ts", "time")
+    runs = {}
+    for mode in ("off", "on"):
+        order = []  # the trainer's step at each step end, and the step each log line is stamped with
+        step_end, on_log = EventCallback.on_step_end, EventCallback.on_log
+
+        def record_end(self, args, state, control, _original=step_end, order=order, **kwargs):
+            order.append(("end", state.global_step))
+            return _original(self, args, state, control, **kwargs)
+
+        def record_log(self, args, state, control, logs=None, _original=on_log, order=order, **kwargs):
+            if logs and "loss" in logs:
+                order.append(("log", state.global_step))
+            return _original(self, args, state, control, logs=logs, **kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setenv("TUNER_DEFERRED_LOGGING", mode)
+            patch.setattr(EventCallback, "on_step_end", record_end)
+            patch.setattr(EventCallback, "on_log", record_log)
+            result = train(make_config(tiny_llama_dir, data, name=f"deferred_{mode}", **settings))
+        events = [
+            {key: value for key, value in event.items() if key not in timing}
+            for event in read_events(result.run_dir)
+            if event["type"] in ("log", "eval", "summary", "checkpoint")
+        ]
+        state = json.loads((result.run_dir / "checkpoint-4" / "trainer_state.json").read_text())
+        history = [
+            {k: v for k, v in line.items() if "runtime" not in k and "per_second" not in k}
+            for line in state["log_history"]
+        ]
+        runs[mode] = events, history, order
+
+    (events_off, history_off, order_off), (events_on, history_on, order_on) = runs["off"], runs["on"]
+    assert [e["step"] for e in events_on if e["type"] == "log"] == [1, 2, 4, 6]  # logging_first_step
+    assert events_on == pytest.approx(events_off)
+    assert history_on == pytest.approx(history_off)
+    assert order_off[:5] == [("end", 1), ("log", 1), ("end", 2), ("log", 2), ("end", 3)]
+    # Deferred: each line comes one step end later, except step 4's: that step saves a checkpoint.
+    assert order_on[:7] == [
+        ("end", 1),
+        ("end", 2),
+        ("log", 1),
+        ("end", 3),
+        ("log", 2),
+        ("end", 4),
+        ("log", 4),
+    ]
 
 
 def test_a_bad_speed_switch_is_a_clear_error(monkeypatch):

@@ -62,6 +62,10 @@ SWITCHES = {
     # keeping a dropped-out copy and a mask per linear (tuner.lora_dropout_kernels). Off until measured
     # on a GPU.
     "TUNER_LORA_DROPOUT_KERNEL": ("off", ("off", "on")),
+    # on: a logged step's loss and gradient norm reach the host by an asynchronous copy and are
+    # logged at the next logging point, instead of by a device sync at this one (tuner.deferred_log;
+    # one process without DeepSpeed). Off until measured on a GPU.
+    "TUNER_DEFERRED_LOGGING": ("off", ("off", "on")),
 }
 
 
@@ -92,6 +96,11 @@ def lean_steps() -> bool:
     """Trim Trainer's per-step host work (see make_trainer_class). One process only: with several,
     each rank's token count must be gathered, which is what Trainer's own bookkeeping does."""
     return switch("TUNER_STEP_OVERHEAD") == "lean" and world_size() <= 1
+
+
+def deferred_logging() -> bool:
+    """Whether logged values are read back one logging point late (see tuner.deferred_log)."""
+    return switch("TUNER_DEFERRED_LOGGING") == "on" and world_size() <= 1
 
 
 def fused_lora_in_use(method: str, deepspeed) -> bool:

@@ -1,4 +1,5 @@
-"""tuner's Trainer subclass: atomic checkpoints, and host-side step bookkeeping when asked for."""
+"""tuner's Trainer subclass: atomic checkpoints, host-side step bookkeeping and deferred log
+read-back when asked for."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import os
 import shutil
 
 from tuner.data.pack import PADDING_TOKENS
-from tuner.speed import lean_steps
+from tuner.deferred_log import PendingLog
+from tuner.speed import deferred_logging, lean_steps
 
 
 def make_trainer_class():
@@ -26,6 +28,8 @@ def make_trainer_class():
 
         _lean = None  # decided at the first step
         _flop_params = None  # parameters counted for FLOPs, cached at the first step
+        _defer_logs = None  # TUNER_DEFERRED_LOGGING, decided at the first logging point
+        _pending_log = None  # a logged step whose values are still on their way to the host
 
         def training_step(self, model, inputs, *args, **kwargs):
             # Padding added for a fixed row shape is not a token seen; Trainer counts every input id
@@ -60,6 +64,81 @@ def make_trainer_class():
                 )
             ids = inputs.get(getattr(self.model, "main_input_name", "input_ids"))
             return 6 * ids.numel() * self._flop_params if ids is not None else 0
+
+        def _maybe_log_save_evaluate(
+            self,
+            tr_loss,
+            grad_norm,
+            model,
+            trial,
+            epoch,
+            ignore_keys_for_eval,
+            start_time,
+            learning_rate=None,
+        ):
+            # Same log lines as Trainer's, each emitted one logging point late (deferred_log says why)
+            # unless the step saves, evaluates or ends the run: then the lines so far go out first.
+            if self._defer_logs is None:
+                self._defer_logs = (
+                    deferred_logging() and not self.is_deepspeed_enabled and self.args.world_size == 1
+                )
+            if self._defer_logs:
+                # Read before the earlier line goes out: Trainer's on_log resets should_log.
+                logs_now = self.control.should_log and self.state.global_step > self._globalstep_last_logged
+                earlier, self._pending_log = self._pending_log, None
+                if earlier is not None:
+                    self._emit_log(earlier, start_time)
+                if logs_now:
+                    pending = PendingLog.snapshot(
+                        tr_loss,
+                        self.state.global_step - self._globalstep_last_logged,
+                        grad_norm,
+                        self._get_learning_rate() if learning_rate is None else learning_rate,
+                        self.state,
+                    )
+                    tr_loss -= tr_loss  # in stream order after the copy: the snapshot keeps the sum
+                    self._globalstep_last_logged = self.state.global_step
+                    self.store_flos()
+                    if self._log_line_due_now():
+                        self._emit_log(pending, start_time)
+                    else:
+                        self._pending_log = pending
+            # With deferral, nothing is left to log here: Trainer only evaluates and saves.
+            super()._maybe_log_save_evaluate(
+                tr_loss,
+                grad_norm,
+                model,
+                trial,
+                epoch,
+                ignore_keys_for_eval,
+                start_time,
+                learning_rate=learning_rate,
+            )
+
+        def _log_line_due_now(self) -> bool:
+            control = self.control
+            return bool(
+                control.should_save
+                or control.should_evaluate
+                or control.should_training_stop
+                or self.state.global_step >= self.state.max_steps
+            )
+
+        def _emit_log(self, pending: PendingLog, start_time) -> None:
+            # Trainer.log stamps the line with the state's step, epoch and token count: those of the
+            # step the values belong to, for the length of the call.
+            state = self.state
+            now = state.global_step, state.epoch, state.num_input_tokens_seen
+            state.global_step, state.epoch, state.num_input_tokens_seen = (
+                pending.global_step,
+                pending.epoch,
+                pending.tokens_seen,
+            )
+            try:
+                self._total_loss_scalar += pending.loss_total()
+                self.log(pending.logs(), start_time)
+            finally:
+                state.global_step, state.epoch, state.num_input_tokens_seen = now
 
         def _save_checkpoint(self, model, trial):
             if self.args.world_size > 1:
