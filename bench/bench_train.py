@@ -431,7 +431,9 @@ def versions() -> dict:
 class StepClock:
     """Host time at the end of every step (after a device sync), peak device use, losses."""
 
-    def __init__(self, profile: tuple[int, int] | None = None, cuda_profile: bool = False, sync_steps=None):
+    def __init__(
+        self, profile: tuple[int, int] | None = None, cuda_profile: bool | str = False, sync_steps=None
+    ):
         self.ends: list[float] = []
         # --clock window: the step numbers (1-based) whose ends sync; None: every step's
         self.sync_steps = sync_steps
@@ -806,7 +808,7 @@ def measure(spec: Spec, opts) -> dict:
         torch.set_num_threads(1)
     clock = StepClock(
         profile=(opts.warmup, opts.warmup + opts.steps) if opts.profile else None,
-        cuda_profile=opts.profile_cuda,
+        cuda_profile="syncs" if opts.profile_syncs else opts.profile_cuda,
         sync_steps={opts.warmup, opts.warmup + opts.steps} if opts.clock == "window" else None,
     )
     row["clock"] = opts.clock
@@ -894,8 +896,13 @@ class _TorchProfiler:
             self.profile.__exit__(None, None, None)
 
 
-def _start_profiler(cuda: bool):
-    if cuda:
+def _start_profiler(kind):
+    if kind == "syncs":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (imported by the tests too)
+        from sync_trace import SyncTracer
+
+        return SyncTracer()
+    if kind:
         return _TorchProfiler()
     import cProfile
 
@@ -971,6 +978,9 @@ def write_profile(profiler, folder: Path, spec: Spec, opts, top: int = 45) -> Pa
     path = folder / f"{spec.label}.txt"
     if isinstance(profiler, _TorchProfiler):
         write_cuda_profile(profiler, path, spec, opts, top)
+        return path
+    if hasattr(profiler, "sites"):  # --profile-syncs
+        path.write_text(profiler.report(spec.label, opts.steps))
         return path
     text = io.StringIO()
     text.write(f"{spec.label}: {opts.steps} timed steps, main thread (cProfile inflates Python-heavy code)\n")
@@ -1127,6 +1137,8 @@ def child_argv(spec: Spec, opts, out: Path) -> list[str]:
         argv += ["--profile", str(opts.profile)]
     if opts.profile_cuda:
         argv.append("--profile-cuda")
+    if opts.profile_syncs:
+        argv.append("--profile-syncs")
     argv += ["--clock", opts.clock]
     return argv
 
@@ -1243,6 +1255,12 @@ def parse_args(argv=None):
         "--profile-cuda",
         action="store_true",
         help="with --profile: torch.profiler (CUDA kernels by GPU time, GPU busy share) instead of cProfile",
+    )
+    p.add_argument(
+        "--profile-syncs",
+        action="store_true",
+        help="with --profile: count the timed steps' synchronizing CUDA operations by Python call site\n"
+        "(PyTorch's sync debug mode; bench/sync_trace.py) instead of cProfile",
     )
     p.add_argument(
         "--clock",

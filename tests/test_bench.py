@@ -128,3 +128,37 @@ def test_idle_gaps_names_the_waits_and_the_host_work_inside_them(bench):
     assert lines[2] == "1.00 ms idle, after 'flash_bwd', before 'adamw'"
     assert "aten::item" in lines[3] and "transformers/trainer.py(10): log" in lines[3]
     assert lines[4] == "0.30 ms idle, after 'adamw', before 'embedding'"
+
+
+def test_sync_tracer_counts_synchronizing_ops_by_their_python_call_site(monkeypatch):
+    # --profile-syncs: PyTorch's sync debug mode warns at every synchronizing CUDA op; the tracer
+    # counts them by the frames outside torch that asked, and lets every other warning through.
+    import warnings
+
+    import torch
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from sync_trace import SyncTracer
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+
+    def read_back_loss():
+        warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+
+    other = []
+    monkeypatch.setattr(warnings, "showwarning", lambda *args, **kwargs: other.append(str(args[0])))
+    tracer = SyncTracer()
+    for _ in range(4):
+        read_back_loss()
+    warnings.warn("something else", UserWarning, stacklevel=1)
+    tracer.disable()
+    read_back_loss()  # after disable: not counted
+    assert modes == ["warn", "default"]
+    [(site, count)] = tracer.sites.items()
+    assert count == 4
+    assert site.startswith("tests/test_bench.py:") and " read_back_loss < " in site
+    assert "test_sync_tracer_counts" in site
+    assert other[0] == "something else"
+    report = tracer.report("row", steps=2)
+    assert "2.0 per step" in report and "2.0/step" in report
