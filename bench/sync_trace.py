@@ -22,12 +22,14 @@ def _short(filename: str) -> str:
     return filename.removeprefix(REPO).split("site-packages/")[-1]
 
 
-def _call_site(stack: list[traceback.FrameSummary], depth: int = 4) -> str:
+def _call_site(stack: list[traceback.FrameSummary], torch_dir: str, depth: int = 4) -> str:
     """The innermost frames outside torch and this module, innermost first."""
     frames = [
         f
         for f in reversed(stack)
-        if "/torch/" not in f.filename and "sync_trace" not in f.filename and "/warnings.py" not in f.filename
+        if not f.filename.startswith(torch_dir)
+        and "sync_trace" not in f.filename
+        and "/warnings.py" not in f.filename
     ]
     return " < ".join(f"{_short(f.filename)}:{f.lineno} {f.name}" for f in frames[:depth])
 
@@ -40,6 +42,9 @@ class SyncTracer:
         import torch
 
         self.sites: collections.Counter[str] = collections.Counter()
+        # torch's own package folder: a path test like "/torch/" would also hide transformers and
+        # accelerate where the environment itself lives under a folder named torch
+        self.torch_dir = str(Path(torch.__file__).resolve().parent) + "/"
         self._show = warnings.showwarning
         self._filters = list(warnings.filters)
         warnings.filterwarnings("always", message=f".*{SYNC_WARNING}")
@@ -49,7 +54,7 @@ class SyncTracer:
 
     def _record(self, message, category, filename, lineno, file=None, line=None):
         if SYNC_WARNING in str(message):
-            self.sites[_call_site(traceback.extract_stack()[:-1])] += 1
+            self.sites[_call_site(traceback.extract_stack()[:-1], self.torch_dir)] += 1
         else:
             self._show(message, category, filename, lineno, file, line)
 

@@ -570,6 +570,24 @@ def test_auto_optimizer_is_fused_adamw_unless_a_quantized_base_is_tight_on_memor
     assert auto_optimizer(qlora, loaded(False), cuda=False) == "adamw_torch"
 
 
+def test_batches_are_copied_to_the_gpu_without_a_sync_when_switched_on(tmp_path, monkeypatch):
+    # TUNER_ASYNC_BATCH_COPY: accelerate's DataLoader copies each batch from pinned memory with
+    # non_blocking=True (a blocking copy waits for the previous step's kernels: a sync per tensor).
+    from tuner.config import TrainConfig
+    from tuner.model import LoadedModel
+    from tuner.train_args import accelerator_config, training_arguments
+
+    for value, expected in {"on": True, "off": False}.items():
+        monkeypatch.setenv("TUNER_ASYNC_BATCH_COPY", value)
+        assert accelerator_config(cuda=True) == {"non_blocking": expected}, value
+        assert accelerator_config(cuda=False) == {"non_blocking": False}  # no GPU: nothing to copy to
+    monkeypatch.setenv("TUNER_ASYNC_BATCH_COPY", "on")
+    args = training_arguments(
+        TrainConfig(), tmp_path, LoadedModel(None, torch.float32, "sdpa", "t", None, "cpu"), False
+    )
+    assert args.accelerator_config.non_blocking is False  # this machine has no GPU
+
+
 def test_checkpointed_inputs_go_to_host_memory_when_every_layer_is_not_enough(monkeypatch):
     import tuner.estimate
     from tests.tiny import build_model, build_tokenizer

@@ -66,6 +66,10 @@ SWITCHES = {
     # logged at the next logging point, instead of by a device sync at this one (tuner.deferred_log;
     # one process without DeepSpeed). Off until measured on a GPU.
     "TUNER_DEFERRED_LOGGING": ("off", ("off", "on")),
+    # on: on CUDA, accelerate's DataLoader copies each batch to the GPU with non_blocking=True (from
+    # pinned memory); off: blocking copies, each a device sync at the step boundary, after which the
+    # GPU idles while the host does the step's Python prelude. Off until measured on a GPU.
+    "TUNER_ASYNC_BATCH_COPY": ("off", ("off", "on")),
 }
 
 
