@@ -94,3 +94,35 @@ def test_cudnn_for_one_sample_needs_the_switch_and_a_gpu(monkeypatch):
     assert attention.cudnn_for_one_sample() is False
     monkeypatch.setenv("TUNER_CUDNN_ATTENTION", "on")
     assert attention.cudnn_for_one_sample() is False  # no CUDA here: the varlen path is not taken either
+
+
+def test_unpadded_rows_skip_transformers_packed_sample_scan_when_switched_on(monkeypatch):
+    # The scan reads a GPU tensor on the host (a sync per forward); tuner_varlen's mask builder returns
+    # no mask for unpadded rows whatever it finds, so with TUNER_SKIP_PACKED_SCAN=on it is skipped.
+    # Padded rows (an attention mask), generation (a cache) and other attentions keep transformers' path.
+    from transformers import LlamaConfig, masking_utils
+
+    register()
+    config = LlamaConfig(hidden_size=16, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=1)
+    config._attn_implementation = NAME
+    scans = []
+    scan = masking_utils.find_packed_sequence_indices
+    monkeypatch.setattr(
+        masking_utils, "find_packed_sequence_indices", lambda ids: scans.append(ids) or scan(ids)
+    )
+    embeds, positions = torch.zeros(1, 5, 16), torch.tensor([[0, 1, 2, 0, 1]])
+
+    def causal_mask(attention_mask=None, cache=None):
+        return masking_utils.create_causal_mask(config, embeds, attention_mask, cache, position_ids=positions)
+
+    for value, scanned in {"off": 1, "on": 0}.items():
+        monkeypatch.setenv("TUNER_SKIP_PACKED_SCAN", value)
+        scans.clear()
+        assert causal_mask() is None
+        assert len(scans) == scanned, value
+    padded = causal_mask(attention_mask=torch.tensor([[1, 1, 1, 1, 0]]))
+    assert padded is not None and not bool(padded[0, 0, 4, 4])  # the padding stays masked
+    assert len(scans) == 0  # a padded batch: transformers' own path, which needs no scan
+    config._attn_implementation = "sdpa"  # another attention: its mask may need the scan
+    masking_utils.create_causal_mask(config, embeds, None, None, position_ids=positions)
+    assert len(scans) == 1

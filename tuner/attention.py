@@ -23,6 +23,8 @@ import functools
 import inspect
 import logging
 
+from tuner.speed import switch
+
 log = logging.getLogger(__name__)
 
 NAME = "tuner_varlen"
@@ -172,8 +174,6 @@ def cudnn_for_one_sample() -> bool:
     entry point has only the flash kernel. Long rows are often one sample (long documents, rows of
     incremental pretraining, single long conversations). Hopper or newer only: that is where it was
     measured to pay."""
-    from tuner.speed import switch
-
     return _cudnn_here(switch("TUNER_CUDNN_ATTENTION"))  # called per layer: the GPU check is cached
 
 
@@ -209,6 +209,43 @@ def _mask_for_packed(*args, **kwargs):
     return sdpa_mask(*args, **kwargs)
 
 
+def _skip_packed_scan() -> None:
+    """Spare :data:`NAME`'s unpadded rows transformers' scan for packed samples.
+
+    With no attention mask and no cache, transformers' mask preparation looks for packed samples in
+    the position ids, and decides with a host read of a GPU tensor: a device sync at the start of
+    every forward, after which the GPU idles while the host launches the layers. For :data:`NAME`
+    that scan's result is never used: its mask builder returns no mask for unpadded rows, and the
+    attention function takes the samples from the collator's boundaries (or the position ids it
+    gets itself). So such calls see no position ids here (TUNER_SKIP_PACKED_SCAN). transformers'
+    private helper is wrapped where it exists; where it does not, nothing changes but the sync."""
+    from transformers import masking_utils
+
+    original = getattr(masking_utils, "_preprocess_mask_arguments", None)
+    if original is None or getattr(original, "tuner_wrapped", False):
+        return
+    signature = inspect.signature(original)
+    if "position_ids" not in signature.parameters:
+        return
+
+    @functools.wraps(original)
+    def preprocess(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        config, mask = bound.arguments.get("config"), bound.arguments.get("attention_mask")
+        cache = bound.arguments.get("cache", bound.arguments.get("past_key_values"))
+        if (
+            getattr(config, "_attn_implementation", None) == NAME
+            and mask is None
+            and cache is None
+            and switch("TUNER_SKIP_PACKED_SCAN") == "on"
+        ):
+            bound.arguments["position_ids"] = None
+        return original(*bound.args, **bound.kwargs)
+
+    preprocess.tuner_wrapped = True
+    masking_utils._preprocess_mask_arguments = preprocess
+
+
 @functools.cache
 def register() -> str:
     """Make :data:`NAME` a transformers attention implementation (idempotent); returns the name."""
@@ -217,6 +254,7 @@ def register() -> str:
 
     AttentionInterface.register(NAME, packed_attention)
     AttentionMaskInterface.register(NAME, _mask_for_packed)
+    _skip_packed_scan()
     return NAME
 
 

@@ -70,6 +70,10 @@ SWITCHES = {
     # pinned memory); off: blocking copies, each a device sync at the step boundary, after which the
     # GPU idles while the host does the step's Python prelude. Off until measured on a GPU.
     "TUNER_ASYNC_BATCH_COPY": ("off", ("off", "on")),
+    # on: for tuner_varlen attention on unpadded rows, transformers' mask preparation skips its scan
+    # of the position ids for packed samples (a device sync per forward) whose result that attention
+    # never uses (tuner.attention._skip_packed_scan). Off until measured on a GPU.
+    "TUNER_SKIP_PACKED_SCAN": ("off", ("off", "on")),
 }
 
 
