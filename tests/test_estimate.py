@@ -99,17 +99,19 @@ def _estimate(row):
     layers = row.get("checkpointed_layers", shape.layers if config["gradient_checkpointing"] else 0)
     offload = bool(row.get("offloaded_layers"))
     graphs = switches.get("TUNER_CUDA_GRAPHS") == "on"  # rows before the switch: no graphs
-    return estimate(
-        config,
-        shape,
-        H100,
-        liger=liger,
-        upcast=upcast,
-        checkpointed_layers=layers,
-        offload=offload,
-        graphs=graphs,
-        embedding_on_cpu=bool(row.get("embedding_on_cpu")),  # rows before the switch: on the GPU
-    )
+    with pytest.MonkeyPatch.context() as patch:  # the estimate reads this switch itself
+        patch.setenv("TUNER_LORA_DROPOUT_KERNEL", switches.get("TUNER_LORA_DROPOUT_KERNEL", "off"))
+        return estimate(
+            config,
+            shape,
+            H100,
+            liger=liger,
+            upcast=upcast,
+            checkpointed_layers=layers,
+            offload=offload,
+            graphs=graphs,
+            embedding_on_cpu=bool(row.get("embedding_on_cpu")),  # rows before the switch: on the GPU
+        )
 
 
 def _label(row):
@@ -194,7 +196,8 @@ def test_checkpointing_every_layer_when_asked_or_not_decidable(monkeypatch):
 # Runs with session 4's defaults (CUDA graphs where no layer is checkpointed, regenerated LoRA dropout
 # where layers are): their rows with graphs on, or with every layer checkpointed (never graphed).
 CURRENT_DEFAULTS = {
-    "2026-12-01-h200-dropout-kernel.json",  # session 5: every speed default of now
+    "2026-12-01-h200-step-boundary.json",  # session 6: every speed default of now ("new" rows)
+    "2026-12-01-h200-dropout-kernel.json",  # session 5
     "2026-12-01-h200-embedding2.json",
     "2026-12-01-h200-qwen.json",  # session 4: before lean steps and cuDNN attention
     "2026-12-01-h200-memory-regen.json",

@@ -191,8 +191,10 @@ def test_stop_and_save_leaves_a_usable_adapter(workspace, tiny_llama_dir):
         control=control,
         listener=_stop_at(3, control, save=True),
     )
-    assert result.status == "stopped" and result.steps == 3
-    assert (result.run_dir / "checkpoint-3").is_dir()  # saved on stop, so --resume can continue
+    # Deferred logging (the default) hands step 3's line to listeners at step 4's logging point: the
+    # stop takes effect there, before step 4's checkpoint decision.
+    assert result.status == "stopped" and result.steps == 4
+    assert (result.run_dir / "checkpoint-4").is_dir()  # saved on stop, so --resume can continue
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     model = PeftModel.from_pretrained(base, str(result.output_dir))
     assert model.active_adapter == "default"
@@ -310,7 +312,7 @@ def test_speed_switches_leave_the_training_unchanged(workspace, tiny_llama_dir, 
             "TUNER_CHECKPOINTING": "reentrant",
             "TUNER_STEP_OVERHEAD": "trainer",
             "TUNER_FUSED_LORA": "off",
-            "TUNER_DEFERRED_LOGGING": "on",
+            "TUNER_DEFERRED_LOGGING": "off",
         },
     }.items():
         with monkeypatch.context() as patch:
@@ -478,6 +480,10 @@ def test_speed_switch_defaults_and_bad_values(monkeypatch):
         "TUNER_STEP_OVERHEAD": "lean",
         "TUNER_CUDNN_ATTENTION": "on",
         "TUNER_DROPOUT_GRAD_KERNEL": "on",
+        "TUNER_LORA_DROPOUT_KERNEL": "off",
+        "TUNER_DEFERRED_LOGGING": "on",
+        "TUNER_ASYNC_BATCH_COPY": "on",
+        "TUNER_SKIP_PACKED_SCAN": "on",
     }
     for name in defaults:
         monkeypatch.delenv(name, raising=False)

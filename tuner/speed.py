@@ -59,21 +59,24 @@ SWITCHES = {
     # bandwidth instead of PyTorch's mixed-dtype addcmul (tuner.dropout_grad; CUDA with Triton)
     "TUNER_DROPOUT_GRAD_KERNEL": ("on", ("on", "off")),
     # on: fused LoRA draws its dropout mask inside Triton kernels from a per-call seed instead of
-    # keeping a dropped-out copy and a mask per linear (tuner.lora_dropout_kernels). Off until measured
-    # on a GPU.
+    # keeping a dropped-out copy and a mask per linear (tuner.lora_dropout_kernels). Off: measured
+    # 18-19% slower at 4096 tokens (bf16 LoRA and QLoRA, H200, session 6) for ~9 GiB less peak memory
+    # on an 8B model with no layer checkpointed.
     "TUNER_LORA_DROPOUT_KERNEL": ("off", ("off", "on")),
     # on: a logged step's loss and gradient norm reach the host by an asynchronous copy and are
     # logged at the next logging point, instead of by a device sync at this one (tuner.deferred_log;
-    # one process without DeepSpeed). Off until measured on a GPU.
-    "TUNER_DEFERRED_LOGGING": ("off", ("off", "on")),
+    # one process without DeepSpeed)
+    "TUNER_DEFERRED_LOGGING": ("on", ("on", "off")),
     # on: on CUDA, accelerate's DataLoader copies each batch to the GPU with non_blocking=True (from
     # pinned memory); off: blocking copies, each a device sync at the step boundary, after which the
-    # GPU idles while the host does the step's Python prelude. Off until measured on a GPU.
-    "TUNER_ASYNC_BATCH_COPY": ("off", ("off", "on")),
+    # GPU idles while the host does the step's Python prelude
+    "TUNER_ASYNC_BATCH_COPY": ("on", ("on", "off")),
     # on: for tuner_varlen attention on unpadded rows, transformers' mask preparation skips its scan
     # of the position ids for packed samples (a device sync per forward) whose result that attention
-    # never uses (tuner.attention._skip_packed_scan). Off until measured on a GPU.
-    "TUNER_SKIP_PACKED_SCAN": ("off", ("off", "on")),
+    # never uses (tuner.attention._skip_packed_scan). The three switches above measured together:
+    # +4.3% bf16 LoRA, +3.5-4% QLoRA at 4096 tokens (docs/benchmarks.md, session 6); each of the first
+    # two alone changed nothing, as the other's syncs still drained the GPU at the step boundary.
+    "TUNER_SKIP_PACKED_SCAN": ("on", ("on", "off")),
 }
 
 
