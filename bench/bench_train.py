@@ -639,6 +639,7 @@ def run_tuner(
             switches={name: switch(name) for name in SWITCHES},
             tuner_liger=bool(getattr(loaded, "liger", False)),
             fused_lora=getattr(loaded, "fused_lora", 0),
+            wide_loss_chunks=getattr(loaded, "wide_loss_chunks", False),
             cuda_graphs=_graphs_info(getattr(loaded, "layer_graphs", None)),
             embedding_on_cpu=bool(getattr(loaded, "embedding_on_cpu", "")),
             overrides={kind: values for kind, values in overrides.items() if values} or None,

@@ -146,10 +146,12 @@ class LoadedModel:
     memory_tight: bool = False
     layer_graphs: object = None  # training only: tuner.layer_graphs.LayerGraphs when installed
     embedding_on_cpu: str = ""  # training only: what tuner.embedding_offload did ("" nothing)
+    wide_loss_chunks: bool = False  # training only: tuner.loss_chunks widened Liger's logits chunks
 
     def describe(self) -> str:
         quant = f", {self.bits}-bit" if self.bits else ""
         liger = ", liger kernels" if self.liger else ""
+        liger += " (wide loss chunks)" if self.wide_loss_chunks else ""
         ckpt = f", gradient checkpointing {self.checkpointing}" if self.checkpointing else ""
         fused = f", {self.fused_lora} fused LoRA layers" if self.fused_lora else ""
         graphs = f", {self.layer_graphs.describe()}" if self.layer_graphs is not None else ""

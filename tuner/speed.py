@@ -77,6 +77,10 @@ SWITCHES = {
     # +4.3% bf16 LoRA, +3.5-4% QLoRA at 4096 tokens (docs/benchmarks.md, session 6); each of the first
     # two alone changed nothing, as the other's syncs still drained the GPU at the step boundary.
     "TUNER_SKIP_PACKED_SCAN": ("on", ("on", "off")),
+    # wide: where no layer is checkpointed, Liger's fused linear cross-entropy computes the logits in
+    # chunks of up to half a GiB instead of its default budget (32 chunks of 128 tokens for a 128k
+    # vocabulary at 4096 tokens; tuner.loss_chunks). Off (liger) until measured on a GPU.
+    "TUNER_LOSS_CHUNKS": ("liger", ("liger", "wide")),
 }
 
 

@@ -63,6 +63,15 @@ def build_model(config):
 
         loaded.fused_lora = fuse_lora(model)
     loaded.checkpointing = limit_checkpointing(model, config, loaded)
+    if loaded.liger:
+        from tuner.loss_chunks import use_wide_chunks
+
+        # Set for every run (the wrapper is process-wide): wide only where memory left every layer's
+        # activations on the GPU, so the half-GiB chunk is small against what the run holds.
+        roomy = not any(
+            getattr(layer, "gradient_checkpointing", False) for layer in checkpointing_layers(model)
+        )
+        loaded.wide_loss_chunks = use_wide_chunks(switch("TUNER_LOSS_CHUNKS") == "wide" and roomy)
     if embedding_on_cpu(loaded.memory_tight, config.deepspeed):
         loaded.embedding_on_cpu = move_embedding_to_host(model)
     if switch("TUNER_CUDA_GRAPHS") == "on" and not config.deepspeed:

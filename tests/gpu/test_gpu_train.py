@@ -210,3 +210,37 @@ def test_deferred_logging_copies_through_pinned_memory_and_logs_the_same_losses(
     assert len(snapshots) == 30 and all(snapshots)
     assert len(losses["on"]) == len(losses["off"]) == 30
     assert losses["on"] == pytest.approx(losses["off"], rel=2e-2)  # CUDA kernels need not be bit-exact
+
+
+def test_wide_loss_chunks_train_like_liger_own_chunks(workspace, small_llama_dir, monkeypatch):
+    # TUNER_LOSS_CHUNKS=wide: in a run with no layer checkpointed, Liger's fused cross-entropy gets a
+    # half-GiB logits budget per chunk (its chunk_mem_const, the last argument of its autograd
+    # function), and the losses are those of Liger's own chunking.
+    from liger_kernel.transformers import functional
+
+    from tuner.train import train
+
+    real = functional.LigerFusedLinearCrossEntropyFunction
+    budgets = []
+
+    class Spy:
+        supports_inner_impl_dispatch = getattr(real, "supports_inner_impl_dispatch", False)
+
+        @staticmethod
+        def apply(*args):
+            budgets.append(args[-1] if Spy.supports_inner_impl_dispatch else 1)
+            return real.apply(*args)
+
+    monkeypatch.setattr(functional, "LigerFusedLinearCrossEntropyFunction", Spy)
+    monkeypatch.setenv("TUNER_CHECKPOINT_LAYERS", "auto")  # the small model fits: no layer checkpointed
+    losses, seen = {}, {}
+    for mode in ("liger", "wide"):
+        monkeypatch.setenv("TUNER_LOSS_CHUNKS", mode)
+        budgets.clear()
+        config = gpu_config(small_llama_dir, write_gpu_data(workspace), name=f"chunks_{mode}", seed=5)
+        result = train(config)
+        assert result.status == "completed"
+        losses[mode], seen[mode] = _losses(result.run_dir), set(budgets)
+    print("loss chunk budgets", seen, "losses wide", losses["wide"][:3], "liger", losses["liger"][:3])
+    assert seen["liger"] == {1} and min(seen["wide"]) > 1
+    assert losses["wide"] == pytest.approx(losses["liger"], rel=2e-2)
