@@ -270,6 +270,29 @@ def test_out_of_memory_is_reported_with_advice_and_checkpoint_kept(workspace, ti
     assert read_events(run)[-1]["type"] == "error"
 
 
+def test_a_failing_run_still_logs_its_last_finished_step(workspace, tiny_llama_dir, monkeypatch):
+    # With deferred logging a step's line waits for the next logging point; a run that fails before
+    # it (out of memory in step 3 here) must still log step 2.
+    from transformers import Trainer
+
+    from tuner.train import train
+
+    real_step = Trainer.training_step
+
+    def oom_in_step_3(self, *args, **kwargs):
+        if self.state.global_step >= 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", oom_in_step_3)
+    monkeypatch.setenv("TUNER_DEFERRED_LOGGING", "on")
+    data = write_data(workspace / "d.jsonl", repeat=2)
+    with pytest.raises(TunerError, match="out of GPU memory"):
+        train(make_config(tiny_llama_dir, data, max_steps=6, save_steps=100))
+    run = next((workspace / "work_dirs" / "tiny_test").iterdir())
+    assert [e["step"] for e in read_events(run) if e["type"] == "log" and "loss" in e] == [1, 2]
+
+
 def test_stop_racing_with_the_end_of_a_run_never_leaves_the_job_stuck(workspace, tiny_llama_dir, monkeypatch):
     import threading
 

@@ -3,12 +3,15 @@ read-back when asked for."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 
 from tuner.data.pack import PADDING_TOKENS
 from tuner.deferred_log import PendingLog
 from tuner.speed import deferred_logging, lean_steps
+
+log = logging.getLogger(__name__)
 
 
 def make_trainer_class():
@@ -114,6 +117,23 @@ def make_trainer_class():
                 start_time,
                 learning_rate=learning_rate,
             )
+
+        def train(self, *args, **kwargs):
+            try:
+                return super().train(*args, **kwargs)
+            except BaseException:
+                # A run that fails (out of memory, say) still logs the last step that finished.
+                self._flush_pending_log()
+                raise
+
+        def _flush_pending_log(self) -> None:
+            pending, self._pending_log = self._pending_log, None
+            if pending is None:
+                return
+            try:
+                self._emit_log(pending, None)
+            except Exception as exc:  # a broken CUDA context copies nothing back; the first error stands
+                log.warning("the last logged step's values are lost: %s", exc)
 
         def _log_line_due_now(self) -> bool:
             control = self.control
