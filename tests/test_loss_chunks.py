@@ -11,6 +11,18 @@ import pytest
 import torch
 
 
+def _stand_in_liger(monkeypatch, entry_point):
+    """Liger's functional module, holding only ``entry_point``, where tuner.loss_chunks imports it."""
+    functional = types.ModuleType("liger_kernel.transformers.functional")
+    functional.liger_fused_linear_cross_entropy = entry_point
+    package = types.ModuleType("liger_kernel.transformers")
+    package.functional = functional
+    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", package)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.functional", functional)
+    return functional
+
+
 @pytest.fixture
 def fake_liger(monkeypatch):
     calls = []
@@ -21,14 +33,7 @@ def fake_liger(monkeypatch):
         calls.append(chunk_mem_const)
         return torch.zeros(())
 
-    functional = types.ModuleType("liger_kernel.transformers.functional")
-    functional.liger_fused_linear_cross_entropy = liger_fused_linear_cross_entropy
-    package = types.ModuleType("liger_kernel.transformers")
-    package.functional = functional
-    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
-    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", package)
-    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.functional", functional)
-    yield functional, calls
+    yield _stand_in_liger(monkeypatch, liger_fused_linear_cross_entropy), calls
     from tuner.loss_chunks import use_wide_chunks
 
     use_wide_chunks(False)
@@ -68,16 +73,9 @@ def test_wide_chunks_give_liger_a_half_gib_logits_budget_and_keep_its_signature(
 def test_a_liger_without_the_chunk_knob_keeps_its_own_chunks(monkeypatch):
     from tuner.loss_chunks import use_wide_chunks
 
-    functional = types.ModuleType("liger_kernel.transformers.functional")
-
     def liger_fused_linear_cross_entropy(input, weight, target):
         return None
 
-    functional.liger_fused_linear_cross_entropy = liger_fused_linear_cross_entropy
-    package = types.ModuleType("liger_kernel.transformers")
-    package.functional = functional
-    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
-    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", package)
-    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.functional", functional)
+    functional = _stand_in_liger(monkeypatch, liger_fused_linear_cross_entropy)
     assert not use_wide_chunks(True)
     assert functional.liger_fused_linear_cross_entropy is liger_fused_linear_cross_entropy

@@ -247,19 +247,24 @@ def test_failure_inside_the_job_becomes_an_error_event(workspace, tiny_llama_dir
     assert job.wait(timeout=60) == "completed"
 
 
-def test_out_of_memory_is_reported_with_advice_and_checkpoint_kept(workspace, tiny_llama_dir, monkeypatch):
+def _out_of_memory_after(steps: int, monkeypatch) -> None:
+    """Trainer's training step raises CUDA's out-of-memory error once ``steps`` steps are done."""
     from transformers import Trainer
-
-    from tuner.train import train
 
     real_step = Trainer.training_step
 
     def step_then_oom(self, *args, **kwargs):
-        if self.state.global_step >= 2:
+        if self.state.global_step >= steps:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "training_step", step_then_oom)
+
+
+def test_out_of_memory_is_reported_with_advice_and_checkpoint_kept(workspace, tiny_llama_dir, monkeypatch):
+    from tuner.train import train
+
+    _out_of_memory_after(2, monkeypatch)
     data = write_data(workspace / "d.jsonl", repeat=2)
     with pytest.raises(TunerError, match="out of GPU memory.*qlora.*max_length.*gradient_checkpointing"):
         train(make_config(tiny_llama_dir, data, max_steps=6, save_steps=2))
@@ -273,18 +278,9 @@ def test_out_of_memory_is_reported_with_advice_and_checkpoint_kept(workspace, ti
 def test_a_failing_run_still_logs_its_last_finished_step(workspace, tiny_llama_dir, monkeypatch):
     # With deferred logging a step's line waits for the next logging point; a run that fails before
     # it (out of memory in step 3 here) must still log step 2.
-    from transformers import Trainer
-
     from tuner.train import train
 
-    real_step = Trainer.training_step
-
-    def oom_in_step_3(self, *args, **kwargs):
-        if self.state.global_step >= 2:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "training_step", oom_in_step_3)
+    _out_of_memory_after(2, monkeypatch)
     monkeypatch.setenv("TUNER_DEFERRED_LOGGING", "on")
     data = write_data(workspace / "d.jsonl", repeat=2)
     with pytest.raises(TunerError, match="out of GPU memory"):
