@@ -68,19 +68,11 @@ def make_trainer_class():
             ids = inputs.get(getattr(self.model, "main_input_name", "input_ids"))
             return 6 * ids.numel() * self._flop_params if ids is not None else 0
 
-        def _maybe_log_save_evaluate(
-            self,
-            tr_loss,
-            grad_norm,
-            model,
-            trial,
-            epoch,
-            ignore_keys_for_eval,
-            start_time,
-            learning_rate=None,
-        ):
+        def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, learning_rate=None, **kwargs):
             # Same log lines as Trainer's, each emitted one logging point late (deferred_log says why)
             # unless the step saves, evaluates or ends the run: then the lines so far go out first.
+            # args: model, trial, epoch, ignore_keys_for_eval, start_time, in Trainer's order.
+            start_time = args[4] if len(args) > 4 else kwargs.get("start_time")
             if self._defer_logs is None:
                 self._defer_logs = (
                     deferred_logging() and not self.is_deepspeed_enabled and self.args.world_size == 1
@@ -107,16 +99,7 @@ def make_trainer_class():
                     else:
                         self._pending_log = pending
             # With deferral, nothing is left to log here: Trainer only evaluates and saves.
-            super()._maybe_log_save_evaluate(
-                tr_loss,
-                grad_norm,
-                model,
-                trial,
-                epoch,
-                ignore_keys_for_eval,
-                start_time,
-                learning_rate=learning_rate,
-            )
+            super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, learning_rate=learning_rate, **kwargs)
 
         def train(self, *args, **kwargs):
             try:
