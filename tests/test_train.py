@@ -605,8 +605,13 @@ def test_batches_are_copied_to_the_gpu_without_a_sync_when_switched_on(tmp_path,
 
     for value, expected in {"on": True, "off": False}.items():
         monkeypatch.setenv("TUNER_ASYNC_BATCH_COPY", value)
-        assert accelerator_config(cuda=True) == {"non_blocking": expected}, value
-        assert accelerator_config(cuda=False) == {"non_blocking": False}  # no GPU: nothing to copy to
+        assert accelerator_config(cuda=True, deepspeed=None) == {"non_blocking": expected}, value
+        assert accelerator_config(cuda=False, deepspeed=None) == {"non_blocking": False}  # nothing to copy to
+    # Measured on one process without DeepSpeed: elsewhere the copies stay as accelerate makes them.
+    assert accelerator_config(cuda=True, deepspeed="zero3.json") == {"non_blocking": False}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert accelerator_config(cuda=True, deepspeed=None) == {"non_blocking": False}
+    monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("TUNER_ASYNC_BATCH_COPY", "on")
     args = training_arguments(
         TrainConfig(), tmp_path, LoadedModel(None, torch.float32, "sdpa", "t", None, "cpu"), False

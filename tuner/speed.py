@@ -68,8 +68,8 @@ SWITCHES = {
     # one process without DeepSpeed)
     "TUNER_DEFERRED_LOGGING": ("on", ("on", "off")),
     # on: on CUDA, accelerate's DataLoader copies each batch to the GPU with non_blocking=True (from
-    # pinned memory); off: blocking copies, each a device sync at the step boundary, after which the
-    # GPU idles while the host does the step's Python prelude
+    # pinned memory; one process without DeepSpeed, where it was measured); off: blocking copies, each
+    # a device sync at the step boundary, after which the GPU idles through the step's Python prelude
     "TUNER_ASYNC_BATCH_COPY": ("on", ("on", "off")),
     # on: for tuner_varlen attention on unpadded rows, transformers' mask preparation skips its scan
     # of the position ids for packed samples (a device sync per forward) whose result that attention

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from tuner.errors import TunerError
-from tuner.speed import lean_steps, switch
+from tuner.speed import lean_steps, switch, world_size
 from tuner.train_model import deepspeed_config_path, method_bits
 
 
@@ -39,11 +39,13 @@ def auto_optimizer(config, loaded, cuda: bool) -> str:
     return "adamw_torch_fused"
 
 
-def accelerator_config(cuda: bool) -> dict:
+def accelerator_config(cuda: bool, deepspeed) -> dict:
     """accelerate's settings for the run's DataLoader. A blocking copy of a batch to the GPU waits for
     the previous step's last kernel (a device sync per tensor, after which the GPU idles through the
-    step's Python prelude); from pinned memory a non-blocking copy just queues behind it."""
-    return {"non_blocking": cuda and switch("TUNER_ASYNC_BATCH_COPY") == "on"}
+    step's Python prelude); from pinned memory a non-blocking copy just queues behind it. Measured on
+    one process without DeepSpeed, and only used there."""
+    measured_here = cuda and not deepspeed and world_size() <= 1
+    return {"non_blocking": measured_here and switch("TUNER_ASYNC_BATCH_COPY") == "on"}
 
 
 def training_arguments(config, run_dir: Path, loaded, has_eval: bool):
@@ -110,7 +112,7 @@ def training_arguments(config, run_dir: Path, loaded, has_eval: bool):
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=True,
-        accelerator_config=accelerator_config(cuda),
+        accelerator_config=accelerator_config(cuda, ds),
         deepspeed=ds,
         **eval_kwargs,
     )
