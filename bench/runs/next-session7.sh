@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# Device run prepared in session 6, not yet run (carry [".whl"]), ~8 minutes:
+# Device run prepared in session 6, not yet run (carry [".whl"]), ~7 minutes:
 # 1. TUNER_LOSS_CHUNKS=wide (tuner/loss_chunks.py, off until measured): its GPU test, and the
 #    speed-target rows with it off and on (window clock, as the targets table).
 # 2. The GPU idle gaps left with today's defaults under the window clock (session 6's gap profile ran
 #    with the per-step clock, whose sync recreates the step-boundary gap).
-# 3. The DeepSpeed GPU tests with today's defaults (deepspeed built from .whl's sdist).
+# Then bench/runs/next-session7-b.sh.
 set -u
 source bench/runs/lib.sh
-source bench/device_setup.sh >> "$OUT/logs/setup.log" 2>&1 || { tail -5 "$OUT/logs/setup.log"; exit 1; }
 D=$(date +%F)
-timeout 150 python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_gpu_train.py -k "wide_loss_chunks or deepspeed" > "$OUT/logs/gpu-tests.log" 2>&1
+timeout 90 python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_gpu_train.py -k "wide_loss_chunks" > "$OUT/logs/gpu-tests.log" 2>&1
 grep -E "passed|failed|FAILED|budgets" "$OUT/logs/gpu-tests.log" | tail -5
 S="$OUT/$D-loss-chunks.json"
 B="--steps 10 --warmup 3 --in-process --out $S --clock window"
