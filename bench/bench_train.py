@@ -36,8 +36,10 @@ syncs, logging among them, still happen), so the mean over the window is the run
 per-step spread is then host time only. Memory: peak allocated
 and reserved bytes of PyTorch's allocator after ``reset_peak_memory_stats`` once the model is loaded
 (bitsandbytes' paged optimizer state lives in CUDA managed memory outside that allocator; the
-device-wide ``device_used_gib``, sampled after every step from ``cudaMemGetInfo``, includes it and the
-CUDA context). MFU: see :func:`flops_per_token`.
+device-wide ``device_used_gib``, sampled from ``cudaMemGetInfo`` at the warm-up's end and the window's,
+includes it and the CUDA context; outside the timed steps, as some drivers take milliseconds for that
+call, ``mem_get_info_ms`` records how long it took; rows before 2026-12-01 session 6 sampled it after
+every step). MFU: see :func:`flops_per_token`.
 """
 
 from __future__ import annotations
@@ -432,11 +434,19 @@ class StepClock:
     """Host time at the end of every step (after a device sync), peak device use, losses."""
 
     def __init__(
-        self, profile: tuple[int, int] | None = None, cuda_profile: bool | str = False, sync_steps=None
+        self,
+        profile: tuple[int, int] | None = None,
+        cuda_profile: bool | str = False,
+        sync_steps=None,
+        memory_steps=None,
     ):
         self.ends: list[float] = []
         # --clock window: the step numbers (1-based) whose ends sync; None: every step's
         self.sync_steps = sync_steps
+        # the step ends that sample device-wide memory (cudaMemGetInfo, a driver call that some
+        # drivers take milliseconds for); None: every step's
+        self.memory_steps = memory_steps
+        self.mem_get_info_s: list[float] = []  # how long each of those samples took
         self.losses: list[float] = []
         self.device_used = 0
         self.loaded_bytes = None
@@ -459,16 +469,20 @@ class StepClock:
     def step_end(self) -> None:
         import torch
 
-        if self.sync_steps is None or len(self.ends) + 1 in self.sync_steps:
+        step = len(self.ends) + 1
+        if self.sync_steps is None or step in self.sync_steps:
             _sync()
+        # Before the clock reads: a sample at the warm-up's end must not count in the first timed step.
+        if torch.cuda.is_available() and (self.memory_steps is None or step in self.memory_steps):
+            asked = time.perf_counter()
+            free, total = torch.cuda.mem_get_info()
+            self.mem_get_info_s.append(time.perf_counter() - asked)
+            self.device_used = max(self.device_used, total - free)
         self.ends.append(time.perf_counter())
         if self.profile and len(self.ends) == self.profile[0]:
             self.profiler = _start_profiler(self.cuda_profile)
         elif self.profiler is not None and len(self.ends) == self.profile[1]:
             self.profiler.disable()
-        if torch.cuda.is_available():
-            free, total = torch.cuda.mem_get_info()
-            self.device_used = max(self.device_used, total - free)
 
     def loss(self, value) -> None:
         if value is not None:
@@ -811,6 +825,9 @@ def measure(spec: Spec, opts) -> dict:
         profile=(opts.warmup, opts.warmup + opts.steps) if opts.profile else None,
         cuda_profile="syncs" if opts.profile_syncs else opts.profile_cuda,
         sync_steps={opts.warmup, opts.warmup + opts.steps} if opts.clock == "window" else None,
+        # Device-wide memory at the warm-up's end and the window's: sampled inside the window, its
+        # driver call would land in the next step's time (rows before 2026-12-01 session 6 did so).
+        memory_steps={opts.warmup, opts.warmup + opts.steps},
     )
     row["clock"] = opts.clock
     started = time.perf_counter()
@@ -866,6 +883,8 @@ def measure(spec: Spec, opts) -> dict:
             row["peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 3)
             row["reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 3)
             row["device_used_gib"] = round(clock.device_used / GIB, 3) if clock.device_used else None
+            if clock.mem_get_info_s:
+                row["mem_get_info_ms"] = round(1000 * max(clock.mem_get_info_s), 3)
             row["loaded_gib"] = round(clock.loaded_bytes / GIB, 3) if clock.loaded_bytes else None
         if clock.profiler is not None:
             clock.profiler.disable()

@@ -162,3 +162,25 @@ def test_sync_tracer_counts_synchronizing_ops_by_their_python_call_site(monkeypa
     assert other[0] == "something else"
     report = tracer.report("row", steps=2)
     assert "2.0 per step" in report and "2.0/step" in report
+
+
+def test_device_memory_is_sampled_only_at_the_warmup_and_window_ends(bench, monkeypatch):
+    # cudaMemGetInfo is a driver call that some drivers take milliseconds for: sampled after every
+    # step it would land inside the timed steps. Here: at the warm-up's end (before the clock reads,
+    # so not in the first timed step) and at the window's end.
+    import torch
+
+    samples = []
+
+    def mem_get_info():
+        samples.append(len(clock.ends))
+        return 10 * 2**30 - len(samples) * 2**30, 80 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    monkeypatch.setattr(bench, "_sync", lambda: None)
+    clock = bench.StepClock(sync_steps={3, 13}, memory_steps={3, 13})
+    for _ in range(13):
+        clock.step_end()
+    assert samples == [2, 12]  # taken before the 3rd and the 13th step end were recorded
+    assert clock.device_used == 72 * 2**30 and len(clock.mem_get_info_s) == 2

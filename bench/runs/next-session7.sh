@@ -4,10 +4,13 @@
 #    speed-target rows with it off and on (window clock, as the targets table).
 # 2. The GPU idle gaps left with today's defaults under the window clock (session 6's gap profile ran
 #    with the per-step clock, whose sync recreates the step-boundary gap).
+# 3. Whether cudaMemGetInfo waits for the GPU (bench/mem_get_info_probe.py): the bench sampled it after
+#    every step until session 6; rows now record mem_get_info_ms.
 # Then bench/runs/next-session7-b.sh.
 set -u
 source bench/runs/lib.sh
 D=$(date +%F)
+timeout 30 python3 bench/mem_get_info_probe.py
 timeout 90 python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_gpu_train.py -k "wide_loss_chunks" > "$OUT/logs/gpu-tests.log" 2>&1
 grep -E "passed|failed|FAILED|budgets" "$OUT/logs/gpu-tests.log" | tail -5
 S="$OUT/$D-loss-chunks.json"
