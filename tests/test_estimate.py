@@ -276,3 +276,28 @@ def test_drawn_lora_dropout_counts_no_copies_or_masks(monkeypatch):
     per_layer = 4096 * shape.hidden * DROPOUT_BYTES * (6 + shape.intermediate / shape.hidden)
     assert stored - drawn == pytest.approx(per_layer * shape.layers / 2**30)
     assert estimate(dict(config, lora_dropout=0.0), shape, H100, **args).allocated_gib == pytest.approx(drawn)
+
+
+def test_wide_loss_chunks_count_one_chunk_of_logits_where_they_apply(monkeypatch):
+    # TUNER_LOSS_CHUNKS=wide: Liger's logits exist a chunk at a time, up to half a GiB: 2 chunks of
+    # 2,048 tokens x 128,256 entries x 2 bytes (501 MiB) for Llama-3-8B at 4,096 tokens, one chunk of
+    # 4,096 x 32,000 x 2 bytes (250 MiB) for Llama-2-7B. Only where no layer is checkpointed.
+    from tuner.loss_chunks import wide_chunk_logits_bytes
+
+    assert wide_chunk_logits_bytes(4096, 4096, 128256) == 2048 * 128256 * 2
+    assert wide_chunk_logits_bytes(4096, 4096, 32000) == 4096 * 32000 * 2
+    assert wide_chunk_logits_bytes(16384, 4096, 128256) == 2048 * 128256 * 2  # 8 chunks of 2,048
+    llama3 = shape_from_config(SHAPES["llama3-8b"])
+    config = _qlora_4096(method="lora")
+
+    def logits_gib(mode, layers):
+        monkeypatch.setenv("TUNER_LOSS_CHUNKS", mode)
+        return estimate(
+            config, llama3, H100, liger=True, checkpointed_layers=layers, offload=False
+        ).logits_gib
+
+    assert logits_gib("liger", 0) == 0
+    assert logits_gib("wide", 0) == pytest.approx(2048 * 128256 * 2 / 2**30)
+    assert logits_gib("wide", 32) == 0  # memory is tight there: Liger's own small chunks
+    cpu = Hardware(device="cpu", name="CPU", memory_gib=64, cpu_count=2)
+    assert estimate(config, llama3, cpu, liger=True, checkpointed_layers=0, offload=False).logits_gib == 0

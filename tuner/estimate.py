@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass, field
 
 # The model's sizes and the machine's live in their own modules; their names stay importable from here.
-from tuner import speed
+from tuner import loss_chunks, speed
 from tuner.model_shape import ModelShape, lora_params, model_shape, shape_from_config  # noqa: F401
 from tuner.system_info import Hardware, environment, hardware  # noqa: F401
 
@@ -327,6 +327,9 @@ def _estimate(
     elif graphs and hw.device == "cuda":
         act += tokens * shape.hidden * shape.layers * GRAPH_INPUT_BYTES
     logits = 0 if liger else tokens * shape.vocab * LOGIT_BYTES
+    if loss_chunks.wide_chunks_apply(hw.device == "cuda", liger, checkpointed):
+        # one wide chunk's logits, alive at the end of the forward, where the activations peak
+        logits = loss_chunks.wide_chunk_logits_bytes(tokens, shape.hidden, shape.vocab)
     overhead = (GPU_OVERHEAD_GIB if hw.device == "cuda" else CPU_OVERHEAD_GIB) * GIB
     allocated = weights + trainable_bytes - outside_allocator + act + logits
     total = allocated + outside_allocator + overhead

@@ -31,6 +31,27 @@ def chunk_budget(tokens: int, hidden: int, element_bytes: int) -> int:
     return max(1, WIDE_LOGITS_BYTES // max(1, tokens * hidden * element_bytes))
 
 
+def wide_chunk_logits_bytes(tokens: int, hidden: int, vocab: int, element_bytes: int = 2) -> int:
+    """The logits of one wide chunk, as Liger sizes its chunks from ``chunk_budget``'s value (its
+    chunk is the next power of two above tokens / ceil(vocab / (budget x hidden)), at most all tokens).
+
+    >>> wide_chunk_logits_bytes(4096, 4096, 128256) / 2**20  # 2 chunks of 2,048 tokens
+    501.0
+    """
+    budget = chunk_budget(tokens, hidden, element_bytes)
+    chunks = -(-vocab // (budget * hidden))
+    chunk = min(1 << max(0, (-(-tokens // chunks) - 1).bit_length()), tokens)
+    return chunk * vocab * element_bytes
+
+
+def wide_chunks_apply(cuda: bool, liger: bool, checkpointed_layers: int) -> bool:
+    """Whether a run gets wide chunks (TUNER_LOSS_CHUNKS=wide, Liger's loss on a GPU, no layer
+    checkpointed): what tuner.train_model decides, for the estimate to count their logits."""
+    from tuner.speed import switch
+
+    return cuda and liger and checkpointed_layers == 0 and switch("TUNER_LOSS_CHUNKS") == "wide"
+
+
 def _install() -> bool:
     """Wrap Liger's functional entry point (looked up by name at every call) once per process."""
     from liger_kernel.transformers import functional
