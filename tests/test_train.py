@@ -515,6 +515,33 @@ def test_speed_switch_defaults_and_bad_values(monkeypatch):
         switch("TUNER_LIGER")
 
 
+def test_gpu_memory_cap_holds_the_allocator_and_the_estimate_to_it(monkeypatch):
+    # TUNER_GPU_MEMORY_GIB: PyTorch's allocator may use the cap less the CUDA context it does not
+    # count; the hardware the estimate plans against has the cap's memory; a bad value says what to give.
+    from types import SimpleNamespace
+
+    from tuner.errors import TunerError
+    from tuner.system_info import CUDA_CONTEXT_GIB, hardware, limit_gpu_memory
+
+    fractions = []
+    props = SimpleNamespace(name="NVIDIA H200", total_memory=140 * 1024**3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f: fractions.append(f))
+    monkeypatch.delenv("TUNER_GPU_MEMORY_GIB", raising=False)
+    assert limit_gpu_memory() is None and fractions == [] and hardware().memory_gib == 140
+    monkeypatch.setenv("TUNER_GPU_MEMORY_GIB", "80")
+    assert limit_gpu_memory() == 80
+    assert fractions == [pytest.approx((80 - CUDA_CONTEXT_GIB) / 140)]
+    assert hardware().memory_gib == 80 and hardware().name == "NVIDIA H200"
+    monkeypatch.setenv("TUNER_GPU_MEMORY_GIB", "200")  # more than the card: the card's memory
+    assert hardware().memory_gib == 140
+    for bad in ("eighty", "0", "-4"):
+        monkeypatch.setenv("TUNER_GPU_MEMORY_GIB", bad)
+        with pytest.raises(TunerError, match=f"TUNER_GPU_MEMORY_GIB='{bad}': give the GiB of GPU memory"):
+            hardware()
+
+
 def test_checkpointing_is_limited_to_the_layers_memory_needs(monkeypatch):
     # tuner.estimate.checkpoint_plan picks how many layers (tests/test_estimate.py); here: the
     # first that many recompute their forward pass in the backward, the rest keep their activations,
@@ -522,7 +549,8 @@ def test_checkpointing_is_limited_to_the_layers_memory_needs(monkeypatch):
     import tuner.estimate
     from tests.tiny import build_model, build_tokenizer
     from tuner.model import LoadedModel, add_lora
-    from tuner.train_model import CUDA_CONTEXT_GIB, limit_checkpointing
+    from tuner.system_info import CUDA_CONTEXT_GIB
+    from tuner.train_model import limit_checkpointing
 
     tokenizer = build_tokenizer()
     config = make_config("unused", "unused.jsonl", gradient_checkpointing=True)
@@ -548,6 +576,9 @@ def test_checkpointing_is_limited_to_the_layers_memory_needs(monkeypatch):
         == "on 2 of 4 layers (the rest fit in 33 GiB of GPU memory)"
     )
     assert budgets == [(4, 32 + CUDA_CONTEXT_GIB)]
+    monkeypatch.setenv("TUNER_GPU_MEMORY_GIB", "16")  # a GPU shared with others: the plan gets the cap
+    limit_checkpointing(tiny_lora(True), config, LoadedModel(None, torch.float32, "sdpa", "t", None, "cpu"))
+    assert budgets[-1] == (4, 16.0)
     monkeypatch.undo()
 
     layers = model.base_model.model.model.layers

@@ -176,6 +176,9 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM
 
+    from tuner.system_info import limit_gpu_memory
+
+    limit_gpu_memory()  # before the weights: they count against TUNER_GPU_MEMORY_GIB too
     dtype = resolve_dtype(precision)
     quant = quantization_config(bits, dtype)
     attn, why = pick_attention(attention)

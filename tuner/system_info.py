@@ -8,6 +8,42 @@ from dataclasses import dataclass
 
 GIB = 1024**3
 
+# The CUDA context and cuBLAS workspaces: device memory in use that is neither free nor PyTorch's.
+CUDA_CONTEXT_GIB = 0.6
+GPU_MEMORY_CAP = "TUNER_GPU_MEMORY_GIB"
+
+
+def gpu_memory_cap_gib() -> float | None:
+    """TUNER_GPU_MEMORY_GIB: use at most this much of the GPU's memory (a GPU shared with others, or
+    to see how a run fits a smaller card); None when unset."""
+    text = os.environ.get(GPU_MEMORY_CAP, "").strip()
+    if not text:
+        return None
+    try:
+        cap = float(text)
+    except ValueError:
+        cap = 0.0
+    if not cap > CUDA_CONTEXT_GIB:
+        from tuner.errors import TunerError
+
+        raise TunerError(f"{GPU_MEMORY_CAP}={text!r}: give the GiB of GPU memory a run may use, e.g. 80")
+    return cap
+
+
+def limit_gpu_memory() -> float | None:
+    """Hold PyTorch's allocator to TUNER_GPU_MEMORY_GIB (less the CUDA context, which it does not
+    count) on GPU 0; returns the cap in GiB, or None when there is none or no GPU."""
+    cap = gpu_memory_cap_gib()
+    if cap is None:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    total = torch.cuda.get_device_properties(0).total_memory / GIB
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (cap - CUDA_CONTEXT_GIB) / total))
+    return cap
+
 
 @dataclass
 class Hardware:
@@ -18,14 +54,16 @@ class Hardware:
 
 
 def hardware() -> Hardware:
-    """GPU 0 when CUDA is available, else the CPU and its RAM."""
+    """GPU 0 when CUDA is available (its memory held to TUNER_GPU_MEMORY_GIB), else the CPU and its RAM."""
     cpu_count = os.cpu_count() or 1
+    cap = gpu_memory_cap_gib()  # a bad value is the user's to fix, not a reason to report a CPU
     try:
         import torch
 
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
-            return Hardware("cuda", props.name, props.total_memory / GIB, cpu_count)
+            memory = props.total_memory / GIB
+            return Hardware("cuda", props.name, memory if cap is None else min(memory, cap), cpu_count)
     except Exception:  # a broken CUDA install must not break the estimate
         pass
     return Hardware("cpu", "CPU", _ram_gib(), cpu_count)

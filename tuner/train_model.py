@@ -81,10 +81,6 @@ def build_model(config):
     return model, loaded
 
 
-# The CUDA context and cuBLAS workspaces: device memory in use that is neither free nor PyTorch's.
-CUDA_CONTEXT_GIB = 0.6
-
-
 def limit_checkpointing(model, config, loaded) -> str:
     """Leave gradient checkpointing on only for the layers that memory needs it for, the first ones,
     and keep their saved inputs in host memory when even that does not fit (tuner.estimate.checkpoint_plan,
@@ -96,7 +92,7 @@ def limit_checkpointing(model, config, loaded) -> str:
 
     from tuner.estimate import GIB, checkpoint_plan
     from tuner.model_shape import shape_from_config
-    from tuner.system_info import hardware
+    from tuner.system_info import CUDA_CONTEXT_GIB, gpu_memory_cap_gib, hardware
 
     layers = checkpointing_layers(model)
     if not torch.cuda.is_available() or not layers:
@@ -106,6 +102,9 @@ def limit_checkpointing(model, config, loaded) -> str:
     shape = shape_from_config(text_config.to_dict())
     free, _ = torch.cuda.mem_get_info()
     budget = (free + torch.cuda.memory_reserved()) / GIB + CUDA_CONTEXT_GIB
+    cap = gpu_memory_cap_gib()
+    if cap is not None:
+        budget = min(budget, cap)
     upcast = switch("TUNER_KBIT_UPCAST") == "on"
     count, offload = checkpoint_plan(config, shape, hardware(), budget, liger=loaded.liger, upcast=upcast)
     count = min(count, len(layers))
