@@ -93,6 +93,8 @@ def environment() -> dict:
     info["device"] = hw.device
     info["gpu"] = hw.name if hw.device == "cuda" else None
     info["memory_gib"] = round(hw.memory_gib, 1)
+    cap = gpu_memory_cap_gib()
+    info["memory_capped"] = hw.device == "cuda" and cap is not None and hw.memory_gib == cap
     info["cpu_count"] = hw.cpu_count
     for pkg in ("transformers", "peft", "bitsandbytes", "flash_attn", "deepspeed"):
         info[pkg] = _version(pkg)

@@ -268,11 +268,23 @@ def test_estimate_says_when_the_input_embedding_waits_in_cpu_memory(monkeypatch)
         assert ("the input embedding waits in CPU memory" in text) is expected, text
 
 
-def test_environment_panel():
+def test_environment_panel(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
     from tuner.ui.presets_tab import environment_markdown
 
     text = environment_markdown("zh")
     assert "torch" in text and "bitsandbytes" in text and "flash_attn" in text
+    # A GPU held to part of its memory says so where it gives the memory.
+    props = SimpleNamespace(name="NVIDIA H200", total_memory=140 * 1024**3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setenv("TUNER_GPU_MEMORY_GIB", "24")
+    assert "| VRAM | 24.0 GiB (held to this by TUNER_GPU_MEMORY_GIB) |" in environment_markdown("en")
+    monkeypatch.delenv("TUNER_GPU_MEMORY_GIB")
+    assert "| VRAM | 140.0 GiB |" in environment_markdown("en")
 
 
 # ------------------------------------------------------------------------------------- train tab

@@ -201,7 +201,7 @@ def environment_markdown(lang: str = "en") -> str:
         ("GPU", env["gpu"] or "-"),
         (
             tr(lang, "env.memory", kind="VRAM" if env["device"] == "cuda" else "RAM"),
-            f"{env['memory_gib']} GiB",
+            f"{env['memory_gib']} GiB" + (f" ({tr(lang, 'env.capped')})" if env.get("memory_capped") else ""),
         ),
         ("CPU", str(env["cpu_count"])),
     ]

@@ -118,6 +118,7 @@ STRINGS = {
     "env.missing": "not installed",
     "env.no_cuda": "not available (CPU)",
     "env.memory": "{kind}",
+    "env.capped": "held to this by TUNER_GPU_MEMORY_GIB",
     # --- train
     "train.intro": "Trains the settings of the **Presets** tab in the background. You can leave or reload "
     "this page: the run goes on and its view comes back.",

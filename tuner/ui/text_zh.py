@@ -113,6 +113,7 @@ STRINGS = {
     "env.missing": "未安装",
     "env.no_cuda": "不可用（CPU）",
     "env.memory": "{kind}",
+    "env.capped": "由 TUNER_GPU_MEMORY_GIB 限定",
     "train.intro": "在后台训练“预设”页中的配置。可以离开或刷新本页：训练会继续，刷新后进度会重新显示。",
     "train.start": "开始训练",
     "train.stop": "停止并保存",
