@@ -8,7 +8,7 @@ set -u
 source bench/runs/lib.sh
 source bench/device_setup.sh >> "$OUT/logs/setup.log" 2>&1 || { tail -5 "$OUT/logs/setup.log"; exit 1; }
 D=$(date +%F)
-timeout 200 python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_gpu_train.py -k "deepspeed" > "$OUT/logs/gpu-deepspeed.log" 2>&1
+timeout 200 python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_gpu_train.py -k "deepspeed or memory_cap" > "$OUT/logs/gpu-deepspeed.log" 2>&1
 grep -E "passed|failed|FAILED" "$OUT/logs/gpu-deepspeed.log" | tail -4
 S="$OUT/$D-packed.json"
 B="--steps 10 --warmup 3 --in-process --out $S --clock window"

@@ -244,3 +244,31 @@ def test_wide_loss_chunks_train_like_liger_own_chunks(workspace, small_llama_dir
     print("loss chunk budgets", seen, "losses wide", losses["wide"][:3], "liger", losses["liger"][:3])
     assert seen["liger"] == {1} and min(seen["wide"]) > 1
     assert losses["wide"] == pytest.approx(losses["liger"], rel=2e-2)
+
+
+def test_a_gpu_memory_cap_holds_the_run_and_its_plan(workspace, small_llama_dir, monkeypatch):
+    # TUNER_GPU_MEMORY_GIB=2: PyTorch's allocator may reserve at most 2 GiB less the CUDA context, the
+    # checkpoint plan says it planned against 2 GiB, and the run trains within it.
+    import torch
+
+    from tuner.events import read_events
+    from tuner.train import train
+
+    monkeypatch.setenv("TUNER_GPU_MEMORY_GIB", "2")
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    config = gpu_config(
+        small_llama_dir, write_gpu_data(workspace), name="capped", gradient_checkpointing=True
+    )
+    try:
+        result = train(config)
+        reserved = torch.cuda.max_memory_reserved()
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)  # later tests in this process get the whole card
+    messages = " ".join(e.get("message", "") for e in read_events(result.run_dir))
+    print("capped run: peak reserved", reserved / 2**30, "GiB")
+    assert result.status == "completed"
+    assert "fit in 2 GiB of GPU memory" in messages, messages[:2000]
+    assert reserved <= 2 * 2**30
+    losses = _losses(result.run_dir)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.5
