@@ -101,6 +101,7 @@ def _estimate(row):
     graphs = switches.get("TUNER_CUDA_GRAPHS") == "on"  # rows before the switch: no graphs
     with pytest.MonkeyPatch.context() as patch:  # the estimate reads this switch itself
         patch.setenv("TUNER_LORA_DROPOUT_KERNEL", switches.get("TUNER_LORA_DROPOUT_KERNEL", "off"))
+        patch.setenv("TUNER_LOSS_CHUNKS", switches.get("TUNER_LOSS_CHUNKS", "liger"))  # rows before: liger
         return estimate(
             config,
             shape,
@@ -196,6 +197,7 @@ def test_checkpointing_every_layer_when_asked_or_not_decidable(monkeypatch):
 # Runs with session 4's defaults (CUDA graphs where no layer is checkpointed, regenerated LoRA dropout
 # where layers are): their rows with graphs on, or with every layer checkpointed (never graphed).
 CURRENT_DEFAULTS = {
+    "2026-12-01-h200-loss-chunks.json",  # session 7: wide loss chunks ("wide" rows)
     "2026-12-01-h200-step-boundary.json",  # session 6: every speed default of now ("new" rows)
     "2026-12-01-h200-dropout-kernel.json",  # session 5
     "2026-12-01-h200-embedding2.json",

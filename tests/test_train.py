@@ -503,7 +503,7 @@ def test_speed_switch_defaults_and_bad_values(monkeypatch):
         "TUNER_DEFERRED_LOGGING": "on",
         "TUNER_ASYNC_BATCH_COPY": "on",
         "TUNER_SKIP_PACKED_SCAN": "on",
-        "TUNER_LOSS_CHUNKS": "liger",
+        "TUNER_LOSS_CHUNKS": "wide",
     }
     for name in defaults:
         monkeypatch.delenv(name, raising=False)

@@ -79,8 +79,10 @@ SWITCHES = {
     "TUNER_SKIP_PACKED_SCAN": ("on", ("on", "off")),
     # wide: where no layer is checkpointed, Liger's fused linear cross-entropy computes the logits in
     # chunks of up to half a GiB instead of its default budget (32 chunks of 128 tokens for a 128k
-    # vocabulary at 4096 tokens; tuner.loss_chunks). Off (liger) until measured on a GPU.
-    "TUNER_LOSS_CHUNKS": ("liger", ("liger", "wide")),
+    # vocabulary at 4096 tokens; tuner.loss_chunks). Measured: +2.6% bf16 LoRA and QLoRA on Llama-3-8B
+    # at 4096 tokens, +0.2% on Llama-2-7B (32k vocabulary, 1 chunk either way), peak +0.06 GiB
+    # (docs/benchmarks.md, session 7).
+    "TUNER_LOSS_CHUNKS": ("wide", ("liger", "wide")),
 }
 
 
