@@ -10,7 +10,7 @@ S="$OUT/$D-packed.json"
 B="--steps 10 --warmup 3 --in-process --out $S --clock window"
 run l2-plain 120 python3 bench/bench_train.py --shape llama2-7b --method qlora --seq 512 --tool plain $B
 run l2-packed 100 python3 bench/bench_train.py --shape llama2-7b --method qlora --seq 16384 --sample-len 512 --tool tuner $B
-run long 220 python3 bench/bench_train.py --shape llama3-8b --method qlora --seq 131072 --tool tuner --steps 1 --warmup 0 --in-process --out $S --variant cap80:env.TUNER_GPU_MEMORY_GIB=80
+run long 400 python3 bench/bench_train.py --shape llama3-8b --method qlora --seq 131072 --tool tuner --steps 1 --warmup 1 --in-process --out $S --variant cap80:env.TUNER_GPU_MEMORY_GIB=80
 python3 bench/bench_train.py --report "$S"
 grep -hE "Error|error|exceeds|OutOfMemory" "$OUT"/logs/long.log | tail -3
 rm -f "$OUT"/*.lock
