@@ -52,6 +52,10 @@ ONE_PER_PROCESS = {
     "2026-11-28-h100-80gb-hbm3-profile.json",
     "2026-11-28-h100-80gb-hbm3-defaults.json",
     "2026-11-28-h100-80gb-hbm3-long-context.json",
+    # 131,072 tokens with expandable segments (38.5 GiB of the device). The same row with PyTorch's
+    # default allocator (...-long-context-cap80.json) used 45.2: fragmentation the estimate does not
+    # model; training's log tells such runs to start with expandable segments (system_info.ALLOCATOR_TIP).
+    "2026-12-01-h200-long-context-expandable.json",
 }
 
 
@@ -303,3 +307,28 @@ def test_wide_loss_chunks_count_one_chunk_of_logits_where_they_apply(monkeypatch
     assert logits_gib("wide", 32) == 0  # memory is tight there: Liger's own small chunks
     cpu = Hardware(device="cpu", name="CPU", memory_gib=64, cpu_count=2)
     assert estimate(config, llama3, cpu, liger=True, checkpointed_layers=0, offload=False).logits_gib == 0
+
+
+def test_longest_sample_is_the_longest_row_the_estimate_fits():
+    from tuner.config import TrainConfig
+    from tuner.estimate import LONGEST_STEP, longest_sample
+
+    llama3 = shape_from_config(SHAPES["llama3-8b"])
+    config = _qlora_4096()
+    longest = longest_sample(config, llama3, H100, liger=True)
+
+    def fits(tokens, hw=H100):
+        return estimate({**config, "max_length": tokens}, llama3, hw, liger=True).fits
+
+    assert longest % LONGEST_STEP == 0 and fits(longest) and not fits(longest + LONGEST_STEP)
+    # Measured on an H200 held to 80 GiB: 131,072 tokens fit in 38.5 GiB of the device (expandable segments)
+    assert longest >= 131072
+    # One sample per row: packing and batch settings do not shorten it, a TrainConfig answers the same
+    packed = {**config, "tokens_per_step": 16384, "batch_size": 4, "pack_to_max_length": True}
+    assert longest_sample(packed, llama3, H100, liger=True) == longest
+    typed = TrainConfig(method="qlora", max_length=4096, lora_r=64, gradient_checkpointing=True)
+    assert longest_sample(typed, llama3, H100, liger=True) == longest
+    # Without Liger the 128k-vocabulary logits grow with the row; a card too small for 1,024 tokens: 0
+    assert longest_sample(config, llama3, H100, liger=False) < longest / 2
+    small = Hardware(device="cuda", name="small", memory_gib=4, cpu_count=4)
+    assert not fits(LONGEST_STEP, small) and longest_sample(config, llama3, small, liger=True) == 0

@@ -11,7 +11,7 @@ import sys
 from tuner.errors import TunerError
 
 # Modules under tuner.cli that each define register(subparsers). Order = order in --help.
-VERB_MODULES = ["data", "check", "presets", "train", "export", "chat"]
+VERB_MODULES = ["data", "check", "presets", "estimate", "train", "export", "chat"]
 
 
 def build_parser() -> argparse.ArgumentParser:

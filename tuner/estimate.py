@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # The model's sizes and the machine's live in their own modules; their names stay importable from here.
 from tuner import loss_chunks, speed
@@ -140,15 +141,17 @@ def _base_bits(method: str, quantization: str, device: str) -> float:
     return 32 if device == "cpu" else 16
 
 
-def speed_defaults(cfg_get, hw: Hardware) -> tuple[bool, bool]:
-    """(liger, upcast) as tuner's training would run ``cfg`` here (tuner.speed's switches)."""
+def speed_defaults(cfg_get, hw: Hardware, gpu_install: bool = False) -> tuple[bool, bool]:
+    """(liger, upcast) as tuner's training would run ``cfg`` here (tuner.speed's switches).
+    ``gpu_install``: for a GPU this machine does not have, as on one with requirements-gpu.txt
+    installed (Liger's kernels), whatever is installed here."""
     from tuner.speed import switch
 
     upcast = switch("TUNER_KBIT_UPCAST") == "on"
     liger = (
         hw.device == "cuda"
         and switch("TUNER_LIGER") == "on"
-        and importlib.util.find_spec("liger_kernel") is not None
+        and (gpu_install or importlib.util.find_spec("liger_kernel") is not None)
         and "zero3" not in str(cfg_get("deepspeed", "") or "")
     )
     return liger, upcast
@@ -199,6 +202,56 @@ def estimate(
     if not est.fits:
         est.advice = advice(est, get, hw)
     return est
+
+
+# longest_sample's answer: a multiple of this many tokens (max_length is set in thousands), at most a
+# million (past that a step takes many minutes even on an H200).
+LONGEST_STEP = 1024
+LONGEST_CEILING = 1 << 20
+
+
+def one_sample(cfg: dict, tokens: int) -> dict:
+    """``cfg`` (a dict of TrainConfig keys) training one sample of ``tokens`` tokens per step."""
+    return {**cfg, "max_length": tokens, "tokens_per_step": None, "batch_size": 1}
+
+
+def longest_sample(
+    cfg,
+    shape: ModelShape | None = None,
+    hw: Hardware | None = None,
+    *,
+    liger: bool | None = None,
+    upcast: bool | None = None,
+) -> int:
+    """The longest single sample (``max_length`` tokens, one row per step, no packing) that the
+    estimate fits on ``hw`` with ``cfg``'s other settings: a multiple of LONGEST_STEP, at most
+    LONGEST_CEILING; 0 where not even LONGEST_STEP tokens fit. ``liger`` and ``upcast`` as for
+    ``estimate`` (default: what training does here; without Liger the logits grow with the row).
+
+    Memory grows with the tokens of a step whatever the checkpoint plan (which gets more layers
+    checkpointed, then offloaded, as rows grow), so the answer is a bisection over ``fits``. On an
+    H200 held to 80 GiB a 131,072-token Llama-3-8B QLoRA row measured 45.2 GiB of the device where the
+    estimate said 36.7 with a peak allocated of 34.1 (measured 34.6); see docs/benchmarks.md, session 7.
+    """
+    base = dict(cfg) if isinstance(cfg, dict) else cfg.to_dict()
+    shape = shape or model_shape(base.get("model") or "default")
+    hw = hw or hardware()
+    default_liger, default_upcast = speed_defaults(base.get, hw)
+    liger = default_liger if liger is None else liger
+    upcast = default_upcast if upcast is None else upcast
+
+    def fits(blocks: int) -> bool:
+        return estimate(one_sample(base, blocks * LONGEST_STEP), shape, hw, liger=liger, upcast=upcast).fits
+
+    low, high = 1, LONGEST_CEILING // LONGEST_STEP  # in blocks: low fits, high does not (checked)
+    if not fits(low):
+        return 0
+    if fits(high):
+        return high * LONGEST_STEP
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low * LONGEST_STEP
 
 
 def checkpoint_plan(
@@ -379,6 +432,24 @@ def _estimate(
         embedding_on_cpu=method != "full" and bool(embedding_on_cpu),
         layers=shape.layers,
     )
+
+
+def dataset_tokens(path) -> int | None:
+    """Tokens in a data file, from its size at ~4 characters per token: enough for a time estimate.
+    None when it cannot be read."""
+    try:
+        return max(1, Path(path).stat().st_size // 4)
+    except (OSError, TypeError):
+        return None
+
+
+def format_duration(seconds: float) -> str:
+    """``12.3 s``, ``42 min`` or ``3.5 h``: as precise as an estimate is."""
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def advice(est: Estimate, get, hw: Hardware) -> list[str]:

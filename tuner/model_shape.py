@@ -21,6 +21,7 @@ class ModelShape:
     kv_heads: int
     head_dim: int
     tied: bool = False  # one matrix for the embedding and the LM head
+    context: int | None = None  # max_position_embeddings: the longest rows the model was made for
 
     @property
     def embedding_params(self) -> int:
@@ -48,8 +49,18 @@ def shape_from_config(cfg: dict) -> ModelShape:
     mlp = 3 * hidden * inter
     embed = vocab * hidden * (1 if cfg.get("tie_word_embeddings") else 2)
     params = layers * (attn + mlp + 2 * hidden) + embed + hidden
+    context = cfg.get("max_position_embeddings")
     return ModelShape(
-        params, hidden, layers, vocab, inter, heads, kv_heads, head_dim, bool(cfg.get("tie_word_embeddings"))
+        params,
+        hidden,
+        layers,
+        vocab,
+        inter,
+        heads,
+        kv_heads,
+        head_dim,
+        bool(cfg.get("tie_word_embeddings")),
+        int(context) if context else None,
     )
 
 
@@ -70,6 +81,7 @@ def model_shape(model: str) -> ModelShape:
                     "num_attention_heads": 9,
                     "num_key_value_heads": 3,
                     "tie_word_embeddings": True,
+                    "max_position_embeddings": 8192,
                 }
             )
     else:
@@ -80,7 +92,11 @@ def model_shape(model: str) -> ModelShape:
 
                 path = Path(hf_hub_download(model, "config.json"))
             except Exception as exc:  # offline, unknown id: say so in words
-                raise ModelError(f"{model}: no config.json found locally; cannot estimate its size") from exc
+                raise ModelError(
+                    f"{model}: no config.json found locally (offline, or not a model id); cannot estimate "
+                    "its size. Download the model once (training does on first use) or set model to a "
+                    "local folder"
+                ) from exc
     cfg = json.loads(Path(path).read_text(encoding="utf-8"))
     cfg = cfg.get("text_config", cfg)  # multimodal configs nest the language model
     return shape_from_config(cfg)

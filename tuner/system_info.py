@@ -45,6 +45,25 @@ def limit_gpu_memory() -> float | None:
     return cap
 
 
+# Measured on an H200 held to 80 GiB, Llama-3-8B QLoRA on one 131,072-token row, every layer's input
+# offloaded: PyTorch's default allocator used 45.2 GiB of the device, expandable segments 38.5 (same
+# speed; bench/results/2026-12-01-h200-long-context-*.json). Its large, ever-changing blocks (a 1 GiB
+# input on its way to the host, the recomputed layer's 3.5 GiB MLP tensors) fragment the default's
+# fixed segments.
+ALLOCATOR_TIP = (
+    "start with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to fit longer rows: on rows this long "
+    "PyTorch's default allocator fragments (17% more GPU memory at 131k tokens)"
+)
+
+
+def expandable_segments_on() -> bool:
+    """Whether PyTorch's CUDA allocator was told to use expandable segments (its two variables)."""
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        if "expandable_segments:true" in os.environ.get(name, "").replace(" ", "").lower():
+            return True
+    return False
+
+
 @dataclass
 class Hardware:
     device: str  # "cuda" or "cpu"

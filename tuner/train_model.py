@@ -92,7 +92,13 @@ def limit_checkpointing(model, config, loaded) -> str:
 
     from tuner.estimate import GIB, checkpoint_plan
     from tuner.model_shape import shape_from_config
-    from tuner.system_info import CUDA_CONTEXT_GIB, gpu_memory_cap_gib, hardware
+    from tuner.system_info import (
+        ALLOCATOR_TIP,
+        CUDA_CONTEXT_GIB,
+        expandable_segments_on,
+        gpu_memory_cap_gib,
+        hardware,
+    )
 
     layers = checkpointing_layers(model)
     if not torch.cuda.is_available() or not layers:
@@ -128,7 +134,8 @@ def limit_checkpointing(model, config, loaded) -> str:
         from tuner.checkpoint_offload import offload_checkpoints
 
         offload_checkpoints(layers)
-        return f"on every layer ({count}), inputs kept in host memory"
+        tip = "" if expandable_segments_on() else f"; {ALLOCATOR_TIP}"
+        return f"on every layer ({count}), inputs kept in host memory{tip}"
     return f"on every layer ({count})"
 
 

@@ -268,6 +268,43 @@ def test_estimate_says_when_the_input_embedding_waits_in_cpu_memory(monkeypatch)
         assert ("the input embedding waits in CPU memory" in text) is expected, text
 
 
+def test_estimate_gives_the_longest_sample_a_gpu_fits(monkeypatch):
+    # On a GPU the estimate says how long one sample may get with the form's settings and, as rows that
+    # long offload their inputs, how to keep PyTorch's allocator from fragmenting. Not on a CPU.
+    from tuner import estimate as estimate_module
+    from tuner.estimate import Hardware, longest_sample, shape_from_config
+    from tuner.ui import presets_tab
+
+    llama3 = {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256, "intermediate_size": 14336}
+    llama3 |= {"num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": False}
+    monkeypatch.setattr(estimate_module, "model_shape", lambda model: shape_from_config(llama3))
+    monkeypatch.setattr(estimate_module, "speed_defaults", lambda get, hw: (True, False))  # Liger's loss
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    values = presets_tab.load_preset(IDENTITY)[: len(KEYS)]
+    values[KEYS.index("method")] = "qlora"
+    values[KEYS.index("gradient_checkpointing")] = True
+    texts = {}
+    for memory in (24.0, 80.0):
+        hardware = Hardware("cuda", "NVIDIA H100", memory, 16)
+        monkeypatch.setattr(estimate_module, "hardware", lambda hardware=hardware: hardware)
+        longest = longest_sample(presets_tab.form.from_form(values))
+        text = presets_tab.estimate_form(*values, "en")
+        assert f"about **{longest:,} tokens**" in text, text
+        texts[memory] = (longest, text)
+    (short, at_24), (long, at_80) = texts[24.0], texts[80.0]
+    assert 4096 < short < 131072 <= long  # 131,072 measured to fit an H200 held to 80 GiB
+    # the longest row of a card is one that offloads its layers' inputs, on either card
+    assert "expandable_segments:True" in at_80 and "expandable_segments:True" in at_24
+    zh = presets_tab.estimate_form(*values, "zh")
+    assert f"约 **{long:,} 个 token**" in zh and "expandable_segments:True" in zh
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    assert "expandable_segments:True" not in presets_tab.estimate_form(*values, "en")  # already set
+    cpu = Hardware("cpu", "CPU", 64.0, 2)
+    monkeypatch.setattr(estimate_module, "hardware", lambda: cpu)
+    assert "Longest single sample" not in presets_tab.estimate_form(*values, "en")
+
+
 def test_environment_panel(monkeypatch):
     from types import SimpleNamespace
 

@@ -134,7 +134,7 @@ def cli_command(preset: str | None, *values) -> str:
 
 def estimate_form(*values_and_lang):
     """Memory and time estimate of the form's settings with a fits / won't fit verdict (markdown)."""
-    from tuner.estimate import estimate
+    from tuner.estimate import estimate, format_duration
 
     *values, lang = values_and_lang
     data = form.from_form(values)
@@ -158,10 +158,13 @@ def estimate_form(*values_and_lang):
         f"| {tr(lang, 'est.logits')} | {est.logits_gib:.2f} |",
         f"| {tr(lang, 'est.overhead')} | {est.overhead_gib:.2f} |",
         "",
-        tr(lang, "est.time", tokens=f"{est.tokens_per_step:,}", sec=_duration(est.seconds_per_step)),
+        tr(lang, "est.time", tokens=f"{est.tokens_per_step:,}", sec=format_duration(est.seconds_per_step)),
     ]
     if est.total_seconds:
-        lines.append(tr(lang, "est.total_time", steps=est.total_steps, time=_duration(est.total_seconds)))
+        lines.append(
+            tr(lang, "est.total_time", steps=est.total_steps, time=format_duration(est.total_seconds))
+        )
+    lines += _longest_sample_lines(data, lang)
     if est.advice:
         lines.append("\n**" + tr(lang, "est.advice") + "**")
         lines += [f"- {tip}" for tip in est.advice]
@@ -169,24 +172,40 @@ def estimate_form(*values_and_lang):
     return "\n".join(lines)
 
 
+def _longest_sample_lines(data: dict, lang: str) -> list[str]:
+    """On a GPU: the longest single sample these settings fit, and where rows that long offload their
+    inputs, the allocator setting that lets them go further (tuner.system_info.ALLOCATOR_TIP)."""
+    from tuner.estimate import estimate, hardware, longest_sample, model_shape, one_sample
+    from tuner.system_info import expandable_segments_on
+
+    hw = hardware()
+    if hw.device != "cuda":
+        return []
+    shape = model_shape(data.get("model") or "default")
+    longest = longest_sample(data, shape, hw)
+    if not longest:
+        return []
+    text = tr(lang, "est.longest", tokens=f"{longest:,}")
+    if shape.context and longest > shape.context:
+        text += " " + tr(lang, "est.longest_context", context=f"{shape.context:,}")
+    lines = ["", text]
+    if not expandable_segments_on() and estimate(one_sample(data, longest), shape, hw).offloaded:
+        lines.append(tr(lang, "est.longest_tip"))
+    return lines
+
+
 def _dataset_tokens(data_path: str | None) -> int | None:
-    """~4 characters per token from the file size: enough for a time estimate."""
+    """The training data's tokens for a time estimate (tuner.estimate.dataset_tokens), the path
+    resolved in the workspace as the form's other paths."""
+    from tuner.estimate import dataset_tokens
+    from tuner.ui.common import ws_path
+
     if not data_path:
         return None
     try:
-        from tuner.ui.common import ws_path
-
-        return max(1, ws_path(data_path).stat().st_size // 4)
-    except (TunerError, OSError):
+        return dataset_tokens(ws_path(data_path))
+    except TunerError:
         return None
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.1f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def environment_markdown(lang: str = "en") -> str:

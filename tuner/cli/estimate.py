@@ -1,0 +1,130 @@
+"""estimate verb: ``python -m tuner estimate CONFIG [--set KEY=VALUE] [--gpu-gib N [--gpu NAME]]``.
+
+The Presets tab's memory and time estimate from the command line, with the longest single sample the
+GPU fits; ``--gpu-gib`` plans for a card this machine does not have (a classroom's, a cloud GPU's).
+Exit status: 0 when the run fits, 1 when it does not (what to change is listed), 2 when the config or
+its model cannot be read (printed as ``error: ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "estimate",
+        help="will a config fit the GPU, how long will it take, how long may one sample be",
+        description="Estimate a config's GPU memory and time on this machine's GPU (or --gpu-gib N), "
+        "and the longest single sample it fits; exit 1 when it will not fit.",
+    )
+    parser.add_argument("file", metavar="CONFIG", help="a .yaml config file or a preset name")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key (repeatable), e.g. --set max_length=8192",
+    )
+    parser.add_argument(
+        "--gpu-gib",
+        type=float,
+        metavar="N",
+        help="plan for a GPU with N GiB of memory instead of this machine's",
+    )
+    parser.add_argument(
+        "--gpu",
+        metavar="NAME",
+        help="with --gpu-gib: the GPU's name for the time estimate (H100, A100, 4090, T4...)",
+    )
+    parser.set_defaults(func=estimate_cmd)
+
+
+def _activations_label(est) -> str:
+    if est.checkpointed_layers:
+        where = ", their inputs in CPU memory" if est.offloaded else ""
+        return (
+            f"activations (gradient checkpointing on {est.checkpointed_layers} of {est.layers} layers{where})"
+        )
+    if est.graphs:
+        return "activations (every layer kept, no recomputation; layers replayed as CUDA graphs)"
+    return "activations"
+
+
+def estimate_cmd(args: argparse.Namespace) -> int:
+    from tuner.config import load_config
+    from tuner.config_check import resolve_path
+    from tuner.errors import TunerError
+    from tuner.estimate import (
+        Hardware,
+        dataset_tokens,
+        estimate,
+        format_duration,
+        hardware,
+        longest_sample,
+        model_shape,
+        one_sample,
+        speed_defaults,
+    )
+    from tuner.presets import find_preset
+    from tuner.system_info import ALLOCATOR_TIP, expandable_segments_on
+
+    if args.gpu and args.gpu_gib is None:
+        raise TunerError("--gpu NAME goes with --gpu-gib N (the GPU's memory); add --gpu-gib")
+    if args.gpu_gib is not None and not args.gpu_gib > 0:
+        raise TunerError(f"--gpu-gib {args.gpu_gib:g}: give the GPU's memory in GiB, e.g. 24")
+    config = load_config(find_preset(args.file), overrides=args.overrides)
+    if args.gpu_gib is None:
+        hw = hardware()
+    else:
+        hw = Hardware("cuda", args.gpu or f"a {args.gpu_gib:g} GiB GPU", args.gpu_gib, os.cpu_count() or 1)
+    shape = model_shape(config.model)
+    # A GPU planned for is one with requirements-gpu.txt installed, whatever this machine has.
+    liger, upcast = speed_defaults(config.to_dict().get, hw, gpu_install=args.gpu_gib is not None)
+    kernels = {"liger": liger, "upcast": upcast}
+    data_tokens = dataset_tokens(resolve_path(config.data_path))
+    est = estimate(config, shape, hw, dataset_tokens=data_tokens, **kernels)
+    where = f"{hw.name}, {hw.memory_gib:.1f} GiB" + (" of RAM" if hw.device == "cpu" else "")
+    verdict = "Fits" if est.fits else "Won't fit"
+    lines = [
+        f"{config.name}: {config.method} on {config.model} ({where})",
+        f"{verdict}: about {est.total_gib:.1f} GiB needed of {est.available_gib:.1f} GiB.",
+    ]
+    label = "base weights" + (" (the input embedding waits in CPU memory)" if est.embedding_on_cpu else "")
+    parts = [
+        (label, est.weights_gib),
+        (f"trainable parameters ({est.trainable_params:,}) + gradients + optimizer", est.trainable_gib),
+        (_activations_label(est), est.activations_gib),
+        ("logits", est.logits_gib),
+        ("runtime overhead", est.overhead_gib),
+    ]
+    width = max(len(name) for name, _ in parts)
+    lines += [f"  {name:<{width}}  {gib:6.2f} GiB" for name, gib in parts]
+    lines.append(
+        f"One optimizer step = {est.tokens_per_step:,} tokens ≈ {format_duration(est.seconds_per_step)}."
+    )
+    if est.total_seconds:
+        lines.append(f"{est.total_steps} steps ≈ {format_duration(est.total_seconds)}.")
+    if hw.device == "cuda":
+        longest = longest_sample(config, shape, hw, **kernels)
+        if longest:
+            lines.append(
+                f"Longest single sample on this GPU: about {longest:,} tokens (max_length, one sample per step)."
+            )
+            if shape.context and longest > shape.context:
+                lines.append(
+                    f"  The model itself was made for rows of up to {shape.context:,} tokens "
+                    "(max_position_embeddings)."
+                )
+            base = config.to_dict()
+            at_longest = estimate(one_sample(base, longest), shape, hw, **kernels)
+            if at_longest.offloaded and not expandable_segments_on():
+                lines.append(f"  Tip: {ALLOCATOR_TIP}.")
+    if est.advice:
+        lines.append("What to change:")
+        lines += [f"  - {tip}" for tip in est.advice]
+    lines.append("A first-order estimate (tuner/estimate.py): real use varies by about 15%.")
+    print("\n".join(lines))
+    return 0 if est.fits else 1
