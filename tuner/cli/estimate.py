@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from tuner.cli.options import add_set_option
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -20,14 +22,7 @@ def register(subparsers) -> None:
         "and the longest single sample it fits; exit 1 when it will not fit.",
     )
     parser.add_argument("file", metavar="CONFIG", help="a .yaml config file or a preset name")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key (repeatable), e.g. --set max_length=8192",
-    )
+    add_set_option(parser, "--set max_length=8192")
     parser.add_argument(
         "--gpu-gib",
         type=float,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tuner.cli.options import add_set_option
+
 
 def register(subparsers) -> None:
     """Add the preset verbs to the ``python -m tuner`` parser."""
@@ -32,14 +34,7 @@ def register(subparsers) -> None:
         description="Check a config file (or preset name) and print all its problems; exit 1 if any.",
     )
     p.add_argument("file", metavar="FILE", help="a .yaml config file or a preset name")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key (repeatable), e.g. --set lr=1e-4 --set max_length=1024",
-    )
+    add_set_option(p, "--set lr=1e-4 --set max_length=1024")
     p.add_argument(
         "--no-check-files",
         dest="check_files",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from tuner.cli.options import add_set_option
 from tuner.config import DEEPSPEED_PRESETS
 
 
@@ -18,14 +19,7 @@ def register(sub) -> None:
         ),
     )
     parser.add_argument("config", help="preset name or path to a .yaml config (e.g. a run's config.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. --set max_steps=20 --set lr=1e-4 (repeatable)",
-    )
+    add_set_option(parser, "--set max_steps=20 --set lr=1e-4")
     parser.add_argument(
         "--deepspeed",
         metavar="STAGE_OR_JSON",
