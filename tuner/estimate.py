@@ -230,8 +230,9 @@ def longest_sample(
 
     Memory grows with the tokens of a step whatever the checkpoint plan (which gets more layers
     checkpointed, then offloaded, as rows grow), so the answer is a bisection over ``fits``. On an
-    H200 held to 80 GiB a 131,072-token Llama-3-8B QLoRA row measured 45.2 GiB of the device where the
-    estimate said 36.7 with a peak allocated of 34.1 (measured 34.6); see docs/benchmarks.md, session 7.
+    H200 held to 80 GiB a 131,072-token Llama-3-8B QLoRA row used 38.5 GiB of the device with
+    expandable segments where the estimate says 36.7 (peak allocated 34.6, estimate 34.1), and 45.2 GiB
+    with PyTorch's default allocator, which fragments on rows that long (docs/benchmarks.md, session 7).
     """
     base = dict(cfg) if isinstance(cfg, dict) else cfg.to_dict()
     shape = shape or model_shape(base.get("model") or "default")
@@ -252,6 +253,30 @@ def longest_sample(
         middle = (low + high) // 2
         low, high = (middle, high) if fits(middle) else (low, middle)
     return low * LONGEST_STEP
+
+
+@dataclass
+class LongestSample:
+    """What the estimate tells about long rows: ``tokens`` (longest_sample), the model's own context
+    where the rows go past it, and whether to advise expandable segments (rows that long offload their
+    layers' inputs, where PyTorch's default allocator fragments; system_info.ALLOCATOR_TIP)."""
+
+    tokens: int
+    past_model_context: int | None
+    allocator_tip: bool
+
+
+def longest_sample_report(cfg, shape: ModelShape, hw: Hardware, **kernels) -> LongestSample:
+    """longest_sample with what goes with it (LongestSample); ``kernels``: ``liger`` / ``upcast``."""
+    from tuner.system_info import expandable_segments_on
+
+    base = dict(cfg) if isinstance(cfg, dict) else cfg.to_dict()
+    tokens = longest_sample(base, shape, hw, **kernels)
+    if not tokens:
+        return LongestSample(0, None, False)
+    past = shape.context if shape.context and tokens > shape.context else None
+    offloaded = estimate(one_sample(base, tokens), shape, hw, **kernels).offloaded
+    return LongestSample(tokens, past, offloaded and not expandable_segments_on())
 
 
 def checkpoint_plan(

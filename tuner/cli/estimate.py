@@ -58,13 +58,12 @@ def estimate_cmd(args: argparse.Namespace) -> int:
         estimate,
         format_duration,
         hardware,
-        longest_sample,
+        longest_sample_report,
         model_shape,
-        one_sample,
         speed_defaults,
     )
     from tuner.presets import find_preset
-    from tuner.system_info import ALLOCATOR_TIP, expandable_segments_on
+    from tuner.system_info import ALLOCATOR_TIP
 
     if args.gpu and args.gpu_gib is None:
         raise TunerError("--gpu NAME goes with --gpu-gib N (the GPU's memory); add --gpu-gib")
@@ -102,21 +101,18 @@ def estimate_cmd(args: argparse.Namespace) -> int:
     )
     if est.total_seconds:
         lines.append(f"{est.total_steps} steps ≈ {format_duration(est.total_seconds)}.")
-    if hw.device == "cuda":
-        longest = longest_sample(config, shape, hw, **kernels)
-        if longest:
+    report = longest_sample_report(config, shape, hw, **kernels) if hw.device == "cuda" else None
+    if report and report.tokens:
+        lines.append(
+            f"Longest single sample on this GPU: about {report.tokens:,} tokens (max_length, one sample per step)."
+        )
+        if report.past_model_context:
             lines.append(
-                f"Longest single sample on this GPU: about {longest:,} tokens (max_length, one sample per step)."
+                f"  The model itself was made for rows of up to {report.past_model_context:,} tokens "
+                "(max_position_embeddings)."
             )
-            if shape.context and longest > shape.context:
-                lines.append(
-                    f"  The model itself was made for rows of up to {shape.context:,} tokens "
-                    "(max_position_embeddings)."
-                )
-            base = config.to_dict()
-            at_longest = estimate(one_sample(base, longest), shape, hw, **kernels)
-            if at_longest.offloaded and not expandable_segments_on():
-                lines.append(f"  Tip: {ALLOCATOR_TIP}.")
+        if report.allocator_tip:
+            lines.append(f"  Tip: {ALLOCATOR_TIP}.")
     if est.advice:
         lines.append("What to change:")
         lines += [f"  - {tip}" for tip in est.advice]

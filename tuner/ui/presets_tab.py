@@ -173,25 +173,20 @@ def estimate_form(*values_and_lang):
 
 
 def _longest_sample_lines(data: dict, lang: str) -> list[str]:
-    """On a GPU: the longest single sample these settings fit, and where rows that long offload their
-    inputs, the allocator setting that lets them go further (tuner.system_info.ALLOCATOR_TIP)."""
-    from tuner.estimate import estimate, hardware, longest_sample, model_shape, one_sample
-    from tuner.system_info import expandable_segments_on
+    """On a GPU: the longest single sample these settings fit (tuner.estimate.longest_sample_report),
+    with the model's own context where the rows go past it and the allocator tip where it applies."""
+    from tuner.estimate import hardware, longest_sample_report, model_shape
 
     hw = hardware()
     if hw.device != "cuda":
         return []
-    shape = model_shape(data.get("model") or "default")
-    longest = longest_sample(data, shape, hw)
-    if not longest:
+    report = longest_sample_report(data, model_shape(data.get("model") or "default"), hw)
+    if not report.tokens:
         return []
-    text = tr(lang, "est.longest", tokens=f"{longest:,}")
-    if shape.context and longest > shape.context:
-        text += " " + tr(lang, "est.longest_context", context=f"{shape.context:,}")
-    lines = ["", text]
-    if not expandable_segments_on() and estimate(one_sample(data, longest), shape, hw).offloaded:
-        lines.append(tr(lang, "est.longest_tip"))
-    return lines
+    text = tr(lang, "est.longest", tokens=f"{report.tokens:,}")
+    if report.past_model_context:
+        text += " " + tr(lang, "est.longest_context", context=f"{report.past_model_context:,}")
+    return ["", text] + ([tr(lang, "est.longest_tip")] if report.allocator_tip else [])
 
 
 def _dataset_tokens(data_path: str | None) -> int | None:
