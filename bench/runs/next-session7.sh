@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Device run prepared in session 6, not yet run (carry [".whl"]), ~7 minutes:
+# Device run prepared in session 6, run in session 7 (carry [".whl"], 354 s; docs/benchmarks.md, session 7):
 # 1. TUNER_LOSS_CHUNKS=wide (tuner/loss_chunks.py, off until measured): its GPU test, and the
 #    speed-target rows with it off and on (window clock, as the targets table).
 # 2. The GPU idle gaps left with today's defaults under the window clock (session 6's gap profile ran
 #    with the per-step clock, whose sync recreates the step-boundary gap).
 # 3. Whether cudaMemGetInfo waits for the GPU (bench/mem_get_info_probe.py): the bench sampled it after
 #    every step until session 6; rows now record mem_get_info_ms.
-# Then bench/runs/next-session7-b.sh.
+# Then bench/runs/next-session7-b.sh to -f.sh.
 set -u
 source bench/runs/lib.sh
 D=$(date +%F)
