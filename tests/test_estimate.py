@@ -311,7 +311,7 @@ def test_wide_loss_chunks_count_one_chunk_of_logits_where_they_apply(monkeypatch
 
 def test_longest_sample_is_the_longest_row_the_estimate_fits():
     from tuner.config import TrainConfig
-    from tuner.estimate import LONGEST_STEP, longest_sample
+    from tuner.long_rows import LONGEST_STEP, longest_sample
 
     llama3 = shape_from_config(SHAPES["llama3-8b"])
     config = _qlora_4096()

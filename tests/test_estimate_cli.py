@@ -20,7 +20,8 @@ def _run(capsys, *argv):
 
 def test_a_planned_gpu_gets_the_estimate_and_its_longest_sample(workspace, capsys, monkeypatch):
     from tuner.config import load_config
-    from tuner.estimate import Hardware, estimate, longest_sample, model_shape
+    from tuner.estimate import Hardware, estimate, model_shape
+    from tuner.long_rows import longest_sample
     from tuner.presets import find_preset
 
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)

@@ -272,7 +272,8 @@ def test_estimate_gives_the_longest_sample_a_gpu_fits(monkeypatch):
     # On a GPU the estimate says how long one sample may get with the form's settings and, as rows that
     # long offload their inputs, how to keep PyTorch's allocator from fragmenting. Not on a CPU.
     from tuner import estimate as estimate_module
-    from tuner.estimate import Hardware, longest_sample, shape_from_config
+    from tuner.estimate import Hardware, shape_from_config
+    from tuner.long_rows import longest_sample
     from tuner.ui import presets_tab
 
     llama3 = {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256, "intermediate_size": 14336}

@@ -58,10 +58,10 @@ def estimate_cmd(args: argparse.Namespace) -> int:
         estimate,
         format_duration,
         hardware,
-        longest_sample_report,
         model_shape,
         speed_defaults,
     )
+    from tuner.long_rows import longest_sample_report
     from tuner.presets import find_preset
     from tuner.system_info import ALLOCATOR_TIP
 

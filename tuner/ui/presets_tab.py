@@ -173,9 +173,10 @@ def estimate_form(*values_and_lang):
 
 
 def _longest_sample_lines(data: dict, lang: str) -> list[str]:
-    """On a GPU: the longest single sample these settings fit (tuner.estimate.longest_sample_report),
+    """On a GPU: the longest single sample these settings fit (tuner.long_rows.longest_sample_report),
     with the model's own context where the rows go past it and the allocator tip where it applies."""
-    from tuner.estimate import hardware, longest_sample_report, model_shape
+    from tuner.estimate import hardware, model_shape
+    from tuner.long_rows import longest_sample_report
 
     hw = hardware()
     if hw.device != "cuda":
