@@ -60,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     options = launch_options(args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from tuner.ui import build_app
-    from tuner.ui.app import CSS
+    from tuner.ui.app import CSS, build_app
 
     demo = build_app(args.lang)
     demo.queue(default_concurrency_limit=4)

@@ -41,7 +41,7 @@ def tensors(tokens: int, heads: int, kv_heads: int, dim: int = 128):
 
 
 def varlen_case(samples: list[int], heads: int, kv_heads: int):
-    from tuner.attention import varlen_kernel
+    from tuner.fast.attention import varlen_kernel
 
     varlen_attn, causal, takes_gqa = varlen_kernel()
     q, k, v = tensors(sum(samples), heads, kv_heads)

@@ -550,15 +550,15 @@ def checkpointing_mode(model) -> str | None:
 
 def checkpointed_layers(model) -> int:
     """Decoder layers that recompute their activations in the backward pass."""
-    from tuner.train_model import checkpointing_layers
+    from tuner.models.layers import checkpointing_layers
 
     return len(checkpointing_layers(model))
 
 
 def offloaded_layers(model) -> int:
-    """Checkpointed layers whose saved inputs wait in host memory (tuner.checkpoint_offload)."""
+    """Checkpointed layers whose saved inputs wait in host memory (tuner.fast.checkpoint_offload)."""
     try:
-        from tuner.checkpoint_offload import offloaded_checkpoint
+        from tuner.fast.checkpoint_offload import offloaded_checkpoint
     except ImportError:
         return 0
     return sum(
@@ -575,13 +575,15 @@ def run_tuner(
     from transformers import TrainerCallback, set_seed
     from transformers.trainer_callback import PrinterCallback
 
-    from tuner.callbacks import EventCallback, RunControl
-    from tuner.config import config_from_dict
-    from tuner.events import EventLog
-    from tuner.model import count_parameters, load_tokenizer
-    from tuner.speed import SWITCHES, switch
-    from tuner.train import build_model, training_arguments, training_collator
-    from tuner.trainer import make_trainer_class
+    from tuner.config.files import config_from_dict
+    from tuner.config.speed import SWITCHES, switch
+    from tuner.models.load import count_parameters, load_tokenizer
+    from tuner.runs.events import EventLog
+    from tuner.train.args import training_arguments
+    from tuner.train.callbacks import EventCallback, RunControl
+    from tuner.train.data import training_collator
+    from tuner.train.model import build_model
+    from tuner.train.trainer import make_trainer_class
 
     overrides = overrides or {kind: {} for kind in VARIANT_KINDS}
     config = config_from_dict(
@@ -664,7 +666,7 @@ def run_tuner(
 
 
 def _graphs_info(graphs) -> dict | None:
-    """What tuner.layer_graphs did in a row: layers graphed, forward passes replayed, or why not."""
+    """What tuner.fast.layer_graphs did in a row: layers graphed, forward passes replayed, or why not."""
     if graphs is None:
         return None
     return dict(

@@ -1,4 +1,4 @@
-"""Device diagnosis for tuner.layer_graphs: on the small GPU-test Llama (QLoRA, fused LoRA, varlen
+"""Device diagnosis for tuner.fast.layer_graphs: on the small GPU-test Llama (QLoRA, fused LoRA, varlen
 attention), capture the layers' CUDA graphs for a one-sample row and for a packed row of three
 samples, each with a fresh LayerGraphs, and print what happened: replays, or the full traceback of
 a failed capture, plus every synchronizing call PyTorch saw during capture (sync debug mode), and
@@ -30,8 +30,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO)
     os.environ["TUNER_CUDA_GRAPHS"] = "on"
     dropout = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0
-    from tuner.layer_graphs import LayerGraphs
-    from tuner.train_model import build_model
+    from tuner.fast.layer_graphs import LayerGraphs
+    from tuner.train.model import build_model
 
     work = Path(tempfile.mkdtemp())
     model_dir = save_tiny_model("llama", work / "m", torch.bfloat16, **SMALL_GPU_SIZES)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tuner.data.identity import GENERAL_QUESTIONS, GENERATION_SYSTEM, model_answerer  # noqa: E402
-from tuner.embedded import GGUF_FILE  # noqa: E402
-from tuner.io import write_text_atomic  # noqa: E402
+from tuner.chat.generate import model_answerer
+from tuner.core.io import write_text_atomic
+from tuner.data.identity import GENERAL_QUESTIONS, GENERATION_SYSTEM
+from tuner.models.embedded import GGUF_FILE
 
 OUT = Path(__file__).resolve().parent.parent / "tuner" / "data" / "general_answers_smollm2.json"
 MAX_NEW_TOKENS = 256

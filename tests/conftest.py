@@ -69,6 +69,6 @@ def tiny_qwen2_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The embedded SmolLM2-135M-Instruct, converted once into safetensors."""
-    from tuner.embedded import ensure_default_model
+    from tuner.models.embedded import ensure_default_model
 
     return ensure_default_model()

@@ -1,4 +1,4 @@
-"""Checks of tuner.lora_dropout_kernels that run under Triton's interpreter on the CPU, each in a process
+"""Checks of tuner.fast.lora_dropout_kernels that run under Triton's interpreter on the CPU, each in a process
 of its own started by tests/test_lora_dropout_kernels.py with TRITON_INTERPRET=1 (Triton decides
 interpreted or compiled for its own library when it is first imported, so a pytest process that has
 imported Triton already cannot switch). Each function raises on a mismatch."""
@@ -14,7 +14,7 @@ def each_kernel_equals_its_formula_with_the_drawn_mask():
 
 
 def _kernel_formulas(dtype):
-    from tuner import lora_dropout_kernels as K
+    from tuner.fast import lora_dropout_kernels as K
 
     torch.manual_seed(0)
     tokens, width, rank, p = 70, 96, 8, 0.25  # ragged against the 64-wide blocks
@@ -45,7 +45,7 @@ def a_fused_lora_linear_trains_through_the_kernels(device: str = "cpu", dtype=to
     import peft
     from torch import nn
 
-    from tuner import lora_dropout_kernels, lora_fused
+    from tuner.fast import lora_dropout_kernels, lora_fused
 
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(96, 80, bias=False)).to(device, dtype)
@@ -110,9 +110,9 @@ def a_training_run_learns_with_drawn_dropout():
 
     from tests.test_train import make_config, write_data
     from tests.tiny import save_tiny_model
-    from tuner import lora_fused
-    from tuner.events import read_events
-    from tuner.train import train
+    from tuner.fast import lora_fused
+    from tuner.runs.events import read_events
+    from tuner.train.run import train
 
     calls = []
     masked_x_at = lora_fused.masked_x_at

@@ -9,10 +9,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from tuner.agent import Agent, parse_tool_input
-from tuner.data import react
-from tuner.errors import TunerError
-from tuner.tools import (
+from tuner.chat.agent import Agent, parse_tool_input
+from tuner.chat.tools import (
     ToolError,
     calculate,
     calculator_tool,
@@ -21,6 +19,8 @@ from tuner.tools import (
     default_tools,
     document_search_tool,
 )
+from tuner.core.errors import TunerError
+from tuner.data import react
 
 
 class ScriptedModel:
@@ -140,8 +140,8 @@ def test_loop_is_bounded_in_time():
 def test_unknown_tool_and_tool_timeout_are_reported_to_the_model():
     import time
 
+    from tuner.chat.tools import AgentTool
     from tuner.data.react import Tool
-    from tuner.tools import AgentTool
 
     sleepy = AgentTool(Tool("sleepy", "sleeps"), lambda params: time.sleep(5), "x")
     model = ScriptedModel(
@@ -284,7 +284,7 @@ def test_web_search_through_fake_server_never_leaks_the_key(fake_serper, caplog)
 
 
 def test_web_search_bad_key_is_a_tool_error(fake_serper):
-    from tuner.tools import serper_search
+    from tuner.chat.tools import serper_search
 
     url, _ = fake_serper
     with pytest.raises(ToolError, match="HTTP 403") as info:
@@ -297,8 +297,9 @@ def test_web_search_bad_key_is_a_tool_error(fake_serper):
 
 @pytest.mark.slow
 def test_embedded_model_agent_terminates_within_bounds(default_model_dir):
-    from tuner.agent import session_agent
-    from tuner.chat import ChatSession, GenerationSettings
+    from tuner.chat.agent import session_agent
+    from tuner.chat.generate import GenerationSettings
+    from tuner.chat.session import ChatSession
 
     session = ChatSession(
         str(default_model_dir), settings=GenerationSettings(max_new_tokens=96, temperature=0)

@@ -1,11 +1,12 @@
-"""tuner.attention: the varlen attention for packed rows (its CPU fallback here; tests/gpu runs the kernel)."""
+"""tuner.fast.attention: the varlen attention for packed rows (its CPU fallback here; tests/gpu runs the kernel)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tuner.attention import (
+from tuner.data.pack import PackedCollator, sample_boundaries
+from tuner.fast.attention import (
     NAME,
     block_causal_mask,
     boundaries_from_position_ids,
@@ -13,7 +14,6 @@ from tuner.attention import (
     unavailable_reason,
     use_for_training,
 )
-from tuner.data.pack import PackedCollator, sample_boundaries
 
 
 def test_collator_boundaries_match_the_position_ids():
@@ -88,7 +88,7 @@ def test_not_used_without_a_gpu(tiny_tokenizer):
 
 
 def test_cudnn_for_one_sample_needs_the_switch_and_a_gpu(monkeypatch):
-    from tuner import attention
+    from tuner.fast import attention
 
     monkeypatch.setenv("TUNER_CUDNN_ATTENTION", "off")
     assert attention.cudnn_for_one_sample() is False

@@ -7,8 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from tuner.chat import ChatSession, ChatTurn, GenerationSettings, visible_text
-from tuner.errors import ModelError, TunerError
+from tuner.chat.generate import GenerationSettings
+from tuner.chat.session import ChatSession, ChatTurn
+from tuner.chat.text import visible_text
+from tuner.core.errors import ModelError, TunerError
 
 GREEDY = GenerationSettings(max_new_tokens=12, temperature=0)
 

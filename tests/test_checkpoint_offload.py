@@ -1,4 +1,4 @@
-"""Checkpointing with the saved layer inputs in host memory (tuner.checkpoint_offload): the gradients
+"""Checkpointing with the saved layer inputs in host memory (tuner.fast.checkpoint_offload): the gradients
 are those of the model without checkpointing, LoRA dropout included; the host copies themselves need
 CUDA and are checked in tests/gpu/test_gpu_offload.py."""
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tests.tiny import build_model, build_tokenizer
-from tuner.checkpoint_offload import _to_device, _to_host, offload_checkpoints, offloaded_checkpoint
-from tuner.model import add_lora
+from tuner.fast.checkpoint_offload import _to_device, _to_host, offload_checkpoints, offloaded_checkpoint
+from tuner.models.load import add_lora
 
 
 def _lora_llama(checkpointing: bool, seed: int = 0):
@@ -27,7 +27,7 @@ def _lora_grads(model, ids, seed: int):
 
 @pytest.mark.parametrize("fused", [False, True], ids=["peft-lora", "fused-lora"])
 def test_offloaded_checkpoint_gives_the_gradients_of_no_checkpointing(fused):
-    from tuner.lora_fused import fuse_lora
+    from tuner.fast.lora_fused import fuse_lora
 
     offloaded, reference = _lora_llama(True), _lora_llama(False)
     reference.load_state_dict(offloaded.state_dict())

@@ -7,16 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tuner.config import (
-    KEYS,
-    TrainConfig,
-    apply_overrides,
-    config_from_dict,
-    load_config,
-    save_config,
-    validate,
-)
-from tuner.errors import ConfigError, OutputExistsError
+from tuner.config.files import apply_overrides, config_from_dict, load_config, save_config
+from tuner.config.schema import KEYS, TrainConfig
+from tuner.config.validate import validate
+from tuner.core.errors import ConfigError, OutputExistsError
 
 REPO = Path(__file__).resolve().parent.parent
 

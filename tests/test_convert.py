@@ -10,9 +10,10 @@ import zipfile
 import pytest
 
 from tuner.__main__ import main
-from tuner.data.convert import cell_text, convert_table, list_columns, list_sheets, preview_rows
+from tuner.core.errors import DataError, OutputExistsError
+from tuner.data.convert import convert_table
 from tuner.data.formats import load_samples
-from tuner.errors import DataError, OutputExistsError
+from tuner.data.tables import cell_text, list_columns, list_sheets, preview_rows
 
 DOCTOR = (
     "You are a professional, highly experienced doctor professor. You always provide accurate, "

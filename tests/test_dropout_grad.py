@@ -1,9 +1,9 @@
-"""tuner.dropout_grad on the CPU: the addcmul fallback (the Triton kernel is tested bit-exact against
+"""tuner.fast.dropout_grad on the CPU: the addcmul fallback (the Triton kernel is tested bit-exact against
 it on a GPU, tests/gpu/test_gpu_lora_fused.py)."""
 
 import torch
 
-from tuner.dropout_grad import add_masked_, kernel_applies
+from tuner.fast.dropout_grad import add_masked_, kernel_applies
 
 
 def test_adds_the_kept_elements_scaled_in_place():

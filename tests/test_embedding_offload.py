@@ -1,4 +1,4 @@
-"""tuner.embedding_offload: the input embedding's table in host memory gives the same outputs and
+"""tuner.fast.embedding_offload: the input embedding's table in host memory gives the same outputs and
 gradients, keeps the require-grad hook gradient checkpointing needs, and refuses tied or trained
 embeddings. On the CPU the "device" is the CPU itself; the memory saving is measured on a GPU."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tuner.embedding_offload import HostEmbedding, offload_embedding, why_not_offloadable
+from tuner.fast.embedding_offload import HostEmbedding, offload_embedding, why_not_offloadable
 
 
 def _model(tiny_tokenizer, **sizes):
@@ -41,8 +41,8 @@ def test_refused_where_the_embedding_cannot_move(tiny_tokenizer):
 
 def test_a_lora_model_trains_the_same_with_the_table_in_host_memory(tiny_tokenizer, monkeypatch):
     # why_not_offloadable wants a GPU; on the CPU the move itself is what is tested
-    import tuner.embedding_offload as offload
-    from tuner.model import add_lora
+    import tuner.fast.embedding_offload as offload
+    from tuner.models.load import add_lora
 
     ids = torch.randint(3, 500, (2, 16))
 
@@ -82,11 +82,11 @@ def test_asked_for_on_a_cpu_the_embedding_stays_and_the_run_builds(
     import logging
 
     from tests.test_train import make_config, write_data
-    from tuner.train_model import build_model
+    from tuner.train.model import build_model
 
     monkeypatch.setenv("TUNER_EMBEDDING_ON_CPU", "on")
     config = make_config(tiny_llama_dir, write_data(workspace / "d.jsonl"), name="emb")
-    with caplog.at_level(logging.INFO, logger="tuner.train_model"):
+    with caplog.at_level(logging.INFO, logger="tuner.train.model"):
         model, loaded = build_model(config)
     assert type(model.get_base_model().get_input_embeddings()) is nn.Embedding
     assert loaded.embedding_on_cpu == "" and "input embedding" not in loaded.describe()
@@ -96,7 +96,7 @@ def test_asked_for_on_a_cpu_the_embedding_stays_and_the_run_builds(
 def test_the_forward_looks_up_the_host_ids_it_is_handed_and_reads_back_without_them():
     from accelerate.utils import send_to_device
 
-    from tuner.embedding_offload import HOST_INPUT_IDS, HostIds, hand_over_host_ids, with_host_input_ids
+    from tuner.fast.embedding_offload import HOST_INPUT_IDS, HostIds, hand_over_host_ids, with_host_input_ids
 
     embedding = nn.Embedding(50, 4).requires_grad_(False)
     host = HostEmbedding(embedding)
@@ -121,9 +121,9 @@ def test_the_forward_looks_up_the_host_ids_it_is_handed_and_reads_back_without_t
 
 def test_a_training_run_hands_every_forward_its_host_ids(workspace, tiny_llama_dir, monkeypatch):
     # The whole path on a CPU (the move itself allowed there): collator, DataLoader, tuner's Trainer.
-    import tuner.embedding_offload as offload
+    import tuner.fast.embedding_offload as offload
     from tests.test_train import make_config, write_data
-    from tuner.train import train
+    from tuner.train.run import train
 
     monkeypatch.setattr(offload, "why_not_offloadable", lambda model: None)
     monkeypatch.setenv("TUNER_EMBEDDING_ON_CPU", "on")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.tiny import build_tokenizer
+from tuner.core.errors import DataError, TunerError
 from tuner.data.encode import chat_ids_and_labels, encode_chat, encode_pretrain, encode_samples
-from tuner.data.templates import ChatTemplate, get_template, resolve_template
-from tuner.errors import DataError, TunerError
+from tuner.data.templates import get_template, resolve_template
+from tuner.data.templates.base import ChatTemplate
 
 MESSAGES = [
     {"role": "system", "content": "You are a doctor."},

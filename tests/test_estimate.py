@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tuner.estimate import Hardware, estimate, shape_from_config
+from tuner.core.system import Hardware
+from tuner.models.shape import shape_from_config
+from tuner.plan.estimate import estimate
 
 REPO = Path(__file__).resolve().parent.parent
 H100 = Hardware(device="cuda", name="NVIDIA H100 80GB HBM3", memory_gib=79.2, cpu_count=16)
@@ -77,7 +79,7 @@ def measured_rows(files=None):
 
 
 def test_lora_parameter_count_matches_peft():
-    from tuner.estimate import lora_params
+    from tuner.models.shape import lora_params
 
     # peft reported these trainable parameter counts for r64 on all linear layers (bench rows).
     assert lora_params(shape_from_config(SHAPES["llama2-7b"]), 64) == 159_907_840
@@ -144,7 +146,7 @@ def _qlora_4096(**overrides):
 
 
 def test_checkpointing_only_the_layers_memory_needs(monkeypatch):
-    from tuner.estimate import AUTO_CHECKPOINT_FRACTION, checkpoint_plan
+    from tuner.plan.estimate import AUTO_CHECKPOINT_FRACTION, checkpoint_plan
 
     monkeypatch.delenv("TUNER_CHECKPOINT_LAYERS", raising=False)
     shape = shape_from_config(LLAMA2_7B)
@@ -179,7 +181,7 @@ def test_checkpointing_only_the_layers_memory_needs(monkeypatch):
 
 
 def test_checkpointing_every_layer_when_asked_or_not_decidable(monkeypatch):
-    from tuner.estimate import checkpoint_plan
+    from tuner.plan.estimate import checkpoint_plan
 
     shape = shape_from_config(LLAMA2_7B)
     cpu = Hardware(device="cpu", name="CPU", memory_gib=64, cpu_count=2)
@@ -269,7 +271,7 @@ def test_input_embedding_in_host_memory_counts_where_the_switch_puts_it(monkeypa
 def test_drawn_lora_dropout_counts_no_copies_or_masks(monkeypatch):
     # TUNER_LORA_DROPOUT_KERNEL=on: a layer that is not checkpointed keeps no dropped-out inputs or
     # masks: DROPOUT_BYTES x (6 + intermediate / hidden) per token and hidden unit fewer, per layer.
-    from tuner.estimate import DROPOUT_BYTES
+    from tuner.plan.estimate import DROPOUT_BYTES
 
     monkeypatch.delenv("TUNER_FUSED_LORA", raising=False)
     shape = shape_from_config(SHAPES["llama3-8b"])
@@ -288,7 +290,7 @@ def test_wide_loss_chunks_count_one_chunk_of_logits_where_they_apply(monkeypatch
     # TUNER_LOSS_CHUNKS=wide: Liger's logits exist a chunk at a time, up to half a GiB: 2 chunks of
     # 2,048 tokens x 128,256 entries x 2 bytes (501 MiB) for Llama-3-8B at 4,096 tokens, one chunk of
     # 4,096 x 32,000 x 2 bytes (250 MiB) for Llama-2-7B. Only where no layer is checkpointed.
-    from tuner.loss_chunks import wide_chunk_logits_bytes
+    from tuner.plan.estimate import wide_chunk_logits_bytes
 
     assert wide_chunk_logits_bytes(4096, 4096, 128256) == 2048 * 128256 * 2
     assert wide_chunk_logits_bytes(4096, 4096, 32000) == 4096 * 32000 * 2
@@ -310,8 +312,8 @@ def test_wide_loss_chunks_count_one_chunk_of_logits_where_they_apply(monkeypatch
 
 
 def test_longest_sample_is_the_longest_row_the_estimate_fits():
-    from tuner.config import TrainConfig
-    from tuner.long_rows import LONGEST_STEP, longest_sample
+    from tuner.config.schema import TrainConfig
+    from tuner.plan.long_rows import LONGEST_STEP, longest_sample
 
     llama3 = shape_from_config(SHAPES["llama3-8b"])
     config = _qlora_4096()

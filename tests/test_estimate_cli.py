@@ -8,6 +8,7 @@ import re
 import pytest
 
 from tuner.__main__ import main
+from tuner.core import system
 
 PRESET = "smollm2_135m_instruct_lora_identity_256_e3"
 
@@ -19,10 +20,12 @@ def _run(capsys, *argv):
 
 
 def test_a_planned_gpu_gets_the_estimate_and_its_longest_sample(workspace, capsys, monkeypatch):
-    from tuner.config import load_config
-    from tuner.estimate import Hardware, estimate, model_shape
-    from tuner.long_rows import longest_sample
-    from tuner.presets import find_preset
+    from tuner.config.files import load_config
+    from tuner.config.presets import find_preset
+    from tuner.core.system import Hardware
+    from tuner.models.shape import model_shape
+    from tuner.plan.estimate import estimate
+    from tuner.plan.long_rows import longest_sample
 
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
@@ -58,10 +61,9 @@ def test_a_run_that_will_not_fit_exits_1_with_what_to_change(workspace, capsys):
 
 
 def test_on_a_cpu_the_estimate_is_for_host_memory(workspace, capsys, monkeypatch):
-    from tuner import estimate as estimate_module
-    from tuner.estimate import Hardware
+    from tuner.core.system import Hardware
 
-    monkeypatch.setattr(estimate_module, "hardware", lambda: Hardware("cpu", "CPU", 16.0, 2))
+    monkeypatch.setattr(system, "hardware", lambda: Hardware("cpu", "CPU", 16.0, 2))
     code, out, _ = _run(capsys)
     assert code == 0 and "(CPU, 16.0 GiB of RAM)" in out and "Longest single sample" not in out
     assert re.search(r"\n\d+ steps ≈ ", out), out  # the preset's data file is in the embedded data

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuner.errors import ModelError, OutputExistsError, TunerError
-from tuner.export import export_adapter, locate_adapter, merge_adapter
-from tuner.hub import push_folder
-from tuner.modelfile import ollama_modelfile, template_gaps
+from tuner.core.errors import ModelError, OutputExistsError, TunerError
+from tuner.export.adapter import export_adapter
+from tuner.export.hub import push_folder
+from tuner.export.merge import merge_adapter
+from tuner.export.modelfile import ollama_modelfile, template_gaps
+from tuner.runs.adapters import locate_adapter
 
 
 def make_lora(base_dir: Path, *, seed: int = 1, std: float = 0.05):
@@ -19,7 +21,7 @@ def make_lora(base_dir: Path, *, seed: int = 1, std: float = 0.05):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tuner.model import add_lora
+    from tuner.models.load import add_lora
 
     base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     torch.manual_seed(seed)  # LoRA A is random too: same seed, same adapter
@@ -193,7 +195,7 @@ def test_merge_refuses_bad_input(tmp_path, run_dir, tiny_llama_dir):
 
 
 def test_ollama_template_reproduces_chatml(tiny_tokenizer):
-    from tuner.chat import resolve_chat_template
+    from tuner.chat.text import resolve_chat_template
 
     template = resolve_chat_template(tiny_tokenizer)
     gaps = template_gaps(template.render)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from tuner.core.errors import DataError
 from tuner.data import react
 from tuner.data.formats import FORMATS, detect_format, load_samples
-from tuner.errors import DataError
 
 
 def messages(result):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tuner.errors import DataError, OutputExistsError
-from tuner.io import atomic_open, read_jsonl, write_jsonl_atomic
+from tuner.core.errors import DataError, OutputExistsError
+from tuner.core.io import atomic_open, read_jsonl, write_jsonl_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,10 +8,11 @@ from collections import Counter
 import pytest
 
 from tuner.__main__ import main
+from tuner.chat import generate
+from tuner.core.errors import DataError
 from tuner.data import identity
 from tuner.data.formats import load_samples
 from tuner.data.identity import make_identity
-from tuner.errors import DataError
 
 
 def fake_answers(questions):
@@ -98,7 +99,7 @@ def test_cli_make_identity(tmp_path, capsys):
 @pytest.mark.slow
 def test_general_answers_from_the_embedded_model(default_model_dir, tmp_path):
     out = tmp_path / "id.jsonl"
-    answerer = identity.model_answerer(default_model_dir, max_new_tokens=24)
+    answerer = generate.model_answerer(default_model_dir, max_new_tokens=24)
     result = make_identity(out, "Ada", mix_general=2, general_source=answerer)
     assert result.general_count == 2
     general = [t for t in read(out) if "Ada" not in t["output"]]
@@ -116,8 +117,10 @@ def test_default_general_answers_are_shipped_so_no_model_is_loaded(tmp_path, mon
     def no_model(*args, **kwargs):
         raise AssertionError("the embedded model must not be loaded when shipped answers cover the questions")
 
-    monkeypatch.setattr(identity, "model_answerer", no_model)
-    result = identity.make_identity(tmp_path / "id.jsonl", "Ada", mix_general=10)
+    monkeypatch.setattr(generate, "model_answerer", no_model)
+    result = identity.make_identity(
+        tmp_path / "id.jsonl", "Ada", mix_general=10, general_source=generate.embedded_answerer()
+    )
     assert result.general_count == 10
     outputs = {json.loads(line)["conversation"][0]["output"] for line in (tmp_path / "id.jsonl").open()}
     assert len(outputs & set(shipped["answers"].values())) == 10

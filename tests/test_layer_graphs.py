@@ -1,12 +1,12 @@
-"""tuner.layer_graphs on the CPU: the bookkeeping around CUDA graphs. Capture and replay need CUDA
+"""tuner.fast.layer_graphs on the CPU: the bookkeeping around CUDA graphs. Capture and replay need CUDA
 and are tested on the device (tests/gpu/test_gpu_layer_graphs.py)."""
 
 from __future__ import annotations
 
 import torch
 
-from tuner.layer_graphs import LayerGraphs, graph_layers, pad_boundaries, padded_sample_count
-from tuner.train_model import decoder_layers
+from tuner.fast.layer_graphs import LayerGraphs, graph_layers, pad_boundaries, padded_sample_count
+from tuner.models.layers import decoder_layers
 
 
 def _model(tiny_tokenizer):
@@ -62,7 +62,7 @@ def test_remove_gives_each_layer_its_forward_back(tiny_tokenizer):
 
 
 def test_not_installed_without_cuda(tiny_tokenizer):
-    from tuner.model import LoadedModel
+    from tuner.models.load import LoadedModel
 
     model = _model(tiny_tokenizer)
     loaded = LoadedModel(model, torch.float32, "tuner_varlen", "", None, "cpu")
@@ -73,8 +73,8 @@ def test_not_installed_without_cuda(tiny_tokenizer):
 def test_a_packed_training_call_is_refused_only_for_being_on_the_cpu(tiny_tokenizer):
     # Everything a training step hands the layers (boundaries from the collator, the Trainer's
     # num_items_in_batch, rotary embeddings) is understood: on CUDA this call would be graphed.
-    from tuner.attention import register
     from tuner.data.pack import PackedCollator
+    from tuner.fast.attention import register
 
     model = _model(tiny_tokenizer)
     model.set_attn_implementation(register())

@@ -1,4 +1,4 @@
-"""tuner.lora_dropout_kernels through Triton's interpreter on the CPU (bf16 is checked on a GPU only:
+"""tuner.fast.lora_dropout_kernels through Triton's interpreter on the CPU (bf16 is checked on a GPU only:
 the interpreter misreads bf16): the mask the kernels draw is the same in each of them and keeps 1 - p
 of the elements, each kernel equals its formula with that mask, and a fused LoRA linear trains through
 them with vanilla LoRA's output and gradients for that mask. The checks (tests/lora_dropout_checks.py)
@@ -46,7 +46,7 @@ def test_a_training_run_learns_with_drawn_dropout():
 
 
 def test_off_by_default_and_never_without_triton_on_a_plain_cpu(monkeypatch):
-    from tuner import lora_dropout_kernels as K
+    from tuner.fast import lora_dropout_kernels as K
 
     x, A = torch.randn(4, 16), torch.randn(2, 16)
     monkeypatch.delenv("TUNER_LORA_DROPOUT_KERNEL", raising=False)

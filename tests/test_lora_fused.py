@@ -1,4 +1,4 @@
-"""The fused LoRA linear (tuner.lora_fused) against peft's own forward, on the CPU."""
+"""The fused LoRA linear (tuner.fast.lora_fused) against peft's own forward, on the CPU."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from tuner import lora_fused
-from tuner.lora_fused import fuse_lora, set_dropout_regeneration, unfuse_lora
+from tuner.fast import lora_fused
+from tuner.fast.lora_fused import fuse_lora, set_dropout_regeneration, unfuse_lora
 
 
 @pytest.fixture(autouse=True)

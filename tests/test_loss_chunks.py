@@ -1,4 +1,4 @@
-"""tuner.loss_chunks: Liger's fused linear cross-entropy told to use wide chunks (CPU: a stand-in
+"""tuner.fast.loss_chunks: Liger's fused linear cross-entropy told to use wide chunks (CPU: a stand-in
 for Liger's functional module with the same entry point and keyword; the real one needs CUDA)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 
 def _stand_in_liger(monkeypatch, entry_point):
-    """Liger's functional module, holding only ``entry_point``, where tuner.loss_chunks imports it."""
+    """Liger's functional module, holding only ``entry_point``, where tuner.fast.loss_chunks imports it."""
     functional = types.ModuleType("liger_kernel.transformers.functional")
     functional.liger_fused_linear_cross_entropy = entry_point
     package = types.ModuleType("liger_kernel.transformers")
@@ -34,13 +34,13 @@ def fake_liger(monkeypatch):
         return torch.zeros(())
 
     yield _stand_in_liger(monkeypatch, liger_fused_linear_cross_entropy), calls
-    from tuner.loss_chunks import use_wide_chunks
+    from tuner.fast.loss_chunks import use_wide_chunks
 
     use_wide_chunks(False)
 
 
 def test_wide_chunks_give_liger_a_half_gib_logits_budget_and_keep_its_signature(fake_liger):
-    from tuner.loss_chunks import use_wide_chunks
+    from tuner.fast.loss_chunks import use_wide_chunks
 
     functional, calls = fake_liger
     original = inspect.signature(functional.liger_fused_linear_cross_entropy)
@@ -71,7 +71,7 @@ def test_wide_chunks_give_liger_a_half_gib_logits_budget_and_keep_its_signature(
 
 
 def test_a_liger_without_the_chunk_knob_keeps_its_own_chunks(monkeypatch):
-    from tuner.loss_chunks import use_wide_chunks
+    from tuner.fast.loss_chunks import use_wide_chunks
 
     def liger_fused_linear_cross_entropy(input, weight, target):
         return None

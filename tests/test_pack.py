@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuner.attention import NAME as VARLEN
-from tuner.attention import register
 from tuner.data.encode import encode_samples
 from tuner.data.pack import (
     PADDING_TOKENS,
@@ -17,6 +15,8 @@ from tuner.data.pack import (
     pack_stats,
 )
 from tuner.data.templates import get_template
+from tuner.fast.attention import NAME as VARLEN
+from tuner.fast.attention import register
 
 CONVERSATIONS = [
     [("What is the capital of France?", "The capital of France is Paris.")],

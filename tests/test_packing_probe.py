@@ -1,4 +1,4 @@
-"""The packing probe (tuner.packing_probe): a model that honours packed position ids passes, one whose
+"""The packing probe (tuner.train.packing_probe): a model that honours packed position ids passes, one whose
 attention ignores them is caught, and training then falls back to one sample per row."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 
 from tests.tiny import build_model, build_tokenizer
 from tuner.data.pack import PackedCollator
-from tuner.packing_probe import packs_in_isolation
+from tuner.train.packing_probe import packs_in_isolation
 
 
 class IgnoresPositionIds(torch.nn.Module):
@@ -32,13 +32,13 @@ def test_a_model_that_honours_packed_position_ids_passes():
 
 
 def test_a_model_whose_attention_crosses_samples_is_caught(monkeypatch):
-    import tuner.packing_probe
+    import tuner.train.packing_probe
 
     for seed in range(3):
         model = IgnoresPositionIds(build_model("llama", build_tokenizer(), seed=seed, num_hidden_layers=2))
         assert not packs_in_isolation(model, PackedCollator(), 500)
         # caught by a wide margin: the leak moves logits by more than 20% of the largest
-        monkeypatch.setattr(tuner.packing_probe, "ISOLATED_RTOL", 0.2)
+        monkeypatch.setattr(tuner.train.packing_probe, "ISOLATED_RTOL", 0.2)
         assert not packs_in_isolation(model, PackedCollator(), 500)
         monkeypatch.undo()
 
@@ -46,23 +46,21 @@ def test_a_model_whose_attention_crosses_samples_is_caught(monkeypatch):
 def test_training_falls_back_to_one_sample_per_row_when_packing_would_leak(
     workspace, tiny_llama_dir, monkeypatch
 ):
-    import tuner.packing_probe
-    import tuner.train
-    import tuner.train_data
+    import tuner.train.data
+    import tuner.train.packing_probe
     from tests.test_train import make_config, write_data
-    from tuner.events import read_events
-    from tuner.train import train
+    from tuner.runs.events import read_events
+    from tuner.train.run import train
 
     rows_seen = []
-    real_collator = tuner.train.make_collator
+    real_collator = tuner.train.data.make_collator
 
     def recording_collator(tokenizer, packed, attention="sdpa", pad_to=None):
         rows_seen.append(packed)
         return real_collator(tokenizer, packed, attention, pad_to)
 
-    monkeypatch.setattr(tuner.packing_probe, "packs_in_isolation", lambda *args: False)
-    monkeypatch.setattr(tuner.train, "make_collator", recording_collator)  # the probe's
-    monkeypatch.setattr(tuner.train_data, "make_collator", recording_collator)  # training's
+    monkeypatch.setattr(tuner.train.packing_probe, "packs_in_isolation", lambda *args: False)
+    monkeypatch.setattr(tuner.train.data, "make_collator", recording_collator)  # the probe's and training's
     data = write_data(workspace / "d.jsonl", repeat=2)
     result = train(make_config(tiny_llama_dir, data, pack_to_max_length=True, max_steps=2, name="leaky"))
     assert result.status == "completed"
@@ -74,21 +72,19 @@ def test_training_falls_back_to_one_sample_per_row_when_packing_would_leak(
 
 
 def test_training_packs_when_the_model_keeps_samples_apart(workspace, tiny_llama_dir, monkeypatch):
-    import tuner.train
-    import tuner.train_data
+    import tuner.train.data
     from tests.test_train import make_config, write_data
-    from tuner.events import read_events
-    from tuner.train import train
+    from tuner.runs.events import read_events
+    from tuner.train.run import train
 
     rows_seen = []
-    real_collator = tuner.train.make_collator
+    real_collator = tuner.train.data.make_collator
 
     def recording_collator(tokenizer, packed, attention="sdpa", pad_to=None):
         rows_seen.append(packed)
         return real_collator(tokenizer, packed, attention, pad_to)
 
-    monkeypatch.setattr(tuner.train, "make_collator", recording_collator)  # the probe's
-    monkeypatch.setattr(tuner.train_data, "make_collator", recording_collator)  # training's
+    monkeypatch.setattr(tuner.train.data, "make_collator", recording_collator)  # the probe's and training's
     data = write_data(workspace / "d.jsonl", repeat=2)
     result = train(make_config(tiny_llama_dir, data, pack_to_max_length=True, max_steps=2, name="packed"))
     assert result.status == "completed"
@@ -97,15 +93,15 @@ def test_training_packs_when_the_model_keeps_samples_apart(workspace, tiny_llama
 
 
 def test_a_packing_check_that_cannot_run_means_no_packing(workspace, tiny_llama_dir, monkeypatch):
-    import tuner.packing_probe
+    import tuner.train.packing_probe
     from tests.test_train import make_config, write_data
-    from tuner.events import read_events
-    from tuner.train import train
+    from tuner.runs.events import read_events
+    from tuner.train.run import train
 
     def broken(*args):
         raise RuntimeError("this model wants other inputs")
 
-    monkeypatch.setattr(tuner.packing_probe, "packs_in_isolation", broken)
+    monkeypatch.setattr(tuner.train.packing_probe, "packs_in_isolation", broken)
     data = write_data(workspace / "d.jsonl", repeat=2)
     result = train(make_config(tiny_llama_dir, data, pack_to_max_length=True, max_steps=1, name="unchecked"))
     assert result.status == "completed"

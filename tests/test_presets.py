@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from tuner.__main__ import main
-from tuner.config import TrainConfig, load_config, validate
-from tuner.errors import OutputExistsError, TunerError
-from tuner.presets import (
+from tuner.config.files import load_config
+from tuner.config.presets import (
     BUILTIN_DIR,
     NAME_PATTERN,
     copy_preset,
@@ -19,6 +18,9 @@ from tuner.presets import (
     read_header,
     save_preset,
 )
+from tuner.config.schema import TrainConfig
+from tuner.config.validate import validate
+from tuner.core.errors import OutputExistsError, TunerError
 
 SHIPPED = sorted(BUILTIN_DIR.glob("*.yaml"))
 EMBEDDED = [p for p in SHIPPED if p.stem.startswith("smollm2_135m_instruct_")]

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from tuner.__main__ import main
+from tuner.core.errors import DataError, OutputExistsError
 from tuner.data.split import split_file
-from tuner.errors import DataError, OutputExistsError
 
 
 def make_jsonl(path, n):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.tiny import build_tokenizer
-from tuner.data.templates import ChatTemplate, get_template, list_templates, resolve_template
-from tuner.data.tokenizer_template import implicit_system
-from tuner.errors import TunerError
+from tuner.core.errors import TunerError
+from tuner.data.templates import get_template, list_templates, resolve_template
+from tuner.data.templates.base import ChatTemplate
+from tuner.data.templates.from_tokenizer import implicit_system
 
 CONVERSATION = [
     {"role": "system", "content": "You are a doctor."},

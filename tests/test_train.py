@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tuner.callbacks import RunControl
-from tuner.config import config_from_dict
-from tuner.errors import JobError, TunerError
-from tuner.events import read_events
+from tuner.config.files import config_from_dict
+from tuner.core.errors import JobError, TunerError
+from tuner.runs.events import read_events
+from tuner.train.callbacks import RunControl
 
 QA = [
     ("Who are you?", "I am Tuna, the assistant of the tuner team."),
@@ -57,7 +57,7 @@ def adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_run_folder_has_everything_and_loss_goes_down(workspace, tiny_llama_dir):
-    from tuner.train import train
+    from tuner.train.run import train
 
     data = write_data(workspace / "d.jsonl", repeat=2)
     config = make_config(
@@ -101,7 +101,7 @@ def test_run_folder_has_everything_and_loss_goes_down(workspace, tiny_llama_dir)
     assert events[-1]["type"] == "status" and events[-1]["status"] == "completed"
 
     # The saved config reproduces the run: train it again from the file.
-    from tuner.config import load_config
+    from tuner.config.files import load_config
 
     again = load_config(run / "config.yaml")
     assert again.max_steps == 24 and again.model == str(tiny_llama_dir)
@@ -110,7 +110,7 @@ def test_run_folder_has_everything_and_loss_goes_down(workspace, tiny_llama_dir)
 
 
 def _one_sgd_step(workspace, model_dir, data, batch_size, accum):
-    from tuner.train import train
+    from tuner.train.run import train
 
     config = make_config(
         model_dir,
@@ -151,7 +151,7 @@ def _stop_at(step: int, control: RunControl, save: bool):
 
 
 def test_resume_continues_from_last_checkpoint_with_same_schedule(workspace, tiny_llama_dir):
-    from tuner.train import train
+    from tuner.train.run import train
 
     data = write_data(workspace / "d.jsonl", repeat=2)
     straight = train(make_config(tiny_llama_dir, data, name="straight", max_steps=8, save_steps=2))
@@ -171,7 +171,7 @@ def test_resume_continues_from_last_checkpoint_with_same_schedule(workspace, tin
 
 
 def test_resume_without_checkpoint_is_a_clear_error(workspace, tiny_llama_dir):
-    from tuner.train import train
+    from tuner.train.run import train
 
     data = write_data(workspace / "d.jsonl")
     with pytest.raises(TunerError, match="nothing to resume"):
@@ -182,7 +182,7 @@ def test_stop_and_save_leaves_a_usable_adapter(workspace, tiny_llama_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tuner.train import train
+    from tuner.train.run import train
 
     data = write_data(workspace / "d.jsonl", repeat=2)
     control = RunControl()
@@ -205,8 +205,8 @@ def test_stop_and_save_leaves_a_usable_adapter(workspace, tiny_llama_dir):
 def test_background_job_streams_events_refuses_second_start_and_releases_model(
     workspace, tiny_llama_dir, monkeypatch
 ):
-    import tuner.train as train_module
-    from tuner.job import TrainingJob
+    import tuner.train.run as train_module
+    from tuner.train.job import TrainingJob
 
     models = []
     original = train_module.build_model
@@ -232,7 +232,7 @@ def test_background_job_streams_events_refuses_second_start_and_releases_model(
 
 
 def test_failure_inside_the_job_becomes_an_error_event(workspace, tiny_llama_dir):
-    from tuner.job import TrainingJob
+    from tuner.train.job import TrainingJob
 
     bad = workspace / "bad.jsonl"
     bad.write_text('{"conversation": [{"input": "q", "output": "a"}]}\n{"conversation": [{"input": "q"}]}\n')
@@ -262,7 +262,7 @@ def _out_of_memory_after(steps: int, monkeypatch) -> None:
 
 
 def test_out_of_memory_is_reported_with_advice_and_checkpoint_kept(workspace, tiny_llama_dir, monkeypatch):
-    from tuner.train import train
+    from tuner.train.run import train
 
     _out_of_memory_after(2, monkeypatch)
     data = write_data(workspace / "d.jsonl", repeat=2)
@@ -278,7 +278,7 @@ def test_out_of_memory_is_reported_with_advice_and_checkpoint_kept(workspace, ti
 def test_a_failing_run_still_logs_its_last_finished_step(workspace, tiny_llama_dir, monkeypatch):
     # With deferred logging a step's line waits for the next logging point; a run that fails before
     # it (out of memory in step 3 here) must still log step 2.
-    from tuner.train import train
+    from tuner.train.run import train
 
     _out_of_memory_after(2, monkeypatch)
     monkeypatch.setenv("TUNER_DEFERRED_LOGGING", "on")
@@ -292,9 +292,9 @@ def test_a_failing_run_still_logs_its_last_finished_step(workspace, tiny_llama_d
 def test_stop_racing_with_the_end_of_a_run_never_leaves_the_job_stuck(workspace, tiny_llama_dir, monkeypatch):
     import threading
 
-    import tuner.train as train_module
-    from tuner.job import TrainingJob
-    from tuner.train import RunResult
+    import tuner.train.run as train_module
+    from tuner.train.job import TrainingJob
+    from tuner.train.run import RunResult
 
     release = threading.Event()
 
@@ -319,7 +319,7 @@ def test_stop_racing_with_the_end_of_a_run_never_leaves_the_job_stuck(workspace,
 def test_speed_switches_leave_the_training_unchanged(workspace, tiny_llama_dir, monkeypatch):
     # TUNER_CHECKPOINTING / TUNER_STEP_OVERHEAD change how a step is computed and counted, not what
     # it computes: the same adapter and the same token count (with accumulation and padding).
-    from tuner.train import train
+    from tuner.train.run import train
 
     data = write_data(workspace / "d.jsonl", repeat=2)
     settings = dict(max_steps=3, save_steps=100, accumulative_counts=2, gradient_checkpointing=True)
@@ -352,8 +352,8 @@ def test_deferred_logging_logs_the_same_lines_for_the_same_steps_one_step_later(
     # TUNER_DEFERRED_LOGGING reads a logged step's values back at the next logging point (no device
     # sync at this one): every line, evaluation, checkpoint and the summary must come out as without
     # it, stamped with its own step, and a step that saves or ends the run logs before it saves.
-    from tuner.callbacks import EventCallback
-    from tuner.train import train
+    from tuner.train.callbacks import EventCallback
+    from tuner.train.run import train
 
     data = write_data(workspace / "d.jsonl", repeat=2)
     settings = dict(max_steps=7, save_steps=4, logging_steps=2, test_split=0.2, eval_freq=3)
@@ -407,7 +407,7 @@ def test_deferred_logging_logs_the_same_lines_for_the_same_steps_one_step_later(
 
 
 def test_a_bad_speed_switch_is_a_clear_error(monkeypatch):
-    from tuner.speed import switch
+    from tuner.config.speed import switch
 
     monkeypatch.setenv("TUNER_CHECKPOINTING", "sometimes")
     with pytest.raises(TunerError, match="TUNER_CHECKPOINTING"):
@@ -415,8 +415,8 @@ def test_a_bad_speed_switch_is_a_clear_error(monkeypatch):
 
 
 def test_stop_while_loading_trains_nothing(workspace, tiny_llama_dir, monkeypatch):
-    import tuner.train as train_module
-    from tuner.job import TrainingJob
+    import tuner.train.run as train_module
+    from tuner.train.job import TrainingJob
 
     original = train_module.build_model
     job = TrainingJob()
@@ -434,7 +434,7 @@ def test_stop_while_loading_trains_nothing(workspace, tiny_llama_dir, monkeypatc
 
 
 def test_keep_best_and_early_stopping(workspace, tiny_llama_dir):
-    from tuner.train import train
+    from tuner.train.run import train
 
     data = write_data(workspace / "d.jsonl", repeat=3)
     # Questions unlike the training ones: once the model memorises its data, their loss rises.
@@ -474,8 +474,8 @@ def test_keep_best_and_early_stopping(workspace, tiny_llama_dir):
 
 
 def test_liger_stays_off_under_zero3_only(tmp_path):
-    from tuner.config import TrainConfig
-    from tuner.train import partitions_weights
+    from tuner.config.deepspeed import partitions_weights
+    from tuner.config.schema import TrainConfig
 
     custom = tmp_path / "ds.json"
     custom.write_text('{"zero_optimization": {"stage": 3}}')
@@ -485,8 +485,8 @@ def test_liger_stays_off_under_zero3_only(tmp_path):
 
 
 def test_speed_switch_defaults_and_bad_values(monkeypatch):
-    from tuner.errors import TunerError
-    from tuner.speed import switch
+    from tuner.config.speed import switch
+    from tuner.core.errors import TunerError
 
     defaults = {
         "TUNER_VARLEN": "on",
@@ -520,8 +520,8 @@ def test_gpu_memory_cap_holds_the_allocator_and_the_estimate_to_it(monkeypatch):
     # count; the hardware the estimate plans against has the cap's memory; a bad value says what to give.
     from types import SimpleNamespace
 
-    from tuner.errors import TunerError
-    from tuner.system_info import CUDA_CONTEXT_GIB, hardware, limit_gpu_memory
+    from tuner.core.errors import TunerError
+    from tuner.core.system import CUDA_CONTEXT_GIB, hardware, limit_gpu_memory
 
     fractions = []
     props = SimpleNamespace(name="NVIDIA H200", total_memory=140 * 1024**3)
@@ -543,14 +543,14 @@ def test_gpu_memory_cap_holds_the_allocator_and_the_estimate_to_it(monkeypatch):
 
 
 def test_checkpointing_is_limited_to_the_layers_memory_needs(monkeypatch):
-    # tuner.estimate.checkpoint_plan picks how many layers (tests/test_estimate.py); here: the
+    # tuner.plan.estimate.checkpoint_plan picks how many layers (tests/test_estimate.py); here: the
     # first that many recompute their forward pass in the backward, the rest keep their activations,
     # and the gradients are those of the model without checkpointing.
-    import tuner.estimate
+    import tuner.plan.estimate
     from tests.tiny import build_model, build_tokenizer
-    from tuner.model import LoadedModel, add_lora
-    from tuner.system_info import CUDA_CONTEXT_GIB
-    from tuner.train_model import limit_checkpointing
+    from tuner.core.system import CUDA_CONTEXT_GIB
+    from tuner.models.load import LoadedModel, add_lora
+    from tuner.train.model import limit_checkpointing
 
     tokenizer = build_tokenizer()
     config = make_config("unused", "unused.jsonl", gradient_checkpointing=True)
@@ -568,7 +568,7 @@ def test_checkpointing_is_limited_to_the_layers_memory_needs(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (30 * 1024**3, 80 * 1024**3))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda: 2 * 1024**3)
-    monkeypatch.setattr(tuner.estimate, "checkpoint_plan", two_layers)
+    monkeypatch.setattr(tuner.plan.estimate, "checkpoint_plan", two_layers)
     model = tiny_lora(True)
     loaded = LoadedModel(model, torch.float32, "sdpa", "test", None, "cpu")
     assert (
@@ -606,9 +606,9 @@ def test_checkpointing_is_limited_to_the_layers_memory_needs(monkeypatch):
 
 
 def test_auto_optimizer_is_fused_adamw_unless_a_quantized_base_is_tight_on_memory():
-    from tuner.config import TrainConfig
-    from tuner.model import LoadedModel
-    from tuner.train import auto_optimizer
+    from tuner.config.schema import TrainConfig
+    from tuner.models.load import LoadedModel
+    from tuner.train.args import auto_optimizer
 
     def loaded(tight):
         return LoadedModel(None, torch.bfloat16, "sdpa", "test", None, "cuda", memory_tight=tight)
@@ -630,9 +630,9 @@ def test_auto_optimizer_is_fused_adamw_unless_a_quantized_base_is_tight_on_memor
 def test_batches_are_copied_to_the_gpu_without_a_sync_when_switched_on(tmp_path, monkeypatch):
     # TUNER_ASYNC_BATCH_COPY: accelerate's DataLoader copies each batch from pinned memory with
     # non_blocking=True (a blocking copy waits for the previous step's kernels: a sync per tensor).
-    from tuner.config import TrainConfig
-    from tuner.model import LoadedModel
-    from tuner.train_args import accelerator_config, training_arguments
+    from tuner.config.schema import TrainConfig
+    from tuner.models.load import LoadedModel
+    from tuner.train.args import accelerator_config, training_arguments
 
     for value, expected in {"on": True, "off": False}.items():
         monkeypatch.setenv("TUNER_ASYNC_BATCH_COPY", value)
@@ -651,11 +651,11 @@ def test_batches_are_copied_to_the_gpu_without_a_sync_when_switched_on(tmp_path,
 
 
 def test_checkpointed_inputs_go_to_host_memory_when_every_layer_is_not_enough(monkeypatch):
-    import tuner.estimate
+    import tuner.plan.estimate
     from tests.tiny import build_model, build_tokenizer
-    from tuner.checkpoint_offload import offloaded_checkpoint
-    from tuner.model import LoadedModel, add_lora
-    from tuner.train_model import limit_checkpointing
+    from tuner.fast.checkpoint_offload import offloaded_checkpoint
+    from tuner.models.load import LoadedModel, add_lora
+    from tuner.train.model import limit_checkpointing
 
     model = add_lora(
         build_model("llama", build_tokenizer(), num_hidden_layers=3), r=4, gradient_checkpointing=True
@@ -664,7 +664,7 @@ def test_checkpointed_inputs_go_to_host_memory_when_every_layer_is_not_enough(mo
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (4 * 1024**3, 8 * 1024**3))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda: 0)
-    monkeypatch.setattr(tuner.estimate, "checkpoint_plan", lambda *args, **kwargs: (3, True))
+    monkeypatch.setattr(tuner.plan.estimate, "checkpoint_plan", lambda *args, **kwargs: (3, True))
     loaded = LoadedModel(model, torch.float32, "sdpa", "test", None, "cpu")
     # Rows that long fragment PyTorch's default allocator: the log says how to start the next run
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
@@ -684,8 +684,8 @@ def test_checkpointed_inputs_go_to_host_memory_when_every_layer_is_not_enough(mo
 
 
 def test_out_of_memory_after_partial_checkpointing_says_how_to_checkpoint_everything():
-    from tuner.model import LoadedModel
-    from tuner.train import OOM_ADVICE, oom_advice
+    from tuner.models.load import LoadedModel
+    from tuner.train.run import OOM_ADVICE, oom_advice
 
     loaded = LoadedModel(None, torch.bfloat16, "sdpa", "test", None, "cuda")
     loaded.checkpointing = "on 19 of 32 layers (the rest fit in 23 GiB of GPU memory)"
@@ -701,7 +701,7 @@ def test_out_of_memory_after_partial_checkpointing_says_how_to_checkpoint_everyt
 
 
 def test_lora_layers_are_fused_by_default_but_not_under_deepspeed(tiny_llama_dir, monkeypatch):
-    from tuner.train_model import build_model
+    from tuner.train.model import build_model
 
     monkeypatch.delenv("TUNER_FUSED_LORA", raising=False)
     loaded = {
@@ -718,9 +718,9 @@ def test_rows_padded_for_cuda_graphs_train_the_same_and_count_only_real_tokens(
 ):
     # With CUDA graphs on, packed batches are padded to full rows (one shape to replay). The padding
     # is its own unsupervised sample: the adapter and the tokens the run reports are unchanged.
-    import tuner.train
-    from tuner.train import train
-    from tuner.train_data import make_collator
+    import tuner.train.run
+    from tuner.train.data import make_collator
+    from tuner.train.run import train
 
     data = write_data(workspace / "d.jsonl", repeat=2)
     settings = dict(
@@ -730,7 +730,7 @@ def test_rows_padded_for_cuda_graphs_train_the_same_and_count_only_real_tokens(
     for name, pad_to in (("plain", None), ("padded", 96)):
         with monkeypatch.context() as patch:
             patch.setattr(
-                tuner.train,
+                tuner.train.run,
                 "training_collator",
                 lambda tokenizer, config, loaded, pad_to=pad_to: make_collator(
                     tokenizer, True, loaded.attention, pad_to=pad_to
@@ -752,8 +752,8 @@ def test_a_non_finite_loss_is_logged_as_it_is_with_one_warning(tmp_path):
     # the NaN, and the run's events say once, in words, that training diverged and what to do.
     from types import SimpleNamespace
 
-    from tuner.callbacks import EventCallback, RunControl
-    from tuner.events import EventLog
+    from tuner.runs.events import EventLog
+    from tuner.train.callbacks import EventCallback, RunControl
 
     events = EventLog(tmp_path / "events.jsonl")
     callback = EventCallback(events, RunControl())

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from tuner.errors import TunerError
+from tuner.core.errors import TunerError
 
 # Modules under tuner.cli that each define register(subparsers). Order = order in --help.
 VERB_MODULES = ["data", "check", "presets", "estimate", "train", "export", "chat"]

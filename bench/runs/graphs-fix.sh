@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Device run (carry [".whl"]): CUDA graphs captured with fresh leaves for the trainable weights
-# (tuner/layer_graphs.py): the capture probe, the graphs GPU tests, and Llama-2-7B QLoRA 4096 with
+# (tuner/fast/layer_graphs.py): the capture probe, the graphs GPU tests, and Llama-2-7B QLoRA 4096 with
 # and without graphs in one process. Results: $OUT/<date>-graphs-fix.json; logs in $OUT/logs.
 set -u
 source bench/runs/lib.sh

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device run (carry [".whl"]): CUDA graphs of the decoder layers (TUNER_CUDA_GRAPHS, tuner/layer_graphs.py).
+# Device run (carry [".whl"]): CUDA graphs of the decoder layers (TUNER_CUDA_GRAPHS, tuner/fast/layer_graphs.py).
 # Their GPU tests first, then Llama-2-7B QLoRA at 4096 with and without them in one process, then the
 # GPU tests not yet run with this session's code (offload, checkpointing plans, DeepSpeed).
 # Results: $OUT/<date>-graphs.json; logs in $OUT/logs.

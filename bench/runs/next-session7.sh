@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Device run prepared in session 6, run in session 7 (carry [".whl"], 354 s; docs/benchmarks.md, session 7):
-# 1. TUNER_LOSS_CHUNKS=wide (tuner/loss_chunks.py, off until measured): its GPU test, and the
+# 1. TUNER_LOSS_CHUNKS=wide (tuner/fast/loss_chunks.py, off until measured): its GPU test, and the
 #    speed-target rows with it off and on (window clock, as the targets table).
 # 2. The GPU idle gaps left with today's defaults under the window clock (session 6's gap profile ran
 #    with the per-step clock, whose sync recreates the step-boundary gap).

@@ -21,7 +21,7 @@ def write_gpu_data(folder: Path, repeat: int = 8) -> Path:
 
 def gpu_config(model_dir, data, **overrides):
     """LoRA r16 on the small model, a high constant learning rate: the loss falls within 20-30 steps."""
-    from tuner.config import config_from_dict
+    from tuner.config.files import config_from_dict
 
     base = dict(
         name="gpu_test",

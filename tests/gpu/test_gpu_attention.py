@@ -1,4 +1,4 @@
-"""PyTorch's varlen flash kernel for packed rows (tuner.attention) against SDPA with a block mask."""
+"""PyTorch's varlen flash kernel for packed rows (tuner.fast.attention) against SDPA with a block mask."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_varlen_kernel_equals_block_mask_sdpa(kv_heads):
     import torch
 
     from tests.tiny import SMALL_GPU_SIZES, build_model, build_tokenizer
-    from tuner import attention
+    from tuner.fast import attention
 
     assert attention.unavailable_reason() is None, attention.unavailable_reason()
     tokenizer = build_tokenizer()
@@ -85,8 +85,9 @@ def test_training_picks_varlen_without_flash_attn(small_llama_dir, workspace):
     import importlib.util
 
     from tests.gpu.common import gpu_config, write_gpu_data
-    from tuner import attention
-    from tuner.train import build_model, make_collator
+    from tuner.fast import attention
+    from tuner.train.data import make_collator
+    from tuner.train.model import build_model
 
     if importlib.util.find_spec("flash_attn"):
         pytest.skip("flash-attn installed: transformers' own varlen path is used")
@@ -106,7 +107,7 @@ def test_a_one_sample_row_runs_cudnn_and_equals_the_varlen_kernel(kv_heads, monk
     from torch.profiler import ProfilerActivity, profile
 
     from tests.tiny import SMALL_GPU_SIZES, build_model, build_tokenizer
-    from tuner import attention
+    from tuner.fast import attention
 
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("cuDNN attention is used on Hopper or newer only")

@@ -32,7 +32,7 @@ def qlora_adapter(small_llama_dir, tmp_path_factory):
     """A LoRA adapter made on the 4-bit base (as QLoRA training does), with random non-zero B."""
     import torch
 
-    from tuner.model import add_lora, load_model, release
+    from tuner.models.load import add_lora, load_model, release
 
     loaded = load_model(str(small_llama_dir), bits=4, precision="fp16")
     model = add_lora(loaded.model, r=8, alpha=16, dropout=0.0, quantized=True)
@@ -57,7 +57,8 @@ def _logits(model, tokenizer, text="The capital of France is Paris. Who are you?
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_quantized_chat_streams_and_compares(small_llama_dir, qlora_adapter, bits):
-    from tuner.chat import ChatSession, GenerationSettings
+    from tuner.chat.generate import GenerationSettings
+    from tuner.chat.session import ChatSession
 
     settings = GenerationSettings(**GREEDY)
     session = ChatSession(str(small_llama_dir), bits=bits, settings=settings)
@@ -82,7 +83,7 @@ def test_qlora_adapter_merged_onto_fp16_base_equals_unmerged(small_llama_dir, ql
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuner.export import merge_adapter
+    from tuner.export.merge import merge_adapter
 
     out = tmp_path / "merged"
     result = merge_adapter(
@@ -115,8 +116,8 @@ def test_qlora_adapter_merged_onto_fp16_base_equals_unmerged(small_llama_dir, ql
 
 @pytest.fixture
 def embedded_dir():
-    from tuner.embedded import ensure_default_model
-    from tuner.errors import ModelError
+    from tuner.core.errors import ModelError
+    from tuner.models.embedded import ensure_default_model
 
     try:
         return ensure_default_model()
@@ -126,7 +127,8 @@ def embedded_dir():
 
 def test_embedded_model_4bit_chat_stops_at_end_of_turn(embedded_dir):
     """The embedded SmolLM2 in 4 bits answers and ends on <|im_end|> (skipped where it is not installed)."""
-    from tuner.chat import ChatSession, GenerationSettings
+    from tuner.chat.generate import GenerationSettings
+    from tuner.chat.session import ChatSession
 
     session = ChatSession(
         str(embedded_dir), bits=4, settings=GenerationSettings(max_new_tokens=200, temperature=0)

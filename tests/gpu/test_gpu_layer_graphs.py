@@ -1,4 +1,4 @@
-"""CUDA graphs of decoder layers (tuner.layer_graphs) on the device: the varlen kernel skips the
+"""CUDA graphs of decoder layers (tuner.fast.layer_graphs) on the device: the varlen kernel skips the
 empty samples the graphs pad with, graphed QLoRA layers give the eager loss and LoRA gradients
 (also for another sample count and after the weights change), and a training run replays them
 with its loss going down."""
@@ -23,8 +23,8 @@ def _rel(actual, expected) -> float:
 def test_varlen_kernel_skips_empty_samples():
     import torch
 
-    from tuner.attention import varlen_kernel
-    from tuner.layer_graphs import pad_boundaries
+    from tuner.fast.attention import varlen_kernel
+    from tuner.fast.layer_graphs import pad_boundaries
 
     kernel = varlen_kernel()
     if kernel is None:
@@ -51,8 +51,8 @@ def test_varlen_kernel_skips_empty_samples():
 def test_graphed_qlora_layers_equal_eager(workspace, small_llama_dir, monkeypatch):
     import torch
 
-    from tuner.model import release
-    from tuner.train_model import build_model
+    from tuner.models.load import release
+    from tuner.train.model import build_model
 
     monkeypatch.setenv("TUNER_CUDA_GRAPHS", "on")
     config = gpu_config(
@@ -112,8 +112,8 @@ def test_graphed_qlora_layers_equal_eager(workspace, small_llama_dir, monkeypatc
 
 
 def test_training_with_graphs_replays_and_lowers_the_loss(workspace, small_llama_dir, monkeypatch, caplog):
-    from tuner.events import read_events
-    from tuner.train import train
+    from tuner.runs.events import read_events
+    from tuner.train.run import train
 
     monkeypatch.setenv("TUNER_CUDA_GRAPHS", "on")
     config = gpu_config(
@@ -127,7 +127,7 @@ def test_training_with_graphs_replays_and_lowers_the_loss(workspace, small_llama
         tokens_per_step=256,
         lora_dropout=0.1,
     )
-    with caplog.at_level(logging.INFO, logger="tuner.layer_graphs"):
+    with caplog.at_level(logging.INFO, logger="tuner.fast.layer_graphs"):
         result = train(config)
         # The app trains again in the same process: the second run captures its own graphs (or
         # falls back to eager layers) and trains as well.

@@ -1,4 +1,4 @@
-"""The fused LoRA linear (tuner.lora_fused) over bitsandbytes 4-bit bases on CUDA, against peft.
+"""The fused LoRA linear (tuner.fast.lora_fused) over bitsandbytes 4-bit bases on CUDA, against peft.
 
 NF4 with double quantization and bf16 compute, as tuner loads QLoRA bases: outputs and gradients
 match peft's under bf16 autocast, the fused forward and backward peak no higher, and on a small
@@ -87,7 +87,7 @@ def _forward_backward(model, x, gy):
 def test_fused_4bit_equals_peft(x_dtype, bias):
     import torch
 
-    from tuner.lora_fused import fuse_lora, unfuse_lora
+    from tuner.fast.lora_fused import fuse_lora, unfuse_lora
 
     model, _ = _lora_4bit(bias=bias)
     dtype = getattr(torch, x_dtype)
@@ -108,7 +108,7 @@ def test_fused_4bit_equals_peft(x_dtype, bias):
 def test_fused_4bit_dropout_follows_its_mask():
     import torch
 
-    from tuner.lora_fused import fuse_lora
+    from tuner.fast.lora_fused import fuse_lora
 
     p = 0.1
     model, layer = _lora_4bit(dropout=p)
@@ -153,7 +153,7 @@ def _peak_bytes(model, x, gy) -> int:
 def test_fused_4bit_peak_memory_not_above_peft():
     import torch
 
-    from tuner.lora_fused import fuse_lora, unfuse_lora
+    from tuner.fast.lora_fused import fuse_lora, unfuse_lora
 
     model, _ = _lora_4bit()
     x = torch.randn(4, 2048, 1024, device="cuda", dtype=torch.bfloat16)
@@ -171,8 +171,8 @@ def test_fused_4bit_peak_memory_not_above_peft():
 def test_fused_qlora_llama_equals_peft(small_llama_dir):
     import torch
 
-    from tuner.lora_fused import fuse_lora, unfuse_lora
-    from tuner.model import add_lora, load_model, release
+    from tuner.fast.lora_fused import fuse_lora, unfuse_lora
+    from tuner.models.load import add_lora, load_model, release
 
     loaded = load_model(str(small_llama_dir), bits=4, precision="bf16")
     model = add_lora(loaded.model, r=16, alpha=32, dropout=0.0, quantized=True).train()
@@ -214,7 +214,7 @@ def test_fused_4bit_regenerated_dropout_equals_saved_and_peaks_lower():
     backward gives the same gradients and keeps one input instead of three copies and masks."""
     import torch
 
-    from tuner.lora_fused import fuse_lora, set_dropout_regeneration
+    from tuner.fast.lora_fused import fuse_lora, set_dropout_regeneration
 
     layers = []
     for seed in range(3):
@@ -267,7 +267,7 @@ def test_fused_4bit_regenerated_dropout_equals_saved_and_peaks_lower():
 def test_the_dropout_grad_kernel_is_bit_identical_to_addcmul(dtype):
     import torch
 
-    from tuner.dropout_grad import add_masked_, kernel_applies
+    from tuner.fast.dropout_grad import add_masked_, kernel_applies
 
     dtype = getattr(torch, dtype)
     generator = torch.Generator(device="cuda").manual_seed(0)

@@ -19,8 +19,8 @@ def test_torchrun_two_gpus_one_run_folder_and_loss_down(workspace, small_llama_d
     import torch
 
     from tests.gpu.common import gpu_config, write_gpu_data
-    from tuner.config import save_config
-    from tuner.events import read_events
+    from tuner.config.files import save_config
+    from tuner.runs.events import read_events
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 GPUs (device kind nvidia-h100-x2)")

@@ -1,4 +1,4 @@
-"""Checkpointed layer inputs in host memory (tuner.checkpoint_offload) on CUDA: the gradients of plain
+"""Checkpointed layer inputs in host memory (tuner.fast.checkpoint_offload) on CUDA: the gradients of plain
 checkpointing, with the inputs of all but the layers in flight gone from the GPU's peak."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ def _step(offload: bool, ids):
     import torch
 
     from tests.tiny import SMALL_GPU_SIZES, build_model, build_tokenizer
-    from tuner.checkpoint_offload import offload_checkpoints
-    from tuner.lora_fused import fuse_lora
-    from tuner.model import add_lora
+    from tuner.fast.checkpoint_offload import offload_checkpoints
+    from tuner.fast.lora_fused import fuse_lora
+    from tuner.models.load import add_lora
 
     sizes = dict(SMALL_GPU_SIZES, num_hidden_layers=8, max_position_embeddings=8192)
     model = build_model("llama", build_tokenizer(), **sizes).to("cuda", torch.bfloat16)

@@ -21,7 +21,7 @@ from tests.gpu.common import gpu_config, write_gpu_data  # noqa: E402
 
 
 def _losses(run_dir):
-    from tuner.events import read_events
+    from tuner.runs.events import read_events
 
     return [e["loss"] for e in read_events(run_dir) if e["type"] == "log" and "loss" in e]
 
@@ -30,7 +30,7 @@ def _losses(run_dir):
 def test_lora_steps_on_gpu_lower_the_loss(workspace, small_llama_dir, method, quantization):
     import torch
 
-    from tuner.train import train
+    from tuner.train.run import train
 
     torch.cuda.reset_peak_memory_stats()
     result = train(
@@ -49,7 +49,7 @@ def test_lora_steps_on_gpu_lower_the_loss(workspace, small_llama_dir, method, qu
 def test_attention_choice_is_logged(small_llama_dir):
     import importlib.util
 
-    from tuner.model import load_model
+    from tuner.models.load import load_model
 
     loaded = load_model(str(small_llama_dir))
     expected = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
@@ -83,7 +83,7 @@ def test_deepspeed_on_one_gpu(workspace, small_llama_dir, stage):
 
 
 def _write_yaml(folder, model_dir, data):
-    from tuner.config import save_config
+    from tuner.config.files import save_config
 
     path = folder / "ds.yaml"
     save_config(gpu_config(model_dir, data, name="ds_test", gradient_checkpointing=False), path, force=True)
@@ -94,8 +94,8 @@ def _write_yaml(folder, model_dir, data):
 def test_each_checkpointing_plan_trains_qlora_packed(workspace, small_llama_dir, monkeypatch, plan):
     # TUNER_CHECKPOINT_LAYERS: auto (on a large GPU no layer is checkpointed), every layer, every
     # layer with its input in host memory; with fused LoRA (the default), packed rows and the packing check.
-    from tuner.events import read_events
-    from tuner.train import train
+    from tuner.runs.events import read_events
+    from tuner.train.run import train
 
     monkeypatch.setenv("TUNER_CHECKPOINT_LAYERS", plan)
     config = gpu_config(
@@ -129,9 +129,9 @@ def test_input_embedding_in_host_memory_trains_and_frees_its_gpu_memory(workspac
     import torch
 
     from tests.tiny import SMALL_GPU_SIZES, save_tiny_model
-    from tuner.callbacks import EventCallback
-    from tuner.events import read_events
-    from tuner.train import train
+    from tuner.runs.events import read_events
+    from tuner.train.callbacks import EventCallback
+    from tuner.train.run import train
 
     # The peak of training only: loading puts the whole table on the GPU before it moves (the same
     # in both runs), and the first run's model may still be waiting for the garbage collector.
@@ -144,7 +144,7 @@ def test_input_embedding_in_host_memory_trains_and_frees_its_gpu_memory(workspac
     monkeypatch.setattr(EventCallback, "on_train_begin", reset_peak)
     # Every training forward gets its ids' host copy from the batch: none reads them back from the GPU
     # (a device sync per step) through the real DataLoader (pinned memory) and accelerate's device move.
-    from tuner.embedding_offload import HostEmbedding
+    from tuner.fast.embedding_offload import HostEmbedding
 
     handed = []
     forward = HostEmbedding.forward
@@ -186,7 +186,7 @@ def test_deferred_logging_copies_through_pinned_memory_and_logs_the_same_losses(
     # TUNER_DEFERRED_LOGGING=on on CUDA: every logged loss reaches the host by an asynchronous copy
     # into pinned memory behind a CUDA event (no device sync at the logging point), and the run
     # logs the losses that reading them back at once logs.
-    from tuner.deferred_log import PendingLog
+    from tuner.fast.deferred_log import PendingLog
 
     snapshots = []
     snapshot = PendingLog.snapshot.__func__
@@ -200,7 +200,7 @@ def test_deferred_logging_copies_through_pinned_memory_and_logs_the_same_losses(
     losses = {}
     for mode in ("off", "on"):
         monkeypatch.setenv("TUNER_DEFERRED_LOGGING", mode)
-        from tuner.train import train
+        from tuner.train.run import train
 
         config = gpu_config(small_llama_dir, write_gpu_data(workspace), name=f"deferred_{mode}", seed=3)
         result = train(config)
@@ -218,7 +218,7 @@ def test_wide_loss_chunks_train_like_liger_own_chunks(workspace, small_llama_dir
     # function), and the losses are those of Liger's own chunking.
     from liger_kernel.transformers import functional
 
-    from tuner.train import train
+    from tuner.train.run import train
 
     real = functional.LigerFusedLinearCrossEntropyFunction
     budgets = []
@@ -251,8 +251,8 @@ def test_a_gpu_memory_cap_holds_the_run_and_its_plan(workspace, small_llama_dir,
     # checkpoint plan says it planned against 2 GiB, and the run trains within it.
     import torch
 
-    from tuner.events import read_events
-    from tuner.train import train
+    from tuner.runs.events import read_events
+    from tuner.train.run import train
 
     monkeypatch.setenv("TUNER_GPU_MEMORY_GIB", "2")
     torch.cuda.empty_cache()

@@ -18,7 +18,7 @@ def free_port() -> int:
 def launched_app(workspace, **launch_kwargs):
     """Yield the URL of the app built and launched with ``workspace`` as its workspace and cwd."""
     pytest.importorskip("gradio")
-    from tuner.ui import build_app
+    from tuner.ui.app import build_app
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TUNER_WORKSPACE", str(workspace))

@@ -80,7 +80,7 @@ def test_errors_come_back_as_status_text(app_ws):
 
 
 def test_presets_load_and_validate_all_problems(app_ws):
-    from tuner.config import KEYS
+    from tuner.config.schema import KEYS
 
     client, _ = app_ws
     out = client.predict("smollm2_135m_instruct_lora_identity_256_e3", "en", api_name="/presets_load")

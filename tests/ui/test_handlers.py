@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tuner.config import KEYS, TrainConfig, config_from_dict
-from tuner.errors import TunerError
+from tuner.config.files import config_from_dict
+from tuner.config.schema import KEYS, TrainConfig
+from tuner.core import system
+from tuner.core.errors import TunerError
+from tuner.models import shape as model_shapes
 
 gr = pytest.importorskip("gradio")
 
@@ -211,7 +214,9 @@ def test_cli_command_lists_only_changes():
 
 
 def test_estimate_verdict_and_advice():
-    from tuner.estimate import Hardware, estimate, shape_from_config
+    from tuner.core.system import Hardware
+    from tuner.models.shape import shape_from_config
+    from tuner.plan.estimate import estimate
     from tuner.ui import presets_tab
 
     shape = shape_from_config(
@@ -250,20 +255,20 @@ def test_estimate_verdict_and_advice():
 def test_estimate_says_when_the_input_embedding_waits_in_cpu_memory(monkeypatch):
     # An 8 GB card checkpoints every layer of an 8B QLoRA run, so its untied input embedding's table
     # stays in host memory (TUNER_EMBEDDING_ON_CPU=auto): the weights row says so
-    from tuner import estimate as estimate_module
-    from tuner.estimate import Hardware, shape_from_config
+    from tuner.core.system import Hardware
+    from tuner.models.shape import shape_from_config
     from tuner.ui import presets_tab
 
     monkeypatch.delenv("TUNER_EMBEDDING_ON_CPU", raising=False)
     llama3 = {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256, "intermediate_size": 14336}
     llama3 |= {"num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": False}
-    monkeypatch.setattr(estimate_module, "model_shape", lambda model: shape_from_config(llama3))
+    monkeypatch.setattr(model_shapes, "model_shape", lambda model: shape_from_config(llama3))
     values = presets_tab.load_preset(IDENTITY)[: len(KEYS)]
     values[KEYS.index("method")] = "qlora"
     values[KEYS.index("gradient_checkpointing")] = True
     for device, expected in (("cuda", True), ("cpu", False)):
         hardware = Hardware(device, "RTX 3070" if device == "cuda" else "cpu", 8.0, 8)
-        monkeypatch.setattr(estimate_module, "hardware", lambda hardware=hardware: hardware)
+        monkeypatch.setattr(system, "hardware", lambda hardware=hardware: hardware)
         text = presets_tab.estimate_form(*values, "en")
         assert ("the input embedding waits in CPU memory" in text) is expected, text
 
@@ -271,14 +276,15 @@ def test_estimate_says_when_the_input_embedding_waits_in_cpu_memory(monkeypatch)
 def test_estimate_gives_the_longest_sample_a_gpu_fits(monkeypatch):
     # On a GPU the estimate says how long one sample may get with the form's settings and, as rows that
     # long offload their inputs, how to keep PyTorch's allocator from fragmenting. Not on a CPU.
-    from tuner import estimate as estimate_module
-    from tuner.estimate import Hardware, shape_from_config
-    from tuner.long_rows import longest_sample
+    from tuner.core.system import Hardware
+    from tuner.models.shape import shape_from_config
+    from tuner.plan import estimate as estimate_module
+    from tuner.plan.long_rows import longest_sample
     from tuner.ui import presets_tab
 
     llama3 = {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256, "intermediate_size": 14336}
     llama3 |= {"num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": False}
-    monkeypatch.setattr(estimate_module, "model_shape", lambda model: shape_from_config(llama3))
+    monkeypatch.setattr(model_shapes, "model_shape", lambda model: shape_from_config(llama3))
     monkeypatch.setattr(estimate_module, "speed_defaults", lambda get, hw: (True, False))  # Liger's loss
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
@@ -288,7 +294,7 @@ def test_estimate_gives_the_longest_sample_a_gpu_fits(monkeypatch):
     texts = {}
     for memory in (24.0, 80.0):
         hardware = Hardware("cuda", "NVIDIA H100", memory, 16)
-        monkeypatch.setattr(estimate_module, "hardware", lambda hardware=hardware: hardware)
+        monkeypatch.setattr(system, "hardware", lambda hardware=hardware: hardware)
         longest = longest_sample(presets_tab.form.from_form(values))
         text = presets_tab.estimate_form(*values, "en")
         assert f"about **{longest:,} tokens**" in text, text
@@ -302,7 +308,7 @@ def test_estimate_gives_the_longest_sample_a_gpu_fits(monkeypatch):
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     assert "expandable_segments:True" not in presets_tab.estimate_form(*values, "en")  # already set
     cpu = Hardware("cpu", "CPU", 64.0, 2)
-    monkeypatch.setattr(estimate_module, "hardware", lambda: cpu)
+    monkeypatch.setattr(system, "hardware", lambda: cpu)
     assert "Longest single sample" not in presets_tab.estimate_form(*values, "en")
 
 
@@ -439,17 +445,17 @@ def test_agent_mode_streams_tool_steps_and_answer():
 
 
 def test_estimate_says_how_many_layers_are_checkpointed(monkeypatch):
-    import tuner.estimate
+    import tuner.plan.estimate
     from tuner.ui import presets_tab
 
-    real = tuner.estimate.estimate
+    real = tuner.plan.estimate.estimate
     plans = iter([(0, False), (12, False), (30, True)])
 
     def planned(cfg, *args, **kwargs):
         count, offload = next(plans)
         return real(cfg, *args, checkpointed_layers=count, offload=offload, **kwargs)
 
-    monkeypatch.setattr(tuner.estimate, "estimate", planned)
+    monkeypatch.setattr(tuner.plan.estimate, "estimate", planned)
     values = presets_tab.load_preset(IDENTITY)[: len(KEYS)]
     texts = [presets_tab.estimate_form(*values, lang) for lang in ("en", "en", "zh")]
     assert "| activations |" in texts[0]

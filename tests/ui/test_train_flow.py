@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tuner.config import TrainConfig
-from tuner.errors import TunerError
+from tuner.config.schema import TrainConfig
+from tuner.core.errors import TunerError
+from tuner.ui.common import run_choices
 
 gr = pytest.importorskip("gradio")
 
@@ -30,7 +31,7 @@ WAIT_S = 180
 @pytest.fixture
 def job():
     """The app's job singleton, idle before the test and waited for after it (even on failure)."""
-    from tuner.job import get_job
+    from tuner.train.job import get_job
 
     job = get_job()
     job.wait(WAIT_S)
@@ -106,7 +107,7 @@ def view(lang: str = "en") -> dict:
 
 
 def test_stop_and_save_then_reload_then_resume_latest(tiny_ws, job):
-    from tuner.run_dirs import last_checkpoint
+    from tuner.runs.folders import last_checkpoint
     from tuner.ui import train_tab
 
     values = form_values()
@@ -154,7 +155,7 @@ def test_stop_and_save_then_reload_then_resume_latest(tiny_ws, job):
 
 
 def test_cancel_leaves_no_adapter_and_a_picked_run_resumes(tiny_ws, job):
-    from tuner.run_dirs import last_checkpoint
+    from tuner.runs.folders import last_checkpoint
     from tuner.ui import train_tab
 
     started = train_tab.start(*form_values(name="tiny_cancel"), "en")
@@ -222,7 +223,7 @@ def finished_run(tiny_ws, job) -> str:
 def test_history_shows_a_finished_run(finished_run):
     from tuner.ui import train_tab
 
-    picker = train_tab.list_runs()
+    picker = run_choices()
     assert finished_run in picker["choices"] and picker["value"] == finished_run
     status, chart, config_text, outputs, answers = train_tab.show_run(finished_run, "en")
     assert "**Completed**" in status and finished_run in status

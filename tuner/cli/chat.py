@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from tuner.errors import TunerError
+from tuner.core.errors import TunerError
 
 COMMANDS = "/reset clears the conversation, /exit quits (Ctrl-D too; Ctrl-C stops an answer)"
 
@@ -101,7 +101,8 @@ def _check(args) -> None:
 
 
 def _open_session(args):
-    from tuner.chat import ChatSession, GenerationSettings
+    from tuner.chat.generate import GenerationSettings
+    from tuner.chat.session import ChatSession
 
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens,
@@ -172,7 +173,7 @@ class Chat:
             _write("\n")
 
     def _agent(self, question: str) -> None:
-        from tuner.agent import AgentResult
+        from tuner.chat.agent import AgentResult
 
         result = AgentResult("", "answer", 0)
         for event in self.agent.stream(question, result=result):
@@ -223,8 +224,8 @@ def run(args) -> int:
     session = _open_session(args)
     agent = None
     if args.agent:
-        from tuner.agent import session_agent
-        from tuner.tools import default_tools, secrets_of
+        from tuner.chat.agent import session_agent
+        from tuner.chat.tools import default_tools, secrets_of
 
         tools = default_tools(args.docs)
         agent = session_agent(session, tools, max_steps=args.max_steps, secrets=secrets_of())

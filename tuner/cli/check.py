@@ -65,7 +65,7 @@ def register(subparsers) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run check-data on its own (the same as ``python -m tuner check-data``)."""
-    from tuner.errors import TunerError
+    from tuner.core.errors import TunerError
 
     parser = argparse.ArgumentParser(prog="python -m tuner")
     register(parser.add_subparsers(dest="verb"))

@@ -45,6 +45,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_make_identity(args: argparse.Namespace) -> int:
+    from tuner.chat.generate import embedded_answerer
     from tuner.data.identity import make_identity
 
     if args.mix_general:
@@ -56,6 +57,7 @@ def cmd_make_identity(args: argparse.Namespace) -> int:
         langs=args.lang,
         mix_general=args.mix_general,
         force=args.force,
+        general_source=embedded_answerer() if args.mix_general else None,
     )
     print(result.summary())
     return 0

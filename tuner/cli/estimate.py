@@ -12,6 +12,8 @@ import argparse
 import os
 
 from tuner.cli.options import add_set_option
+from tuner.core import system
+from tuner.models import shape as model_shapes
 
 
 def register(subparsers) -> None:
@@ -49,21 +51,13 @@ def _activations_label(est) -> str:
 
 
 def estimate_cmd(args: argparse.Namespace) -> int:
-    from tuner.config import load_config
-    from tuner.config_check import resolve_path
-    from tuner.errors import TunerError
-    from tuner.estimate import (
-        Hardware,
-        dataset_tokens,
-        estimate,
-        format_duration,
-        hardware,
-        model_shape,
-        speed_defaults,
-    )
-    from tuner.long_rows import longest_sample_report
-    from tuner.presets import find_preset
-    from tuner.system_info import ALLOCATOR_TIP
+    from tuner.config.files import load_config
+    from tuner.config.presets import find_preset
+    from tuner.core.errors import TunerError
+    from tuner.core.system import ALLOCATOR_TIP, Hardware
+    from tuner.core.workspace import resolve_path
+    from tuner.plan.estimate import dataset_tokens, estimate, format_duration, speed_defaults
+    from tuner.plan.long_rows import longest_sample_report
 
     if args.gpu and args.gpu_gib is None:
         raise TunerError("--gpu NAME goes with --gpu-gib N (the GPU's memory); add --gpu-gib")
@@ -71,10 +65,10 @@ def estimate_cmd(args: argparse.Namespace) -> int:
         raise TunerError(f"--gpu-gib {args.gpu_gib:g}: give the GPU's memory in GiB, e.g. 24")
     config = load_config(find_preset(args.file), overrides=args.overrides)
     if args.gpu_gib is None:
-        hw = hardware()
+        hw = system.hardware()
     else:
         hw = Hardware("cuda", args.gpu or f"a {args.gpu_gib:g} GiB GPU", args.gpu_gib, os.cpu_count() or 1)
-    shape = model_shape(config.model)
+    shape = model_shapes.model_shape(config.model)
     # A GPU planned for is one with requirements-gpu.txt installed, whatever this machine has.
     liger, upcast = speed_defaults(config.to_dict().get, hw, gpu_install=args.gpu_gib is not None)
     kernels = {"liger": liger, "upcast": upcast}
@@ -116,6 +110,6 @@ def estimate_cmd(args: argparse.Namespace) -> int:
     if est.advice:
         lines.append("What to change:")
         lines += [f"  - {tip}" for tip in est.advice]
-    lines.append("A first-order estimate (tuner/estimate.py): real use varies by about 15%.")
+    lines.append("A first-order estimate (tuner/plan/estimate.py): real use varies by about 15%.")
     print("\n".join(lines))
     return 0 if est.fits else 1

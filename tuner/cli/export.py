@@ -60,8 +60,8 @@ def register(sub) -> None:
 
 
 def run_export(args) -> int:
-    from tuner.export import export_adapter
-    from tuner.hub import hub_token, push_folder
+    from tuner.export.adapter import export_adapter
+    from tuner.export.hub import hub_token, push_folder
 
     if args.push:
         hub_token()
@@ -77,8 +77,8 @@ def run_export(args) -> int:
 
 
 def run_merge(args) -> int:
-    from tuner.export import check_shard_size, merge_adapter
-    from tuner.hub import hub_token, push_folder
+    from tuner.export.hub import hub_token, push_folder
+    from tuner.export.merge import check_shard_size, merge_adapter
 
     check_shard_size(args.max_shard_size)
     if args.push:

@@ -55,7 +55,7 @@ def _table(rows: list[list[str]]) -> str:
 
 def list_cmd(args: argparse.Namespace) -> int:
     """Print presets as a table; exit 1 when none matches the pattern."""
-    from tuner.presets import list_presets
+    from tuner.config.presets import list_presets
 
     presets = list_presets(args.pattern)
     if not presets:
@@ -81,7 +81,7 @@ def list_cmd(args: argparse.Namespace) -> int:
 
 def copy_cmd(args: argparse.Namespace) -> int:
     """Copy a preset; never overwrites (the error says what to do)."""
-    from tuner.presets import copy_preset
+    from tuner.config.presets import copy_preset
 
     dest = copy_preset(args.name, args.dir)
     print(f"wrote {dest}")
@@ -92,9 +92,9 @@ def copy_cmd(args: argparse.Namespace) -> int:
 
 def validate_cmd(args: argparse.Namespace) -> int:
     """Print every problem of a config (exit 1), or a one-line summary (exit 0)."""
-    from tuner.config import load_config
-    from tuner.errors import ConfigError
-    from tuner.presets import find_preset
+    from tuner.config.files import load_config
+    from tuner.config.presets import find_preset
+    from tuner.core.errors import ConfigError
 
     path = find_preset(args.file)
     try:

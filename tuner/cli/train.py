@@ -6,7 +6,7 @@ import os
 import sys
 
 from tuner.cli.options import add_set_option
-from tuner.config import DEEPSPEED_PRESETS
+from tuner.config.schema import DEEPSPEED_PRESETS
 
 
 def register(sub) -> None:
@@ -36,9 +36,10 @@ def register(sub) -> None:
 
 def load_train_config(name_or_path: str, overrides: list[str], deepspeed: str | None = None):
     """Find, load, override and validate a config; all problems are reported at once."""
-    from tuner.config import load_config, validate
-    from tuner.errors import ConfigError
-    from tuner.presets import find_preset
+    from tuner.config.files import load_config
+    from tuner.config.presets import find_preset
+    from tuner.config.validate import validate
+    from tuner.core.errors import ConfigError
 
     path = find_preset(name_or_path)
     # Overrides are applied before validation, so `--set` can repair a preset and every remaining
@@ -95,7 +96,7 @@ class ProgressPrinter:
 def run(args) -> int:
     from pathlib import Path
 
-    from tuner.train import train
+    from tuner.train.run import train
 
     config = load_train_config(args.config, args.overrides, args.deepspeed)
     is_main = int(os.environ.get("RANK", "0")) == 0

@@ -13,10 +13,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tuner.core.errors import DataError, TunerError
 from tuner.data.encode import IGNORE, chat_ids_and_labels, encode_samples
-from tuner.data.templates import ChatTemplate, resolve_template
-from tuner.data.tokenizer_template import implicit_system
-from tuner.errors import DataError, TunerError
+from tuner.data.templates import resolve_template
+from tuner.data.templates.base import ChatTemplate
+from tuner.data.templates.from_tokenizer import implicit_system
 
 MARK_OPEN, MARK_CLOSE = "[[", "]]"
 
@@ -199,7 +200,7 @@ def _system_prompts(samples: list[dict]) -> list[tuple[str, int]]:
 
 def load_tokenizer_for_check(model: str):
     """The model's tokenizer (``default`` = the embedded model)."""
-    from tuner.model import load_tokenizer
+    from tuner.models.load import load_tokenizer
 
     return load_tokenizer(model)
 

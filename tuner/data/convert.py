@@ -12,23 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuner.core.errors import DataError, OutputExistsError
+from tuner.core.io import write_jsonl_atomic
+
 # Reading tables lives in tuner.data.tables; re-exported so callers keep importing it from here.
-from tuner.data.tables import (  # noqa: F401
-    CSV_SUFFIXES,
-    EXCEL_SUFFIXES,
-    JSON_SUFFIXES,
-    SUPPORTED,
-    Table,
-    _letter_index,
-    cell_text,
-    column_letter,
-    list_columns,
-    list_sheets,
-    preview_rows,
-    read_table,
-)
-from tuner.errors import DataError, OutputExistsError
-from tuner.io import write_jsonl_atomic
+from tuner.data.tables import cell_text, column_letter, letter_index, read_table
 
 # Header names tried when the user names no column (lower case).
 QUESTION_NAMES = (
@@ -102,7 +90,7 @@ def resolve_column(
     if folded:
         return folded[0]
     if re.fullmatch(r"[A-Za-z]{1,3}", spec.strip()):
-        index = _letter_index(spec.strip())
+        index = letter_index(spec.strip())
         if index < len(columns):
             return index
     where = f" in sheet {sheet!r}" if sheet else ""

@@ -15,8 +15,8 @@ import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from tuner.data.templates import ChatTemplate, split_system
-from tuner.errors import DataError, TunerError
+from tuner.core.errors import DataError, TunerError
+from tuner.data.templates.base import ChatTemplate, split_system
 
 IGNORE = -100
 

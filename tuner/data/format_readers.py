@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tuner.errors import DataError
+from tuner.core.errors import DataError
 
 HUMAN, ASSISTANT = "### Human:", "### Assistant:"
 
@@ -18,18 +18,18 @@ HUMAN, ASSISTANT = "### Human:", "### Assistant:"
 # ----------------------------------------------------------------------------- field helpers
 
 
-def _type_name(value: Any) -> str:
+def json_type_name(value: Any) -> str:
     names = {dict: "an object", list: "an array", str: "a string", bool: "true/false", type(None): "null"}
     return names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
-def _get(
+def checked_field(
     obj: Any, key: str, kind: type | tuple[type, ...], where: str | None, *, required: bool = True
 ) -> Any:
     """``obj[key]`` checked for type; missing optional keys and nulls give None."""
     label = f"{where}.{key}" if where else key
     if not isinstance(obj, dict):
-        raise DataError(f"expected an object, got {_type_name(obj)}", field=where)
+        raise DataError(f"expected an object, got {json_type_name(obj)}", field=where)
     value = obj.get(key)
     if value is None:
         if required:
@@ -37,9 +37,9 @@ def _get(
         return None
     if not isinstance(value, kind):
         kinds = kind if isinstance(kind, tuple) else (kind,)
-        expected = " or ".join("a string" if k is str else _type_name(k()) for k in kinds)
+        expected = " or ".join("a string" if k is str else json_type_name(k()) for k in kinds)
         raise DataError(
-            f"{key!r} must be {expected}, got {_type_name(value)}",
+            f"{key!r} must be {expected}, got {json_type_name(value)}",
             field=label,
             hint=f"make it {expected}",
         )
@@ -48,14 +48,14 @@ def _get(
 
 def _text(obj: Any, key: str, where: str | None, *, required: bool = True) -> str | None:
     """A string field; required ones must hold more than whitespace."""
-    value = _get(obj, key, str, where, required=required)
+    value = checked_field(obj, key, str, where, required=required)
     if required and not value.strip():
         label = f"{where}.{key}" if where else key
         raise DataError(f"empty {key!r}", field=label, hint="fill it in or delete the record")
     return value
 
 
-def _check_order(messages: list[dict], where: str) -> list[dict]:
+def check_order(messages: list[dict], where: str) -> list[dict]:
     """Enforce the internal form: [system], user, assistant, user, assistant, ..."""
     body = messages[1:] if messages and messages[0]["role"] == "system" else messages
     if not body:
@@ -91,8 +91,8 @@ def _chat(system: str | None, turns: list[tuple[str, str]]) -> list[dict]:
 # ----------------------------------------------------------------------------- one reader per format
 
 
-def _read_conversation(record: dict) -> dict:
-    turns = _get(record, "conversation", list, None)
+def read_conversation(record: dict) -> dict:
+    turns = checked_field(record, "conversation", list, None)
     if not turns:
         raise DataError("empty conversation", field="conversation", hint="add at least one turn")
     system, messages = None, []
@@ -114,7 +114,7 @@ def _read_conversation(record: dict) -> dict:
     return {"messages": _chat(system, messages)}
 
 
-def _read_alpaca(record: dict) -> dict:
+def read_alpaca(record: dict) -> dict:
     instruction = _text(record, "instruction", None)
     extra = _text(record, "input", None, required=False) or ""
     output = _text(record, "output", None)
@@ -123,8 +123,8 @@ def _read_alpaca(record: dict) -> dict:
     return {"messages": _chat(system, [("user", user), ("assistant", output)])}
 
 
-def _read_openai(record: dict) -> dict:
-    items = _get(record, "messages", list, None)
+def read_openai(record: dict) -> dict:
+    items = checked_field(record, "messages", list, None)
     messages = []
     for index, item in enumerate(items):
         where = f"messages[{index}]"
@@ -133,9 +133,9 @@ def _read_openai(record: dict) -> dict:
             raise DataError(
                 f"unsupported role {role!r}", field=f"{where}.role", hint="use system, user or assistant"
             )
-        content = _get(item, "content", str, where)
+        content = checked_field(item, "content", str, where)
         messages.append({"role": role, "content": content})
-    return {"messages": _check_order(messages, "messages")}
+    return {"messages": check_order(messages, "messages")}
 
 
 SHAREGPT_ROLES = {
@@ -148,7 +148,7 @@ SHAREGPT_ROLES = {
 }
 
 
-def _from_value_list(items: list, where: str, roles: dict[str, str]) -> list[dict]:
+def from_value_list(items: list, where: str, roles: dict[str, str]) -> list[dict]:
     messages = []
     for index, item in enumerate(items):
         item_where = f"{where}[{index}]"
@@ -159,20 +159,20 @@ def _from_value_list(items: list, where: str, roles: dict[str, str]) -> list[dic
                 field=f"{item_where}.from",
                 hint="use " + ", ".join(sorted(roles)),
             )
-        messages.append({"role": roles[source], "content": _get(item, "value", str, item_where)})
+        messages.append({"role": roles[source], "content": checked_field(item, "value", str, item_where)})
     return messages
 
 
-def _read_sharegpt(record: dict) -> dict:
-    items = _get(record, "conversations", list, None)
-    messages = _from_value_list(items, "conversations", SHAREGPT_ROLES)
-    return {"messages": _check_order(messages, "conversations")}
+def read_sharegpt(record: dict) -> dict:
+    items = checked_field(record, "conversations", list, None)
+    messages = from_value_list(items, "conversations", SHAREGPT_ROLES)
+    return {"messages": check_order(messages, "conversations")}
 
 
 _GUANACO_SPLIT = re.compile(f"({re.escape(HUMAN)}|{re.escape(ASSISTANT)})")
 
 
-def _read_guanaco(record: dict) -> dict:
+def read_guanaco(record: dict) -> dict:
     text = _text(record, "text", None)
     parts = _GUANACO_SPLIT.split(text)
     if parts[0].strip():
@@ -185,10 +185,10 @@ def _read_guanaco(record: dict) -> dict:
         messages.append({"role": role, "content": content.strip()})
     if not messages:
         raise DataError(f"no {HUMAN!r} / {ASSISTANT!r} markers", field="text")
-    return {"messages": _check_order(messages, "text")}
+    return {"messages": check_order(messages, "text")}
 
 
-def _read_pretrain(record: Any) -> dict:
+def read_pretrain(record: Any) -> dict:
     if isinstance(record, str):  # a document of a .txt file
         return {"text": record}
     return {"text": _text(record, "text", None)}

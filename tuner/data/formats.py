@@ -18,21 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuner.core.errors import DataError
 from tuner.data.format_readers import (
     ASSISTANT,
     HUMAN,
     SHAREGPT_ROLES,
-    _read_alpaca,
-    _read_conversation,
-    _read_guanaco,
-    _read_openai,
-    _read_pretrain,
-    _read_sharegpt,
-    _type_name,
+    json_type_name,
+    read_alpaca,
+    read_conversation,
+    read_guanaco,
+    read_openai,
+    read_pretrain,
+    read_sharegpt,
 )
-from tuner.data.msagent import EXEC_END, EXEC_START, THINK_END, THINK_START, _read_msagent
+from tuner.data.msagent import EXEC_END, EXEC_START, THINK_END, THINK_START, read_msagent
 from tuner.data.records import TEXT_SUFFIXES, Record, read_records
-from tuner.errors import DataError
 
 # The readers, the file reading and the MS-Agent conversion live in their own modules; these names
 # are re-exported so that callers keep importing everything about data formats from here.
@@ -134,13 +134,13 @@ def canonical_format(fmt: str | None) -> str:
 
 
 READERS: dict[str, Callable[[Any], dict]] = {
-    "conversation": _read_conversation,
-    "alpaca": _read_alpaca,
-    "openai": _read_openai,
-    "sharegpt": _read_sharegpt,
-    "guanaco": _read_guanaco,
-    "pretrain": _read_pretrain,
-    "msagent": _read_msagent,
+    "conversation": read_conversation,
+    "alpaca": read_alpaca,
+    "openai": read_openai,
+    "sharegpt": read_sharegpt,
+    "guanaco": read_guanaco,
+    "pretrain": read_pretrain,
+    "msagent": read_msagent,
 }
 
 
@@ -180,7 +180,7 @@ def detect_format(record: Any) -> str:
             f"unknown format (fields: {found})",
             hint="expected one of: " + "; ".join(f"{k} {v}" for k, v in FORMAT_FIELDS.items()),
         )
-    raise DataError(f"each record must be a JSON object, got {_type_name(record)}")
+    raise DataError(f"each record must be a JSON object, got {json_type_name(record)}")
 
 
 def _relocate(error: DataError, path: Path, line: int) -> DataError:

@@ -8,16 +8,14 @@ nothing new to learn) are mixed in to keep ordinary answers ordinary.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuner.errors import DataError, OutputExistsError
-from tuner.io import write_jsonl_atomic
+from tuner.core.errors import DataError, OutputExistsError
+from tuner.core.io import write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +197,10 @@ LANGS = tuple(QUESTIONS)
 
 Answerer = Callable[[list[str]], list[str]]
 
+# The embedded model's own greedy answers to GENERAL_QUESTIONS, generated once by
+# scripts/build_general_answers.py: generating them takes minutes on a CPU, reading them takes nothing.
+SHIPPED_ANSWERS = Path(__file__).with_name("general_answers_smollm2.json")
+
 
 @dataclass
 class IdentityResult:
@@ -271,85 +273,6 @@ def general_questions(langs: Sequence[str], count: int, seed: int = 0) -> list[s
     return chosen
 
 
-def _trim_unfinished(text: str) -> str:
-    """Cut an answer that ran out of tokens back to its last finished sentence."""
-    ends = [m.end() for m in re.finditer(r"[.!?。！？](?=\s|$)|[。！？]", text)]
-    return text[: ends[-1]] if ends else text
-
-
-def model_answerer(
-    model_dir: str | Path | None = None, *, max_new_tokens: int = 256, batch_size: int = 8
-) -> Answerer:
-    """A callable that answers questions greedily with a local model (default: the embedded one)."""
-
-    def answer(questions: list[str]) -> list[str]:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from tuner.embedded import ensure_default_model
-
-        folder = Path(model_dir) if model_dir else ensure_default_model()
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
-        model.eval()
-        eos = model.generation_config.eos_token_id
-        stop_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-        answers = []
-        for start in range(0, len(questions), batch_size):
-            batch = questions[start : start + batch_size]
-            prompts = [
-                tokenizer.apply_chat_template(
-                    [{"role": "system", "content": GENERATION_SYSTEM}, {"role": "user", "content": q}],
-                    add_generation_prompt=True,
-                    tokenize=False,
-                )
-                for q in batch
-            ]
-            inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-                device
-            )
-            with torch.no_grad():
-                output = model.generate(
-                    **inputs,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            for row in output[:, inputs["input_ids"].shape[1] :]:
-                finished = bool(stop_ids & set(row.tolist()))
-                text = tokenizer.decode(row, skip_special_tokens=True).strip()
-                answers.append(text if finished else _trim_unfinished(text))
-            log.info("answered %d of %d general questions", len(answers), len(questions))
-        return answers
-
-    return answer
-
-
-# The embedded model's own greedy answers to GENERAL_QUESTIONS, generated once by
-# scripts/build_general_answers.py: generating them takes minutes on a CPU, reading them takes nothing.
-SHIPPED_ANSWERS = Path(__file__).with_name("general_answers_smollm2.json")
-
-
-def embedded_answerer() -> Answerer:
-    """The default general-answer source: the shipped answers of the embedded model, falling back to
-    generating with it for any question the file lacks (e.g. after the question list changed)."""
-    shipped: dict[str, str] = {}
-    if SHIPPED_ANSWERS.is_file():
-        shipped = json.loads(SHIPPED_ANSWERS.read_text(encoding="utf-8")).get("answers", {})
-
-    def answer(questions: list[str]) -> list[str]:
-        missing = [q for q in questions if not shipped.get(q)]
-        generated = dict(zip(missing, model_answerer()(missing), strict=True)) if missing else {}
-        return [shipped.get(q) or generated[q] for q in questions]
-
-    return answer
-
-
 def make_identity(
     output: str | Path,
     name: str,
@@ -366,8 +289,8 @@ def make_identity(
         name: the assistant's new name; persona: who it is, e.g. "Alice's assistant, built on
             InternLM" (one phrase, used in every answer).
         mix_general: how many general conversations to mix in (0 = none).
-        general_source: callable questions -> answers; default: the embedded model's answers
-            (shipped with tuner, generated only for questions the shipped file lacks).
+        general_source: callable questions -> answers (tuner.chat.generate.embedded_answerer gives
+            the embedded model's shipped answers); needed when mix_general > 0.
 
     Example:
         >>> # make_identity("id.jsonl", "Ada", mix_general=0) writes 136 records such as
@@ -379,6 +302,8 @@ def make_identity(
         raise DataError("the assistant needs a name", hint="pass --name, e.g. --name Ada")
     if mix_general < 0:
         raise DataError(f"--mix-general must be 0 or more, got {mix_general}")
+    if mix_general and general_source is None:
+        raise TypeError("make_identity: mix_general > 0 needs a general_source (questions -> answers)")
     languages = parse_langs(langs)
     # Refuse before the (slow) model generation rather than after it.
     if output.exists() and not force:
@@ -392,7 +317,7 @@ def make_identity(
     general_count = skipped = 0
     if mix_general:
         questions = general_questions(languages, mix_general, seed)
-        answers = (general_source or embedded_answerer())(questions)
+        answers = general_source(questions)
         if len(answers) != len(questions):
             raise DataError(
                 f"the answer generator returned {len(answers)} answers for {len(questions)} questions"

@@ -7,9 +7,15 @@ import json
 import re
 from typing import Any
 
+from tuner.core.errors import DataError
 from tuner.data import react
-from tuner.data.format_readers import SHAREGPT_ROLES, _check_order, _from_value_list, _get, _type_name
-from tuner.errors import DataError
+from tuner.data.format_readers import (
+    SHAREGPT_ROLES,
+    check_order,
+    checked_field,
+    from_value_list,
+    json_type_name,
+)
 
 THINK_START, THINK_END = "<|startofthink|>", "<|endofthink|>"
 EXEC_START, EXEC_END = "<|startofexec|>", "<|endofexec|>"
@@ -118,12 +124,12 @@ def _agent_turns(value: str, where: str, used: list[str]) -> list[dict]:
     return out
 
 
-def _read_msagent(record: dict) -> dict:
-    value = _get(record, "conversations", (str, list), None)
+def read_msagent(record: dict) -> dict:
+    value = checked_field(record, "conversations", (str, list), None)
     items = _parse_literal_list(value) if isinstance(value, str) else value
     if not isinstance(items, list):
-        raise DataError(f"expected a list, got {_type_name(items)}", field="conversations")
-    raw = _from_value_list(items, "conversations", SHAREGPT_ROLES)
+        raise DataError(f"expected a list, got {json_type_name(items)}", field="conversations")
+    raw = from_value_list(items, "conversations", SHAREGPT_ROLES)
     system_text, tools, used, messages = None, [], [], []
     for index, message in enumerate(raw):
         where = f"conversations[{index}]"
@@ -143,4 +149,4 @@ def _read_msagent(record: dict) -> dict:
     if tools:
         system_text = react.build_system_prompt(tools)
     result = ([{"role": "system", "content": system_text}] if system_text else []) + messages
-    return {"messages": _check_order(result, "conversations")}
+    return {"messages": check_order(result, "conversations")}

@@ -127,7 +127,7 @@ def _tensor(rows: list[list[int]]):
 
 
 # Batch key (a plain int) with the padding tokens a pad_to batch holds, so that the tokens a run
-# reports seeing are real tokens; tuner.trainer removes it before the batch reaches the model.
+# reports seeing are real tokens; tuner.train.trainer removes it before the batch reaches the model.
 PADDING_TOKENS = "tuner_padding_tokens"
 
 
@@ -143,7 +143,7 @@ class PackedCollator:
     arguments on to attention take them, so it is off unless the attention needs it.
     ``pad_to`` (flattened rows only) pads each batch to a multiple of that many tokens with one
     padding sample (labels -100, its own positions), so that steps repeat one shape, which CUDA
-    graphs replay (tuner.layer_graphs); best-fit packing leaves rows nearly full, so it costs little.
+    graphs replay (tuner.fast.layer_graphs); best-fit packing leaves rows nearly full, so it costs little.
     Such batches carry their padding count under :data:`PADDING_TOKENS`.
 
     >>> PackedCollator()([{"input_ids": [1, 2], "labels": [-100, 2], "position_ids": [0, 1]},
@@ -187,7 +187,7 @@ class PackedCollator:
 def sample_boundaries(position_ids: Sequence[int]) -> dict:
     """Where the samples of one flattened row start and end, for varlen attention kernels.
 
-    The keys are the ones transformers' flash-attention path reads (and tuner.attention): with them
+    The keys are the ones transformers' flash-attention path reads (and tuner.fast.attention): with them
     no step has to read the position ids back from the GPU to find the samples.
 
     >>> b = sample_boundaries([0, 1, 2, 0, 1, 0])

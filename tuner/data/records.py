@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuner.errors import DataError
+from tuner.core.errors import DataError
 
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
 

@@ -11,8 +11,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuner.errors import DataError, OutputExistsError
-from tuner.io import atomic_open
+from tuner.core.errors import DataError, OutputExistsError
+from tuner.core.io import atomic_open
 
 
 @dataclass
@@ -37,7 +37,7 @@ class SplitResult:
 
 def _read_lines(path: Path) -> list[str]:
     """One JSON text per record: JSONL lines as they are, array elements re-serialised."""
-    from tuner.data.formats import read_records
+    from tuner.data.records import read_records
 
     records, problems = read_records(path)  # raises for missing, empty or undecodable files
     if problems:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuner.errors import DataError
+from tuner.core.errors import DataError
 
 EXCEL_SUFFIXES = {".xlsx", ".xlsm"}
 CSV_SUFFIXES = {".csv", ".tsv", ".tab", ".txt"}
@@ -88,7 +88,7 @@ def column_letter(index: int) -> str:
     return letters
 
 
-def _letter_index(letters: str) -> int:
+def letter_index(letters: str) -> int:
     index = 0
     for char in letters.upper():
         index = index * 26 + ord(char) - 64
@@ -245,7 +245,7 @@ def _read_csv(path: Path, limit: int | None) -> Table:
 
 
 def _read_json_table(path: Path, limit: int | None) -> Table:
-    from tuner.data.formats import read_records
+    from tuner.data.records import read_records
 
     records, problems = read_records(path)
     columns: dict[str, None] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from tuner.ui import chat_tab, data_tab, export_tab, presets_tab, train_tab
-from tuner.ui.common import log_path
+from tuner.ui.common import log_path, run_choices
 from tuner.ui.i18n import LANGS, Texts, norm_lang
 
 CSS = """
@@ -58,7 +58,7 @@ def build_app(lang: str = "en") -> gr.Blocks:
         demo.load(
             presets_tab.list_presets, None, [presets["preset"], presets["table"]], api_name="presets_init"
         )
-        demo.load(train_tab.list_runs, None, train["run"], api_name="runs_init")
+        demo.load(run_choices, None, train["run"], api_name="runs_init")
         switch.input(None, switch, None, js=SWITCH_JS, api_name="switch_lang")
         # Data made in the Data tab becomes the form's training data in one click.
         data["use"].click(
@@ -81,7 +81,7 @@ def _use_data(path: str, lang: str):
 
 
 def _runs() -> list[str]:
-    from tuner.run_dirs import list_runs
+    from tuner.runs.folders import list_runs
     from tuner.ui.common import rel
 
     return [rel(p) for p in list_runs()]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 
-from tuner.errors import TunerError
+from tuner.core.errors import TunerError
 from tuner.ui.common import guard, model_ref, rel, ws_path
 from tuner.ui.i18n import tr
 
@@ -23,8 +23,8 @@ _loaded: dict = {"key": None, "session": None}
 
 def adapter_choices() -> list[str]:
     """Final adapters of past runs and exported adapters in the workspace, newest runs first."""
-    from tuner.run_dirs import ADAPTER_DIR, list_runs
-    from tuner.workspace import workspace_dir
+    from tuner.core.workspace import workspace_dir
+    from tuner.runs.folders import ADAPTER_DIR, list_runs
 
     found = [rel(p / ADAPTER_DIR) for p in list_runs() if (p / ADAPTER_DIR / "adapter_config.json").is_file()]
     exports = workspace_dir() / "exports"
@@ -42,7 +42,7 @@ def refresh_adapters():
 
 def session(model: str, adapter: str | None, bits: str, template: str | None):
     """The loaded ChatSession for these settings (loading it when they changed)."""
-    from tuner.chat import ChatSession
+    from tuner.chat.session import ChatSession
 
     adapter_path = None if adapter in (None, "", NO_ADAPTER) else str(ws_path(adapter, "adapter"))
     key = (model_ref(model), adapter_path, bits, template)
@@ -136,8 +136,8 @@ def send(
 
 def _agent_steps(chat, message: str):
     """Markdown lines for each agent event; the whitelisted offline tools, web search only with a key."""
-    from tuner.agent import session_agent
-    from tuner.tools import default_tools, secrets_of
+    from tuner.chat.agent import session_agent
+    from tuner.chat.tools import default_tools, secrets_of
 
     agent = session_agent(chat, default_tools(), secrets=secrets_of())
     for event in agent.stream(message):
@@ -163,7 +163,7 @@ def adapter_system(adapter: str | None):
     """The system prompt the adapter was trained with (from its run's config.yaml), to chat the same way."""
     import gradio as gr
 
-    from tuner.config import read_yaml
+    from tuner.config.files import read_yaml
 
     if adapter in (None, "", NO_ADAPTER):
         return gr.skip()

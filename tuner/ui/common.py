@@ -16,8 +16,8 @@ import shutil
 import traceback
 from pathlib import Path
 
-from tuner.errors import TunerError
-from tuner.workspace import inside_workspace, workspace_dir
+from tuner.core.errors import TunerError
+from tuner.core.workspace import inside_workspace, workspace_dir
 
 log = logging.getLogger("tuner.ui")
 
@@ -156,3 +156,13 @@ def model_ref(text: str | None) -> str:
     if local.is_absolute() or local.exists() or value.startswith((".", "~")):
         return str(inside_workspace(value))
     return value
+
+
+def run_choices():
+    """Past runs (newest first) for the history and export pickers."""
+    import gradio as gr
+
+    from tuner.runs.folders import list_runs as runs
+
+    choices = [rel(p) for p in runs()]
+    return gr.update(choices=choices, value=choices[0] if choices else None)

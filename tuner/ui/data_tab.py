@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tuner.core.errors import TunerError
 from tuner.data.identity import DEFAULT_MIX_GENERAL
-from tuner.errors import TunerError
 from tuner.ui.common import guard, rel, save_upload, workspace_files, ws_path
 from tuner.ui.i18n import tr
 
@@ -39,10 +39,10 @@ def inspect_file(path: str, lang: str = "en"):
     """Sheets, columns (with guesses for question/answer), preview rows and a status line."""
     import gradio as gr
 
-    from tuner.data import convert
+    from tuner.data import tables
 
     file = ws_path(path, "file")
-    sheets = convert.list_sheets(file)
+    sheets = tables.list_sheets(file)
     sheet = sheets[0] if sheets else None
     cols, preview, q, a = _columns_and_preview(file, sheet)
     stem = Path(path).with_suffix("")
@@ -74,11 +74,11 @@ def change_sheet(path: str, sheet: str | None):
 def _columns_and_preview(file: Path, sheet: str | None):
     import pandas as pd
 
-    from tuner.data import convert
+    from tuner.data import convert, tables
 
     try:
-        cols = convert.list_columns(file, sheet)
-        rows = convert.preview_rows(file, sheet, PREVIEW_ROWS)
+        cols = tables.list_columns(file, sheet)
+        rows = tables.preview_rows(file, sheet, PREVIEW_ROWS)
     except TunerError:
         if file.suffix.lower() in (".jsonl", ".json", ".txt"):  # chat / pretraining data: no table
             return [], _sample_preview(file), None, None
@@ -175,6 +175,7 @@ def build_identity(name, persona, languages, mix_general, out, overwrite, lang: 
     """Write identity data ("who are you?" answered with the new name); returns (status, path, preview)."""
     import pandas as pd
 
+    from tuner.chat.generate import embedded_answerer
     from tuner.data.formats import load_samples
     from tuner.data.identity import make_identity
 
@@ -186,6 +187,7 @@ def build_identity(name, persona, languages, mix_general, out, overwrite, lang: 
         langs=list(languages or ["en"]),
         mix_general=int(mix_general or 0),
         force=bool(overwrite),
+        general_source=embedded_answerer() if int(mix_general or 0) else None,
     )
     samples = load_samples(target).samples
     rows = [
@@ -252,7 +254,7 @@ def build(T, lang_state, status_default=""):
         with T.make(gr.Accordion, "data.check_group", open=False):
             with gr.Row():
                 c["check_in"] = T.make(gr.Textbox, "data.check_in", scale=3)
-                from tuner.config import DATA_FORMATS
+                from tuner.config.schema import DATA_FORMATS
 
                 c["fmt"] = T.make(gr.Dropdown, "data.fmt", choices=list(DATA_FORMATS), value="auto")
                 c["model"] = T.make(

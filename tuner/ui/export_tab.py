@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuner.errors import TunerError
+from tuner.core.errors import TunerError
 from tuner.ui.common import guard, model_ref, rel, ws_path
 from tuner.ui.i18n import tr
 
@@ -18,7 +18,7 @@ def sources(run: str | None):
     """The run's adapter choices (final adapter, then checkpoints newest first) and default output folders."""
     import gradio as gr
 
-    from tuner.run_dirs import ADAPTER_DIR, checkpoints
+    from tuner.runs.folders import ADAPTER_DIR, checkpoints
 
     if not run:
         return gr.update(choices=[], value=None), "", "", ""
@@ -38,7 +38,7 @@ def sources(run: str | None):
 
 
 def _base_model(run_dir: Path) -> str:
-    from tuner.config import read_yaml
+    from tuner.config.files import read_yaml
 
     try:
         return str(read_yaml(run_dir / "config.yaml").get("model") or "default")
@@ -48,7 +48,7 @@ def _base_model(run_dir: Path) -> str:
 
 def export(source: str, out: str, overwrite: bool, lang: str = "en"):
     """Export the chosen adapter; returns (status, exported folder)."""
-    from tuner.export import export_adapter
+    from tuner.export.adapter import export_adapter
 
     result = export_adapter(
         ws_path(source, "adapter"), ws_path(out, "output", must_exist=False), force=bool(overwrite)
@@ -74,7 +74,7 @@ def merge(
     end-of-turn token, although the merged folder is saved by then. Here the reply is produced
     afterwards and a missing end-of-turn becomes a warning under the success line, with the reply shown.
     """
-    from tuner.export import merge_adapter
+    from tuner.export.merge import merge_adapter
 
     result = merge_adapter(
         model_ref(base),
@@ -99,8 +99,8 @@ def verify_reply(result, prompt: str) -> tuple[str, bool, str]:
     """The merged folder answers ``prompt``: (reply, ended on the end-of-turn token, that token)."""
     from transformers import AutoTokenizer
 
-    from tuner.chat import resolve_chat_template
-    from tuner.export import verify_merged
+    from tuner.chat.text import resolve_chat_template
+    from tuner.export.merge import verify_merged
 
     tokenizer = AutoTokenizer.from_pretrained(str(result.out_dir))
     template = resolve_chat_template(tokenizer, result.template)
@@ -113,7 +113,7 @@ def verify_reply(result, prompt: str) -> tuple[str, bool, str]:
 def build(T, lang_state, runs_default: list[str]):
     import gradio as gr
 
-    from tuner.export import VERIFY_PROMPT
+    from tuner.export.merge import VERIFY_PROMPT
 
     c = {}
     with T.make(gr.Tab, "tab.export", id="export"):
@@ -145,9 +145,9 @@ def build(T, lang_state, runs_default: list[str]):
                 c["merge"] = T.value(gr.Button, "export.merge", variant="primary")
             c["reply"] = T.make(gr.Textbox, "export.reply", lines=3, interactive=False)
 
-    from tuner.ui.train_tab import list_runs
+    from tuner.ui.common import run_choices
 
-    c["refresh"].click(list_runs, None, c["run"], api_name="export_runs")
+    c["refresh"].click(run_choices, None, c["run"], api_name="export_runs")
     c["run"].change(
         guard(sources, 4, None),
         c["run"],

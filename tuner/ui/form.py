@@ -7,7 +7,8 @@ which the label says.
 
 from __future__ import annotations
 
-from tuner.config import (
+from tuner.config.files import config_from_dict
+from tuner.config.schema import (
     DATA_FORMATS,
     DEEPSPEED_PRESETS,
     KEYS,
@@ -199,3 +200,8 @@ def _widget(T, key: str, value):
     if kind == "slider":
         return T.make(gr.Slider, label_key, **opts, **common)
     return T.make(gr.Number, label_key, **opts, **common)
+
+
+def form_config(values, check_files: bool = False) -> TrainConfig:
+    """The form's values as a validated TrainConfig (ConfigError lists every problem)."""
+    return config_from_dict(from_form(values), "form", check_files=check_files)

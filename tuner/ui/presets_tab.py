@@ -9,10 +9,14 @@ import shlex
 
 import yaml
 
-from tuner.config import KEYS, ConfigError, TrainConfig, config_from_dict, read_yaml
-from tuner.errors import TunerError
+from tuner.config.files import config_from_dict, read_yaml
+from tuner.config.schema import KEYS, TrainConfig
+from tuner.core import system
+from tuner.core.errors import ConfigError, TunerError
+from tuner.models import shape as model_shapes
 from tuner.ui import form
 from tuner.ui.common import guard, rel
+from tuner.ui.form import form_config
 from tuner.ui.i18n import tr
 
 PRESET_COLUMNS = [
@@ -36,7 +40,7 @@ def list_presets(pattern: str = ""):
     import gradio as gr
     import pandas as pd
 
-    from tuner import presets
+    from tuner.config import presets
 
     found = presets.list_presets((pattern or "").strip() or None)
     rows = [{k: getattr(p, k) for k in PRESET_COLUMNS} for p in found]
@@ -48,7 +52,7 @@ def list_presets(pattern: str = ""):
 
 def load_preset(name: str, lang: str = "en"):
     """Fill the form from a preset; returns [*form values, description, cli command, status]."""
-    from tuner import presets
+    from tuner.config import presets
 
     if not name:
         raise TunerError(tr(lang, "presets.pick_first"))
@@ -60,11 +64,6 @@ def load_preset(name: str, lang: str = "en"):
     description = info.description if info else ""
     values = form.to_form(config)
     return [*values, description, cli_command(name, *values), tr(lang, "presets.loaded", name=name)]
-
-
-def form_config(values, check_files: bool = False) -> TrainConfig:
-    """The form's values as a validated TrainConfig (ConfigError lists every problem)."""
-    return config_from_dict(form.from_form(values), "form", check_files=check_files)
 
 
 def validate_form(*values_and_lang):
@@ -85,7 +84,7 @@ def save_preset(new_name: str, overwrite: bool, *values_and_lang):
     """Save the form as ``<workspace>/presets/<new_name>.yaml``; returns (status, preset choices)."""
     import gradio as gr
 
-    from tuner import presets
+    from tuner.config import presets
 
     *values, lang = values_and_lang
     new_name = (new_name or "").strip()
@@ -99,7 +98,7 @@ def save_preset(new_name: str, overwrite: bool, *values_and_lang):
 
 
 def _preset_names() -> list[str]:
-    from tuner import presets
+    from tuner.config import presets
 
     try:
         return [p.name for p in presets.list_presets()]
@@ -109,7 +108,7 @@ def _preset_names() -> list[str]:
 
 def cli_command(preset: str | None, *values) -> str:
     """``python -m tuner train PRESET --set key=value ...`` for the keys the form changed."""
-    from tuner import presets
+    from tuner.config import presets
 
     data = form.from_form(values)
     base: dict = {}
@@ -134,7 +133,7 @@ def cli_command(preset: str | None, *values) -> str:
 
 def estimate_form(*values_and_lang):
     """Memory and time estimate of the form's settings with a fits / won't fit verdict (markdown)."""
-    from tuner.estimate import estimate, format_duration
+    from tuner.plan.estimate import estimate, format_duration
 
     *values, lang = values_and_lang
     data = form.from_form(values)
@@ -173,15 +172,14 @@ def estimate_form(*values_and_lang):
 
 
 def _longest_sample_lines(data: dict, lang: str) -> list[str]:
-    """On a GPU: the longest single sample these settings fit (tuner.long_rows.longest_sample_report),
+    """On a GPU: the longest single sample these settings fit (tuner.plan.long_rows.longest_sample_report),
     with the model's own context where the rows go past it and the allocator tip where it applies."""
-    from tuner.estimate import hardware, model_shape
-    from tuner.long_rows import longest_sample_report
+    from tuner.plan.long_rows import longest_sample_report
 
-    hw = hardware()
+    hw = system.hardware()
     if hw.device != "cuda":
         return []
-    report = longest_sample_report(data, model_shape(data.get("model") or "default"), hw)
+    report = longest_sample_report(data, model_shapes.model_shape(data.get("model") or "default"), hw)
     if not report.tokens:
         return []
     text = tr(lang, "est.longest", tokens=f"{report.tokens:,}")
@@ -191,9 +189,9 @@ def _longest_sample_lines(data: dict, lang: str) -> list[str]:
 
 
 def _dataset_tokens(data_path: str | None) -> int | None:
-    """The training data's tokens for a time estimate (tuner.estimate.dataset_tokens), the path
+    """The training data's tokens for a time estimate (tuner.plan.estimate.dataset_tokens), the path
     resolved in the workspace as the form's other paths."""
-    from tuner.estimate import dataset_tokens
+    from tuner.plan.estimate import dataset_tokens
     from tuner.ui.common import ws_path
 
     if not data_path:
@@ -206,7 +204,7 @@ def _dataset_tokens(data_path: str | None) -> int | None:
 
 def environment_markdown(lang: str = "en") -> str:
     """The environment panel: torch, CUDA, GPU, memory, optional accelerators."""
-    from tuner.estimate import environment
+    from tuner.core.system import environment
 
     env = environment()
     missing = tr(lang, "env.missing")

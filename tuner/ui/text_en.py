@@ -117,7 +117,7 @@ STRINGS = {
     "est.longest_context": "The model itself was made for rows of up to {context} tokens (`max_position_embeddings`).",
     "est.longest_tip": "Rows that long keep their layers' inputs in CPU memory and fragment PyTorch's default allocator (17% more GPU memory at 131k tokens): start the app or the run with `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`.",
     "est.advice": "What to change:",
-    "est.rough": "<small>A first-order estimate (see tuner/estimate.py); real use varies by ±15%. Training checkpoints only the layers the GPU's memory needs, so a bigger card runs faster.</small>",
+    "est.rough": "<small>A first-order estimate (see tuner/plan/estimate.py); real use varies by ±15%. Training checkpoints only the layers the GPU's memory needs, so a bigger card runs faster.</small>",
     "env.missing": "not installed",
     "env.no_cuda": "not available (CPU)",
     "env.memory": "{kind}",

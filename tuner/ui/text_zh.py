@@ -112,7 +112,7 @@ STRINGS = {
     "est.longest_context": "模型本身只为最长 {context} 个 token 的行设计（`max_position_embeddings`）。",
     "est.longest_tip": "这么长的行会把各层输入放在 CPU 内存，并让 PyTorch 默认的显存分配器产生碎片（131k token 时多占 17% 显存）：启动应用或训练前先设置 `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`。",
     "est.advice": "可以这样改：",
-    "est.rough": "<small>一阶估算（见 tuner/estimate.py），实际可能相差 ±15%。训练只对显存需要的层做梯度检查点，显卡越大越快。</small>",
+    "est.rough": "<small>一阶估算（见 tuner/plan/estimate.py），实际可能相差 ±15%。训练只对显存需要的层做梯度检查点，显卡越大越快。</small>",
     "env.missing": "未安装",
     "env.no_cuda": "不可用（CPU）",
     "env.memory": "{kind}",

@@ -12,12 +12,13 @@ import os
 import time
 from pathlib import Path
 
-from tuner.config import KEYS, load_config
+from tuner.config.files import load_config
+from tuner.config.schema import KEYS
+from tuner.core.workspace import workspace_dir
 from tuner.ui.chart import loss_svg, progress_html
-from tuner.ui.common import guard, rel, ws_path
+from tuner.ui.common import guard, rel, run_choices, ws_path
+from tuner.ui.form import form_config
 from tuner.ui.i18n import tr
-from tuner.ui.presets_tab import form_config
-from tuner.workspace import workspace_dir
 
 POLL_SECONDS = 1.0
 LOG_TAIL_LINES = 80
@@ -142,7 +143,7 @@ def whole_run(events: list[dict]) -> list[dict]:
 
 def _with_earlier_sessions(events: list[dict], run_dir: Path | None) -> list[dict]:
     """The job's events, preceded by the run's earlier sessions when the job resumed it."""
-    from tuner.events import read_events
+    from tuner.runs.events import read_events
 
     resumed = any(e.get("status") == "running" and e.get("step") for e in events)
     if not (resumed and run_dir and events):
@@ -155,7 +156,7 @@ def _with_earlier_sessions(events: list[dict], run_dir: Path | None) -> list[dic
 
 
 def _job():
-    from tuner.job import get_job
+    from tuner.train.job import get_job
 
     return get_job()
 
@@ -224,20 +225,10 @@ def poll(seen: str, lang: str = "en"):
     ]
 
 
-def list_runs():
-    """Past runs (newest first) for the history and export pickers."""
-    import gradio as gr
-
-    from tuner.run_dirs import list_runs as runs
-
-    choices = [rel(p) for p in runs()]
-    return gr.update(choices=choices, value=choices[0] if choices else None)
-
-
 def show_run(run: str, lang: str = "en"):
     """A past run: its chart, status, config, outputs and evaluation answers."""
-    from tuner.events import read_events
-    from tuner.run_dirs import checkpoints
+    from tuner.runs.events import read_events
+    from tuner.runs.folders import checkpoints
 
     if not run:  # the picker was emptied (e.g. at page load): nothing to show, nothing wrong
         return "", "", "", "", ""
@@ -323,7 +314,7 @@ def build(T, lang_state, form_components: dict):
     c["resume"].click(guard(resume, 1, 0), [c["run"], *fields, lang_state], act, api_name="train_resume")
     live = [c["seen"], c["status"], c["progress"], c["metrics"], c["chart"], c["answers"], c["log"]]
     c["timer"].tick(poll, [c["seen"], lang_state], live, api_name="train_poll", show_progress="hidden")
-    c["refresh"].click(list_runs, None, c["run"], api_name="train_runs")
+    c["refresh"].click(run_choices, None, c["run"], api_name="train_runs")
     c["run"].change(
         guard(show_run, 5, 0),
         [c["run"], lang_state],

@@ -1,0 +1,33 @@
+import json
+from pathlib import Path
+
+from tuner.config.schema import DEEPSPEED_PRESETS
+from tuner.core.errors import TunerError
+from tuner.core.workspace import resolve_path
+
+
+def partitions_weights(config) -> bool:
+    """True under DeepSpeed ZeRO-3, whose weights exist only inside their module's forward: Liger's
+    fused cross-entropy reads the LM head's weight directly, so it stays off there."""
+    path = deepspeed_config_path(config.deepspeed)
+    if not path:
+        return False
+    try:
+        stage = json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage")
+    except (OSError, ValueError):
+        return False
+    return stage == 3
+
+
+def deepspeed_config_path(value: str | None) -> str | None:
+    """A preset name (zero2, ...) -> the JSON shipped in tuner/deepspeed; a path stays a path."""
+    if not value:
+        return None
+    if value in DEEPSPEED_PRESETS:
+        return str(Path(__file__).parent / f"{value}.json")
+    path = resolve_path(value)
+    if not path.is_file():
+        raise TunerError(
+            f"deepspeed config {value} not found; use one of {', '.join(DEEPSPEED_PRESETS)} or a .json file"
+        )
+    return str(path)

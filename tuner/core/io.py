@@ -1,0 +1,129 @@
+"""Atomic file writes and JSON Lines reading: a crash never leaves a half-written user file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from tuner.core.errors import DataError, OutputExistsError, TunerError
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w", *, force: bool = True, encoding: str | None = "utf-8"):
+    """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    With ``force=False`` an existing ``path`` raises :class:`OutputExistsError` before anything is
+    written, so the user's file is never touched.
+    """
+    path = Path(path)
+    if not force and path.exists():
+        raise OutputExistsError(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if "b" in mode:
+        encoding = None
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str, *, force: bool = True) -> Path:
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    with atomic_open(path, "w", force=force) as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def write_jsonl_atomic(path: str | Path, records: Iterable[dict], *, force: bool = True) -> int:
+    """Write one JSON object per line, UTF-8 without escaping non-ASCII; returns the count.
+
+    >>> # write_jsonl_atomic("out.jsonl", [{"a": "é"}]) writes the line {"a": "é"}
+    """
+    count = 0
+    with atomic_open(path, "w", force=force) as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSON Lines file; blank lines are skipped, a bad line raises DataError with its line."""
+    path = Path(path)
+    records = []
+    with open(path, encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"invalid JSON: {exc.msg}",
+                    path=path,
+                    line=number,
+                    column=exc.colno,
+                    hint="fix or delete this line",
+                ) from None
+    return records
+
+
+def check_output(out_dir: Path, force: bool, *protected: Path) -> None:
+    out = out_dir.resolve()
+    for path in protected:
+        if path is None:
+            continue
+        src = Path(path).resolve()
+        if out == src or out in src.parents or src in out.parents:
+            raise TunerError(
+                f"{out_dir}: the output must not be (or be inside) the input {path}; choose another folder"
+            )
+    if out_dir.exists() and not force and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OutputExistsError(out_dir, "folder")
+
+
+@contextmanager
+def staging_folder(out_dir: Path, force: bool = False) -> Iterator[Path]:
+    """A hidden folder beside ``out_dir``; renamed to ``out_dir`` when the block succeeds, else removed."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OutputExistsError(out_dir, "folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        yield staging
+        publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def publish(staging: Path, out_dir: Path) -> None:
+    """Move ``staging`` to ``out_dir``; an existing ``out_dir`` is moved aside first, deleted last."""
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+        return
+    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(out_dir, old)
+    try:
+        os.replace(staging, out_dir)
+    except BaseException:
+        os.replace(old, out_dir)
+        raise
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)

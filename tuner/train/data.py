@@ -1,0 +1,90 @@
+"""Training data: samples from the config's files, an eval split, tokens + labels, packing, collators."""
+
+from __future__ import annotations
+
+import random
+
+from tuner.core.errors import DataError
+from tuner.core.workspace import resolve_path
+
+
+def load_training_samples(config) -> tuple[list, list]:
+    """(train, eval) samples in the internal form; bad records stop the run with their location."""
+    from tuner.data.formats import load_samples
+
+    result = load_samples(resolve_path(config.data_path), config.data_format, system=config.system)
+    if result.problems:
+        first = result.problems[0]
+        raise DataError(
+            f"{len(result.problems)} bad record(s), first: {first}",
+            hint=f"run `python -m tuner check-data {config.data_path}` for the full list, fix them, then train again",
+        )
+    samples = list(result.samples)
+    if not samples:
+        raise DataError(
+            "no usable samples", path=config.data_path, hint="check the file's format with check-data"
+        )
+    if config.eval_data_path:
+        eval_result = load_samples(
+            resolve_path(config.eval_data_path), config.data_format, system=config.system
+        )
+        if eval_result.problems:
+            raise DataError(f"eval data: {eval_result.problems[0]}", hint="run check-data on the eval file")
+        return samples, list(eval_result.samples)
+    if config.test_split and config.test_split > 0:
+        order = list(range(len(samples)))
+        random.Random(config.seed).shuffle(order)
+        n_test = max(1, int(round(len(samples) * config.test_split)))
+        test_idx = set(order[:n_test])
+        return [s for i, s in enumerate(samples) if i not in test_idx], [samples[i] for i in sorted(test_idx)]
+    return samples, []
+
+
+def encode_for_training(samples, tokenizer, template, config) -> tuple[list, dict]:
+    """Tokens + labels, packed into rows of ``tokens_per_step`` tokens when packing is on."""
+    from tuner.data.encode import encode_samples
+    from tuner.data.pack import pack_samples, pack_stats
+
+    encoded, stats = encode_samples(samples, tokenizer, template, config.max_length)
+    info = {"encode": stats.as_dict() if hasattr(stats, "as_dict") else dict(vars(stats))}
+    if not encoded:
+        raise DataError(
+            "no sample kept a supervised token after truncation",
+            hint="raise max_length or check that the data has answers",
+        )
+    if config.pack_to_max_length:
+        budget = config.tokens_per_step or config.max_length
+        rows = pack_samples(encoded, budget, seed=config.seed)
+        stats_ = pack_stats(encoded, rows, budget)
+        info["pack"] = stats_.as_dict() if hasattr(stats_, "as_dict") else dict(vars(stats_))
+        return rows, info
+    return encoded, info
+
+
+def make_collator(tokenizer, packed: bool, attention: str = "sdpa", pad_to: int | None = None):
+    """Packed rows (with sample boundaries for varlen attention kernels) or padded samples;
+    ``pad_to``: packed batches padded to a multiple of it (a fixed shape for CUDA graphs)."""
+    from tuner.data.pack import PackedCollator, PaddingCollator
+    from tuner.fast.attention import NAME as VARLEN
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if not packed:
+        return PaddingCollator(pad_token_id=pad_id)
+    return PackedCollator(
+        pad_token_id=pad_id, boundaries=attention in (VARLEN, "flash_attention_2"), pad_to=pad_to
+    )
+
+
+def training_collator(tokenizer, config, loaded):
+    """The collator a training run uses: packed or padded as the config says; with CUDA graphs on
+    (tuner.fast.layer_graphs) packed batches are padded to full rows, so every full batch has the shape
+    the graphs replay; with the input embedding in host memory, batches carry their ids' host copy."""
+    pad_to = (config.tokens_per_step or config.max_length) if loaded.layer_graphs is not None else None
+    collator = make_collator(
+        tokenizer, packed=config.pack_to_max_length, attention=loaded.attention, pad_to=pad_to
+    )
+    if loaded.embedding_on_cpu:  # the host-memory embedding reads its ids from the batch, not the GPU
+        from tuner.fast.embedding_offload import with_host_input_ids
+
+        collator = with_host_input_ids(collator)
+    return collator

@@ -1,0 +1,177 @@
+"""tuner's Trainer subclass: atomic checkpoints, host-side step bookkeeping and deferred log
+read-back when asked for."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+from tuner.config.speed import deferred_logging, lean_steps
+from tuner.data.pack import PADDING_TOKENS
+from tuner.fast.deferred_log import PendingLog
+
+log = logging.getLogger(__name__)
+
+
+def make_trainer_class():
+    from transformers import Trainer
+    from transformers.trainer_utils import rotate_checkpoints
+
+    from tuner.fast.embedding_offload import hand_over_host_ids
+
+    class AtomicCheckpointTrainer(Trainer):
+        """Writes each checkpoint into a hidden staging folder, then renames it into place, so a crash
+        mid-save never leaves a checkpoint that looks complete but is not.
+
+        With lean steps (TUNER_STEP_OVERHEAD) it also counts tokens and FLOPs on the host: Trainer's
+        own count reads a GPU scalar back after every micro-step's backward (a device sync), and its
+        FLOP count walks every module and parameter of the model (~2,700 and ~740 for a 7B peft
+        model, whatever its width) on every micro-step."""
+
+        _lean = None  # decided at the first step
+        _flop_params = None  # parameters counted for FLOPs, cached at the first step
+        _defer_logs = None  # TUNER_DEFERRED_LOGGING, decided at the first logging point
+        _pending_log = None  # a logged step whose values are still on their way to the host
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            # Padding added for a fixed row shape is not a token seen; Trainer counts every input id
+            # (before or after this call, depending on its version: the sum is right either way).
+            self.state.num_input_tokens_seen -= inputs.pop(PADDING_TOKENS, 0)
+            hand_over_host_ids(self.model, inputs)
+            if self._lean is None:  # training_arguments turned Trainer's own count off for lean steps
+                self._lean = lean_steps() and self.args.include_num_input_tokens_seen in ("no", False)
+            if not self._lean:
+                return super().training_step(model, inputs, *args, **kwargs)
+            if "input_ids" in inputs:
+                # numel() reads the shape only: no device sync (all tokens, padding included, as
+                # Trainer's "all" mode counts them).
+                self.state.num_input_tokens_seen += inputs["input_ids"].numel()
+            return super().training_step(model, inputs, *args, **kwargs)
+
+        def prediction_step(self, model, inputs, *args, **kwargs):
+            inputs.pop(PADDING_TOKENS, None)
+            hand_over_host_ids(self.model, inputs)
+            return super().prediction_step(model, inputs, *args, **kwargs)
+
+        def floating_point_ops(self, inputs):
+            # Trainer's version counts the model's parameters (walking every module and parameter)
+            # on every micro-step; the count cannot change during a run.
+            if not self._lean:
+                return super().floating_point_ops(inputs)
+            if self._flop_params is None:
+                self._flop_params = (
+                    self.model.num_parameters(exclude_embeddings=True)
+                    if hasattr(self.model, "num_parameters")
+                    else 0
+                )
+            ids = inputs.get(getattr(self.model, "main_input_name", "input_ids"))
+            return 6 * ids.numel() * self._flop_params if ids is not None else 0
+
+        def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, learning_rate=None, **kwargs):
+            # Same log lines as Trainer's, each emitted one logging point late (deferred_log says why)
+            # unless the step saves, evaluates or ends the run: then the lines so far go out first.
+            # args: model, trial, epoch, ignore_keys_for_eval, start_time, in Trainer's order.
+            start_time = args[4] if len(args) > 4 else kwargs.get("start_time")
+            if self._defer_logs is None:
+                self._defer_logs = (
+                    deferred_logging() and not self.is_deepspeed_enabled and self.args.world_size == 1
+                )
+            if self._defer_logs:
+                # Read before the earlier line goes out: Trainer's on_log resets should_log.
+                logs_now = self.control.should_log and self.state.global_step > self._globalstep_last_logged
+                earlier, self._pending_log = self._pending_log, None
+                if earlier is not None:
+                    self._emit_log(earlier, start_time)
+                if logs_now:
+                    pending = PendingLog.snapshot(
+                        tr_loss,
+                        self.state.global_step - self._globalstep_last_logged,
+                        grad_norm,
+                        self._get_learning_rate() if learning_rate is None else learning_rate,
+                        self.state,
+                    )
+                    tr_loss -= tr_loss  # in stream order after the copy: the snapshot keeps the sum
+                    self._globalstep_last_logged = self.state.global_step
+                    self.store_flos()
+                    if self._log_line_due_now():
+                        self._emit_log(pending, start_time)
+                    else:
+                        self._pending_log = pending
+            # With deferral, nothing is left to log here: Trainer only evaluates and saves.
+            super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, learning_rate=learning_rate, **kwargs)
+
+        def train(self, *args, **kwargs):
+            try:
+                return super().train(*args, **kwargs)
+            except BaseException:
+                # A run that fails (out of memory, say) still logs the last step that finished.
+                self._flush_pending_log()
+                raise
+
+        def _flush_pending_log(self) -> None:
+            pending, self._pending_log = self._pending_log, None
+            if pending is None:
+                return
+            try:
+                self._emit_log(pending, None)
+            except Exception as exc:  # a broken CUDA context copies nothing back; the first error stands
+                log.warning("the last logged step's values are lost: %s", exc)
+
+        def _log_line_due_now(self) -> bool:
+            control = self.control
+            return bool(
+                control.should_save
+                or control.should_evaluate
+                or control.should_training_stop
+                or self.state.global_step >= self.state.max_steps
+            )
+
+        def _emit_log(self, pending: PendingLog, start_time) -> None:
+            # Trainer.log stamps the line with the state's step, epoch and token count: those of the
+            # step the values belong to, for the length of the call.
+            state = self.state
+            now = state.global_step, state.epoch, state.num_input_tokens_seen
+            state.global_step, state.epoch, state.num_input_tokens_seen = (
+                pending.global_step,
+                pending.epoch,
+                pending.tokens_seen,
+            )
+            try:
+                self._total_loss_scalar += pending.loss_total()
+                self.log(pending.logs(), start_time)
+            finally:
+                state.global_step, state.epoch, state.num_input_tokens_seen = now
+
+        def _save_checkpoint(self, model, trial):
+            if self.args.world_size > 1:
+                # Every rank writes its own shards into the checkpoint; a rename by one rank would race
+                # them. Resume still takes only checkpoints whose trainer_state.json (written last) exists.
+                return super()._save_checkpoint(model, trial)
+            run_dir = self._get_output_dir(trial=trial)
+            staging = os.path.join(run_dir, ".staging")
+            name = f"checkpoint-{self.state.global_step}"
+            shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
+            original = self._get_output_dir
+            self._get_output_dir = lambda trial=None: staging  # super() saves under the staging root
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._get_output_dir = original
+            final = os.path.join(run_dir, name)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            if self.state.best_global_step:
+                best = os.path.join(run_dir, f"checkpoint-{self.state.best_global_step}")
+                if os.path.exists(best):
+                    self.state.best_model_checkpoint = best
+            if self.args.should_save:
+                rotate_checkpoints(
+                    output_dir=run_dir,
+                    save_total_limit=self.args.save_total_limit,
+                    best_model_checkpoint=self.state.best_model_checkpoint,
+                    use_mtime=False,
+                )
+
+    return AtomicCheckpointTrainer
