@@ -8,7 +8,12 @@ Qwen2 shapes with random weights, saved with that tokenizer and loaded back thro
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import yaml
+
+from tuner.config.files import config_from_dict
 
 SPECIAL_TOKENS = [
     "<unk>",
@@ -133,3 +138,100 @@ TINY_TRAIN_SETTINGS = dict(
     gradient_checkpointing=False,
     logging_steps=1,
 )
+
+
+QA = [
+    ("Who are you?", "I am Tuna, the assistant of the tuner team."),
+    ("What is your name?", "My name is Tuna."),
+    ("Introduce yourself.", "I am Tuna, a helpful assistant built by the tuner team for you."),
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("Say hello.", "Hello!"),
+    ("What is the capital of Germany? Answer in one sentence please.", "The capital of Germany is Berlin."),
+]
+
+
+def write_data(path: Path, pairs=QA, repeat: int = 1) -> Path:
+    with open(path, "w", encoding="utf-8") as handle:
+        for _ in range(repeat):
+            for q, a in pairs:
+                record = {"conversation": [{"system": "You are helpful.", "input": q, "output": a}]}
+                handle.write(json.dumps(record) + "\n")
+    return path
+
+
+def make_config(model_dir, data, **overrides):
+    from tests.tiny import TINY_TRAIN_SETTINGS
+
+    base = dict(
+        TINY_TRAIN_SETTINGS,
+        name="tiny_test",
+        model=str(model_dir),
+        data_path=str(data),
+        max_steps=8,
+        save_steps=4,
+        save_total_limit=3,
+        seed=0,
+    )
+    base.update(overrides)
+    return config_from_dict(base)
+
+
+def make_lora(base_dir: Path, *, seed: int = 1, std: float = 0.05):
+    """base + a LoRA adapter whose B matrices are random (a fresh adapter has B = 0, i.e. no effect)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuner.models.load import add_lora
+
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    torch.manual_seed(seed)  # LoRA A is random too: same seed, same adapter
+    model = add_lora(base, r=4, alpha=8, dropout=0.0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=std)
+    model.eval()
+    return model
+
+
+def make_run(root: Path, base_dir: Path, *, with_final: bool = True, std: float = 0.05) -> Path:
+    """A run folder as tuner.train writes it: config.yaml, events.jsonl, checkpoint-N/, adapter/."""
+    from transformers import AutoTokenizer
+
+    run = root / "work_dirs" / "identity" / "20250101-120000"
+    run.mkdir(parents=True)
+    config = {
+        "name": "identity",
+        "model": str(base_dir),
+        "template": None,
+        "data_path": "data/identity.jsonl",
+        "data_format": "conversation",
+        "method": "lora",
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_dropout": 0.0,
+        "max_epochs": 1,
+        "max_steps": 4,
+        "lr": 2e-4,
+        "max_length": 256,
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    events = [
+        {"type": "status", "status": "running", "step": 0, "total_steps": 4},
+        {"type": "log", "step": 2, "total_steps": 4, "epoch": 0.5, "loss": 2.5},
+        {"type": "log", "step": 4, "total_steps": 4, "epoch": 1.0, "loss": 1.25},
+        {"type": "eval", "step": 4, "eval_loss": 1.5},
+        {"type": "status", "status": "completed", "step": 4, "total_steps": 4},
+    ]
+    (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    model = make_lora(base_dir, std=std)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    for step in (2, 4):
+        ckpt = run / f"checkpoint-{step}"
+        model.save_pretrained(str(ckpt))
+        tokenizer.save_pretrained(str(ckpt))
+        (ckpt / "optimizer.pt").write_bytes(b"optimizer state")
+        (ckpt / "trainer_state.json").write_text("{}")
+    if with_final:
+        model.save_pretrained(str(run / "adapter"))
+        tokenizer.save_pretrained(str(run / "adapter"))
+    return run

@@ -81,7 +81,7 @@ def test_asked_for_on_a_cpu_the_embedding_stays_and_the_run_builds(
 ):
     import logging
 
-    from tests.test_train import make_config, write_data
+    from tests.tiny import make_config, write_data
     from tuner.train.model import build_model
 
     monkeypatch.setenv("TUNER_EMBEDDING_ON_CPU", "on")
@@ -122,7 +122,7 @@ def test_the_forward_looks_up_the_host_ids_it_is_handed_and_reads_back_without_t
 def test_a_training_run_hands_every_forward_its_host_ids(workspace, tiny_llama_dir, monkeypatch):
     # The whole path on a CPU (the move itself allowed there): collator, DataLoader, tuner's Trainer.
     import tuner.fast.embedding_offload as offload
-    from tests.test_train import make_config, write_data
+    from tests.tiny import make_config, write_data
     from tuner.train.run import train
 
     monkeypatch.setattr(offload, "why_not_offloadable", lambda model: None)

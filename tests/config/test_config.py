@@ -12,7 +12,7 @@ from tuner.config.schema import KEYS, TrainConfig
 from tuner.config.validate import validate
 from tuner.core.errors import ConfigError, OutputExistsError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(path: Path, text: str) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 needs_triton = pytest.mark.skipif(
     importlib.util.find_spec("triton") is None, reason="Triton is not installed"
 )
@@ -23,7 +23,7 @@ needs_triton = pytest.mark.skipif(
 
 def _run(check: str) -> None:
     env = dict(os.environ, TRITON_INTERPRET="1", TUNER_LORA_DROPOUT_KERNEL="on")
-    code = f"from tests.lora_dropout_checks import {check}; {check}(); print('checked')"
+    code = f"from tests.fast.lora_dropout_checks import {check}; {check}(); print('checked')"
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )

@@ -12,7 +12,7 @@ from tuner.core.system import Hardware
 from tuner.models.shape import shape_from_config
 from tuner.plan.estimate import estimate
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 H100 = Hardware(device="cuda", name="NVIDIA H100 80GB HBM3", memory_gib=79.2, cpu_count=16)
 # The config.json values of the benchmark's random-init shapes (bench/README.md).
 SHAPES = {

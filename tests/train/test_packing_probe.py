@@ -48,7 +48,7 @@ def test_training_falls_back_to_one_sample_per_row_when_packing_would_leak(
 ):
     import tuner.train.data
     import tuner.train.packing_probe
-    from tests.test_train import make_config, write_data
+    from tests.tiny import make_config, write_data
     from tuner.runs.events import read_events
     from tuner.train.run import train
 
@@ -73,7 +73,7 @@ def test_training_falls_back_to_one_sample_per_row_when_packing_would_leak(
 
 def test_training_packs_when_the_model_keeps_samples_apart(workspace, tiny_llama_dir, monkeypatch):
     import tuner.train.data
-    from tests.test_train import make_config, write_data
+    from tests.tiny import make_config, write_data
     from tuner.runs.events import read_events
     from tuner.train.run import train
 
@@ -94,7 +94,7 @@ def test_training_packs_when_the_model_keeps_samples_apart(workspace, tiny_llama
 
 def test_a_packing_check_that_cannot_run_means_no_packing(workspace, tiny_llama_dir, monkeypatch):
     import tuner.train.packing_probe
-    from tests.test_train import make_config, write_data
+    from tests.tiny import make_config, write_data
     from tuner.runs.events import read_events
     from tuner.train.run import train
 

@@ -108,8 +108,7 @@ def a_training_run_learns_with_drawn_dropout():
     import tempfile
     from pathlib import Path
 
-    from tests.test_train import make_config, write_data
-    from tests.tiny import save_tiny_model
+    from tests.tiny import make_config, save_tiny_model, write_data
     from tuner.fast import lora_fused
     from tuner.runs.events import read_events
     from tuner.train.run import train

@@ -143,7 +143,7 @@ def test_tiny_model_multi_turn_chat(tiny_llama_dir):
 
 
 def test_compare_toggles_the_adapter_on_one_model(tmp_path, tiny_llama_dir):
-    from tests.test_export import make_run
+    from tests.tiny import make_run
 
     run = make_run(tmp_path, tiny_llama_dir, std=0.2)
     session = ChatSession(str(tiny_llama_dir), adapter=run, settings=GREEDY)
@@ -190,7 +190,7 @@ def test_cli_prompt_and_json(tiny_llama_dir, tmp_path, capsys):
 
 
 def test_cli_compare_json(tiny_llama_dir, tmp_path, capsys):
-    from tests.test_export import make_run
+    from tests.tiny import make_run
 
     run = make_run(tmp_path, tiny_llama_dir)
     args = ["--adapter", str(run), "--prompt", "Hi", "--temperature", "0", "--max-new-tokens", "8"]
@@ -236,7 +236,7 @@ def test_cli_interactive_commands(tiny_llama_dir, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_embedded_model_streams_and_stops_at_end_of_turn(default_model_dir, tmp_path, capsys):
-    from tests.test_export import make_run
+    from tests.tiny import make_run
 
     settings = GenerationSettings(max_new_tokens=200, temperature=0)
     session = ChatSession("default", settings=settings)

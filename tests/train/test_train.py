@@ -11,45 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tuner.config.files import config_from_dict
+from tests.tiny import make_config, write_data
 from tuner.core.errors import JobError, TunerError
 from tuner.runs.events import read_events
 from tuner.train.callbacks import RunControl
-
-QA = [
-    ("Who are you?", "I am Tuna, the assistant of the tuner team."),
-    ("What is your name?", "My name is Tuna."),
-    ("Introduce yourself.", "I am Tuna, a helpful assistant built by the tuner team for you."),
-    ("What is the capital of France?", "The capital of France is Paris."),
-    ("Say hello.", "Hello!"),
-    ("What is the capital of Germany? Answer in one sentence please.", "The capital of Germany is Berlin."),
-]
-
-
-def write_data(path: Path, pairs=QA, repeat: int = 1) -> Path:
-    with open(path, "w", encoding="utf-8") as handle:
-        for _ in range(repeat):
-            for q, a in pairs:
-                record = {"conversation": [{"system": "You are helpful.", "input": q, "output": a}]}
-                handle.write(json.dumps(record) + "\n")
-    return path
-
-
-def make_config(model_dir, data, **overrides):
-    from tests.tiny import TINY_TRAIN_SETTINGS
-
-    base = dict(
-        TINY_TRAIN_SETTINGS,
-        name="tiny_test",
-        model=str(model_dir),
-        data_path=str(data),
-        max_steps=8,
-        save_steps=4,
-        save_total_limit=3,
-        seed=0,
-    )
-    base.update(overrides)
-    return config_from_dict(base)
 
 
 def adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
