@@ -215,6 +215,22 @@ class ChatSession:
         )
         return _last(steps, ("", ""))[0]
 
+    def stream_messages(
+        self,
+        messages: list[dict],
+        *,
+        stop_words: list[str] | tuple[str, ...] = (),
+        use_adapter: bool = True,
+        **settings,
+    ) -> Iterator[str]:
+        """Deltas of one answer to an explicit message list (no history), stopping also at
+        ``stop_words``. The OpenAI-compatible server (tuner.chat.server) answers through this, so its
+        answers pass the same template, stop words and visible-text filter as the app's."""
+        for _answer, delta in self._generate(
+            messages, self._settings(settings), use_adapter=use_adapter, extra_stops=stop_words
+        ):
+            yield delta
+
     def count_tokens(self, messages: list[dict]) -> int:
         return len(self._encode(messages))
 
