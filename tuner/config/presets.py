@@ -1,4 +1,5 @@
-"""Presets: YAML training configs with a header comment, shipped in ``presets/`` or the workspace's.
+"""Presets: YAML training configs with a header comment, shipped in ``builtin_presets/`` (package data,
+beside this module) or the workspace's ``presets/``.
 
 A preset's file name is its name, ``{model}_{method}_{dataset}_{max_length}_e{epochs}``. Its header
 comment says what it is for, the GPU memory it needs (``# GPU memory: ...``) and the command that runs
@@ -20,7 +21,7 @@ from tuner.core.errors import ConfigError, OutputExistsError, TunerError
 from tuner.core.io import atomic_open
 from tuner.core.workspace import workspace_dir
 
-BUILTIN_DIR = Path(__file__).resolve().parents[2] / "presets"
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin_presets"
 SUFFIXES = (".yaml", ".yml")
 # {model}_{method}_{dataset}_{max_length}_e{epochs}, e.g. internlm2_chat_7b_qlora_oasst1_512_e3.
 NAME_PATTERN = re.compile(
