@@ -46,6 +46,8 @@ KNOWN_OPTIMIZERS = (
     "paged_lion_32bit",
 )
 ALL_LINEAR = "all-linear"
+# Experiment trackers transformers' Trainer reports to (report_to); "none" reports nowhere.
+TRACKERS = ("none", "tensorboard", "wandb", "mlflow", "trackio")
 
 
 def _f(default: Any, help: str) -> Any:
@@ -114,6 +116,9 @@ class TrainConfig:
     save_steps: int = _f(500, "optimizer steps between checkpoints")
     save_total_limit: int = _f(2, "checkpoints kept on disk")
     logging_steps: int = _f(1, "optimizer steps between log lines")
+    report_to: list[str] | str = _f(
+        "none", "experiment tracking: none, or tensorboard, wandb, mlflow, trackio (several: a list or a, b)"
+    )
     seed: int = _f(0, "random seed for shuffling, splitting and LoRA init")
     deepspeed: str | None = _f(None, "zero1, zero2, zero2_offload, zero3, zero3_offload or a .json file")
     output_dir: str | None = _f(None, "run folder; null = work_dirs/<name>/<timestamp>")
@@ -148,6 +153,16 @@ def field_help(key: str) -> str:
 
 
 # ---------------------------------------------------------------- saving
+
+
+def tracker_names(report_to: list[str] | str | None) -> list[str]:
+    """report_to as a list of tracker names, "none" dropped.
+
+    >>> tracker_names("tensorboard, wandb"), tracker_names("none")
+    (['tensorboard', 'wandb'], [])
+    """
+    items = report_to.split(",") if isinstance(report_to, str) else list(report_to or [])
+    return [name.strip().lower() for name in items if str(name).strip() and name.strip().lower() != "none"]
 
 
 def method_bits(config) -> int | None:

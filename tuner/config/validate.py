@@ -8,6 +8,7 @@ layer knows (templates, format aliases); tuner.config.files calls it when a conf
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import types
 import typing
 from collections.abc import Callable
@@ -24,10 +25,13 @@ from tuner.config.schema import (
     PRECISIONS,
     QUANTIZATIONS,
     TASKS,
+    TRACKERS,
     TrainConfig,
+    tracker_names,
 )
 from tuner.core.workspace import resolve_path
 from tuner.data.formats import ALIASES
+from tuner.data.sources import source_problem
 from tuner.data.templates import list_templates
 
 # ---------------------------------------------------------------- types
@@ -67,6 +71,14 @@ def _matches(value: Any, hint: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, hint)
 
+
+# The package each tracker needs: (what to pip install, the modules that provide it).
+TRACKER_PACKAGES = {
+    "tensorboard": ("tensorboard", ("tensorboard", "tensorboardX")),
+    "wandb": ("wandb", ("wandb",)),
+    "mlflow": ("mlflow", ("mlflow",)),
+    "trackio": ("trackio", ("trackio",)),
+}
 
 # ---------------------------------------------------------------- suggestions
 
@@ -235,11 +247,21 @@ def validate(config: TrainConfig, check_files: bool = True) -> list[str]:
             f"deepspeed: {deepspeed!r} is not one of {', '.join(DEEPSPEED_PRESETS)} or a .json file{hint}"
         )
 
+    report_to = typed.get("report_to")
+    for name in tracker_names(report_to) if isinstance(report_to, (str, list)) else []:
+        if name not in TRACKERS:
+            problems.append(f"report_to: unknown tracker {name!r}{suggest(name, TRACKERS)} (one of {', '.join(TRACKERS)})")
+
     if check_files:
         for key in ("data_path", "eval_data_path"):
             value = typed.get(key)
-            if value and value.strip() and not resolve_path(value).is_file():
-                problems.append(f"{key}: file not found: {resolve_path(value)}")
+            problem = source_problem(value) if value and value.strip() else None
+            if problem:
+                problems.append(f"{key}: {problem}")
+        for name in tracker_names(report_to) if isinstance(report_to, (str, list)) else []:
+            package = TRACKER_PACKAGES.get(name)
+            if package and not any(importlib.util.find_spec(module) for module in package[1]):
+                problems.append(f"report_to: {name} is not installed: pip install {package[0]}")
         if deepspeed and deepspeed.endswith(".json") and not resolve_path(deepspeed).is_file():
             problems.append(f"deepspeed: file not found: {resolve_path(deepspeed)}")
     return problems

@@ -210,7 +210,7 @@ def _located(exc: TunerError, sample: dict, index: int) -> DataError:
         message,
         path=source.get("path"),
         line=source.get("line"),
-        row=None if source.get("line") else index + 1,
+        row=None if source.get("line") else source.get("row") or index + 1,
     )
 
 

@@ -33,6 +33,7 @@ from tuner.data.format_readers import (
 )
 from tuner.data.msagent import EXEC_END, EXEC_START, THINK_END, THINK_START, read_msagent
 from tuner.data.records import TEXT_SUFFIXES, Record, read_records
+from tuner.data.sources import parse_source, read_source
 
 # The readers, the file reading and the MS-Agent conversion live in their own modules; these names
 # are re-exported so that callers keep importing everything about data formats from here.
@@ -183,18 +184,20 @@ def detect_format(record: Any) -> str:
     raise DataError(f"each record must be a JSON object, got {json_type_name(record)}")
 
 
-def _relocate(error: DataError, path: Path, line: int) -> DataError:
-    return DataError(error.message, path=path, line=line, field=error.field, hint=error.hint)
+def _relocate(error: DataError, path: Path, line: int, *, rows: bool = False) -> DataError:
+    """The reader's error, placed at the record's line (a file) or row (a table or data set)."""
+    where = {"row": line} if rows else {"line": line}
+    return DataError(error.message, path=path, field=error.field, hint=error.hint, **where)
 
 
-def _vote(records: list[Record], path: Path) -> str:
+def _vote(records: list[Record], path: Path, rows: bool = False) -> str:
     votes: Counter[str] = Counter()
     first_error = None
     for record in records[:DETECT_SAMPLE]:
         try:
             votes[detect_format(record.data)] += 1
         except DataError as exc:
-            first_error = first_error or _relocate(exc, path, record.line)
+            first_error = first_error or _relocate(exc, path, record.line, rows=rows)
     if not votes:
         raise first_error  # type: ignore[misc]
     # List-form MS-Agent records without tool calls look like sharegpt; the MS-Agent reader reads
@@ -208,7 +211,8 @@ def load_samples(path: str | Path, fmt: str = "auto", *, system: str | None = No
     """Read a data file of any supported format into samples, collecting every bad record.
 
     Args:
-        path: a .json (array), .jsonl or .txt file.
+        path: a .json (array), .jsonl or .txt file, a parquet / Arrow file, a ``datasets`` folder or a
+            Hub data set id, with ``?split=&subset=&columns=`` options (tuner.data.sources).
         fmt: one of FORMATS (or an alias), or "auto" to detect it from the records.
         system: system text for chat samples that have none.
 
@@ -221,10 +225,11 @@ def load_samples(path: str | Path, fmt: str = "auto", *, system: str | None = No
         DataError: the file cannot be read at all, the format name is unknown, or no record
             matches any known format (with ``fmt="auto"``).
     """
-    path = Path(path)
+    source = parse_source(path)
+    path = source.path if source.kind != "hub" else Path(source.text.partition("?")[0])
     fmt = canonical_format(fmt)
-    records, problems = read_records(path)
-    texts = path.suffix.lower() in TEXT_SUFFIXES
+    records, problems = read_source(source)
+    texts = source.kind == "file" and path.suffix.lower() in TEXT_SUFFIXES
     if texts and fmt not in ("auto", "pretrain"):
         raise DataError(
             f"a plain-text file can only be read as pretrain, not {fmt}",
@@ -232,7 +237,7 @@ def load_samples(path: str | Path, fmt: str = "auto", *, system: str | None = No
             hint="convert it to JSON Lines or use data format pretrain",
         )
     if fmt == "auto":
-        fmt = _vote(records, path) if records else "unknown"
+        fmt = _vote(records, path, source.rows) if records else "unknown"
     result = LoadResult(path=path, format=fmt, problems=problems, records=len(records) + len(problems))
     if not records:
         return result
@@ -241,12 +246,12 @@ def load_samples(path: str | Path, fmt: str = "auto", *, system: str | None = No
         try:
             sample = reader(record.data)
         except DataError as exc:
-            result.problems.append(_relocate(exc, path, record.line))
+            result.problems.append(_relocate(exc, path, record.line, rows=source.rows))
             continue
         messages = sample.get("messages")
         if system and messages is not None and messages[0]["role"] != "system":
             sample["messages"] = [{"role": "system", "content": system}, *messages]
-        sample["source"] = {"path": str(path), "line": record.line}
+        sample["source"] = {"path": str(path), ("row" if source.rows else "line"): record.line}
         result.samples.append(sample)
-    result.problems.sort(key=lambda problem: problem.line or 0)
+    result.problems.sort(key=lambda problem: problem.line or problem.row or 0)
     return result

@@ -5,14 +5,14 @@ from __future__ import annotations
 import random
 
 from tuner.core.errors import DataError
-from tuner.core.workspace import resolve_path
 
 
 def load_training_samples(config) -> tuple[list, list]:
     """(train, eval) samples in the internal form; bad records stop the run with their location."""
     from tuner.data.formats import load_samples
 
-    result = load_samples(resolve_path(config.data_path), config.data_format, system=config.system)
+    # data_path is a data source (tuner.data.sources): a file, a datasets folder or a Hub id, resolved there.
+    result = load_samples(config.data_path, config.data_format, system=config.system)
     if result.problems:
         first = result.problems[0]
         raise DataError(
@@ -25,9 +25,7 @@ def load_training_samples(config) -> tuple[list, list]:
             "no usable samples", path=config.data_path, hint="check the file's format with check-data"
         )
     if config.eval_data_path:
-        eval_result = load_samples(
-            resolve_path(config.eval_data_path), config.data_format, system=config.system
-        )
+        eval_result = load_samples(config.eval_data_path, config.data_format, system=config.system)
         if eval_result.problems:
             raise DataError(f"eval data: {eval_result.problems[0]}", hint="run check-data on the eval file")
         return samples, list(eval_result.samples)

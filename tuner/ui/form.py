@@ -68,6 +68,7 @@ SPEC: dict[str, tuple[str, dict]] = {
     "save_steps": ("number", {"precision": 0, "minimum": 1}),
     "save_total_limit": ("slider", {"minimum": 1, "maximum": 20, "step": 1}),
     "logging_steps": ("number", {"precision": 0, "minimum": 1}),
+    "report_to": ("text", {}),
     "seed": ("number", {"precision": 0, "minimum": 0}),
     "deepspeed": ("combo", {"choices": [NO_DEEPSPEED, *DEEPSPEED_PRESETS]}),
     "output_dir": ("text", {}),
@@ -109,7 +110,15 @@ GROUPS = {
         "keep_best",
         "early_stopping_patience",
     ],
-    "form.group.save": ["save_steps", "save_total_limit", "logging_steps", "seed", "deepspeed", "output_dir"],
+    "form.group.save": [
+        "save_steps",
+        "save_total_limit",
+        "logging_steps",
+        "report_to",
+        "seed",
+        "deepspeed",
+        "output_dir",
+    ],
 }
 OPEN_GROUPS = {"form.group.model", "form.group.data", "form.group.optim", "form.group.eval"}
 
@@ -127,7 +136,7 @@ def to_form(config: TrainConfig | dict) -> list:
             value = NO_DEEPSPEED
         elif key in OPTIONAL_ZERO and value is None:
             value = 0
-        elif key == "lora_targets" and isinstance(value, list):
+        elif key in ("lora_targets", "report_to") and isinstance(value, list):
             value = ", ".join(value)
         elif key == "evaluation_inputs":
             value = "\n".join(value or [])
