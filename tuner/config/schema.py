@@ -46,6 +46,11 @@ KNOWN_OPTIMIZERS = (
     "paged_lion_32bit",
 )
 ALL_LINEAR = "all-linear"
+LORA_INITS = ("default", "pissa")
+# LoRA variants people try as a method name; the validator points them at their keys.
+LORA_VARIANT_KEYS = {"dora": "use_dora: true", "rslora": "use_rslora: true", "pissa": "lora_init: pissa"}
+# Experiment trackers transformers' Trainer reports to (report_to); "none" reports nowhere.
+TRACKERS = ("none", "tensorboard", "wandb", "mlflow", "trackio")
 # Experiment trackers transformers' Trainer reports to (report_to); "none" reports nowhere.
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow", "trackio")
 
@@ -105,6 +110,17 @@ class TrainConfig:
     lora_alpha: int = _f(16, "LoRA scaling numerator (scale = alpha / r); typical 16..2*r")
     lora_dropout: float = _f(0.1, "dropout on the LoRA input; 0 <= p < 1, typical 0.05..0.1")
     lora_targets: list[str] | str = _f(ALL_LINEAR, "module names to adapt, or 'all-linear'")
+    use_dora: bool = _f(
+        False,
+        "DoRA: LoRA on the direction, a trained magnitude per output; can beat LoRA at low rank; slower "
+        "(tuner's fused LoRA path does not apply)",
+    )
+    use_rslora: bool = _f(False, "rsLoRA: scale = alpha / sqrt(r) instead of alpha / r (steadier at high rank)")
+    lora_init: str = _f(
+        "default",
+        "default (B = 0) or pissa (start from the weights' principal components; full-precision base only; "
+        "the saved adapter is converted to plain LoRA of rank 2r)",
+    )
     # --- evaluation
     evaluation_inputs: list[str] = _f([], "questions the model answers every evaluation_freq steps")
     evaluation_freq: int = _f(500, "optimizer steps between evaluation_inputs answers")

@@ -20,6 +20,8 @@ from tuner.config.schema import (
     DEEPSPEED_PRESETS,
     HINTS,
     KNOWN_OPTIMIZERS,
+    LORA_INITS,
+    LORA_VARIANT_KEYS,
     LR_SCHEDULERS,
     METHODS,
     PRECISIONS,
@@ -152,7 +154,13 @@ def validate(config: TrainConfig, check_files: bool = True) -> list[str]:
                 f" (known: {', '.join(names)}; null = the tokenizer's own)"
             )
     choice("task", TASKS)
-    choice("method", METHODS)
+    if ok("method") and typed["method"] in LORA_VARIANT_KEYS:
+        problems.append(
+            f"method: {typed['method']} is a kind of LoRA: use method lora (or qlora) with "
+            f"{LORA_VARIANT_KEYS[typed['method']]}"
+        )
+    else:
+        choice("method", METHODS)
     choice("quantization", QUANTIZATIONS)
     method, quant = typed.get("method"), typed.get("quantization")
     if method == "qlora" and quant in ("none", "8bit"):
@@ -219,6 +227,23 @@ def validate(config: TrainConfig, check_files: bool = True) -> list[str]:
         problems.append(f"lora_targets: a list of module names or {ALL_LINEAR!r}, got {targets!r}")
     if isinstance(targets, list) and (not targets or not all(t.strip() for t in targets)):
         problems.append(f"lora_targets: module names must not be empty (or use {ALL_LINEAR!r})")
+    choice("lora_init", LORA_INITS)
+    variants = [k for k in ("use_dora", "use_rslora") if typed.get(k)]
+    variants += ["lora_init: pissa"] if typed.get("lora_init") == "pissa" else []
+    if method == "full" and variants:
+        problems.append(f"{variants[0]}: a LoRA variant; method full trains every weight (use method lora)")
+    if typed.get("lora_init") == "pissa":
+        # PiSSA takes the SVD of each full-precision weight and trains from its principal part; a
+        # quantized or partitioned weight has none to take.
+        if quant in ("8bit", "4bit"):
+            problems.append(
+                f"lora_init: pissa needs a full-precision base (quantization none), got {quant!r}; "
+                "use method lora, or lora_init default for qlora"
+            )
+        if typed.get("use_dora"):
+            problems.append("lora_init: pissa with use_dora is not supported (pick one of them)")
+        if typed.get("deepspeed") in ("zero3", "zero3_offload"):
+            problems.append("lora_init: pissa cannot take the SVD of ZeRO-3's partitioned weights; use zero2")
 
     # Evaluation.
     check("evaluation_freq", lambda v: v >= 1, "must be >= 1 step")

@@ -215,8 +215,12 @@ def add_lora(
     gradient_checkpointing: bool = False,
     reentrant: bool = False,
     upcast: bool = True,
+    dora: bool = False,
+    rslora: bool = False,
+    init: str = "default",
 ):
-    """Wrap ``model`` with fresh LoRA adapters (peft). For k-bit bases with ``upcast`` peft's
+    """Wrap ``model`` with fresh LoRA adapters (peft); ``dora``, ``rslora`` and ``init="pissa"`` pick
+    peft's variants (tuner.models.pissa keeps what a PiSSA adapter needs to be saved as plain LoRA). For k-bit bases with ``upcast`` peft's
     preparation casts every unquantized weight (norms, embedding, LM head) to fp32; without it they
     keep the model's dtype (bf16/fp16, as torchtune and Unsloth train), which saves 2 bytes per such
     weight and keeps the residual stream in half precision. Either way input gradients are enabled,
@@ -241,8 +245,16 @@ def add_lora(
         target_modules=targets,
         bias="none",
         task_type="CAUSAL_LM",
+        use_dora=dora,
+        use_rslora=rslora,
+        init_lora_weights="pissa" if init == "pissa" else True,
     )
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    if init == "pissa":
+        from tuner.models.pissa import remember_initial_adapter
+
+        remember_initial_adapter(model)
+    return model
 
 
 def apply_liger(model) -> bool:

@@ -53,6 +53,9 @@ def build_model(config):
         gradient_checkpointing=config.gradient_checkpointing,
         reentrant=reentrant,
         upcast=switch("TUNER_KBIT_UPCAST") == "on",
+        dora=config.use_dora,
+        rslora=config.use_rslora,
+        init=config.lora_init,
     )
     if fused_lora_in_use(config.method, config.deepspeed):
         from tuner.fast.lora_fused import fuse_lora

@@ -36,6 +36,7 @@ from tuner.runs.folders import (
 )
 
 # Data and model setup live in their own modules; their names stay importable from here.
+from tuner.models.pissa import initial_adapter, save_as_lora
 from tuner.train import data as train_data
 from tuner.train.args import training_arguments
 from tuner.train.callbacks import EvaluationAnswersCallback, EventCallback, RunControl
@@ -345,6 +346,9 @@ def _save_final(trainer, tokenizer, template, output_dir: Path) -> None:
     trainer.accelerator.wait_for_everyone()
     if _rank() != 0:
         return
+    initial = initial_adapter(trainer.model)
+    if initial is not None:  # a PiSSA run: saved as the plain LoRA that fits the original base
+        save_as_lora(staging, initial)
     tokenizer.chat_template = template.chat_template
     tokenizer.save_pretrained(str(staging))
     if output_dir.exists():
