@@ -52,7 +52,9 @@ def test_columns_rename_a_tables_fields_for_the_reader_and_a_missing_one_is_name
     write_parquet(workspace / "qa.parquet", rows)
     result = load_samples("qa.parquet?columns=Question:instruction,Answer:output")
     assert [s["messages"] for s in result.samples] == [chat("Who are you?", "Tuna.")]
-    with pytest.raises(DataError, match=r"row 1: columns: no column 'Answr' \(columns: Question, Answer, URL\)"):
+    with pytest.raises(
+        DataError, match=r"row 1: columns: no column 'Answr' \(columns: Question, Answer, URL\)"
+    ):
         load_samples("qa.parquet?columns=Answr:output")
     with pytest.raises(DataError, match="unknown data source option 'spilt'"):
         load_samples("qa.parquet?spilt=train")
@@ -62,7 +64,10 @@ def test_an_arrow_file_reads_like_the_parquet_file(workspace):
     import pyarrow as pa
 
     table = pa.Table.from_pylist(ALPACA[:2])
-    with pa.OSFile(str(workspace / "alpaca.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+    with (
+        pa.OSFile(str(workspace / "alpaca.arrow"), "wb") as sink,
+        pa.ipc.new_stream(sink, table.schema) as writer,
+    ):
         writer.write_table(table)
     assert [s["messages"] for s in load_samples("alpaca.arrow").samples] == [
         chat("Name a colour.", "Red."),
@@ -147,7 +152,9 @@ def test_a_hub_data_set_loads_offline_from_the_local_cache(workspace, tmp_path, 
     assert result.samples[1]["source"] == {"path": "tuner-test/tiny-alpaca", "row": 2}
     sliced = load_samples("tuner-test/tiny-alpaca?split=train[1:]&columns=output:output")
     assert [s["messages"] for s in sliced.samples] == [chat("Add the numbers.\n\n2 and 3", "5")]
-    with pytest.raises(DataError, match=r"tuner-test/other \(Hub data set\): not in the local datasets cache"):
+    with pytest.raises(
+        DataError, match=r"tuner-test/other \(Hub data set\): not in the local datasets cache"
+    ):
         load_samples("tuner-test/other")
 
 

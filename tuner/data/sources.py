@@ -74,7 +74,9 @@ def _options(query: str, text: str) -> dict[str, Any]:
         if key not in OPTIONS:
             raise DataError(
                 f"unknown data source option {key!r} in {text!r}",
-                hint="options are " + ", ".join(OPTIONS) + ", e.g. owner/name?split=train&columns=q:instruction",
+                hint="options are "
+                + ", ".join(OPTIONS)
+                + ", e.g. owner/name?split=train&columns=q:instruction",
             )
         if key == "columns":
             mapping = {}
@@ -114,7 +116,9 @@ def parse_source(text: str | Path) -> DataSource:
     if path.exists() or not HUB_ID.match(location) or path.suffix.lower() in FILE_SUFFIXES:
         kind = "table" if path.suffix.lower() in TABLE_SUFFIXES else "file"
         if kind == "file" and (options.get("split") or options.get("subset")):
-            raise DataError(f"{location}: split and subset apply to data sets, not to a single file", path=path)
+            raise DataError(
+                f"{location}: split and subset apply to data sets, not to a single file", path=path
+            )
         return DataSource(text, kind, str(path), **options)
     return DataSource(text, "hub", location, **options)
 
@@ -232,7 +236,10 @@ def read_source(source: DataSource) -> tuple[list[Record], list[DataError]]:
         records, problems = read_records(source.path)
         if source.columns:
             records = [
-                Record(r.line, _renamed(r.data, source.columns, source, i) if isinstance(r.data, dict) else r.data)
+                Record(
+                    r.line,
+                    _renamed(r.data, source.columns, source, i) if isinstance(r.data, dict) else r.data,
+                )
                 for i, r in enumerate(records)
             ]
         return records, problems

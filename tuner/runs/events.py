@@ -60,3 +60,24 @@ def read_events(run_dir: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return events
+
+
+def whole_run(events: list[dict]) -> list[dict]:
+    """A run's events across resumed sessions, as one run.
+
+    Each session starts with a ``preparing`` status; a resumed one then reports the checkpoint step it
+    continues from. What an earlier session logged after that step (redone after a cancel or a
+    crash) is dropped, as are its errors, so the curve has one point per step.
+    """
+    sessions: list[list[dict]] = []
+    for e in events:
+        if not sessions or (e["type"] == "status" and e.get("status") == "preparing"):
+            sessions.append([])
+        sessions[-1].append(e)
+    merged: list[dict] = []
+    for session in sessions:
+        start = next((e.get("step") for e in session if e.get("status") == "running"), None)
+        if start and merged:
+            merged = [e for e in merged if e["type"] != "error" and (e.get("step") or 0) <= start]
+        merged += session
+    return merged

@@ -54,6 +54,8 @@ def training_arguments(config, run_dir: Path, loaded, has_eval: bool):
     import torch
     from transformers import TrainingArguments
 
+    from tuner.train.tracking import tracking_arguments
+
     cuda = torch.cuda.is_available()
     optimizer = config.optimizer
     if optimizer == "auto":
@@ -101,7 +103,7 @@ def training_arguments(config, run_dir: Path, loaded, has_eval: bool):
         logging_first_step=True,
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
-        report_to="none",
+        **tracking_arguments(config, run_dir),  # report_to and the run's name (tuner.train.tracking)
         remove_unused_columns=False,
         # Trainer's token count moves a scalar to the GPU, gathers it and reads it back after every
         # micro-step's backward: a device sync that idles the GPU while the host launches the

@@ -40,6 +40,7 @@ from tuner.models.pissa import initial_adapter, save_as_lora
 from tuner.train import data as train_data
 from tuner.train.args import training_arguments
 from tuner.train.callbacks import EvaluationAnswersCallback, EventCallback, RunControl
+from tuner.train.tracking import tracking_callbacks
 from tuner.train.data import encode_for_training, load_training_samples, training_collator
 from tuner.train.model import build_model
 from tuner.train.trainer import make_trainer_class
@@ -245,7 +246,7 @@ def train(
 
         trainer_cls = make_trainer_class()
         args = training_arguments(config, run_dir, loaded, has_eval=bool(eval_rows))
-        callbacks = [EventCallback(events, control)]
+        callbacks = [EventCallback(events, control), *tracking_callbacks(config, run_dir, main_process)]
         if config.evaluation_inputs:
 
             def generate(m):

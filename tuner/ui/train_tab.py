@@ -15,7 +15,9 @@ from pathlib import Path
 from tuner.config.files import load_config
 from tuner.config.schema import KEYS
 from tuner.core.workspace import workspace_dir
-from tuner.ui.chart import loss_svg, progress_html
+from tuner.runs.events import whole_run
+from tuner.runs.plot import loss_series
+from tuner.ui.chart import loss_chart, progress_html
 from tuner.ui.common import guard, rel, run_choices, ws_path
 from tuner.ui.form import form_config
 from tuner.ui.i18n import tr
@@ -41,10 +43,6 @@ def _fmt_s(seconds) -> str:
 
 def render(events: list[dict], status: str, run_dir: Path | None, lang: str = "en") -> dict:
     """The live view of a run from its events: status, progress, metrics, chart, answers, log."""
-    train = [(e["step"], e["loss"]) for e in events if e["type"] == "log" and e.get("loss") is not None]
-    evals = [
-        (e["step"], e["eval_loss"]) for e in events if e["type"] == "eval" and e.get("eval_loss") is not None
-    ]
     progress_events = [e for e in events if e.get("total_steps")]
     last = progress_events[-1] if progress_events else {}
     step, total = int(last.get("step") or 0), last.get("total_steps")
@@ -72,7 +70,7 @@ def render(events: list[dict], status: str, run_dir: Path | None, lang: str = "e
         "status": "\n\n".join(lines),
         "progress": progress_html(step, total, caption),
         "metrics": metrics,
-        "chart": loss_svg({"train": train, "eval": evals}, empty=tr(lang, "train.no_loss")),
+        "chart": loss_chart(loss_series(events), empty=tr(lang, "train.no_loss")),
         "answers": _answers(events, lang),
         "log": _log_tail(run_dir, events),
     }
@@ -118,27 +116,6 @@ def _log_tail(run_dir: Path | None, events: list[dict]) -> str:
         lines = (Path(run_dir) / "train.log").read_text(encoding="utf-8", errors="replace").splitlines()
         return "\n".join(lines[-LOG_TAIL_LINES:])
     return "\n".join(json.dumps(e, ensure_ascii=False) for e in events[-LOG_TAIL_LINES:])
-
-
-def whole_run(events: list[dict]) -> list[dict]:
-    """A run's events across resumed sessions, as one run.
-
-    Each session starts with a ``preparing`` status; a resumed one then reports the checkpoint step it
-    continues from. What an earlier session logged after that step (redone after a cancel or a
-    crash) is dropped, as are its errors, so the curve has one point per step.
-    """
-    sessions: list[list[dict]] = []
-    for e in events:
-        if not sessions or (e["type"] == "status" and e.get("status") == "preparing"):
-            sessions.append([])
-        sessions[-1].append(e)
-    merged: list[dict] = []
-    for session in sessions:
-        start = next((e.get("step") for e in session if e.get("status") == "running"), None)
-        if start and merged:
-            merged = [e for e in merged if e["type"] != "error" and (e.get("step") or 0) <= start]
-        merged += session
-    return merged
 
 
 def _with_earlier_sessions(events: list[dict], run_dir: Path | None) -> list[dict]:
@@ -205,7 +182,7 @@ def poll(seen: str, lang: str = "en"):
             "status": tr(lang, "train.idle"),
             "progress": progress_html(0, None, ""),
             "metrics": "",
-            "chart": loss_svg({}, empty=tr(lang, "train.no_loss")),
+            "chart": loss_chart({}, empty=tr(lang, "train.no_loss")),
             "answers": "",
             "log": "",
         }
@@ -284,7 +261,7 @@ def build(T, lang_state, form_components: dict):
             c["chart"] = T.make(
                 gr.HTML,
                 "train.chart",
-                value=loss_svg({}, empty=T("train.no_loss")),
+                value=loss_chart({}, empty=T("train.no_loss")),
                 scale=3,
                 elem_id="train-chart",
             )
