@@ -12,6 +12,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from tuner.core.errors import DataError, OutputExistsError, TunerError
+from tuner.core.permissions import replacement_file_mode, share_staged_folder
 
 
 @contextmanager
@@ -30,6 +31,8 @@ def atomic_open(path: str | Path, mode: str = "w", *, force: bool = True, encodi
         encoding = None
     try:
         with os.fdopen(fd, mode, encoding=encoding) as handle:
+            # mkstemp makes 0600; the published file gets the mode open() would give it (the umask's).
+            os.fchmod(fd, replacement_file_mode(path))
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -104,6 +107,7 @@ def staging_folder(out_dir: Path, force: bool = False) -> Iterator[Path]:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
+        share_staged_folder(staging)  # mkdtemp makes 0700; an export is for others to read too
         yield staging
         publish(staging, out_dir)
     except BaseException:

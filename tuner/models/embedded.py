@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from tuner.core.errors import ModelError
+from tuner.core.permissions import share_staged_folder
 from tuner.core.workspace import default_model_dir
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def ensure_default_model(target: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        share_staged_folder(tmp)  # others on the machine may use the converted model (umask decides)
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
         # float32 is the fast dequantization path; we store bf16 to halve the size on disk.
         model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE, dtype=torch.float32)
