@@ -1,72 +1,11 @@
-"""Start the tuner web app: ``python app.py [--host 127.0.0.1] [--port 7860] [--lang en|zh]``.
+"""Start the tuner web app from a checkout: ``python app.py [--host 127.0.0.1] [--port 7860] [--lang en|zh]``.
 
-It listens on 127.0.0.1 only, unless ``--listen`` (all interfaces), which needs ``--auth USER:PASS``
-or an explicit ``--no-auth``: training and file access must not be open to the network by accident.
+The same as ``tuner app`` (tuner/ui/launch.py), which works from any folder once tuner is installed.
 """
 
-from __future__ import annotations
-
-import argparse
-import os
 import sys
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="tuner web app: data, presets, training, export and chat")
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
-    )
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--lang", choices=["en", "zh"], default="en", help="interface language (default en)")
-    p.add_argument(
-        "--listen", action="store_true", help="bind 0.0.0.0 (every interface); needs --auth or --no-auth"
-    )
-    p.add_argument("--auth", metavar="USER:PASS", help="require this login")
-    p.add_argument("--no-auth", action="store_true", help="with --listen: really serve without a login")
-    p.add_argument(
-        "--share", action="store_true", help="a public gradio.live link (off by default; needs --auth)"
-    )
-    return p
-
-
-def launch_options(args: argparse.Namespace) -> dict:
-    """The demo.launch() keywords for parsed ``args``; SystemExit with a message for unsafe combinations.
-
-    >>> launch_options(build_parser().parse_args([]))["server_name"]
-    '127.0.0.1'
-    """
-    auth = None
-    if args.auth:
-        user, sep, password = args.auth.partition(":")
-        if not sep or not user or not password:
-            raise SystemExit("error: --auth must look like USER:PASS")
-        auth = (user, password)
-    exposed = args.listen or args.share or args.host not in ("127.0.0.1", "localhost", "::1")
-    if exposed and auth is None and not args.no_auth:
-        raise SystemExit(
-            "error: --listen/--share/--host expose the app to other machines; add --auth USER:PASS "
-            "(or --no-auth if you really want it open)"
-        )
-    return {
-        "server_name": "0.0.0.0" if args.listen else args.host,
-        "server_port": args.port,
-        "auth": auth,
-        "share": bool(args.share),
-        "inbrowser": False,
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    options = launch_options(args)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from tuner.ui.app import CSS, build_app
-
-    demo = build_app(args.lang)
-    demo.queue(default_concurrency_limit=4)
-    demo.launch(css=CSS, **options)
-    return 0
-
+from tuner.ui.launch import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # verb group not built yet
             raise
         module.register(sub)
+    # The web app's verb: tuner.ui.launch reads its options without importing gradio (only `app` does).
+    from tuner.ui import launch
+
+    launch.register(sub)
     return parser
 
 

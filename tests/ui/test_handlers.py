@@ -380,35 +380,54 @@ def test_stop_without_a_run_is_a_readable_error():
         train_tab.stop("en")
 
 
-# ------------------------------------------------------------------------------------- app.py
+# ------------------------------------------------------------------------------------- launch (app.py, tuner app)
 
 
 def test_app_binds_localhost_by_default_and_refuses_open_listen():
-    import app
+    from tuner.ui.launch import build_parser, launch_options
 
-    parse = app.build_parser().parse_args
-    assert app.launch_options(parse([]))["server_name"] == "127.0.0.1"
+    parse = build_parser().parse_args
+    assert launch_options(parse([]))["server_name"] == "127.0.0.1"
     with pytest.raises(SystemExit, match="--auth"):
-        app.launch_options(parse(["--listen"]))
+        launch_options(parse(["--listen"]))
     with pytest.raises(SystemExit, match="--auth"):
-        app.launch_options(parse(["--share"]))
-    opened = app.launch_options(parse(["--listen", "--auth", "me:secret"]))
+        launch_options(parse(["--share"]))
+    opened = launch_options(parse(["--listen", "--auth", "me:secret"]))
     assert opened["server_name"] == "0.0.0.0" and opened["auth"] == ("me", "secret")
-    assert app.launch_options(parse(["--listen", "--no-auth"]))["auth"] is None
+    assert launch_options(parse(["--listen", "--no-auth"]))["auth"] is None
     with pytest.raises(SystemExit, match="USER:PASS"):
-        app.launch_options(parse(["--listen", "--auth", "nopassword"]))
+        launch_options(parse(["--listen", "--auth", "nopassword"]))
 
 
-def test_listen_without_auth_exits_before_building_anything():
+@pytest.mark.parametrize("command", [["app.py"], ["-m", "tuner", "app"]], ids=["app.py", "tuner app"])
+def test_listen_without_auth_exits_before_building_anything(command):
     import subprocess
     import sys
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
-        [sys.executable, "app.py", "--listen"], cwd=repo, capture_output=True, text=True, timeout=60
+        [sys.executable, *command, "--listen", "--port", "7999"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    assert proc.returncode != 0 and "--auth" in proc.stderr
+    assert proc.returncode != 0 and "--auth USER:PASS" in proc.stderr
+    assert "Running on" not in proc.stdout  # refused before gradio started a server
+
+
+def test_the_cli_offers_the_app_verb_without_importing_gradio():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tuner.__main__ import build_parser; "
+        "args = build_parser().parse_args(['app', '--port', '8001']); "
+        "print(args.port, args.host, 'gradio' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["8001", "127.0.0.1", "False"]
 
 
 def test_chat_takes_the_system_prompt_the_adapter_was_trained_with(workspace):
