@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from tuner.core.errors import TunerError
+from tuner.core.errors import TunerError, storage_error
 
 # Modules under tuner.cli that each define register(subparsers). Order = order in --help.
 VERB_MODULES = ["data", "check", "presets", "estimate", "train", "export", "chat", "serve"]
@@ -55,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except TunerError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        # A full or read-only disk is the user's to fix, whichever library hit it: say so, no traceback.
+        refused = storage_error(exc)
+        if refused is None:
+            raise
+        print(f"error: {refused}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -75,8 +75,15 @@ def test_export_refuses_existing_folder_without_force(tmp_path, run_dir):
     with pytest.raises(OutputExistsError):
         export_adapter(run_dir, out)
     assert (out / "mine.txt").read_text() == "user data"
-    export_adapter(run_dir, out, force=True)
-    assert not (out / "mine.txt").exists() and (out / "adapter_config.json").is_file()
+    # Overwrite replaces only what tuner made: a folder of the user's files is never deleted.
+    with pytest.raises(TunerError, match="holds files tuner did not write"):
+        export_adapter(run_dir, out, force=True)
+    assert (out / "mine.txt").read_text() == "user data"
+    fresh = tmp_path / "fresh"
+    export_adapter(run_dir, fresh)
+    (fresh / "README.md").write_text("edited")
+    export_adapter(run_dir, fresh, force=True)  # an earlier export is replaced whole
+    assert (fresh / "README.md").read_text() != "edited" and (fresh / "adapter_config.json").is_file()
     with pytest.raises(TunerError, match="must not be"):
         export_adapter(run_dir, run_dir / "adapter", force=True)
 

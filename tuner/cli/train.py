@@ -7,6 +7,7 @@ import sys
 
 from tuner.cli.options import add_set_option
 from tuner.config.schema import DEEPSPEED_PRESETS
+from tuner.runs.resume import RESUME_SAFE_KEYS
 
 
 def register(sub) -> None:
@@ -28,7 +29,12 @@ def register(sub) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the latest run of this config from its last complete checkpoint",
+        help=(
+            "continue a run from its last complete checkpoint: the latest run of this config, the run whose "
+            "config.yaml is given, or --run-dir. A run resumes with its own config.yaml; --set may change "
+            f"only {', '.join(RESUME_SAFE_KEYS[:6])} (what is logged, saved and shown). A finished run "
+            "says so and trains no further step"
+        ),
     )
     parser.add_argument("--run-dir", help="with --resume: the run folder to continue (default: the latest)")
     parser.set_defaults(func=run)
@@ -93,19 +99,54 @@ class ProgressPrinter:
             self.bar.close()
 
 
-def run(args) -> int:
+def resume_target(name_or_path: str, run_dir: str | None):
+    """The run folder ``--resume`` continues: ``--run-dir``, the folder of a run's config.yaml, or the
+    latest run of the preset's name."""
     from pathlib import Path
 
+    from tuner.config.files import read_yaml
+    from tuner.config.presets import find_preset
+    from tuner.core.errors import TunerError
+    from tuner.runs.folders import CONFIG_FILE, latest_run
+
+    if run_dir:
+        return Path(run_dir)
+    path = find_preset(name_or_path)
+    if path.name == CONFIG_FILE and (path.parent / "events.jsonl").is_file():
+        return path.parent
+    name = read_yaml(path).get("name") or path.stem
+    found = latest_run(str(name))
+    if found is None:
+        raise TunerError(f"nothing to resume: no run of {name} in work_dirs/{name}; train without --resume")
+    return found
+
+
+def run(args) -> int:
+    import signal
+    from pathlib import Path
+
+    from tuner.runs.resume import RunFinished, resume_overrides
     from tuner.train.run import train
 
-    config = load_train_config(args.config, args.overrides, args.deepspeed)
+    run_dir = None
+    if args.resume:
+        # The run's own config.yaml, not today's preset: the checkpoint belongs to it (tuner.runs.resume).
+        run_dir = resume_target(args.config, args.run_dir)
+        extra = [f"deepspeed={args.deepspeed}"] if args.deepspeed else []
+        config = resume_overrides(run_dir, list(args.overrides) + extra)
+    else:
+        config = load_train_config(args.config, args.overrides, args.deepspeed)
     is_main = int(os.environ.get("RANK", "0")) == 0
     printer = ProgressPrinter(quiet=not is_main)
+    # SIGTERM (a scheduler, systemd, torchrun) ends the run like Ctrl-C: its status says "interrupted".
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        result = train(
-            config, resume=args.resume, run_dir=Path(args.run_dir) if args.run_dir else None, listener=printer
-        )
+        result = train(config, resume=args.resume, run_dir=run_dir, listener=printer)
+    except RunFinished as done:
+        print(done)
+        return 0
     finally:
+        signal.signal(signal.SIGTERM, previous)
         printer.close()
     if is_main:
         loss = f", final train loss {result.train_loss:.4f}" if result.train_loss is not None else ""

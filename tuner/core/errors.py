@@ -6,6 +6,7 @@ message in a toast and a status box. Anything else that escapes is a bug and kee
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -91,3 +92,54 @@ class OutputExistsError(TunerError):
 
 class JobError(TunerError):
     """The background training job was asked to do something it cannot do now."""
+
+
+class StorageError(TunerError):
+    """A write the operating system refused: the disk is full, read-only, or not ours to write."""
+
+
+# errno -> (what happened, what to do). One table, so every writer says the same true thing.
+STORAGE_ERRNOS = {
+    errno.ENOSPC: ("cannot write: the disk is full", "free some space (old work_dirs/ runs, checkpoints) or write elsewhere"),
+    errno.EDQUOT: ("cannot write: the disk quota is used up", "free some space or ask for a larger quota"),
+    errno.EROFS: ("cannot write: the file system is read-only", "write to a folder on a writable disk"),
+    errno.EACCES: ("permission denied", "use a file or folder you own, or fix its permissions"),
+    errno.EPERM: ("operation not permitted", "use a file or folder you own, or fix its permissions"),
+}
+# Libraries that report a failed write as text (safetensors' Rust errors, torch's C++ streams).
+_STORAGE_TEXTS = {
+    "no space left on device": errno.ENOSPC,
+    "os error 28": errno.ENOSPC,
+    "storagefull": errno.ENOSPC,
+    "disk quota exceeded": errno.EDQUOT,
+    "read-only file system": errno.EROFS,
+    "os error 30": errno.EROFS,
+    "readonlyfilesystem": errno.EROFS,
+}
+
+
+def storage_error(exc: BaseException) -> StorageError | None:
+    """The user's words for an exception caused by a refused write, else None.
+
+    Looks through the exception's causes, so a library's wrapper error is understood too.
+
+    >>> str(storage_error(OSError(28, "No space left on device", "out/a.jsonl")))
+    'out/a.jsonl: cannot write: the disk is full; free some space (old work_dirs/ runs, checkpoints) or write elsewhere'
+    """
+    seen = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StorageError):
+            return current
+        code = current.errno if isinstance(current, OSError) else None
+        if code not in STORAGE_ERRNOS:
+            text = str(current).lower().replace(" ", "")
+            code = next((c for t, c in _STORAGE_TEXTS.items() if t.replace(" ", "") in text), None)
+        if code in STORAGE_ERRNOS:
+            what, todo = STORAGE_ERRNOS[code]
+            name = getattr(current, "filename", None) if isinstance(current, OSError) else None
+            where = f"{name}: " if name else ""
+            return StorageError(f"{where}{what}; {todo}")
+        current = current.__cause__ or current.__context__
+    return None

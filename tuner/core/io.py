@@ -20,27 +20,78 @@ def atomic_open(path: str | Path, mode: str = "w", *, force: bool = True, encodi
     """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds.
 
     With ``force=False`` an existing ``path`` raises :class:`OutputExistsError` before anything is
-    written, so the user's file is never touched.
+    written, so the user's file is never touched; and the file is published with a hard link, which
+    fails if another writer created ``path`` meanwhile, so of two concurrent writers one refuses
+    instead of one result being silently lost.
     """
-    path = Path(path)
-    if not force and path.exists():
-        raise OutputExistsError(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with atomic_files([path], mode, force=force, encoding=encoding) as (handle,):
+        yield handle
+
+
+@contextmanager
+def atomic_files(
+    paths: Iterable[str | Path], mode: str = "w", *, force: bool = True, encoding: str | None = "utf-8"
+):
+    """Several files written as one: each is staged beside its target, and none is published until
+    every one is written and on disk. A failure (a full disk, an exception) publishes none of them,
+    so a rerun never finds half of the outputs in its way.
+    """
+    paths = [Path(p) for p in paths]
+    if not force:
+        for path in paths:
+            if path.exists():
+                raise OutputExistsError(path)
     if "b" in mode:
         encoding = None
+    staged: list[tuple[str, Path]] = []
+    handles = []
     try:
-        with os.fdopen(fd, mode, encoding=encoding) as handle:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged.append((tmp, path))
+            handles.append(os.fdopen(fd, mode, encoding=encoding))
             # mkstemp makes 0600; the published file gets the mode open() would give it (the umask's).
             os.fchmod(fd, replacement_file_mode(path))
-            yield handle
+        yield tuple(handles)
+        for handle in handles:
             handle.flush()
             os.fsync(handle.fileno())
+            handle.close()
+        published: list[Path] = []
+        try:
+            for tmp, path in staged:
+                _publish_file(tmp, path, force)
+                published.append(path)
+        except BaseException:
+            if not force:  # the files this call created are its own: take them back
+                for path in published:
+                    with suppress(FileNotFoundError):
+                        path.unlink()
+            raise
+    finally:
+        for handle in handles:
+            with suppress(OSError):
+                handle.close()
+        for tmp, _ in staged:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def _publish_file(tmp: str, path: Path, force: bool) -> None:
+    if force:
         os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        return
+    try:
+        os.link(tmp, path)  # atomic create-if-absent: loses no concurrent writer's file
+    except FileExistsError:
+        raise OutputExistsError(path) from None
+    except OSError:  # a file system without hard links: the check above is all we can do
+        if path.exists():
+            raise OutputExistsError(path) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def write_text_atomic(path: str | Path, text: str, *, force: bool = True) -> Path:
@@ -94,20 +145,39 @@ def check_output(out_dir: Path, force: bool, *protected: Path) -> None:
             raise TunerError(
                 f"{out_dir}: the output must not be (or be inside) the input {path}; choose another folder"
             )
-    if out_dir.exists() and not force and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    _check_replaceable(out_dir, force)
+
+
+# Written into every folder staging_folder publishes: --force replaces only folders tuner made, never
+# a folder of the user's that happens to be named as the output.
+MADE_BY_TUNER = ".made-by-tuner"
+
+
+def _check_replaceable(out_dir: Path, force: bool) -> None:
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    if not force:
         raise OutputExistsError(out_dir, "folder")
+    if not out_dir.is_dir() or not (out_dir / MADE_BY_TUNER).is_file():
+        raise TunerError(
+            f"{out_dir}: holds files tuner did not write, so --force (Overwrite) does not replace it; "
+            "choose a new or empty folder, or move those files away first"
+        )
 
 
 @contextmanager
 def staging_folder(out_dir: Path, force: bool = False) -> Iterator[Path]:
-    """A hidden folder beside ``out_dir``; renamed to ``out_dir`` when the block succeeds, else removed."""
+    """A hidden folder beside ``out_dir``; renamed to ``out_dir`` when the block succeeds, else removed.
+
+    With ``force`` an existing ``out_dir`` is replaced only if an earlier staging_folder made it.
+    """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise OutputExistsError(out_dir, "folder")
+    _check_replaceable(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         share_staged_folder(staging)  # mkdtemp makes 0700; an export is for others to read too
+        (staging / MADE_BY_TUNER).write_text("this folder was written by tuner; --force may replace it\n")
         yield staging
         publish(staging, out_dir)
     except BaseException:

@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 
 from tuner.core.errors import JobError, TunerError
+from tuner.runs import lock as folder_lock
 from tuner.runs.events import EventLog
 from tuner.train.callbacks import RunControl
 
@@ -89,6 +90,8 @@ class TrainingJob:
             log.error("training thread failed:\n%s", traceback.format_exc())
             if not any(e["type"] == "error" for e in self._events.since(0)):
                 self._events.emit("error", status="failed", message=error)
+        finally:
+            folder_lock.release(run_dir)  # start() claimed the folder in prepare_run; train() took its own
         # Under the lock, so that a stop() racing with the end of the run cannot leave "stopping" behind.
         with self._lock:
             self.status, self.error = final, error
@@ -98,6 +101,9 @@ class TrainingJob:
         with self._lock:
             if self.status not in ACTIVE or self._control is None:
                 raise JobError("no training run is active")
+            if self._control.stop_requested:  # Stop and Cancel racing: the first one decides, and says so
+                asked = "stop and save" if self._control.save_on_stop else "cancel without saving"
+                raise JobError(f"the run was already asked to {asked}; it ends after the current step")
             self._control.request_stop(save=save)
             self.status = "stopping"
 

@@ -13,17 +13,20 @@ import os
 import re
 import shutil
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.chat.generate import answer_questions
 from tuner.config.deepspeed import partitions_weights
-from tuner.core.errors import TunerError
+from tuner.core.errors import TunerError, storage_error
 from tuner.core.io import write_text_atomic
 from tuner.core.system import rank as _rank
 from tuner.core.system import world_size as _world_size
 from tuner.core.workspace import resolve_path, work_dirs
+from tuner.runs import lock as folder_lock
 from tuner.runs.events import EVENTS_FILE, EventLog
+from tuner.runs.resume import hold_for_resume
 from tuner.runs.folders import (
     ADAPTER_DIR,
     CONFIG_FILE,
@@ -159,8 +162,12 @@ def prepare_run(config, *, run_dir: Path | None = None, resume: bool = False) ->
     checkpoint = None
     if resume:
         run_dir = Path(run_dir) if run_dir else latest_run(config.name)
+        if run_dir is not None and _rank() == 0:
+            hold_for_resume(run_dir, config)  # the resume contract and the folder's lock (tuner.runs)
         checkpoint = last_checkpoint(run_dir) if run_dir else None
         if checkpoint is None:
+            if run_dir is not None and _rank() == 0:
+                folder_lock.release(run_dir)
             where = run_dir or f"work_dirs/{config.name}"
             raise TunerError(f"nothing to resume: no complete checkpoint in {where}; train without --resume")
         return run_dir, checkpoint
@@ -173,12 +180,17 @@ def prepare_run(config, *, run_dir: Path | None = None, resume: bool = False) ->
         run_dir.mkdir(parents=True, exist_ok=True)
     if _rank() != 0:
         return run_dir, checkpoint
+    folder_lock.hold_new_run(run_dir)  # one training per folder; a folder holding another run is refused
     # The resolved config: training it again reproduces this run (in a new folder).
     resolved = config.to_dict()
     resolved["output_dir"] = None
     from tuner.config.files import config_from_dict
 
-    save_config(config_from_dict(resolved), run_dir / CONFIG_FILE, force=True)
+    try:
+        save_config(config_from_dict(resolved), run_dir / CONFIG_FILE, force=True)
+    except BaseException:
+        folder_lock.release(run_dir)
+        raise
     return run_dir, checkpoint
 
 
@@ -321,6 +333,12 @@ def train(
         events.emit("error", status="failed", message=str(exc))
         raise
     except Exception as exc:
+        refused = storage_error(exc)  # a full or read-only disk: say so, and what to do
+        if refused is not None:
+            with suppress(OSError):  # the status may not fit on a full disk: tuner.runs.status tells then
+                _write_status(run_dir, status="failed", error=str(refused), finished=time.time())
+                events.emit("error", status="failed", message=str(refused))
+            raise refused from exc
         log.exception("training failed")
         _write_status(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
         events.emit(
@@ -329,7 +347,13 @@ def train(
             message=f"{type(exc).__name__}: {exc} (traceback in {run_dir / LOG_FILE})",
         )
         raise
+    except BaseException:  # Ctrl-C, SIGTERM (the CLI turns it into SystemExit): never left "running"
+        with suppress(OSError):
+            _write_status(run_dir, status="interrupted", error="interrupted", finished=time.time())
+        raise
     finally:
+        if main_process:
+            folder_lock.release(run_dir)
         _detach_log_file(handler)
         if trainer is not None:
             trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None

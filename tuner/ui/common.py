@@ -16,7 +16,7 @@ import shutil
 import traceback
 from pathlib import Path
 
-from tuner.core.errors import TunerError
+from tuner.core.errors import TunerError, storage_error
 from tuner.core.workspace import inside_workspace, workspace_dir
 
 log = logging.getLogger("tuner.ui")
@@ -44,6 +44,9 @@ def error_text(exc: BaseException, where: str) -> str:
     """The status-box text for an exception (the traceback goes to the log, never to the page)."""
     if isinstance(exc, TunerError):
         return f"❌ {exc}"
+    refused = storage_error(exc)  # a full or read-only disk: the user's to fix, not a bug
+    if refused is not None:
+        return f"❌ {refused}"
     path = log_exception(where)
     return f"❌ unexpected error: {type(exc).__name__}: {exc}\n(details: {path})"
 
