@@ -39,12 +39,13 @@ def load_training_samples(config) -> tuple[list, list]:
 
 
 def encode_for_training(samples, tokenizer, template, config) -> tuple[list, dict]:
-    """Tokens + labels, packed into rows of ``tokens_per_step`` tokens when packing is on."""
-    from tuner.data.encode import encode_samples
+    """Tokens + labels (through the encode cache, tuner.data.encode_cache), packed into rows of
+    ``tokens_per_step`` tokens when packing is on."""
+    from tuner.data.encode_cache import encode_cached
     from tuner.data.pack import pack_samples, pack_stats
 
-    encoded, stats = encode_samples(samples, tokenizer, template, config.max_length)
-    info = {"encode": stats.as_dict() if hasattr(stats, "as_dict") else dict(vars(stats))}
+    encoded, stats, reused = encode_cached(samples, tokenizer, template, config.max_length)
+    info = {"encode": {**stats.as_dict(), "cached": reused}}
     if not encoded:
         raise DataError(
             "no sample kept a supervised token after truncation",
