@@ -1,20 +1,23 @@
-"""The training benchmark's harness (bench/bench_train.py) on the CPU: the tiny shape, both tools.
+"""The training benchmark's harness (bench/train_speed) on the CPU: the tiny shape, tuner and the plain loop.
 
-The GPU numbers come from running it on the device (bench/README.md); here we check that the driver
-runs each configuration in its own process, that every row carries the keys docs/benchmarks.md reads,
-and the arithmetic of MFU and of the result file.
+The GPU numbers come from running it on the device (bench/README.md); here we check that a suite runs
+each configuration in its own process, that every row carries the keys docs/performance.md reads and
+what makes it again (command, commit, speed settings), and the arithmetic of MFU and of the result file.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+import tarfile
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.train_speed import cli, measure, profile, report, shapes, tools
+from tuner.config.speed import SpeedSettings
+
+REPO = Path(__file__).resolve().parents[2]
 REQUIRED = {
     "model",
     "method",
@@ -34,79 +37,143 @@ REQUIRED = {
     "warmup",
     "precision",
     "optimizer",
+    "lora_dropout",
+    "budget_gib",
+    "argv",
+    "commit",
+    "suite",
     "error",
 }
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_train", REPO / "bench" / "bench_train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_train"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_tiny_both_tools_one_process_each(bench, tmp_path, monkeypatch):
+def test_smoke_suite_runs_both_tools_one_process_each_and_rows_say_how_to_make_them_again(
+    tmp_path, monkeypatch
+):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    out = tmp_path / "results" / "run.json"
-    argv = ["--tiny", "--tool", "tuner,plain", "--seq", "48", "--steps", "2", "--warmup", "1"]
-    argv += ["--out", str(out), "--models-dir", str(tmp_path / "models"), "--tag", "smoke"]
-    assert bench.main(argv) == 0
+    monkeypatch.setenv("TUNER_COMMIT", "0123abc")  # what a checkout without .git records
+    for f in fields(SpeedSettings):
+        monkeypatch.delenv(f.metadata["env"], raising=False)
+    out = tmp_path / "results"
+    assert (
+        cli.main(["--suite", "smoke", "--out-dir", str(out), "--models-dir", str(tmp_path / "models")]) == 0
+    )
 
-    rows = json.loads(out.read_text())
+    [results] = out.glob("*-smoke.json")
+    rows = json.loads(results.read_text())
     assert [r["tool"] for r in rows] == ["tuner", "plain"]
     for row in rows:
         assert not REQUIRED - set(row), REQUIRED - set(row)
         assert row["error"] is None
         assert row["model"] == "tiny" and row["method"] == "lora" and row["seq"] == 48
         assert row["tok_s"] > 0 and row["step_s"] > 0 and row["mfu"] > 0
-        assert row["steps"] == 2 and row["tag"] == "smoke"
+        assert row["steps"] == 2 and row["tag"] == "smoke" and row["lora_dropout"] == 0.1
         assert row["tok_s"] == pytest.approx(48 / row["step_s"], rel=0.01)
-    # the model folder was built by a child of its own, then each configuration ran in a child
-    logs = sorted(p.name for p in (tmp_path / "results" / "run.logs").iterdir())
-    assert logs == ["prepare-tiny.log", "tiny-lora-48-plain.log", "tiny-lora-48-tuner.log"]
+        # the suite step's own command, as typed, and the commit (git's where there is .git)
+        assert row["argv"][:3] == ["python", "-m", "bench.train_speed"] and "--tiny" in row["argv"]
+        assert row["suite"] == "smoke/tiny" and row["commit"]
+    tuner, plain = rows
+    assert tuner["speed_settings"] == SpeedSettings().as_dict() and tuner["plan"]
+    assert "speed_settings" not in plain
+    # the model folder was built by a child of its own, then each configuration ran in a child; the
+    # logs came back packed in one file
+    with tarfile.open(results.with_name(results.stem + ".logs.tgz")) as tar:
+        logs = sorted(Path(name).name for name in tar.getnames() if name.endswith(".log"))
+    assert logs == ["prepare-tiny.log", "tiny-lora-48-plain.log", "tiny-lora-48-tuner.log", "tiny.log"]
     # the model folder is built once and reused; the table renders both rows with the ratio
-    assert (tmp_path / "models" / "tiny" / bench.COMPLETE_MARK).is_file()
-    table = bench.report(rows)
+    assert (tmp_path / "models" / "tiny" / shapes.COMPLETE_MARK).is_file()
+    table = report.report(rows)
     assert "| tiny | lora | 48 | tuner |" in table and "| 1.00 |" in table
 
 
-def test_flops_per_token_matches_the_issue_definition(bench):
-    dims = bench.shape_dims("llama3-8b")
-    n = bench.linear_params(dims)
+def test_a_tool_is_one_function_the_row_times_through_the_step_clock(tmp_path, monkeypatch):
+    # The contract a third tool meets: begin() once loaded, step_end() after each optimizer step,
+    # loss() when it has one; the row does the rest (timing, MFU, memory, provenance).
+    calls = []
+
+    def fake(job):
+        assert job.lora["dropout"] == 0.0 and len(job.rows) == 3 and len(job.rows[0]) == 32
+        job.clock.begin()
+        for _ in job.rows:
+            job.clock.loss(1.5)
+            job.clock.step_end()
+        calls.append(job.spec.label)
+        return {"load_s": 0.0, "precision": "float32", "optimizer": "none"}
+
+    monkeypatch.setitem(tools.TOOLS, "fake", tools.Tool(fake))
+    monkeypatch.setattr(cli, "TOOLS", tools.TOOLS)
+    opts = cli.parse_args(["--tiny", "--seq", "32", "--steps", "2", "--warmup", "1", "--lora-dropout", "0"])
+    opts.models_dir = str(tmp_path / "models")
+    row = measure.measure(measure.Spec("tiny", "lora", 32, "fake"), opts)
+    assert calls == ["tiny-lora-32-fake"] and row["error"] is None
+    assert row["tok_s"] > 0 and row["loss_last"] == 1.5 and row["lora_dropout"] == 0.0
+    assert row["argv"][-1] == "0" and "speed_settings" not in row
+
+
+def test_in_process_rows_leave_a_tool_that_patches_libraries_to_a_child(tmp_path, monkeypatch):
+    ran = {"here": [], "child": []}
+    monkeypatch.setattr(
+        cli, "measure", lambda spec, opts: ran["here"].append(spec.tool) or {"tool": spec.tool}
+    )
+    monkeypatch.setattr(
+        cli, "drive", lambda specs, opts, out: ran["child"].extend(s.tool for s in specs) or []
+    )
+    monkeypatch.setattr(report, "append_rows", lambda path, rows: None)
+    monkeypatch.setattr(report, "report", lambda rows: "")
+    argv = [
+        "--shape",
+        "llama2-7b",
+        "--tool",
+        "unsloth,plain,tuner",
+        "--in-process",
+        "--out",
+        str(tmp_path / "r.json"),
+    ]
+    cli.main(argv)
+    assert ran == {"here": ["plain", "tuner"], "child": ["unsloth"]}
+
+
+def test_flops_per_token_matches_the_issue_definition():
+    dims = shapes.shape_dims("llama3-8b")
+    n = shapes.linear_params(dims)
     # 32 x (q,o 4096x4096; k,v 4096x1024; 3 MLP 4096x14336) + LM head 4096 x 128256
     assert n == 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336) + 4096 * 128256
     seq = 4096
     causal = 6 * 32 * 4096 * (seq + 1)  # 3 x (2 products x 2 FLOPs) x layers x d x S(S+1)/2 / S
-    assert bench.flops_per_token(dims, [seq]) == pytest.approx(4 * n + causal)
+    assert shapes.flops_per_token(dims, [seq]) == pytest.approx(4 * n + causal)
     # NeMo's quoted 12,473 tok/s on an H100 is ~41% of its 989 TFLOP/s datasheet peak by this count
-    assert 12473 * bench.flops_per_token(dims, [seq]) / 989e12 == pytest.approx(0.42, abs=0.01)
+    assert 12473 * shapes.flops_per_token(dims, [seq]) / 989e12 == pytest.approx(0.42, abs=0.01)
     # packing: attention shrinks with the sample length, the 4N part does not
-    packed = bench.flops_per_token(dims, [512] * 8)
-    assert 4 * n < packed < bench.flops_per_token(dims, [seq])
+    packed = shapes.flops_per_token(dims, [512] * 8)
+    assert 4 * n < packed < shapes.flops_per_token(dims, [seq])
 
 
-def test_append_rows_keeps_earlier_rows(bench, tmp_path):
+def test_append_rows_keeps_earlier_rows(tmp_path):
     path = tmp_path / "r.json"
-    bench.append_rows(path, [{"a": 1}])
-    bench.append_rows(path, [{"a": 2}, {"a": 3}])
+    report.append_rows(path, [{"a": 1}])
+    report.append_rows(path, [{"a": 2}, {"a": 3}])
     assert json.loads(path.read_text()) == [{"a": 1}, {"a": 2}, {"a": 3}]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.json.lock"]
 
 
-def test_specs_and_names(bench):
-    opts = bench.parse_args(["--all", "--sample-len", "512"])
-    specs = bench.specs_from(opts)
+def test_specs_and_names():
+    opts = cli.parse_args(["--all", "--sample-len", "512"])
+    specs = cli.specs_from(opts)
     assert len(specs) == 3 * 2 * 3 * 2
     assert {s.sample_len for s in specs if s.tool == "plain"} == {None}
     assert specs[0].label == "llama2-7b-qlora-512-pack512-tuner"
-    assert bench.slug("NVIDIA H200") == "h200"
+    assert measure.slug("NVIDIA H200") == "h200"
+    # variants are tuner's; the peer takes neither them nor packed rows
+    opts = cli.parse_args(["--tool", "unsloth,tuner", "--variant", "a", "--variant", "b:env.TUNER_LIGER=on"])
+    assert [s.label for s in cli.specs_from(opts)] == [
+        "llama2-7b-qlora-512-unsloth",
+        "llama2-7b-qlora-512-tuner-a",
+        "llama2-7b-qlora-512-tuner-b",
+    ]
     with pytest.raises(SystemExit):
-        bench.parse_args(["--shape", "llama9"])
+        cli.parse_args(["--shape", "llama9"])
 
 
-def test_idle_gaps_names_the_waits_and_the_host_work_inside_them(bench):
+def test_idle_gaps_names_the_waits_and_the_host_work_inside_them():
     from types import SimpleNamespace as NS
 
     def event(kind, name, start, end, stack=()):
@@ -122,7 +189,7 @@ def test_idle_gaps_names_the_waits_and_the_host_work_inside_them(bench):
         event("CUDA", "adamw", 3000, 3100),  # 1 ms after flash_bwd
         event("CUDA", "embedding", 3400, 3500),  # 0.3 ms after adamw
     ]
-    text = bench.idle_gaps(events, steps=1)
+    text = profile.idle_gaps(events, steps=1)
     lines = text.splitlines()
     assert lines[0] == "GPU idle gaps >= 200 us: 2.0 per step, 1.3 ms per step"
     assert lines[2] == "1.00 ms idle, after 'flash_bwd', before 'adamw'"
@@ -137,8 +204,7 @@ def test_sync_tracer_counts_synchronizing_ops_by_their_python_call_site(monkeypa
 
     import torch
 
-    sys.path.insert(0, str(REPO / "bench"))
-    from sync_trace import SyncTracer
+    from bench.probes.sync_trace import SyncTracer
 
     modes = []
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
@@ -157,14 +223,14 @@ def test_sync_tracer_counts_synchronizing_ops_by_their_python_call_site(monkeypa
     assert modes == ["warn", "default"]
     [(site, count)] = tracer.sites.items()
     assert count == 4
-    assert site.startswith("tests/test_bench.py:") and " read_back_loss < " in site
+    assert site.startswith("tests/bench/test_bench.py:") and " read_back_loss < " in site
     assert "test_sync_tracer_counts" in site
     assert other[0] == "something else"
     report = tracer.report("row", steps=2)
     assert "2.0 per step" in report and "2.0/step" in report
 
 
-def test_device_memory_is_sampled_only_at_the_warmup_and_window_ends(bench, monkeypatch):
+def test_device_memory_is_sampled_only_at_the_warmup_and_window_ends(monkeypatch):
     # cudaMemGetInfo is a driver call that some drivers take milliseconds for: sampled after every
     # step it would land inside the timed steps. Here: at the warm-up's end (before the clock reads,
     # so not in the first timed step) and at the window's end.
@@ -178,8 +244,8 @@ def test_device_memory_is_sampled_only_at_the_warmup_and_window_ends(bench, monk
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
-    monkeypatch.setattr(bench, "_sync", lambda: None)
-    clock = bench.StepClock(sync_steps={3, 13}, memory_steps={3, 13})
+    monkeypatch.setattr(measure, "_sync", lambda: None)
+    clock = measure.StepClock(sync_steps={3, 13}, memory_steps={3, 13})
     for _ in range(13):
         clock.step_end()
     assert samples == [2, 12]  # taken before the 3rd and the 13th step end were recorded

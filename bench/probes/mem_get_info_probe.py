@@ -1,10 +1,10 @@
 """Does ``torch.cuda.mem_get_info`` (cudaMemGetInfo) wait for the GPU, and how long does it take?
 
-bench_train.py sampled it after every step until 2026-12-01 (session 6). This times it on an idle GPU and
+bench/train_speed sampled it after every step until 2026-12-01 (session 6). This times it on an idle GPU and
 right after queueing ~0.2 s of matmuls: if the second takes about as long as the queued work, the call
 synchronizes, and every per-step sample stalled the step boundary.
 
-    python3 bench/mem_get_info_probe.py
+    python3 bench/probes/mem_get_info_probe.py
 """
 
 from __future__ import annotations

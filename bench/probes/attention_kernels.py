@@ -2,11 +2,11 @@
 sample, or eight 512-token samples packed into one row; 32 query heads of 128, 32 or 8 KV heads).
 
 Why: in a Llama-2 QLoRA 4096 step the flash-attention kernels are ~20% of GPU time (torch.profiler,
-docs/benchmarks.md), and PyTorch ships several: the varlen flash kernel tuner uses (FlashAttention-2),
+bench/history/benchmarks-2026-11.md), and PyTorch ships several: the varlen flash kernel tuner uses (FlashAttention-2),
 SDPA's flash backend (the same kernel, dense), and SDPA's cuDNN backend (written for Hopper). This
 times each that this torch has, to tell whether switching pays before wiring it into training.
 
-    python3 bench/attention_kernels.py [--out results.json]
+    python3 bench/probes/attention_kernels.py [--out results.json]
 """
 
 from __future__ import annotations

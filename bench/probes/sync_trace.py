@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 SYNC_WARNING = "called a synchronizing CUDA operation"
-REPO = str(Path(__file__).resolve().parents[1]) + "/"
+REPO = str(Path(__file__).resolve().parents[2]) + "/"  # the repository root (this file is bench/probes/)
 
 
 def _short(filename: str) -> str:
@@ -36,7 +36,7 @@ def _call_site(stack: list[traceback.FrameSummary], torch_dir: str, depth: int =
 
 class SyncTracer:
     """Counts synchronizing CUDA operations by call site between construction and ``disable()``
-    (the enable/disable interface of cProfile, as bench_train's --profile expects)."""
+    (the enable/disable interface of cProfile, as the train_speed --profile option expects)."""
 
     def __init__(self):
         import torch

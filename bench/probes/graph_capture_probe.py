@@ -4,7 +4,7 @@ samples, each with a fresh LayerGraphs, and print what happened: replays, or the
 a failed capture, plus every synchronizing call PyTorch saw during capture (sync debug mode), and
 whether an eager step with dropout still runs afterwards.
 
-    python3 bench/graph_capture_probe.py [dropout]
+    python3 bench/probes/graph_capture_probe.py [dropout]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: tuner, tests
 
 from tests.gpu.common import gpu_config, packed_cuda_batch, write_gpu_data  # noqa: E402
 from tests.tiny import SMALL_GPU_SIZES, save_tiny_model  # noqa: E402
