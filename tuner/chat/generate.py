@@ -1,9 +1,12 @@
-"""Generation plumbing for a chat answer: sampling settings, the transformers GenerationConfig, and
-the streamer and stopping criterion that connect ``model.generate`` (run in a worker thread) to the
-consuming thread.
+"""Generation: the streaming plumbing of a chat answer, and ``greedy_answers``, tuner's one greedy path.
 
-``tuner.chat.ChatSession._generate`` drives these; ``GenerationSettings`` is re-exported by
-``tuner.chat``, so ``from tuner.chat import GenerationSettings`` keeps working.
+Streaming: sampling settings, the transformers GenerationConfig, and the streamer and stopping
+criterion that connect ``model.generate`` (run in a worker thread) to the consuming thread;
+``tuner.chat.session.ChatSession._generate`` drives these.
+
+Greedy: ``greedy_answers`` answers a list of single-turn prompts (evaluation answers while training,
+general answers for identity data, the merged-model check). It and the chat session stop at the same
+tokens, ``tuner.chat.text.stop_token_ids``.
 """
 
 from __future__ import annotations
@@ -131,56 +134,37 @@ def _trim_unfinished(text: str) -> str:
 def model_answerer(
     model_dir: str | Path | None = None, *, max_new_tokens: int = 256, batch_size: int = 8
 ) -> Answerer:
-    """A callable that answers questions greedily with a local model (default: the embedded one)."""
+    """A callable that answers questions greedily with a local model (default: the embedded one),
+    rendered with the model's own chat template under the neutral GENERATION_SYSTEM prompt."""
 
     def answer(questions: list[str]) -> list[str]:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
+        from tuner.chat.text import resolve_chat_template
         from tuner.models.embedded import ensure_default_model
+        from tuner.models.load import load_tokenizer, release
 
         folder = Path(model_dir) if model_dir else ensure_default_model()
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer = load_tokenizer(str(folder))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
-        model.eval()
-        eos = model.generation_config.eos_token_id
-        stop_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-        answers = []
-        for start in range(0, len(questions), batch_size):
-            batch = questions[start : start + batch_size]
-            prompts = [
-                tokenizer.apply_chat_template(
-                    [{"role": "system", "content": GENERATION_SYSTEM}, {"role": "user", "content": q}],
-                    add_generation_prompt=True,
-                    tokenize=False,
-                )
-                for q in batch
-            ]
-            inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-                device
+        try:
+            answers = greedy_answers(
+                model,
+                tokenizer,
+                resolve_chat_template(tokenizer),
+                questions,
+                system=GENERATION_SYSTEM,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
             )
-            with torch.no_grad():
-                output = model.generate(
-                    **inputs,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            for row in output[:, inputs["input_ids"].shape[1] :]:
-                finished = bool(stop_ids & set(row.tolist()))
-                text = tokenizer.decode(row, skip_special_tokens=True).strip()
-                answers.append(text if finished else _trim_unfinished(text))
-            log.info("answered %d of %d general questions", len(answers), len(questions))
-        return answers
+        finally:
+            release(model)
+        return [a.text if a.finished else _trim_unfinished(a.text) for a in answers]
 
     return answer
-
-
 
 
 def embedded_answerer() -> Answerer:
@@ -198,37 +182,79 @@ def embedded_answerer() -> Answerer:
     return answer
 
 
-def answer_questions(model, tokenizer, template, questions, system, max_new_tokens) -> list[dict]:
-    """Greedy answers to ``questions`` rendered with the training template (used while training)."""
-    import torch
+@dataclass(frozen=True)
+class Answer:
+    """One greedy answer: the prompt it answers, its text (special tokens dropped, stripped), the
+    stop token it ended on (None when it ran out of ``max_new_tokens``) and its length in tokens."""
 
-    eot_ids = {tokenizer.eos_token_id}
-    eot = tokenizer.convert_tokens_to_ids(template.end_of_turn) if template.end_of_turn else None
-    if isinstance(eot, int) and eot != tokenizer.unk_token_id:
-        eot_ids.add(eot)
-    eot_ids.discard(None)
+    prompt: str
+    text: str
+    stop_id: int | None
+    new_tokens: int
+
+    @property
+    def finished(self) -> bool:
+        """Whether the answer ended on a stop token rather than at the token limit."""
+        return self.stop_id is not None
+
+
+def greedy_answers(
+    model,
+    tokenizer,
+    template,
+    prompts: list[str],
+    *,
+    system: str | None = None,
+    max_new_tokens: int,
+    batch_size: int = 1,
+) -> list[Answer]:
+    """Greedy answers to ``prompts``, each a fresh single-turn conversation rendered with
+    ``template`` (after ``system`` when given). The one greedy path of tuner: evaluation answers
+    while training, general answers for identity data, the merged-model check and the identity check.
+
+    Generation stops at ``tuner.chat.text.stop_token_ids`` (the chat session stops at the same ids).
+    Batches are left-padded with the tokenizer's pad token (tuner.models.load.load_tokenizer sets
+    one) and masked, so an answer does not depend on ``batch_size``. The model is put in eval mode
+    for the call and back in training mode afterwards when it was training.
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    from tuner.chat.text import stop_token_ids
+    from tuner.models.load import with_pad_token
+
+    stops = stop_token_ids(tokenizer, template)
+    pad_id = with_pad_token(tokenizer).pad_token_id
+    # An explicit config, so that sampling settings saved with the model never leak into "greedy".
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=pad_id
+    )
+    head = [{"role": "system", "content": system}] if system else []
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     answers = []
-    device = next(model.parameters()).device
     try:
-        for question in questions:
-            messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": question}
+        for start in range(0, len(prompts), max(1, batch_size)):
+            batch = prompts[start : start + max(1, batch_size)]
+            encoded = [
+                tokenizer(
+                    template.render([*head, {"role": "user", "content": p}], add_generation_prompt=True),
+                    add_special_tokens=False,
+                )["input_ids"]
+                for p in batch
             ]
-            prompt = template.render(messages, add_generation_prompt=True)
-            ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(device)
-            with torch.no_grad():
-                out = model.generate(
-                    **ids,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    eos_token_id=sorted(eot_ids),
-                    pad_token_id=tokenizer.pad_token_id,
-                    use_cache=True,
-                )
-            text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-            answers.append({"prompt": question, "answer": text.strip()})
+            width = max(len(ids) for ids in encoded)
+            input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded], device=device)
+            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
+            with torch.inference_mode():
+                out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+            for prompt, row in zip(batch, out[:, width:].tolist(), strict=True):
+                # A row that stopped early is filled up with padding: cut it at its first stop token.
+                end = next((i for i, token in enumerate(row) if token in stops), None)
+                tokens = row if end is None else row[:end]
+                text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                answers.append(Answer(prompt, text, None if end is None else row[end], len(tokens)))
     finally:
         if was_training:
             model.train()

@@ -39,7 +39,7 @@ def saved_setting(adapter_dir: Path | None, key: str) -> str | None:
 
 def chat_tokenizer(model_name: str, adapter_dir: Path | None, trust_remote_code: bool):
     """The adapter's saved tokenizer (it carries the training chat template) or the base model's."""
-    from tuner.models.load import load_tokenizer
+    from tuner.models.load import load_tokenizer, with_pad_token
 
     if adapter_dir is not None and any((adapter_dir / f).is_file() for f in TOKENIZER_FILES):
         from transformers import AutoTokenizer
@@ -51,9 +51,7 @@ def chat_tokenizer(model_name: str, adapter_dir: Path | None, trust_remote_code:
                 "could not load the tokenizer saved with the adapter (%s); using the base model's", exc
             )
         else:
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-            return tokenizer
+            return with_pad_token(tokenizer)
     return load_tokenizer(model_name, trust_remote_code=trust_remote_code)
 
 

@@ -231,11 +231,3 @@ class PaddingCollator:
             labels.append(list(sample["labels"]) + [IGNORE] * pad)
             mask.append([1] * len(sample["input_ids"]) + [0] * pad)
         return {"input_ids": _tensor(ids), "labels": _tensor(labels), "attention_mask": _tensor(mask)}
-
-
-def pad_token_id(tokenizer) -> int:
-    """The id to pad with: the tokenizer's pad token, else its EOS, else 0 (masked out anyway)."""
-    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if token_id is not None:
-            return token_id
-    return 0

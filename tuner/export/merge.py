@@ -186,30 +186,22 @@ def merge_adapter(
 
 
 def verify_merged(folder: Path, chat_template, *, prompt: str, max_new_tokens: int) -> tuple[str, bool]:
-    """Reload a saved model with plain transformers, answer ``prompt`` greedily.
+    """Reload a saved model with plain transformers, answer ``prompt`` greedily (tuner.chat.generate).
 
-    Returns (reply without special tokens, whether the last generated token is the end-of-turn token).
+    Returns (reply without special tokens, whether the answer ended on the end-of-turn token).
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    from tuner.chat.generate import greedy_answers
     from tuner.chat.text import single_token_id
-    from tuner.models.load import release
+    from tuner.models.load import load_tokenizer, release
 
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer = load_tokenizer(str(folder))
     model = AutoModelForCausalLM.from_pretrained(str(folder))
-    model.eval()
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-    )
-    inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt")
-    with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    new = out[0, inputs["input_ids"].shape[1] :].tolist()
+    try:
+        [answer] = greedy_answers(model, tokenizer, chat_template, [prompt], max_new_tokens=max_new_tokens)
+    finally:
+        release(model)
     eot = single_token_id(tokenizer, chat_template.end_of_turn)
-    ended = bool(new) and (
-        new[-1] == eot if eot is not None else new[-1] in model.generation_config.eos_token_id
-    )
-    reply = tokenizer.decode(new, skip_special_tokens=True).strip()
-    release(model)
-    return reply, ended
+    ended = answer.stop_id == eot if eot is not None else answer.finished
+    return answer.text, ended

@@ -55,9 +55,18 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False):
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise _wrap_load_error(name, exc) from exc
+    return with_pad_token(tokenizer)
+
+
+def with_pad_token(tokenizer):
+    """The one pad-token rule: a tokenizer without a pad token pads with its eos token, else its
+    unk token, else the token of id 0.
+
+    Harmless for training (padding is masked out of the loss by label -100) and for generation
+    (padding is masked out by the attention mask). Every tokenizer tuner loads goes through here.
+    """
     if tokenizer.pad_token is None:
-        # Padding is masked out of the loss by label -100, so reusing eos is harmless.
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token or tokenizer.convert_ids_to_tokens(0)
     return tokenizer
 
 

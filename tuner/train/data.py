@@ -66,7 +66,7 @@ def make_collator(tokenizer, packed: bool, attention: str = "sdpa", pad_to: int 
     from tuner.data.pack import PackedCollator, PaddingCollator
     from tuner.fast.attention import NAME as VARLEN
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = tokenizer.pad_token_id  # set by tuner.models.load.load_tokenizer, the one pad-token rule
     if not packed:
         return PaddingCollator(pad_token_id=pad_id)
     return PackedCollator(

@@ -17,7 +17,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuner.chat.generate import answer_questions
+from tuner.chat.generate import greedy_answers
 from tuner.config.deepspeed import partitions_weights
 from tuner.core.errors import TunerError, storage_error
 from tuner.core.io import write_text_atomic
@@ -262,14 +262,15 @@ def train(
         if config.evaluation_inputs:
 
             def generate(m):
-                return answer_questions(
+                answers = greedy_answers(
                     m,
                     tokenizer,
                     template,
                     config.evaluation_inputs,
-                    config.system,
-                    config.evaluation_max_new_tokens,
+                    system=config.system,
+                    max_new_tokens=config.evaluation_max_new_tokens,
                 )
+                return [{"prompt": a.prompt, "answer": a.text} for a in answers]
 
             callbacks.append(
                 EvaluationAnswersCallback(
