@@ -12,7 +12,7 @@ device-to-host copy finish before the GPU memory it reads is reused, and the hos
 finish before the recomputation reads it, so the host never waits for them (the GPU does, for the
 copies: 32 MiB per layer at 4096 tokens of a 7B model, about a millisecond each way over PCIe).
 
-Measured (docs/benchmarks.md, H200): Llama-2-7B QLoRA at 4096 tokens peaks at 5.90 GiB instead of
+Measured (bench/history/benchmarks-2026-11.md, session 3, H200): Llama-2-7B QLoRA at 4096 tokens peaks at 5.90 GiB instead of
 6.22 and steps no slower. The saving is less than the inputs' 1 GiB: without them the peak moves to
 the end of the backward pass, where the fp32 LoRA gradients and one recomputed layer are alive.
 

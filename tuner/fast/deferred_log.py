@@ -5,9 +5,9 @@ waits for the step's backward and optimizer to finish on the GPU, and the GPU th
 host does the step boundary's Python work (callbacks, logging, the next batch) before it launches
 the next forward. A ``PendingLog`` instead starts an asynchronous copy into pinned host memory; the
 values are read at the next step's logging point, by which time the GPU has long passed the copy.
-Together with non-blocking batch copies (TUNER_ASYNC_BATCH_COPY, the step boundary's other syncs)
-this measured +4% at 4096 tokens on an H200; either alone changed nothing (docs/benchmarks.md,
-session 6).
+Together with non-blocking batch copies (the step boundary's other syncs; both are the lean_steps
+speed setting) this measured +4% at 4096 tokens on an H200; either alone changed nothing
+(bench/history/benchmarks-2026-11.md, session 6).
 """
 
 from __future__ import annotations
