@@ -59,28 +59,39 @@ def load_train_config(name_or_path: str, overrides: list[str], deepspeed: str | 
 
 
 class ProgressPrinter:
-    """Renders training events as a tqdm bar plus readable lines (loss, samples, checkpoints)."""
+    """Renders training events for a terminal: a line for each phase before training (tokenizer, data,
+    model), then a tqdm bar that starts at step 0 and moves on every step, with the latest loss, lr and
+    tokens/s beside it; evaluation answers and checkpoints as lines above it.
 
-    def __init__(self, quiet: bool):
+    The bar exists from the first step on, so tqdm's clock measures the steps themselves: its rate is
+    steps over the time they took (the first step includes the "before" evaluation answers).
+    """
+
+    def __init__(self, quiet: bool, file=None):
         self.quiet = quiet
+        self.file = file or sys.stderr
         self.bar = None
 
     def __call__(self, event: dict) -> None:
         if self.quiet:
             return
-        from tqdm import tqdm
-
         kind = event["type"]
-        if kind in ("log", "eval") and event.get("total_steps"):
+        if kind == "status" and event.get("status") == "running" and event.get("total_steps"):
+            self._open(event)
+        elif kind in ("step", "log", "eval") and event.get("total_steps"):
             if self.bar is None:
-                self.bar = tqdm(total=event["total_steps"], unit="step", dynamic_ncols=True, file=sys.stderr)
-            self.bar.n = event.get("step", 0)
-            post = {}
-            for key in ("loss", "eval_loss", "lr", "tokens_per_s", "gpu_mem_gib"):
-                if event.get(key) is not None:
-                    post[key] = f"{event[key]:.4g}" if isinstance(event[key], float) else event[key]
-            self.bar.set_postfix(post, refresh=False)
-            self.bar.refresh()
+                self._open(event)
+            if kind != "step":
+                post = {}
+                for key in ("loss", "eval_loss", "lr", "tokens_per_s", "gpu_mem_gib"):
+                    if event.get(key) is not None:
+                        post[key] = f"{event[key]:.4g}" if isinstance(event[key], float) else event[key]
+                self.bar.set_postfix(post, refresh=False)
+            moved = event.get("step", 0) - self.bar.n
+            if moved > 0:
+                self.bar.update(moved)  # update(), not n=: tqdm's rate follows the steps as they come
+            else:
+                self.bar.refresh()
         elif kind == "sample":
             self._write(f"[step {event.get('step')}] evaluation answers:")
             for item in event.get("samples", []):
@@ -88,11 +99,20 @@ class ProgressPrinter:
         elif kind in ("status", "checkpoint", "error") and event.get("message") or kind == "checkpoint":
             self._write(f"{kind}: {event.get('message') or event.get('path')}")
 
+    def _open(self, event: dict) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            start = event.get("step") or 0  # a resumed run starts at its checkpoint's step
+            self.bar = tqdm(
+                total=event["total_steps"], initial=start, unit="step", dynamic_ncols=True, file=self.file
+            )
+
     def _write(self, text: str) -> None:
         if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
+            self.bar.write(text, file=self.file)
         else:
-            print(text, file=sys.stderr)
+            print(text, file=self.file, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -39,6 +39,12 @@ class EventLog:
             self.listener(event)
         return event
 
+    def notify(self, kind: str, **fields) -> None:
+        """Hand a passing event (a step tick) to the listener only: not kept, not written to the file.
+        The CLI's bar moves on every step without one line per step in events.jsonl."""
+        if self.listener:
+            self.listener({"type": kind, "time": round(time.time(), 3), **fields})
+
     def since(self, index: int = 0) -> list[dict]:
         with self._lock:
             return list(self._events[index:])

@@ -56,6 +56,9 @@ class EventCallback(TrainerCallback):
             control.should_save = self.run_control.save_on_stop
 
     def on_step_end(self, args, state, control, **kwargs):
+        # A tick for progress bars on every step (log lines come only every logging_steps): reads no
+        # device value, so it costs the step nothing.
+        self.events.notify("step", step=state.global_step, total_steps=state.max_steps)
         self._honour_stop(control)
 
     def on_log(self, args, state, control, logs=None, **kwargs):

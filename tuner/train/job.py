@@ -42,6 +42,8 @@ class TrainingJob:
     # The Trainer callback reports events from the training thread; we mirror them in memory so
     # that a reloaded page can replay the whole run.
     def _listen(self, event: dict) -> None:
+        if event["type"] == "step":
+            return  # per-step ticks are for the CLI's bar; the app polls the logged steps
         self._events.emit(event["type"], **{k: v for k, v in event.items() if k not in ("type", "time")})
         if event.get("run_dir") and self.run_dir is None:
             self.run_dir = Path(event["run_dir"])

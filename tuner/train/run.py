@@ -218,9 +218,12 @@ def train(
     try:
         events.emit("status", status="preparing", message=f"run folder {run_dir}", run_dir=str(run_dir))
         set_seed(config.seed)
+        events.emit("status", status="loading", message=f"loading the tokenizer of {config.model}")
         tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
         template = resolve_template(tokenizer, config.template)
         train_samples, eval_samples = load_training_samples(config)
+        counted = f"{len(train_samples)} training" + (f" and {len(eval_samples)} eval" if eval_samples else "")
+        events.emit("status", status="loading", message=f"encoding {counted} samples")
         train_rows, info = encode_for_training(train_samples, tokenizer, template, config)
         eval_rows = []
         if eval_samples:
@@ -234,6 +237,7 @@ def train(
         )
         events.emit("status", status="loading", message=f"template {template.name}; data {json.dumps(info)}")
 
+        events.emit("status", status="loading", message=f"loading the model {config.model}")
         model, loaded = build_model(config)
         problem = packing_problem(model, tokenizer, loaded, config) if config.pack_to_max_length else None
         if problem:
