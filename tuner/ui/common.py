@@ -23,6 +23,15 @@ log = logging.getLogger("tuner.ui")
 
 UPLOADS = "uploads"
 DATA_SUFFIXES = (".xlsx", ".xls", ".csv", ".json", ".jsonl", ".txt")
+# An upload larger than this is refused by Gradio before it is stored (launch's max_file_size) and by
+# save_upload: a remote user must not fill the disk, and data sets for one GPU are far smaller.
+MAX_UPLOAD_BYTES = 2 * 1024**3
+# Where the Data tab never writes: run folders, models, logs. Its outputs are data files (.jsonl,
+# .json), and an existing .json is never replaced (a model's config.json or tokenizer.json is one).
+NOT_DATA_FOLDERS = ("work_dirs", "models", "logs", ".git")
+DATA_OUTPUT_SUFFIXES = (".jsonl", ".json")
+# Files that mark a folder as a model, adapter or run folder rather than a data folder.
+MODEL_OR_RUN_FILES = ("config.json", "adapter_config.json", "config.yaml", "status.json", "model.safetensors")
 
 
 def log_path() -> Path:
@@ -95,6 +104,43 @@ def ws_path(text: str | Path | None, what: str = "path", must_exist: bool = True
     return path
 
 
+def data_output(text: str | Path | None, what: str = "output") -> Path:
+    """A file the Data tab may write: inside the workspace, a data file (.jsonl or a new .json), and
+    not in a run, model or log folder, so that Overwrite can never replace a user's code, a model's
+    config.json or a run's config.yaml."""
+    path = ws_path(text, what, must_exist=False)
+    inside = path.relative_to(workspace_dir()).parts
+    if path.suffix.lower() not in DATA_OUTPUT_SUFFIXES:
+        raise TunerError(f"{text}: {what} must be a .jsonl file (data), e.g. data/{path.stem}.jsonl")
+    in_other_folder = bool(inside) and inside[0] in NOT_DATA_FOLDERS
+    if in_other_folder or any((path.parent / name).exists() for name in MODEL_OR_RUN_FILES):
+        raise TunerError(
+            f"{text}: that folder holds runs, models or logs, not data; write under data/ instead, "
+            f"e.g. data/{path.name}"
+        )
+    if path.suffix.lower() == ".json" and path.exists():
+        raise TunerError(f"{text}: an existing .json file is never replaced from here; choose a .jsonl name")
+    if path.exists() and not path.is_file():
+        raise TunerError(f"{text}: a folder of that name exists; choose a file name")
+    return path
+
+
+def confine_config(config):
+    """The Train tab's config with every path it names checked to stay inside the workspace: data and
+    eval data, the model folder, a DeepSpeed .json and output_dir. Behind ``--listen --auth`` a remote
+    user must not read data, load code or write a run folder elsewhere (TunerError otherwise)."""
+    from tuner.config.schema import DEEPSPEED_PRESETS
+
+    for key in ("data_path", "eval_data_path", "output_dir"):
+        value = getattr(config, key)
+        if value:
+            ws_path(value, key, must_exist=False)
+    model_ref(config.model)
+    if config.deepspeed and config.deepspeed not in DEEPSPEED_PRESETS:
+        ws_path(config.deepspeed, "deepspeed", must_exist=False)
+    return config
+
+
 def rel(path: str | Path) -> str:
     """A path as the user should see it: relative to the workspace when inside it."""
     path = Path(path)
@@ -112,6 +158,12 @@ def save_upload(tmp_file: str | Path) -> Path:
     src = Path(tmp_file)
     if src.suffix.lower() not in DATA_SUFFIXES:
         raise TunerError(f"{src.name}: unsupported file type; use one of {', '.join(DATA_SUFFIXES)}")
+    size = src.stat().st_size
+    if size > MAX_UPLOAD_BYTES:
+        raise TunerError(
+            f"{src.name}: {size / 2**20:,.0f} MiB is more than the {MAX_UPLOAD_BYTES / 2**20:,.0f} MiB an upload "
+            "may be; copy the file into the workspace folder and pick it from the list instead"
+        )
     folder = workspace_dir() / UPLOADS
     folder.mkdir(parents=True, exist_ok=True)
     digest = _digest(src)
@@ -126,7 +178,11 @@ def save_upload(tmp_file: str | Path) -> Path:
 
 
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:  # in blocks: an upload is never held whole in memory
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def workspace_files(suffixes=DATA_SUFFIXES, limit: int = 500, depth: int = 4) -> list[str]:

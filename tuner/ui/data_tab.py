@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tuner.core.errors import TunerError
 from tuner.data.identity import DEFAULT_MIX_GENERAL
-from tuner.ui.common import guard, rel, save_upload, workspace_files, ws_path
+from tuner.ui.common import data_output, guard, rel, save_upload, workspace_files, ws_path
 from tuner.ui.i18n import tr
 
 NO_COLUMN = "(none)"
@@ -114,7 +114,7 @@ def convert_file(path, sheet, question, answer, system_column, system, out, over
     from tuner.data.convert import convert_table
 
     source = ws_path(path, "file")
-    target = ws_path(out, "output", must_exist=False)
+    target = data_output(out)
     result = convert_table(
         source,
         target,
@@ -132,7 +132,11 @@ def split(path, test_ratio, seed, overwrite, lang: str = "en"):
     """Random train/test split; returns (status, train path, test path)."""
     from tuner.data.split import split_file
 
-    result = split_file(ws_path(path, "file"), float(test_ratio), int(seed or 0), force=bool(overwrite))
+    source = ws_path(path, "file")
+    # the parts are written beside the input: the same rules as any output of this tab
+    data_output(source.with_name(f"{source.stem}-train.jsonl"), "train part")
+    data_output(source.with_name(f"{source.stem}-test.jsonl"), "test part")
+    result = split_file(source, float(test_ratio), int(seed or 0), force=bool(overwrite))
     return "✅ " + result.summary(), rel(result.train_path), rel(result.test_path)
 
 
@@ -179,7 +183,7 @@ def build_identity(name, persona, languages, mix_general, out, overwrite, lang: 
     from tuner.data.formats import load_samples
     from tuner.data.identity import make_identity
 
-    target = ws_path(out, "output", must_exist=False)
+    target = data_output(out)
     result = make_identity(
         target,
         name,
@@ -278,7 +282,7 @@ def build(T, lang_state, status_default=""):
                 )
             with gr.Row():
                 c["id_out"] = T.make(gr.Textbox, "data.id_out", value="data/identity.jsonl", scale=3)
-                c["id_overwrite"] = T.make(gr.Checkbox, "data.overwrite", value=True, scale=1)
+                c["id_overwrite"] = T.make(gr.Checkbox, "data.overwrite", value=False, scale=1)
                 c["id_build"] = T.value(gr.Button, "data.id_build", variant="primary", scale=1)
             c["id_preview"] = T.make(
                 gr.Dataframe, "data.id_preview", interactive=False, wrap=True, max_height=260

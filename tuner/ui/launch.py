@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from tuner.ui.common import MAX_UPLOAD_BYTES
+
 DESCRIPTION = (
     "tuner web app: data, presets, training, export and chat. The folder it is started in is the "
     "workspace (data, runs and models live there)."
@@ -69,6 +71,7 @@ def launch_options(args: argparse.Namespace) -> dict:
         "auth": auth,
         "share": bool(args.share),
         "inbrowser": False,
+        "max_file_size": MAX_UPLOAD_BYTES,  # larger uploads are refused before they are stored
     }
 
 

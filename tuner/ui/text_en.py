@@ -165,6 +165,7 @@ STRINGS = {
     "train.status.stopped": "Stopped and saved",
     "train.status.cancelled": "Cancelled",
     "train.status.failed": "Failed",
+    "train.status.interrupted": "Interrupted (the training process ended without finishing)",
     "train.status.unknown": "Unknown",
     "train.status.preparing": "Preparing",
     "train.status.loading": "Loading",

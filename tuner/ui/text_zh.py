@@ -158,6 +158,7 @@ STRINGS = {
     "train.status.stopped": "已停止并保存",
     "train.status.cancelled": "已取消",
     "train.status.failed": "失败",
+    "train.status.interrupted": "已中断（训练进程未正常结束）",
     "train.status.unknown": "未知",
     "train.status.preparing": "准备中",
     "train.status.loading": "加载中",

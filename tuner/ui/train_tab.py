@@ -18,7 +18,7 @@ from tuner.core.workspace import workspace_dir
 from tuner.runs.events import whole_run
 from tuner.runs.plot import loss_series
 from tuner.ui.chart import loss_chart, progress_html
-from tuner.ui.common import guard, rel, run_choices, ws_path
+from tuner.ui.common import confine_config, guard, rel, run_choices, ws_path
 from tuner.ui.form import form_config
 from tuner.ui.i18n import tr
 
@@ -141,7 +141,7 @@ def _job():
 def start(*values_and_lang):
     """Start training the form's settings in the background; returns the status text."""
     *values, lang = values_and_lang
-    config = form_config(values, check_files=True)
+    config = confine_config(form_config(values, check_files=True))
     run_dir = _job().start(config)
     return tr(lang, "train.started", run=rel(run_dir))
 
@@ -158,13 +158,18 @@ def cancel(lang: str = "en"):
 
 def resume(run: str | None, *values_and_lang):
     """Continue the run picked in the history (or the latest run of the form's name) from its last checkpoint."""
+    from tuner.runs.resume import RunFinished
+
     *values, lang = values_and_lang
-    if run:
-        run_dir = ws_path(run, "run")
-        config = load_config(run_dir / "config.yaml")
-        started = _job().start(config, resume=True, run_dir=run_dir)
-    else:
-        started = _job().start(form_config(values, check_files=True), resume=True)
+    try:
+        if run:
+            run_dir = ws_path(run, "run")
+            config = confine_config(load_config(run_dir / "config.yaml"))
+            started = _job().start(config, resume=True, run_dir=run_dir)
+        else:
+            started = _job().start(confine_config(form_config(values, check_files=True)), resume=True)
+    except RunFinished as done:  # a fact, not a failure: nothing is left to train
+        return "✅ " + _short_paths(str(done))
     return tr(lang, "train.resumed", run=rel(started))
 
 
@@ -206,13 +211,13 @@ def show_run(run: str, lang: str = "en"):
     """A past run: its chart, status, config, outputs and evaluation answers."""
     from tuner.runs.events import read_events
     from tuner.runs.folders import checkpoints
+    from tuner.runs.status import read_status
 
     if not run:  # the picker was emptied (e.g. at page load): nothing to show, nothing wrong
         return "", "", "", "", ""
     run_dir = ws_path(run, "run")
     events = whole_run(read_events(run_dir))
-    status_file = run_dir / "status.json"
-    info = json.loads(status_file.read_text(encoding="utf-8")) if status_file.is_file() else {}
+    info = read_status(run_dir)  # a killed run says "interrupted", never "running" forever
     status = info.get("status") or (events[-1].get("status") if events else "unknown")
     view = render(events, status, run_dir, lang)
     config_text = (
