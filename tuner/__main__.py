@@ -11,7 +11,7 @@ import sys
 from tuner.core.errors import TunerError, storage_error
 
 # Modules under tuner.cli that each define register(subparsers). Order = order in --help.
-VERB_MODULES = ["data", "check", "presets", "estimate", "train", "export", "chat", "serve"]
+VERB_MODULES = ["data", "check", "presets", "estimate", "train", "export", "evaluate", "chat", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
