@@ -244,10 +244,13 @@ def paged_adamw(params) -> tuple[Any, str]:
     return torch.optim.AdamW(params, lr=LR, weight_decay=0.0), "adamw_torch"
 
 
-def train_loop(job: Job, model, params, optimizer, dtype) -> int:
-    """The hand-written loop both peers run: autocast, backward (scaled for fp16), clip 1.0, step,
-    ``loss.item()`` each step. Returns the steps fp16's grad scaler skipped."""
+def train_by_hand(job: Job, model, dtype, load_s: float) -> dict:
+    """The hand-written loop both peers run, with the baseline's optimizer: autocast, backward (scaled
+    for fp16), clip 1.0, step, ``loss.item()`` each step. Returns the row keys every tool reports."""
     import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer, optimizer_name = paged_adamw(params)
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -274,7 +277,17 @@ def train_loop(job: Job, model, params, optimizer, dtype) -> int:
         optimizer.zero_grad(set_to_none=True)
         job.clock.loss(loss.item())
         job.clock.step_end()
-    return int(skipped) if scaler is not None else None
+    result = dict(
+        load_s=load_s,
+        precision=str(dtype).replace("torch.", ""),
+        optimizer=optimizer_name,
+        attention=getattr(model.config, "_attn_implementation", None),
+        trainable_params=sum(p.numel() for p in params),
+    )
+    if scaler is not None:
+        result["amp_skipped_steps"] = int(skipped)
+    del optimizer, params
+    return result
 
 
 def run_plain(job: Job) -> dict:
@@ -323,22 +336,9 @@ def run_plain(job: Job) -> dict:
         ),
     )
     model.train()
-    load_s = time.perf_counter() - started
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer, optimizer_name = paged_adamw(params)
-    skipped = train_loop(job, model, params, optimizer, dtype)
-    result = dict(
-        load_s=load_s,
-        precision=str(dtype).replace("torch.", ""),
-        optimizer=optimizer_name,
-        attention=getattr(model.config, "_attn_implementation", None),
-        trainable_params=sum(p.numel() for p in params),
-        checkpointing=checkpointing_mode(model),
-        checkpointed_layers=checkpointed_layers(model),
-    )
-    if skipped is not None:
-        result["amp_skipped_steps"] = skipped
-    del model, optimizer, params
+    result = train_by_hand(job, model, dtype, time.perf_counter() - started)
+    result.update(checkpointing=checkpointing_mode(model), checkpointed_layers=checkpointed_layers(model))
+    del model
     return result
 
 
@@ -379,33 +379,11 @@ def run_unsloth(job: Job) -> dict:
     )
     FastLanguageModel.for_training(model)
     model.config.use_cache = False
-    load_s = time.perf_counter() - started
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # Unsloth's dtype=None
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer, optimizer_name = paged_adamw(params)
-    skipped = train_loop(job, model, params, optimizer, dtype)
-    result = dict(
-        load_s=load_s,
-        precision=str(dtype).replace("torch.", ""),
-        optimizer=optimizer_name,
-        attention=getattr(model.config, "_attn_implementation", None),
-        trainable_params=sum(p.numel() for p in params),
-        checkpointing="unsloth",
-        unsloth=_version("unsloth"),
-    )
-    if skipped is not None:
-        result["amp_skipped_steps"] = skipped
-    del model, optimizer, params
+    result = train_by_hand(job, model, dtype, time.perf_counter() - started)
+    result["checkpointing"] = "unsloth"  # its version is in every row (measure.versions)
+    del model
     return result
-
-
-def _version(name: str) -> str | None:
-    import importlib.metadata as md
-
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return None
 
 
 TOOLS: dict[str, Tool] = {
