@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.core.errors import ModelError, TunerError
+from tuner.export.gguf import GGUF_NAME, adds_bos, check_type, write_gguf
 from tuner.export.modelfile import ollama_modelfile
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class MergeResult:
     eos_token_ids: list[int]
     reply: str | None = None  # the verification reply, None when verification was skipped
     ended_on_end_of_turn: bool | None = None
+    gguf: str | None = None  # the GGUF file's name in out_dir, when one was written
 
 
 _SHARD_RE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)$", re.IGNORECASE)
@@ -98,6 +100,7 @@ def merge_adapter(
     verify_prompt: str = VERIFY_PROMPT,
     verify_max_new_tokens: int = 128,
     trust_remote_code: bool = False,
+    gguf: str | None = None,
 ) -> MergeResult:
     """Merge a LoRA adapter into an unquantized base model and save it as a standalone model.
 
@@ -105,7 +108,9 @@ def merge_adapter(
     (merging into 4-bit weights would round the adapter away). The output holds sharded
     safetensors, the tokenizer with the chat template, a generation config whose eos ids include the
     template's end-of-turn token, and an Ollama ``Modelfile``. With ``verify`` the saved folder is
-    reloaded and answers one question; the reply must end on the end-of-turn token.
+    reloaded and answers one question; the reply must end on the end-of-turn token. With ``gguf``
+    (f16, bf16, f32 or q8_0) the folder also gets ``model.gguf`` (tuner.export.gguf), which the
+    Modelfile names.
 
     Raises:
         ModelError: non-finite merged weights, an adapter that does not fit the base, or a reply
@@ -119,6 +124,8 @@ def merge_adapter(
     from tuner.models.load import release, resolve_model_path
     from tuner.runs.adapters import locate_adapter
 
+    if gguf:
+        check_type(gguf)
     found = locate_adapter(adapter)
     out_dir = Path(out_dir)
     base_path = resolve_model_path(base)
@@ -166,11 +173,14 @@ def merge_adapter(
         model.save_pretrained(str(staging), max_shard_size=shard)
         tokenizer.save_pretrained(str(staging))
         (staging / MODELFILE).write_text(
-            ollama_modelfile(chat_template, bos_token=tokenizer.bos_token), encoding="utf-8"
+            ollama_modelfile(chat_template, bos_token=tokenizer.bos_token if adds_bos(tokenizer) else None),
+            encoding="utf-8",
         )
         release(model)
         model = None
         result = MergeResult(out_dir, dtype_name, chat_template.name, eos_ids)
+        if gguf:
+            result.gguf = write_gguf(staging, staging / GGUF_NAME, kind=gguf, template=chat_template).path.name
         if verify:
             result.reply, result.ended_on_end_of_turn = verify_merged(
                 staging, chat_template, prompt=verify_prompt, max_new_tokens=verify_max_new_tokens

@@ -93,8 +93,10 @@ def ollama_template(gaps: dict[str, str]) -> str:
 def ollama_modelfile(chat_template, gguf_name: str = "model.gguf", bos_token: str | None = None) -> str:
     """An Ollama Modelfile: the chat template in Go-template form and the stop words.
 
-    A leading ``bos_token`` is left out of the template: llama.cpp adds BOS itself from the GGUF
-    metadata, and a second one in the prompt text would double it.
+    ``bos_token``: give it only when the tokenizer adds BOS by itself (``tuner.export.gguf.adds_bos``;
+    the GGUF then says so and llama.cpp adds it too): a leading BOS is then left out of the template,
+    or it would be doubled. Tokenizers whose BOS text is also the template's first marker (SmolLM2:
+    ``<|im_start|>``) but that add none must keep it, or the prompt loses its first ``<|im_start|>``.
     """
     gaps = template_gaps(chat_template.render)
     if gaps and bos_token:
@@ -102,9 +104,8 @@ def ollama_modelfile(chat_template, gguf_name: str = "model.gguf", bos_token: st
             gaps[key] = gaps[key].removeprefix(bos_token)
     stops = [w for w in dict.fromkeys([chat_template.end_of_turn, *(chat_template.stop_words or [])]) if w]
     lines = [
-        "# Ollama Modelfile written by tuner merge.",
-        "# Convert this folder to GGUF first, e.g. with llama.cpp:",
-        f"#   python convert_hf_to_gguf.py . --outfile {gguf_name}",
+        "# Ollama Modelfile written by tuner.",
+        f"# {gguf_name} comes from `tuner merge --gguf f16` or `tuner export-gguf <this folder> {gguf_name}`;",
         "# then: ollama create my-model -f Modelfile",
         f"FROM ./{gguf_name}",
         "",
