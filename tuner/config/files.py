@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import difflib
 import math
 import types
 import typing
@@ -46,12 +47,78 @@ def _coerce(key: str, value: Any) -> Any:
     return value
 
 
+# Key names users bring from Hugging Face's TrainingArguments, PEFT and LLaMA-Factory -> tuner's key.
+FOREIGN_KEYS = {
+    "learning_rate": "lr",
+    "num_train_epochs": "max_epochs",
+    "num_epochs": "max_epochs",
+    "epochs": "max_epochs",
+    "per_device_train_batch_size": "batch_size",
+    "micro_batch_size": "batch_size",
+    "gradient_accumulation_steps": "accumulative_counts",
+    "lora_rank": "lora_r",
+    "r": "lora_r",
+    "lora_target": "lora_targets",
+    "target_modules": "lora_targets",
+    "cutoff_len": "max_length",
+    "max_seq_length": "max_length",
+    "model_name_or_path": "model",
+    "dataset": "data_path",
+    "train_file": "data_path",
+    "eval_dataset": "eval_data_path",
+    "val_size": "test_split",
+    "lr_scheduler_type": "lr_scheduler",
+    "max_grad_norm": "max_norm",
+    "optim": "optimizer",
+    "eval_steps": "eval_freq",
+    "packing": "pack_to_max_length",
+    "finetuning_type": "method",
+    "stage": "task",
+    "system_prompt": "system",
+    "quantization_bit": "quantization",
+    "load_in_4bit": "quantization",
+    "bf16": "precision",
+    "fp16": "precision",
+}
+
+
+def unknown_key_hint(key: str) -> str:
+    """The "did you mean" for an unknown key: tuner's name for a Hugging Face / LLaMA-Factory key,
+    or the closest key (of either vocabulary) to a misspelling.
+
+    >>> unknown_key_hint("lerning_rate")
+    "; did you mean 'lr' (tuner's name for learning_rate)?"
+    """
+    foreign = FOREIGN_KEYS.get(key)
+    if foreign is None:
+        close = difflib.get_close_matches(key, [*KEYS, *FOREIGN_KEYS], n=1, cutoff=0.75)
+        if close and close[0] in FOREIGN_KEYS:
+            key, foreign = close[0], FOREIGN_KEYS[close[0]]
+    if foreign is not None:
+        return f"; did you mean '{foreign}' (tuner's name for {key})?"
+    return suggest(key, KEYS) or "; see docs/ARCHITECTURE.md for the keys"
+
+
 def _unknown_key_problems(data: dict) -> list[str]:
     problems = []
     for key in data:
         if key not in FIELDS:
-            hint = suggest(str(key), KEYS) or "; see docs/ARCHITECTURE.md for the keys"
-            problems.append(f"{key}: unknown key{hint}")
+            problems.append(f"{key}: unknown key{unknown_key_hint(str(key))}")
+    return problems
+
+
+def _not_finite_problems(data: dict) -> list[str]:
+    """Numbers that overflow (``lr: 1e999``) or are nan: said as such, not as "got str"."""
+    problems = []
+    for key, value in data.items():
+        if key not in FIELDS or not _accepts(HINTS[key], float) or isinstance(value, bool):
+            continue
+        try:
+            number = float(value) if isinstance(value, (str, int, float)) else None
+        except (ValueError, OverflowError):
+            continue
+        if number is not None and not math.isfinite(number):
+            problems.append(f"{key}: {value} is not a finite number; use a plain value such as 2e-4")
     return problems
 
 
@@ -78,6 +145,10 @@ def config_from_dict(
     if not isinstance(data, dict):
         raise ConfigError([f"expected a mapping of key: value, got {describe_value(data)}"], source)
     problems = _unknown_key_problems(data)
+    not_finite = _not_finite_problems(data)
+    if not_finite:  # reported once, here, not again by validate() as a wrong type
+        problems += not_finite
+        data = {k: v for k, v in data.items() if not any(p.startswith(f"{k}: ") for p in not_finite)}
     known = {key: _coerce(key, value) for key, value in data.items() if key in FIELDS}
     if known.get("method") == "qlora" and known.get("quantization") == "none":
         problems.append("quantization: method qlora needs quantization 4bit (use method lora for none)")
@@ -120,14 +191,43 @@ _SECTIONS = {
 }
 
 
+# A config is a few kilobytes of plain values. These bounds stop a crafted file (a YAML "billion laughs":
+# ten lines of nested aliases that expand to billions of values) before anything walks it.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 100_000
+
+
+def _too_big(data: Any, limit: int = MAX_CONFIG_VALUES) -> bool:
+    """Whether ``data`` holds more than ``limit`` values once its aliases are expanded; stops counting
+    at the limit, so a bomb costs ``limit`` steps, not its expansion."""
+    count, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
+
+
 def read_yaml(path: str | Path) -> dict:
     """The mapping in a YAML file, read with the safe loader; an empty file is ``{}``.
 
     Raises:
-        ConfigError: missing file, invalid YAML, a code tag such as ``!!python/object``, not a mapping.
+        ConfigError: missing file, invalid YAML, a code tag such as ``!!python/object``, not a mapping,
+            a file over 1 MiB or one that expands (through aliases) to over 100,000 values.
     """
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                [f"{path.stat().st_size:,} bytes is too large for a config (at most {MAX_CONFIG_BYTES:,})"],
+                str(path),
+            )
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(["no such file"], str(path)) from None
@@ -148,6 +248,11 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError([f"{where}invalid YAML: {problem}"], str(path)) from None
     if data is None:
         return {}
+    if _too_big(data):
+        raise ConfigError(
+            [f"expands to more than {MAX_CONFIG_VALUES:,} values (nested aliases?); a config is plain values"],
+            str(path),
+        )
     if not isinstance(data, dict):
         raise ConfigError([f"expected a mapping of key: value, got {describe_value(data)}"], str(path))
     return data
@@ -157,6 +262,8 @@ def _parse_override(key: str, text: str) -> Any:
     """Parse ``text`` as YAML so that numbers, bools, null and lists work; str fields keep raw text."""
     try:
         value = yaml.safe_load(text)
+        if _too_big(value):
+            raise ConfigError([f"--set {key}: the value expands to more than {MAX_CONFIG_VALUES:,} values"])
     except yaml.YAMLError:
         # YAML refuses `[Who are you?, Hi]` (a '?' in a flow list); split such a list on commas.
         if text.startswith("[") and text.endswith("]"):
@@ -197,6 +304,9 @@ def apply_overrides(config_or_dict: TrainConfig | dict, overrides: list[str]) ->
         key = key.strip()
         if not sep or not key:
             problems.append(f"--set {item!r}: expected key=value, e.g. lr=1e-4")
+            continue
+        if key in changed:  # the last one silently winning hides a typo in a long command line
+            problems.append(f"--set {key} given more than once; give each key once")
             continue
         # An unknown key is kept: config_from_dict reports it (with a did-you-mean) among the rest.
         changed[key] = _parse_override(key, text.strip())
