@@ -241,6 +241,8 @@ def measure(spec: Spec, opts) -> dict:
     import torch
 
     models_dir = Path(opts.models_dir)
+    overrides = dict(opts.variants).get(spec.variant) if spec.variant else None
+    env = (overrides or {}).get("env", {})  # a variant's variables, set while the tool runs
     row = {
         "model": spec.shape,
         "method": spec.method,
@@ -265,8 +267,8 @@ def measure(spec: Spec, opts) -> dict:
         "host": platform.node(),
         "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         "lora_dropout": opts.lora_dropout,
-        # the memory the row was held to (TUNER_GPU_MEMORY_GIB; a tuner row reads it from its settings)
-        "budget_gib": _budget_gib(os.environ.get("TUNER_GPU_MEMORY_GIB")),
+        # the memory the row is held to (tuner holds itself to it; the peers' rows only record it)
+        "budget_gib": _budget_gib({**os.environ, **env}.get("TUNER_GPU_MEMORY_GIB")),
         **provenance(opts),
         "error": None,
     }
@@ -304,12 +306,8 @@ def measure(spec: Spec, opts) -> dict:
             row["liger"] = apply_liger(spec.shape)
         dims = shape_dims(spec.shape, vocab_of(model_dir))
         rows = token_rows(spec, dims["vocab_size"], opts.warmup + opts.steps)
-        overrides = dict(opts.variants).get(spec.variant) if spec.variant else None
         lora = {**LORA, "dropout": opts.lora_dropout}
-        with (
-            tempfile.TemporaryDirectory(prefix="bench-run-") as work,
-            environment((overrides or {}).get("env", {})),
-        ):
+        with tempfile.TemporaryDirectory(prefix="bench-run-") as work, environment(env):
             job = Job(spec, model_dir, rows, clock, Path(work), lora, plain_precision=opts.plain_precision)
             if overrides:
                 job.overrides = overrides

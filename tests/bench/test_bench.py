@@ -8,6 +8,7 @@ what makes it again (command, commit, speed settings), and the arithmetic of MFU
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 from dataclasses import fields
 from pathlib import Path
@@ -92,6 +93,7 @@ def test_a_tool_is_one_function_the_row_times_through_the_step_clock(tmp_path, m
 
     def fake(job):
         assert job.lora["dropout"] == 0.0 and len(job.rows) == 3 and len(job.rows[0]) == 32
+        assert os.environ["TUNER_GPU_MEMORY_GIB"] == "8"  # the variant's variables, while it runs
         job.clock.begin()
         for _ in job.rows:
             job.clock.loss(1.5)
@@ -101,11 +103,24 @@ def test_a_tool_is_one_function_the_row_times_through_the_step_clock(tmp_path, m
 
     monkeypatch.setitem(tools.TOOLS, "fake", tools.Tool(fake))
     monkeypatch.setattr(cli, "TOOLS", tools.TOOLS)
-    opts = cli.parse_args(["--tiny", "--seq", "32", "--steps", "2", "--warmup", "1", "--lora-dropout", "0"])
+    monkeypatch.delenv("TUNER_GPU_MEMORY_GIB", raising=False)
+    argv = [
+        "--tiny",
+        "--seq",
+        "32",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--variant",
+        "cap8:env.TUNER_GPU_MEMORY_GIB=8",
+    ]
+    opts = cli.parse_args([*argv, "--lora-dropout", "0"])
     opts.models_dir = str(tmp_path / "models")
-    row = measure.measure(measure.Spec("tiny", "lora", 32, "fake"), opts)
-    assert calls == ["tiny-lora-32-fake"] and row["error"] is None
+    row = measure.measure(measure.Spec("tiny", "lora", 32, "fake", variant="cap8"), opts)
+    assert calls == ["tiny-lora-32-fake-cap8"] and row["error"] is None
     assert row["tok_s"] > 0 and row["loss_last"] == 1.5 and row["lora_dropout"] == 0.0
+    assert row["budget_gib"] == 8.0 and "TUNER_GPU_MEMORY_GIB" not in os.environ
     assert row["argv"][-1] == "0" and "speed_settings" not in row
 
 
