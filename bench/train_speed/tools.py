@@ -363,8 +363,9 @@ def run_unsloth(job: Job) -> dict:
         max_seq_length=spec.seq,
         dtype=None,
         load_in_4bit=spec.method == "qlora",
+        load_in_16bit=spec.method == "lora",
         full_finetuning=False,
-        local_files_only=True,
+        use_gradient_checkpointing="unsloth",
     )
     model = FastLanguageModel.get_peft_model(
         model,
@@ -377,7 +378,9 @@ def run_unsloth(job: Job) -> dict:
         random_state=0,
         max_seq_length=spec.seq,
     )
-    FastLanguageModel.for_training(model)
+    # train mode as the plain loop (and a Trainer) set it; not for_training(), which rewrites every
+    # module's gradient_checkpointing flag with its own argument
+    model.train()
     model.config.use_cache = False
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # Unsloth's dtype=None
     result = train_by_hand(job, model, dtype, time.perf_counter() - started)
