@@ -22,13 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for name in VERB_MODULES:
-        try:
-            module = importlib.import_module(f"tuner.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"tuner.cli.{name}":
-                continue  # verb group not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"tuner.cli.{name}").register(sub)
     # The web app's verb: tuner.ui.launch reads its options without importing gradio (only `app` does).
     from tuner.ui import launch
 

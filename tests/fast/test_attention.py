@@ -12,7 +12,7 @@ from tuner.fast.attention import (
     boundaries_from_position_ids,
     register,
     unavailable_reason,
-    use_for_training,
+    use_varlen_attention,
 )
 
 
@@ -83,22 +83,22 @@ def test_not_used_without_a_gpu(tiny_tokenizer):
     model = build_model("llama", tiny_tokenizer)
     model.set_attn_implementation("sdpa")
     assert unavailable_reason() == "no CUDA GPU"
-    assert use_for_training(model) == (False, "no CUDA GPU")
+    assert use_varlen_attention(model) == (False, "no CUDA GPU")
     assert model.config._attn_implementation == "sdpa"
 
 
-def test_cudnn_for_one_sample_needs_the_switch_and_a_gpu(monkeypatch):
+def test_cudnn_for_one_sample_needs_to_be_asked_for_and_a_gpu():
     from tuner.fast import attention
 
-    monkeypatch.setenv("TUNER_CUDNN_ATTENTION", "off")
+    attention.register(cudnn_one_sample=False)
     assert attention.cudnn_for_one_sample() is False
-    monkeypatch.setenv("TUNER_CUDNN_ATTENTION", "on")
+    attention.register(cudnn_one_sample=True)  # the default again, for the tests after this one
     assert attention.cudnn_for_one_sample() is False  # no CUDA here: the varlen path is not taken either
 
 
 def test_unpadded_rows_skip_transformers_packed_sample_scan_when_switched_on(monkeypatch):
     # The scan reads a GPU tensor on the host (a sync per forward); tuner_varlen's mask builder returns
-    # no mask for unpadded rows whatever it finds, so with TUNER_SKIP_PACKED_SCAN=on it is skipped.
+    # no mask for unpadded rows whatever it finds, so where registered with skip_packed_scan it is skipped.
     # Padded rows (an attention mask), generation (a cache) and other attentions keep transformers' path.
     from transformers import LlamaConfig, masking_utils
 
@@ -115,8 +115,8 @@ def test_unpadded_rows_skip_transformers_packed_sample_scan_when_switched_on(mon
     def causal_mask(attention_mask=None, cache=None):
         return masking_utils.create_causal_mask(config, embeds, attention_mask, cache, position_ids=positions)
 
-    for value, scanned in {"off": 1, "on": 0}.items():
-        monkeypatch.setenv("TUNER_SKIP_PACKED_SCAN", value)
+    for value, scanned in {False: 1, True: 0}.items():  # True, the default, stays registered after
+        register(skip_packed_scan=value)
         scans.clear()
         assert causal_mask() is None
         assert len(scans) == scanned, value

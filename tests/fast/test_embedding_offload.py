@@ -55,7 +55,7 @@ def test_a_lora_model_trains_the_same_with_the_table_in_host_memory(tiny_tokeniz
     results = []
     for move in (False, True):
         model = add_lora(
-            _model(tiny_tokenizer), r=4, alpha=8, dropout=0.0, gradient_checkpointing=True, reentrant=True
+            _model(tiny_tokenizer), r=4, alpha=8, dropout=0.0, gradient_checkpointing=True
         )
         model.train()
         with torch.no_grad():
@@ -67,7 +67,7 @@ def test_a_lora_model_trains_the_same_with_the_table_in_host_memory(tiny_tokeniz
             size = offload_embedding(model)
             embedding = model.get_base_model().get_input_embeddings()
             assert isinstance(embedding, HostEmbedding) and size == embedding.weight.numel() * 4
-            assert embedding(ids).requires_grad  # the hook reentrant checkpointing needs is back
+            assert embedding(ids).requires_grad  # the input-gradient hook checkpointing relies on is back
         results.append(loss_and_grads(model))
     (loss, grads), (moved_loss, moved_grads) = results
     assert grads and grads.keys() == moved_grads.keys()
@@ -84,8 +84,7 @@ def test_asked_for_on_a_cpu_the_embedding_stays_and_the_run_builds(
     from tests.tiny import make_config, write_data
     from tuner.train.model import build_model
 
-    monkeypatch.setenv("TUNER_EMBEDDING_ON_CPU", "on")
-    config = make_config(tiny_llama_dir, write_data(workspace / "d.jsonl"), name="emb")
+    config = make_config(tiny_llama_dir, write_data(workspace / "d.jsonl"), name="emb", embedding_on_cpu="on")
     with caplog.at_level(logging.INFO, logger="tuner.train.model"):
         model, loaded = build_model(config)
     assert type(model.get_base_model().get_input_embeddings()) is nn.Embedding
@@ -126,7 +125,6 @@ def test_a_training_run_hands_every_forward_its_host_ids(workspace, tiny_llama_d
     from tuner.train.run import train
 
     monkeypatch.setattr(offload, "why_not_offloadable", lambda model: None)
-    monkeypatch.setenv("TUNER_EMBEDDING_ON_CPU", "on")
     handed = []
     forward = HostEmbedding.forward
 
@@ -135,7 +133,9 @@ def test_a_training_run_hands_every_forward_its_host_ids(workspace, tiny_llama_d
         return forward(self, input_ids)
 
     monkeypatch.setattr(HostEmbedding, "forward", spy)
-    config = make_config(tiny_llama_dir, write_data(workspace / "d.jsonl"), name="emb", max_steps=3)
+    config = make_config(
+        tiny_llama_dir, write_data(workspace / "d.jsonl"), name="emb", max_steps=3, embedding_on_cpu="on"
+    )
     result = train(config)
     assert result.status == "completed"
     assert len(handed) >= 3 and all(handed)

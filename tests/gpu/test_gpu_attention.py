@@ -101,7 +101,7 @@ def test_training_picks_varlen_without_flash_attn(small_llama_dir, workspace):
 
 @pytest.mark.parametrize("kv_heads", [16, 4])
 def test_a_one_sample_row_runs_cudnn_and_equals_the_varlen_kernel(kv_heads, monkeypatch):
-    # TUNER_CUDNN_ATTENTION=on (default): a row that is one sample runs SDPA's cuDNN kernel (seen in
+    # register(cudnn_one_sample=True) (the default): a row that is one sample runs SDPA's cuDNN kernel (seen in
     # the profiler's kernel names) and gives the varlen flash kernel's loss and gradients.
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -120,7 +120,7 @@ def test_a_one_sample_row_runs_cudnn_and_equals_the_varlen_kernel(kv_heads, monk
         batch = _packed_batch(len(tokenizer), [length], "cuda")
         results, kernels = {}, {}
         for mode in ("off", "on"):
-            monkeypatch.setenv("TUNER_CUDNN_ATTENTION", mode)
+            attention.register(cudnn_one_sample=mode == "on")
             assert attention.cudnn_for_one_sample() is (mode == "on")
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 results[mode] = _loss_and_grads(model, batch)

@@ -286,14 +286,3 @@ def test_the_dropout_grad_kernel_is_bit_identical_to_addcmul(dtype):
             f"addcmul vs rounded-product {(rounded != expected).sum().item()}, vs fused {(fused != expected).sum().item()}"
         )
         assert torch.equal(actual, expected)
-
-
-def test_drawn_lora_dropout_trains_a_bf16_layer_with_the_mask_it_draws(monkeypatch):
-    # TUNER_LORA_DROPOUT_KERNEL=on, compiled Triton on the GPU: the same check as on the CPU's
-    # interpreter (tests/lora_dropout_checks.py), in bf16 (relative error <= 1% of the largest value)
-    import torch
-
-    from tests.lora_dropout_checks import a_fused_lora_linear_trains_through_the_kernels
-
-    monkeypatch.setenv("TUNER_LORA_DROPOUT_KERNEL", "on")
-    a_fused_lora_linear_trains_through_the_kernels("cuda", torch.bfloat16, tolerance=1e-2)

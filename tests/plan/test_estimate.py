@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tuner.config.speed import SpeedSettings
 from tuner.core.system import Hardware
 from tuner.models.shape import shape_from_config
 from tuner.plan.estimate import estimate
@@ -73,6 +74,8 @@ def measured_rows(files=None):
                 and not row.get("error")
                 and not row.get("invalid")
                 and row.get("device_used_gib")
+                # drawn dropout was measured slower and deleted: its rows count a path that is gone
+                and (row.get("switches") or {}).get("TUNER_LORA_DROPOUT_KERNEL", "off") == "off"
             ):
                 rows.append(row)
     return rows
@@ -105,20 +108,20 @@ def _estimate(row):
     layers = row.get("checkpointed_layers", shape.layers if config["gradient_checkpointing"] else 0)
     offload = bool(row.get("offloaded_layers"))
     graphs = switches.get("TUNER_CUDA_GRAPHS") == "on"  # rows before the switch: no graphs
-    with pytest.MonkeyPatch.context() as patch:  # the estimate reads this switch itself
-        patch.setenv("TUNER_LORA_DROPOUT_KERNEL", switches.get("TUNER_LORA_DROPOUT_KERNEL", "off"))
-        patch.setenv("TUNER_LOSS_CHUNKS", switches.get("TUNER_LOSS_CHUNKS", "liger"))  # rows before: liger
-        return estimate(
-            config,
-            shape,
-            H100,
-            liger=liger,
-            upcast=upcast,
-            checkpointed_layers=layers,
-            offload=offload,
-            graphs=graphs,
-            embedding_on_cpu=bool(row.get("embedding_on_cpu")),  # rows before the switch: on the GPU
-        )
+    # rows before wide loss chunks: Liger's own chunks
+    settings = SpeedSettings(liger="wide" if switches.get("TUNER_LOSS_CHUNKS") == "wide" else "on")
+    return estimate(
+        config,
+        shape,
+        H100,
+        settings=settings,
+        liger=liger,
+        upcast=upcast,
+        checkpointed_layers=layers,
+        offload=offload,
+        graphs=graphs,
+        embedding_on_cpu=bool(row.get("embedding_on_cpu")),  # rows before the switch: on the GPU
+    )
 
 
 def _label(row):
@@ -145,13 +148,17 @@ def _qlora_4096(**overrides):
     return {"method": "qlora", "max_length": 4096, "lora_r": 64, "gradient_checkpointing": True, **overrides}
 
 
-def test_checkpointing_only_the_layers_memory_needs(monkeypatch):
-    from tuner.plan.estimate import AUTO_CHECKPOINT_FRACTION, checkpoint_plan
+def test_checkpointing_only_the_layers_memory_needs():
+    from tuner.plan.decide import plan_run
+    from tuner.plan.memory import AUTO_CHECKPOINT_FRACTION
 
-    monkeypatch.delenv("TUNER_CHECKPOINT_LAYERS", raising=False)
     shape = shape_from_config(LLAMA2_7B)
     budgets = (6, 8, 12, 16, 24, 79.2)
-    plans = {gib: checkpoint_plan(_qlora_4096(), shape, H100, gib, liger=True) for gib in budgets}
+    planned = {
+        gib: plan_run(_qlora_4096(), SpeedSettings(), H100, shape, budget_gib=gib, liger=True, processes=1)
+        for gib in budgets
+    }
+    plans = {gib: (plan.checkpointed_layers, plan.offload_checkpoints) for gib, plan in planned.items()}
     chosen = {gib: count for gib, (count, _) in plans.items()}
     # A big card recomputes nothing, a 24 GB one part of the layers, a 12 GB one every layer, and
     # smaller ones every layer with the inputs in host memory.
@@ -178,25 +185,6 @@ def test_checkpointing_only_the_layers_memory_needs(monkeypatch):
     assert offloaded.offloaded and not every.offloaded
     # The estimate shown to the user picks the same plan for the device's memory.
     assert estimate(_qlora_4096(), shape, H100, liger=True).checkpointed_layers == chosen[79.2]
-
-
-def test_checkpointing_every_layer_when_asked_or_not_decidable(monkeypatch):
-    from tuner.plan.estimate import checkpoint_plan
-
-    shape = shape_from_config(LLAMA2_7B)
-    cpu = Hardware(device="cpu", name="CPU", memory_gib=64, cpu_count=2)
-    assert checkpoint_plan(_qlora_4096(gradient_checkpointing=False), shape, H100, 4) == (0, False)
-    # no CUDA, DeepSpeed, several processes: the free memory cannot be planned against
-    assert checkpoint_plan(_qlora_4096(method="lora"), shape, cpu, 4) == (32, False)
-    assert checkpoint_plan(_qlora_4096(deepspeed="zero2"), shape, H100, 79.2) == (32, False)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert checkpoint_plan(_qlora_4096(), shape, H100, 79.2) == (32, False)
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    monkeypatch.setenv("TUNER_CHECKPOINT_LAYERS", "all")
-    assert checkpoint_plan(_qlora_4096(), shape, H100, 79.2) == (32, False)
-    monkeypatch.setenv("TUNER_CHECKPOINT_LAYERS", "offload")
-    assert checkpoint_plan(_qlora_4096(), shape, H100, 79.2) == (32, True)
-    assert checkpoint_plan(_qlora_4096(method="lora"), shape, cpu, 64) == (32, False)  # host memory already
 
 
 # tuner's defaults of 2026-12-01 (fused LoRA, fused AdamW, checkpointing what memory needs), one H200.
@@ -232,9 +220,7 @@ def test_estimate_within_25_percent_of_measured_step_time(row):
     assert abs(got - measured) / measured <= 0.25, (got, measured)
 
 
-def test_cuda_graphs_count_only_where_no_layer_is_checkpointed(monkeypatch):
-    monkeypatch.delenv("TUNER_CUDA_GRAPHS", raising=False)
-    monkeypatch.delenv("TUNER_CHECKPOINT_LAYERS", raising=False)
+def test_cuda_graphs_count_only_where_no_layer_is_checkpointed():
     shape = shape_from_config(LLAMA2_7B)
     big = estimate(_qlora_4096(), shape, H100, liger=True, budget_gib=79.2)
     assert big.checkpointed_layers == 0 and big.graphs
@@ -245,52 +231,31 @@ def test_cuda_graphs_count_only_where_no_layer_is_checkpointed(monkeypatch):
     assert big.allocated_gib - eager.allocated_gib == pytest.approx(1.0)
     small = estimate(_qlora_4096(), shape, H100, liger=True, budget_gib=12)
     assert small.checkpointed_layers == 32 and not small.graphs
-    monkeypatch.setenv("TUNER_CUDA_GRAPHS", "off")
-    assert not estimate(_qlora_4096(), shape, H100, liger=True, budget_gib=79.2).graphs
+    no_graphs = SpeedSettings(cuda_graphs=False)
+    assert not estimate(_qlora_4096(), shape, H100, settings=no_graphs, liger=True, budget_gib=79.2).graphs
 
 
-def test_input_embedding_in_host_memory_counts_where_the_switch_puts_it(monkeypatch):
-    monkeypatch.delenv("TUNER_CHECKPOINT_LAYERS", raising=False)
+def test_input_embedding_in_host_memory_counts_where_the_config_puts_it():
     shape = shape_from_config(SHAPES["llama3-8b"])
-    config = _qlora_4096(max_length=2048)
+    config, off = _qlora_4096(max_length=2048), _qlora_4096(max_length=2048, embedding_on_cpu="off")
     args = dict(liger=True, checkpointed_layers=32, offload=False)
-    monkeypatch.setenv("TUNER_EMBEDDING_ON_CPU", "off")
-    on_gpu = estimate(config, shape, H100, **args).allocated_gib
-    monkeypatch.setenv("TUNER_EMBEDDING_ON_CPU", "auto")
-    # every layer checkpointed: the 128256 x 4096 bf16 table (0.98 GiB) leaves the GPU
+    on_gpu = estimate(off, shape, H100, **args).allocated_gib
+    # auto, every layer checkpointed: the 128256 x 4096 bf16 table (0.98 GiB) leaves the GPU
     assert on_gpu - estimate(config, shape, H100, **args).allocated_gib == pytest.approx(
         128256 * 4096 * 2 / 2**30
     )
     partial = dict(args, checkpointed_layers=16)
-    monkeypatch.setenv("TUNER_EMBEDDING_ON_CPU", "off")
-    partial_gpu = estimate(config, shape, H100, **partial).allocated_gib
-    monkeypatch.setenv("TUNER_EMBEDDING_ON_CPU", "auto")
+    partial_gpu = estimate(off, shape, H100, **partial).allocated_gib
     assert estimate(config, shape, H100, **partial).allocated_gib == partial_gpu  # auto: only when tight
-
-
-def test_drawn_lora_dropout_counts_no_copies_or_masks(monkeypatch):
-    # TUNER_LORA_DROPOUT_KERNEL=on: a layer that is not checkpointed keeps no dropped-out inputs or
-    # masks: DROPOUT_BYTES x (6 + intermediate / hidden) per token and hidden unit fewer, per layer.
-    from tuner.plan.estimate import DROPOUT_BYTES
-
-    monkeypatch.delenv("TUNER_FUSED_LORA", raising=False)
-    shape = shape_from_config(SHAPES["llama3-8b"])
-    config = _qlora_4096(method="lora", quantization="none")
-    args = dict(liger=True, checkpointed_layers=0, offload=False, graphs=False)
-    monkeypatch.setenv("TUNER_LORA_DROPOUT_KERNEL", "off")
-    stored = estimate(config, shape, H100, **args).allocated_gib
-    monkeypatch.setenv("TUNER_LORA_DROPOUT_KERNEL", "on")
-    drawn = estimate(config, shape, H100, **args).allocated_gib
-    per_layer = 4096 * shape.hidden * DROPOUT_BYTES * (6 + shape.intermediate / shape.hidden)
-    assert stored - drawn == pytest.approx(per_layer * shape.layers / 2**30)
-    assert estimate(dict(config, lora_dropout=0.0), shape, H100, **args).allocated_gib == pytest.approx(drawn)
+    asked = _qlora_4096(max_length=2048, embedding_on_cpu="on")
+    assert estimate(asked, shape, H100, **partial).allocated_gib < partial_gpu  # on: whatever the plan
 
 
 def test_wide_loss_chunks_count_one_chunk_of_logits_where_they_apply(monkeypatch):
-    # TUNER_LOSS_CHUNKS=wide: Liger's logits exist a chunk at a time, up to half a GiB: 2 chunks of
+    # TUNER_LIGER=wide (the default): Liger's logits exist a chunk at a time, up to half a GiB: 2 chunks of
     # 2,048 tokens x 128,256 entries x 2 bytes (501 MiB) for Llama-3-8B at 4,096 tokens, one chunk of
     # 4,096 x 32,000 x 2 bytes (250 MiB) for Llama-2-7B. Only where no layer is checkpointed.
-    from tuner.plan.estimate import wide_chunk_logits_bytes
+    from tuner.plan.memory import wide_chunk_logits_bytes
 
     assert wide_chunk_logits_bytes(4096, 4096, 128256) == 2048 * 128256 * 2
     assert wide_chunk_logits_bytes(4096, 4096, 32000) == 4096 * 32000 * 2
@@ -299,12 +264,17 @@ def test_wide_loss_chunks_count_one_chunk_of_logits_where_they_apply(monkeypatch
     config = _qlora_4096(method="lora")
 
     def logits_gib(mode, layers):
-        monkeypatch.setenv("TUNER_LOSS_CHUNKS", mode)
         return estimate(
-            config, llama3, H100, liger=True, checkpointed_layers=layers, offload=False
+            config,
+            llama3,
+            H100,
+            settings=SpeedSettings(liger=mode),
+            liger=True,
+            checkpointed_layers=layers,
+            offload=False,
         ).logits_gib
 
-    assert logits_gib("liger", 0) == 0
+    assert logits_gib("on", 0) == 0
     assert logits_gib("wide", 0) == pytest.approx(2048 * 128256 * 2 / 2**30)
     assert logits_gib("wide", 32) == 0  # memory is tight there: Liger's own small chunks
     cpu = Hardware(device="cpu", name="CPU", memory_gib=64, cpu_count=2)

@@ -278,14 +278,14 @@ def test_estimate_gives_the_longest_sample_a_gpu_fits(monkeypatch):
     # long offload their inputs, how to keep PyTorch's allocator from fragmenting. Not on a CPU.
     from tuner.core.system import Hardware
     from tuner.models.shape import shape_from_config
-    from tuner.plan import estimate as estimate_module
+    from tuner.plan import decide
     from tuner.plan.long_rows import longest_sample
     from tuner.ui import presets_tab
 
     llama3 = {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256, "intermediate_size": 14336}
     llama3 |= {"num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": False}
     monkeypatch.setattr(model_shapes, "model_shape", lambda model: shape_from_config(llama3))
-    monkeypatch.setattr(estimate_module, "speed_defaults", lambda get, hw: (True, False))  # Liger's loss
+    monkeypatch.setattr(decide, "liger_applies", lambda *args, **kwargs: True)  # Liger's loss
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
     values = presets_tab.load_preset(IDENTITY)[: len(KEYS)]
@@ -426,7 +426,9 @@ def test_the_cli_offers_the_app_verb_without_importing_gradio():
         "args = build_parser().parse_args(['app', '--port', '8001']); "
         "print(args.port, args.host, 'gradio' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.split() == ["8001", "127.0.0.1", "False"]
 
 

@@ -56,7 +56,7 @@ def estimate_cmd(args: argparse.Namespace) -> int:
     from tuner.core.errors import TunerError
     from tuner.core.system import ALLOCATOR_TIP, Hardware
     from tuner.core.workspace import resolve_path
-    from tuner.plan.estimate import dataset_tokens, estimate, format_duration, speed_defaults
+    from tuner.plan.estimate import dataset_tokens, estimate, format_duration
     from tuner.plan.long_rows import longest_sample_report
 
     if args.gpu and args.gpu_gib is None:
@@ -69,9 +69,8 @@ def estimate_cmd(args: argparse.Namespace) -> int:
     else:
         hw = Hardware("cuda", args.gpu or f"a {args.gpu_gib:g} GiB GPU", args.gpu_gib, os.cpu_count() or 1)
     shape = model_shapes.model_shape(config.model)
-    # A GPU planned for is one with requirements-gpu.txt installed, whatever this machine has.
-    liger, upcast = speed_defaults(config.to_dict().get, hw, gpu_install=args.gpu_gib is not None)
-    kernels = {"liger": liger, "upcast": upcast}
+    # A GPU planned for is one with the GPU extras installed (Liger), whatever this machine has.
+    kernels = {"liger_installed": True} if args.gpu_gib is not None else {}
     data_tokens = dataset_tokens(resolve_path(config.data_path))
     est = estimate(config, shape, hw, dataset_tokens=data_tokens, **kernels)
     where = f"{hw.name}, {hw.memory_gib:.1f} GiB" + (" of RAM" if hw.device == "cpu" else "")

@@ -30,6 +30,10 @@ DATA_FORMATS = ("auto", "conversation", "alpaca", "openai", "sharegpt", "guanaco
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEEPSPEED_PRESETS = ("zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
+# Memory policies (tuner.plan.decide applies them): which layers recompute their activations, and
+# whether the frozen input embedding's table waits in host memory.
+CHECKPOINT_LAYERS = ("auto", "all", "offload")
+EMBEDDING_ON_CPU = ("auto", "on", "off")
 # Optimizer names of transformers' TrainingArguments that users pick; others are checked against
 # transformers itself (imported only then, because importing it costs seconds).
 KNOWN_OPTIMIZERS = (
@@ -49,8 +53,6 @@ ALL_LINEAR = "all-linear"
 LORA_INITS = ("default", "pissa")
 # LoRA variants people try as a method name; the validator points them at their keys.
 LORA_VARIANT_KEYS = {"dora": "use_dora: true", "rslora": "use_rslora: true", "pissa": "lora_init: pissa"}
-# Experiment trackers transformers' Trainer reports to (report_to); "none" reports nowhere.
-TRACKERS = ("none", "tensorboard", "wandb", "mlflow", "trackio")
 # Experiment trackers transformers' Trainer reports to (report_to); "none" reports nowhere.
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow", "trackio")
 
@@ -104,6 +106,17 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(
         True,
         "recompute activations where GPU memory needs it (only as many layers as needed): less memory, slower",
+    )
+    checkpoint_layers: str = _f(
+        "auto",
+        "with gradient_checkpointing: auto = only as many layers as GPU memory needs (their inputs in host "
+        "memory when even every layer does not fit; one CUDA process without DeepSpeed, else every layer); "
+        "all = every layer; offload = every layer, inputs in host memory",
+    )
+    embedding_on_cpu: str = _f(
+        "auto",
+        "the frozen input embedding's table in host memory (LoRA, one CUDA process, no DeepSpeed, an "
+        "untied embedding): auto = when every layer is checkpointed (memory is tight); on; off",
     )
     # --- LoRA (lora and qlora)
     lora_r: int = _f(64, "LoRA rank; typical 8..64")

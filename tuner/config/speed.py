@@ -1,125 +1,145 @@
-"""Speed switches of the training path, read from environment variables when a run starts.
+"""How a run uses the machine, never what it learns: the speed settings, read once when a run starts.
 
-A switch's default changes only once bench/bench_train.py has measured the change to pay on a GPU
-(docs/benchmarks.md); the bench's ``--variant env.NAME=...`` measures them side by side.
+Each setting is one user-meaningful escape hatch with its environment variable, its default and the
+measurement behind the default. A default changes only once bench/ has measured the change to pay on a
+GPU; a mechanism measured slower is deleted, not switched off (docs/performance.md keeps its numbers).
+tuner.plan.decide turns these settings, the config and the hardware into the run's RunPlan; the
+mechanisms in tuner.fast never read the environment.
+
+The two memory policies a user picks per run (how many layers to checkpoint, the input embedding in
+host memory) are TrainConfig keys, not settings: ``checkpoint_layers`` and ``embedding_on_cpu``.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from tuner.core.errors import TunerError
-from tuner.core.system import world_size
+from tuner.core.system import GPU_MEMORY_CAP, parse_gpu_memory_cap
 
-SWITCHES = {
-    # auto: reentrant on one process, non-reentrant under torchrun (see checkpoint_reentrant)
-    "TUNER_CHECKPOINTING": ("non-reentrant", ("auto", "reentrant", "non-reentrant")),
-    # lean: tokens and FLOPs counted on the host, no per-step device sync or module walk for them
-    # (one process only, see lean_steps); trainer: transformers' own per-step bookkeeping
-    "TUNER_STEP_OVERHEAD": ("lean", ("lean", "trainer")),
-    # on: packed rows use PyTorch's varlen flash kernel on CUDA when flash-attn is absent
-    # (tuner.fast.attention); off: transformers' SDPA with a block mask built from the position ids
-    "TUNER_VARLEN": ("on", ("on", "off")),
-    # on: peft's k-bit preparation casts the unquantized weights of a 4/8-bit base to fp32;
-    # off: they stay bf16/fp16 (tuner.models.load.add_lora)
-    "TUNER_KBIT_UPCAST": ("off", ("on", "off")),
-    # on: Liger's fused kernels where Liger supports the architecture (CUDA only)
-    "TUNER_LIGER": ("on", ("on", "off")),
-    # auto: with gradient_checkpointing on, checkpoint only as many layers as the GPU's free memory
-    # needs, and keep their inputs in host memory when even every layer does not fit
-    # (tuner.plan.estimate.checkpoint_plan; one CUDA process without DeepSpeed); all: every layer;
-    # offload: every layer, inputs in host memory (tuner.fast.checkpoint_offload)
-    "TUNER_CHECKPOINT_LAYERS": ("auto", ("auto", "all", "offload")),
-    # on: LoRA layers train through one fused autograd function each (tuner.fast.lora_fused); off: peft's
-    # own forward (always under DeepSpeed: ZeRO-3's weights exist only inside peft's path, and the
-    # other stages are not measured with it yet)
-    "TUNER_FUSED_LORA": ("on", ("on", "off")),
-    # on: when no layer is checkpointed (one CUDA process, no DeepSpeed, varlen or flash attention),
-    # the decoder layers replay as CUDA graphs once a row shape repeats, and packed batches are padded
-    # to full rows so that they repeat (tuner.fast.layer_graphs)
-    "TUNER_CUDA_GRAPHS": ("on", ("on", "off")),
-    # auto: when every layer is checkpointed (memory is tight), the frozen input embedding's table
-    # stays in host memory and each step looks its tokens up there (tuner.fast.embedding_offload); on:
-    # always (one CUDA process, no DeepSpeed, an untied embedding)
-    "TUNER_EMBEDDING_ON_CPU": ("auto", ("off", "auto", "on")),
-    # on: with tuner_varlen attention on a Hopper (or newer) GPU, a row that is one sample runs
-    # SDPA's cuDNN kernel instead of the varlen flash kernel (tuner.fast.attention.cudnn_for_one_sample)
-    "TUNER_CUDNN_ATTENTION": ("on", ("on", "off")),
-    # on: fused LoRA's backward adds the dropout-masked input gradient with a Triton kernel at full
-    # bandwidth instead of PyTorch's mixed-dtype addcmul (tuner.fast.dropout_grad; CUDA with Triton)
-    "TUNER_DROPOUT_GRAD_KERNEL": ("on", ("on", "off")),
-    # on: fused LoRA draws its dropout mask inside Triton kernels from a per-call seed instead of
-    # keeping a dropped-out copy and a mask per linear (tuner.fast.lora_dropout_kernels). Off: measured
-    # 18-19% slower at 4096 tokens (bf16 LoRA and QLoRA, H200, session 6) for ~9 GiB less peak memory
-    # on an 8B model with no layer checkpointed.
-    "TUNER_LORA_DROPOUT_KERNEL": ("off", ("off", "on")),
-    # on: a logged step's loss and gradient norm reach the host by an asynchronous copy and are
-    # logged at the next logging point, instead of by a device sync at this one (tuner.fast.deferred_log;
-    # one process without DeepSpeed)
-    "TUNER_DEFERRED_LOGGING": ("on", ("on", "off")),
-    # on: on CUDA, accelerate's DataLoader copies each batch to the GPU with non_blocking=True (from
-    # pinned memory; one process without DeepSpeed, where it was measured); off: blocking copies, each
-    # a device sync at the step boundary, after which the GPU idles through the step's Python prelude
-    "TUNER_ASYNC_BATCH_COPY": ("on", ("on", "off")),
-    # on: for tuner_varlen attention on unpadded rows, transformers' mask preparation skips its scan
-    # of the position ids for packed samples (a device sync per forward) whose result that attention
-    # never uses (tuner.fast.attention._skip_packed_scan). The three switches above measured together:
-    # +4.3% bf16 LoRA, +3.5-4% QLoRA at 4096 tokens (docs/benchmarks.md, session 6); each of the first
-    # two alone changed nothing, as the other's syncs still drained the GPU at the step boundary.
-    "TUNER_SKIP_PACKED_SCAN": ("on", ("on", "off")),
-    # wide: where no layer is checkpointed, Liger's fused linear cross-entropy computes the logits in
-    # chunks of up to half a GiB instead of its default budget (32 chunks of 128 tokens for a 128k
-    # vocabulary at 4096 tokens; tuner.fast.loss_chunks). Measured: +2.6% bf16 LoRA and QLoRA on Llama-3-8B
-    # at 4096 tokens, +0.2% on Llama-2-7B (32k vocabulary, 1 chunk either way), peak +0.06 GiB
-    # (docs/benchmarks.md, session 7).
-    "TUNER_LOSS_CHUNKS": ("wide", ("liger", "wide")),
-}
+ON_OFF = ("on", "off")
 
 
-def switch(name: str) -> str:
-    default, allowed = SWITCHES[name]
-    value = os.environ.get(name, "").strip().lower() or default
-    if value not in allowed:
-        raise TunerError(f"{name}={value!r}: use one of {', '.join(allowed)}")
-    return value
+def setting(default: Any, env: str, does: str, measured: str, choices: tuple[str, ...] = ON_OFF):
+    """A speed setting: its default, the variable that overrides it, what it does, and the
+    measurement behind the default (a sentence and the results file)."""
+    return field(
+        default=default, metadata={"env": env, "does": does, "measured": measured, "choices": choices}
+    )
 
 
-def checkpoint_reentrant() -> bool:
-    """Which gradient checkpointing: reentrant or not.
+@dataclass(frozen=True)
+class SpeedSettings:
+    """The speed settings of one run. Read once per run (``from_env``); saved in status.json and in
+    every bench row."""
 
-    The reentrant kind runs the first forward under no_grad and builds the autograd graph once, in
-    the backward's recomputation; the non-reentrant kind builds it twice (forward and recomputation)
-    and calls saved-tensor hooks on every op, which costs CPU time per step that short rows cannot
-    hide behind GPU work. Under torchrun the non-reentrant kind stays: DistributedDataParallel with
-    find_unused_parameters (which transformers turns on for peft models) fails with reentrant
-    checkpointing."""
-    mode = switch("TUNER_CHECKPOINTING")
-    if mode == "auto":
-        return world_size() <= 1
-    return mode == "reentrant"
+    attention: str = setting(
+        "tuner",
+        "TUNER_ATTENTION",
+        "tuner: packed rows through PyTorch's varlen flash kernel (no flash-attn needed), one-sample rows "
+        "through cuDNN on Hopper, transformers' packed-sample scan skipped; sdpa: transformers' SDPA "
+        "with a block mask",
+        "512-token samples packed into 16,384-token rows, Llama-2-7B QLoRA, H100: 3,304 -> 5,321 tok/s "
+        "(+61%); cuDNN for a 4096-token one-sample row 1.98 -> 1.09 ms per layer on H200 "
+        "(bench/results/2026-11-28-h100-80gb-hbm3-packing.json, 2026-12-01-h200-cudnn.json)",
+        choices=("tuner", "sdpa"),
+    )
+    fused_lora: bool = setting(
+        True,
+        "TUNER_FUSED_LORA",
+        "each LoRA linear trains through one fused autograd function (not under DeepSpeed, not DoRA), its "
+        "dropout-masked input gradient through one Triton kernel",
+        "Llama-3-8B bf16 LoRA, 4096 tokens: 9,532 -> 10,548 tok/s; Llama-2-7B QLoRA step kernels "
+        "0.351 -> 0.304 s (bench/results/2026-12-01-h200-fused.json, 2026-12-01-h200-dropout-kernel.json)",
+    )
+    cuda_graphs: bool = setting(
+        True,
+        "TUNER_CUDA_GRAPHS",
+        "where no layer is checkpointed (one CUDA process, no DeepSpeed, LoRA), the decoder layers replay "
+        "as CUDA graphs and packed batches are padded to full rows",
+        "+1% to +21% in all five same-process comparisons, e.g. Llama-2-7B QLoRA 4096 8,939 -> 10,851 "
+        "tok/s; ~1.2 GiB more peak (bench/results/2026-12-01-h200-graphs2.json)",
+    )
+    liger: str = setting(
+        "wide",
+        "TUNER_LIGER",
+        "Liger's fused kernels where Liger supports the architecture (CUDA; not under ZeRO-3); wide: its "
+        "fused cross-entropy in half-GiB chunks where no layer is checkpointed; on: Liger's own chunks",
+        "Liger: 7,624 -> 9,478 tok/s on packed 512-token samples (H100); wide chunks: +2.6% bf16 LoRA and "
+        "QLoRA on Llama-3-8B at 4096, peak +0.06 GiB (bench/results/2026-12-01-h200-loss-chunks.json, "
+        "2026-12-01-h200-wide-repeat.json)",
+        choices=("wide", "on", "off"),
+    )
+    lean_steps: bool = setting(
+        True,
+        "TUNER_LEAN_STEPS",
+        "one process: no device sync at the step boundary (tokens counted on the host, logged values "
+        "read back one logging point late, batches copied without blocking)",
+        "+4.3% bf16 LoRA, +3.5-4% QLoRA at 4096 tokens, measured as one change "
+        "(bench/results/2026-12-01-h200-step-boundary.json)",
+    )
+    kbit_upcast: bool = setting(
+        False,
+        "TUNER_KBIT_UPCAST",
+        "on: peft's k-bit preparation casts the unquantized weights of a 4/8-bit base to fp32; off: they "
+        "stay bf16/fp16, as torchtune and Unsloth train",
+        "off: +43% on packed 512-token samples and 5 GiB less (Llama-2-7B QLoRA, H100; "
+        "bench/results/2026-11-28-h100-80gb-hbm3-switches.json)",
+    )
+    gpu_memory_gib: float | None = setting(
+        None,
+        GPU_MEMORY_CAP,
+        "hold a run to this many GiB of the GPU (a shared GPU, or to plan for a smaller card)",
+        "131,072-token Llama-3-8B QLoRA row on an H200 held to 80 GiB: 45.2 GiB "
+        "(bench/results/2026-12-01-h200-long-context-cap80.json)",
+        choices=(),
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> SpeedSettings:
+        """The settings a run gets in this environment; a value that is not allowed raises
+        TunerError naming the variable and its choices."""
+        chosen: dict[str, Any] = {}
+        for f in fields(cls):
+            env = f.metadata["env"]
+            text = environ.get(env, "").strip().lower()
+            if not text:
+                continue
+            if f.name == "gpu_memory_gib":
+                chosen[f.name] = parse_gpu_memory_cap(text)
+                continue
+            choices = f.metadata["choices"]
+            if text not in choices:
+                raise TunerError(f"{env}={text!r}: use one of {', '.join(choices)}")
+            chosen[f.name] = text == "on" if choices == ON_OFF else text
+        return cls(**chosen)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def changed(self) -> dict[str, Any]:
+        """The settings that differ from their defaults (what a run log line needs to say)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
 
 
-def lean_steps() -> bool:
-    """Trim Trainer's per-step host work (see make_trainer_class). One process only: with several,
-    each rank's token count must be gathered, which is what Trainer's own bookkeeping does."""
-    return switch("TUNER_STEP_OVERHEAD") == "lean" and world_size() <= 1
-
-
-def deferred_logging() -> bool:
-    """Whether logged values are read back one logging point late (see tuner.fast.deferred_log)."""
-    return switch("TUNER_DEFERRED_LOGGING") == "on" and world_size() <= 1
-
-
-def fused_lora_in_use(method: str, deepspeed) -> bool:
-    """Whether training runs LoRA through tuner.fast.lora_fused: TUNER_FUSED_LORA on, a LoRA method, and
-    not under DeepSpeed (ZeRO-3 gathers weights only inside peft's own path, and the fused function
-    has not been run under the other stages' engines on a GPU)."""
-    return method != "full" and not deepspeed and switch("TUNER_FUSED_LORA") == "on"
-
-
-def embedding_on_cpu(every_layer_checkpointed: bool, deepspeed) -> bool:
-    """Whether TUNER_EMBEDDING_ON_CPU asks for the input embedding in host memory in this run (the
-    embedding itself must allow it too: tuner.fast.embedding_offload.why_not_offloadable)."""
-    mode = switch("TUNER_EMBEDDING_ON_CPU")
-    wanted = mode == "on" or (mode == "auto" and every_layer_checkpointed)
-    return wanted and not deepspeed and world_size() <= 1
+def reference() -> list[dict[str, Any]]:
+    """One row per setting for docs/performance.md: name, variable, default, choices, what it does and
+    what was measured."""
+    rows = []
+    for f in fields(SpeedSettings):
+        default = f.default
+        if isinstance(default, bool):
+            default = "on" if default else "off"
+        rows.append(
+            {
+                "setting": f.name,
+                "env": f.metadata["env"],
+                "default": "none" if default is None else default,
+                "choices": f.metadata["choices"],
+                "does": f.metadata["does"],
+                "measured": f.metadata["measured"],
+            }
+        )
+    return rows

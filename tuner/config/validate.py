@@ -16,8 +16,10 @@ from typing import Any, Union
 
 from tuner.config.schema import (
     ALL_LINEAR,
+    CHECKPOINT_LAYERS,
     DATA_FORMATS,
     DEEPSPEED_PRESETS,
+    EMBEDDING_ON_CPU,
     HINTS,
     KNOWN_OPTIMIZERS,
     LORA_INITS,
@@ -217,6 +219,8 @@ def validate(config: TrainConfig, check_files: bool = True) -> list[str]:
             f"{suggest(typed['optimizer'], KNOWN_OPTIMIZERS)} (auto picks one)"
         )
     choice("precision", PRECISIONS)
+    choice("checkpoint_layers", CHECKPOINT_LAYERS)
+    choice("embedding_on_cpu", EMBEDDING_ON_CPU)
 
     # LoRA.
     check("lora_r", lambda v: v >= 1, "must be >= 1 (typical 8..64)")

@@ -6,6 +6,8 @@ import importlib.util
 import os
 from dataclasses import dataclass
 
+from tuner.core.errors import TunerError
+
 GIB = 1024**3
 
 # The CUDA context and cuBLAS workspaces: device memory in use that is neither free nor PyTorch's.
@@ -17,15 +19,16 @@ def gpu_memory_cap_gib() -> float | None:
     """TUNER_GPU_MEMORY_GIB: use at most this much of the GPU's memory (a GPU shared with others, or
     to see how a run fits a smaller card); None when unset."""
     text = os.environ.get(GPU_MEMORY_CAP, "").strip()
-    if not text:
-        return None
+    return parse_gpu_memory_cap(text) if text else None
+
+
+def parse_gpu_memory_cap(text: str) -> float:
+    """The GiB a TUNER_GPU_MEMORY_GIB value allows; more than the CUDA context, or TunerError."""
     try:
         cap = float(text)
     except ValueError:
         cap = 0.0
     if not cap > CUDA_CONTEXT_GIB:
-        from tuner.core.errors import TunerError
-
         raise TunerError(f"{GPU_MEMORY_CAP}={text!r}: give the GiB of GPU memory a run may use, e.g. 80")
     return cap
 

@@ -23,8 +23,6 @@ import functools
 import inspect
 import logging
 
-from tuner.config.speed import switch
-
 log = logging.getLogger(__name__)
 
 NAME = "tuner_varlen"
@@ -168,20 +166,20 @@ def packed_attention(
 
 def cudnn_for_one_sample() -> bool:
     """Whether a row holding one sample goes to SDPA's cuDNN kernel instead of the varlen flash kernel
-    (TUNER_CUDNN_ATTENTION). Why: on Hopper cuDNN's fused attention runs a causal 4096-token sample's
+    (``register(cudnn_one_sample=...)``, on by default). Why: on Hopper cuDNN's fused attention runs a causal 4096-token sample's
     forward and backward in 1.09 ms against the flash kernel's 1.98 ms (H200, 32 heads of 128, with or
     without grouped KV heads: bench/attention_kernels.py, docs/benchmarks.md), and PyTorch's varlen
     entry point has only the flash kernel. Long rows are often one sample (long documents, rows of
     incremental pretraining, single long conversations). Hopper or newer only: that is where it was
     measured to pay."""
-    return _cudnn_here(switch("TUNER_CUDNN_ATTENTION"))  # called per layer: the GPU check is cached
+    return _options["cudnn_one_sample"] and _cudnn_here()  # called per layer: the GPU check is cached
 
 
 @functools.cache
-def _cudnn_here(mode: str) -> bool:
+def _cudnn_here() -> bool:
     import torch
 
-    if mode != "on" or not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         return False
     return torch.backends.cudnn.is_available() and torch.cuda.get_device_capability()[0] >= 9
 
@@ -217,7 +215,7 @@ def _skip_packed_scan() -> None:
     every forward, after which the GPU idles while the host launches the layers. For :data:`NAME`
     that scan's result is never used: its mask builder returns no mask for unpadded rows, and the
     attention function takes the samples from the collator's boundaries (or the position ids it
-    gets itself). So such calls see no position ids here (TUNER_SKIP_PACKED_SCAN). transformers'
+    gets itself). So such calls see no position ids here (``register(skip_packed_scan=...)``). transformers'
     private helper is wrapped where it exists; where it does not, nothing changes but the sync."""
     from transformers import masking_utils
 
@@ -237,7 +235,7 @@ def _skip_packed_scan() -> None:
             getattr(config, "_attn_implementation", None) == NAME
             and mask is None
             and cache is None
-            and switch("TUNER_SKIP_PACKED_SCAN") == "on"
+            and _options["skip_packed_scan"]
         ):
             bound.arguments["position_ids"] = None
         return original(*bound.args, **bound.kwargs)
@@ -246,9 +244,19 @@ def _skip_packed_scan() -> None:
     masking_utils._preprocess_mask_arguments = preprocess
 
 
+# Sub-pieces of this attention, chosen when it is registered (tests and bench ablate them; a run keeps
+# the defaults): cuDNN for one-sample rows on Hopper, and skipping transformers' packed-sample scan.
+_options = {"cudnn_one_sample": True, "skip_packed_scan": True}
+
+
+def register(*, cudnn_one_sample: bool = True, skip_packed_scan: bool = True) -> str:
+    """Make :data:`NAME` a transformers attention implementation with these sub-pieces; returns the name."""
+    _options.update(cudnn_one_sample=bool(cudnn_one_sample), skip_packed_scan=bool(skip_packed_scan))
+    return _register_once()
+
+
 @functools.cache
-def register() -> str:
-    """Make :data:`NAME` a transformers attention implementation (idempotent); returns the name."""
+def _register_once() -> str:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
@@ -258,9 +266,9 @@ def register() -> str:
     return NAME
 
 
-def use_for_training(model) -> tuple[bool, str]:
+def use_varlen_attention(model, *, cudnn_one_sample: bool = True, skip_packed_scan: bool = True) -> tuple[bool, str]:
     """Switch a loaded model (SDPA) to :data:`NAME` when the kernel can run and the model routes
-    attention through transformers' interface. Returns (switched, why)."""
+    attention through transformers' interface (sub-pieces as in :func:`register`). Returns (switched, why)."""
     reason = unavailable_reason()
     if reason:
         return False, reason
@@ -269,7 +277,7 @@ def use_for_training(model) -> tuple[bool, str]:
         return False, f"the model uses {current} attention"
     if not getattr(model, "_supports_attention_backend", False):
         return False, f"{type(model).__name__} does not take pluggable attention"
-    register()
+    register(cudnn_one_sample=cudnn_one_sample, skip_packed_scan=skip_packed_scan)
     try:
         model.set_attn_implementation(NAME)
     except (ValueError, TypeError, AttributeError) as exc:

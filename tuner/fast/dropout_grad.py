@@ -45,8 +45,6 @@ BLOCK = 4096
 
 
 def kernel_applies(out: torch.Tensor, src: torch.Tensor, keep: torch.Tensor) -> bool:
-    from tuner.config.speed import switch
-
     return (
         out.is_cuda
         and out.dtype == src.dtype
@@ -55,14 +53,17 @@ def kernel_applies(out: torch.Tensor, src: torch.Tensor, keep: torch.Tensor) -> 
         and out.is_contiguous()
         and src.is_contiguous()
         and keep.is_contiguous()
-        and switch("TUNER_DROPOUT_GRAD_KERNEL") == "on"
         and _kernel() is not None
     )
 
 
-def add_masked_(out: torch.Tensor, src: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
-    """``out += src * keep * scale`` in place (``keep``: the bool dropout mask); returns ``out``."""
-    if not kernel_applies(out, src, keep):
+def add_masked_(
+    out: torch.Tensor, src: torch.Tensor, keep: torch.Tensor, scale: float, *, kernel: bool = True
+) -> torch.Tensor:
+    """``out += src * keep * scale`` in place (``keep``: the bool dropout mask); returns ``out``.
+    ``kernel``: through the Triton kernel where it applies (the caller's choice, bound when LoRA was
+    fused), else PyTorch's addcmul."""
+    if not (kernel and kernel_applies(out, src, keep)):
         return out.addcmul_(src, keep, value=scale)
     add_masked, cdiv = _kernel()
     n = out.numel()

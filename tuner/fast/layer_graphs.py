@@ -335,17 +335,16 @@ def _boundaries(hidden, kwargs) -> torch.Tensor:
     return cu.to(hidden.device, torch.int32, non_blocking=True)
 
 
-def graph_layers(model, loaded) -> LayerGraphs | None:
-    """Install CUDA graphs on ``model``'s decoder layers that keep their activations, when this run
-    can use them (CUDA, one process, no DeepSpeed, attention that reads sample boundaries). Returns
-    the manager or None."""
-    from tuner.core.system import world_size
+def graph_layers(model, attention: str) -> LayerGraphs | None:
+    """Install CUDA graphs on ``model``'s decoder layers that keep their activations, where they can
+    run (CUDA, an ``attention`` that reads sample boundaries, no layer checkpointed; whether the run
+    wants them, one process without DeepSpeed, is tuner.plan.decide's). Returns the manager or None."""
     from tuner.fast.attention import NAME as VARLEN
     from tuner.models.layers import decoder_layers
 
-    if not torch.cuda.is_available() or world_size() > 1:
+    if not torch.cuda.is_available():
         return None
-    if loaded.attention not in (VARLEN, "flash_attention_2"):
+    if attention not in (VARLEN, "flash_attention_2"):
         return None
     layers = [layer for layer in decoder_layers(model) if not layer.gradient_checkpointing]
     if not layers or len(layers) != len(decoder_layers(model)):

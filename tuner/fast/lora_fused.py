@@ -36,11 +36,6 @@ that are not checkpointed, and only checkpointed layers regenerate). No effect w
 where it falls back. As with dropout off, the kept input must not be changed in place before
 backward (autograd's version check refuses it).
 
-Drawn dropout (TUNER_LORA_DROPOUT_KERNEL=on, off by default until measured on a GPU): the mask is
-drawn inside Triton kernels from a per-call seed, in forward and again in backward, so neither the
-dropped-out copy nor the mask is ever stored, in any layer, graphed or checkpointed
-(tuner.fast.lora_dropout_kernels). It takes precedence over regeneration where it applies.
-
 When it falls back to peft's own forward, unchanged: in eval mode (generation, evaluation), with
 the adapters disabled or merged, with no or several active adapters, for DoRA or another LoRA
 variant, when extra arguments are passed (``adapter_names`` for mixed batches), when the base
@@ -65,8 +60,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from tuner.fast.dropout_grad import add_masked_
-from tuner.fast.lora_dropout_kernels import add_masked_grad_x, masked_gradient_a, masked_x_at, new_seed
-from tuner.fast.lora_dropout_kernels import kernels_apply as dropout_kernels_apply
 
 _UNFUSED = "_lora_unfused_forward"  # the instance's own forward before fusing; None: its class's
 
@@ -112,21 +105,16 @@ def _redraw(x2: torch.Tensor, p: float, generator, state) -> tuple[torch.Tensor,
 
 class _FusedLoraLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_A, lora_B, scale, p, quant_state, dtype, out_dtype, regenerate):
+    def forward(
+        ctx, x, weight, bias, lora_A, lora_B, scale, p, quant_state, dtype, out_dtype, regenerate, grad_kernel
+    ):
         # Custom Functions see their inputs uncast under autocast: every dtype here is explicit.
         # 2-D throughout: a 2-D F.linear is one addmm, and its output (not a view) can be added to
         # in place; the caller unflattens it outside this Function.
         x2 = _cast(x.reshape(-1, x.shape[-1]), dtype)
         y = F.linear(x2, _weight(weight, quant_state, dtype), None if bias is None else _cast(bias, dtype))
         A, B = _cast(lora_A, dtype), _cast(lora_B, dtype)
-        ctx.drawn = p > 0 and dropout_kernels_apply(x2, A)
-        if ctx.drawn:
-            # The mask is drawn inside the kernels from this seed (tuner.fast.lora_dropout_kernels): only x2
-            # (shared with the other layers reading x) and the seed are kept; the seed takes the mask's
-            # place among the saved tensors
-            mask = new_seed(x2.device)
-            kept, h = x2, masked_x_at(x2, A, mask, p)
-        elif p > 0:
+        if p > 0:
             generator = _generator(x2.device) if regenerate else None
             if generator is None:
                 xd, mask = torch.native_dropout(x2, p, True)
@@ -143,11 +131,11 @@ class _FusedLoraLinear(torch.autograd.Function):
         else:
             xd = kept = x2
             mask = None
-        if not ctx.drawn:
-            h = torch.mm(xd, A.t())
+        h = torch.mm(xd, A.t())
         y.addmm_(h, B.t(), alpha=scale)
         ctx.save_for_backward(kept, h, mask, A, B, weight)
         ctx.scale, ctx.p, ctx.quant_state, ctx.dtype = scale, p, quant_state, dtype
+        ctx.grad_kernel = grad_kernel
         ctx.x_dtype, ctx.x_shape, ctx.A_dtype, ctx.B_dtype = x.dtype, x.shape, lora_A.dtype, lora_B.dtype
         return _cast(y, out_dtype)
 
@@ -159,15 +147,7 @@ class _FusedLoraLinear(torch.autograd.Function):
         gx = gA = gB = None
         if need_B:
             gB = _cast(_mm(gy.t(), h, ctx.scale), ctx.B_dtype)
-        if (need_x or need_A) and ctx.drawn:
-            gh = _mm(gy, B, ctx.scale)
-            x2, seed = xd, mask
-            if need_A:
-                gA = _cast(masked_gradient_a(gh, x2, seed, ctx.p), ctx.A_dtype)
-            if need_x:
-                gx = torch.mm(gy, _weight(weight, ctx.quant_state, ctx.dtype))
-                gx = _cast(add_masked_grad_x(gx, gh, A, seed, ctx.p), ctx.x_dtype).view(ctx.x_shape)
-        elif need_x or need_A:
+        if need_x or need_A:
             gh = _mm(gy, B, ctx.scale)
             if mask is None and ctx.p > 0:  # dropout with regeneration: only x2 was kept
                 xd, mask = _redraw(xd, ctx.p, *ctx.rng)
@@ -179,9 +159,9 @@ class _FusedLoraLinear(torch.autograd.Function):
                 if mask is None:
                     gx.addmm_(gh, A)
                 else:
-                    add_masked_(gx, torch.mm(gh, A), mask, 1.0 / (1.0 - ctx.p))
+                    add_masked_(gx, torch.mm(gh, A), mask, 1.0 / (1.0 - ctx.p), kernel=ctx.grad_kernel)
                 gx = _cast(gx, ctx.x_dtype).view(ctx.x_shape)
-        return gx, None, None, gA, gB, None, None, None, None, None, None
+        return gx, None, None, gA, gB, None, None, None, None, None, None, None
 
 
 def _fusable_adapter(layer, base: nn.Module) -> str | None:
@@ -208,7 +188,7 @@ def _dropout_p(dropout: nn.Module) -> float | None:
     return None
 
 
-def _forward(layer, unfused, quantized: bool, regenerate: bool, x, *args, **kwargs):
+def _forward(layer, unfused, quantized: bool, grad_kernel: bool, regenerate: bool, x, *args, **kwargs):
     base = layer.get_base_layer()
     name = None if args or kwargs else _fusable_adapter(layer, base)
     p = None if name is None else _dropout_p(layer.lora_dropout[name])
@@ -224,7 +204,7 @@ def _forward(layer, unfused, quantized: bool, regenerate: bool, x, *args, **kwar
     weight = base.weight.data if quantized else base.weight
     A, B = layer.lora_A[name].weight, layer.lora_B[name].weight
     y = _FusedLoraLinear.apply(
-        x, weight, base.bias, A, B, layer.scaling[name], p, quant_state, dtype, out_dtype, regenerate
+        x, weight, base.bias, A, B, layer.scaling[name], p, quant_state, dtype, out_dtype, regenerate, grad_kernel
     )
     return y.view(*x.shape[:-1], y.shape[-1])
 
@@ -242,10 +222,11 @@ def _kind(layer) -> bool | None:
     return True if linear4bit is not None and type(layer) is linear4bit else None
 
 
-def fuse_lora(model: nn.Module, regenerate_dropout: bool = False) -> int:
+def fuse_lora(model: nn.Module, regenerate_dropout: bool = False, grad_kernel: bool = True) -> int:
     """Route the training forward of ``model``'s LoRA linears through one fused autograd Function
     each (see the module docstring for when it falls back), with dropout regeneration as
-    ``regenerate_dropout`` says. Idempotent: a layer fused before keeps its forward and its setting
+    ``regenerate_dropout`` says; ``grad_kernel``: the dropout-masked input gradient through
+    tuner.fast.dropout_grad's Triton kernel where it applies (False: PyTorch's addcmul, for ablation). Idempotent: a layer fused before keeps its forward and its setting
     (:func:`set_dropout_regeneration` changes that). Returns how many layers are fused."""
     count = 0
     for layer in model.modules():
@@ -255,7 +236,9 @@ def fuse_lora(model: nn.Module, regenerate_dropout: bool = False) -> int:
         if _UNFUSED not in layer.__dict__:
             unfused = layer.forward
             layer.__dict__[_UNFUSED] = layer.__dict__.get("forward")
-            layer.forward = functools.partial(_forward, layer, unfused, quantized, bool(regenerate_dropout))
+            layer.forward = functools.partial(
+                _forward, layer, unfused, quantized, bool(grad_kernel), bool(regenerate_dropout)
+            )
         count += 1
     return count
 
@@ -281,8 +264,8 @@ def _set_regeneration(layer: nn.Module, on: bool) -> None:
             f"the forward of {type(layer).__name__} was replaced after fuse_lora: "
             "dropout regeneration cannot be set on it"
         )
-    if forward.args[3] != on:
-        layer.forward = functools.partial(_forward, *forward.args[:3], bool(on))
+    if forward.args[4] != on:
+        layer.forward = functools.partial(_forward, *forward.args[:4], bool(on))
 
 
 def unfuse_lora(model: nn.Module) -> int:

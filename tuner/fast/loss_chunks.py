@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 
-from tuner.plan.estimate import chunk_budget
+from tuner.plan.memory import chunk_budget
 
 _wide = False  # this process's current run asked for wide chunks
 

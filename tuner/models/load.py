@@ -148,24 +148,11 @@ class LoadedModel:
     attention_reason: str
     bits: int | None
     device: str
-    liger: bool = False  # Liger's kernels patched in (training only, see apply_liger)
-    checkpointing: str = ""  # training only: which layers recompute their activations
-    fused_lora: int = 0  # training only: LoRA layers running tuner.fast.lora_fused's fused function
-    # training only: every layer had to be checkpointed to fit, so memory is tight (optimizer choice)
-    memory_tight: bool = False
-    layer_graphs: object = None  # training only: tuner.fast.layer_graphs.LayerGraphs when installed
-    embedding_on_cpu: str = ""  # training only: what tuner.fast.embedding_offload did ("" nothing)
-    wide_loss_chunks: bool = False  # training only: tuner.fast.loss_chunks widened Liger's logits chunks
 
     def describe(self) -> str:
         quant = f", {self.bits}-bit" if self.bits else ""
-        liger = ", liger kernels" if self.liger else ""
-        liger += " (wide loss chunks)" if self.wide_loss_chunks else ""
-        ckpt = f", gradient checkpointing {self.checkpointing}" if self.checkpointing else ""
-        fused = f", {self.fused_lora} fused LoRA layers" if self.fused_lora else ""
-        graphs = f", {self.layer_graphs.describe()}" if self.layer_graphs is not None else ""
-        graphs += f", {self.embedding_on_cpu}" if self.embedding_on_cpu else ""
-        return f"{self.device}, {str(self.dtype).replace('torch.', '')}{quant}, attention {self.attention} ({self.attention_reason}){liger}{fused}{ckpt}{graphs}"
+        dtype = str(self.dtype).replace("torch.", "")
+        return f"{self.device}, {dtype}{quant}, attention {self.attention} ({self.attention_reason})"
 
 
 def load_model(
@@ -222,7 +209,6 @@ def add_lora(
     targets: str | list[str] = "all-linear",
     quantized: bool = False,
     gradient_checkpointing: bool = False,
-    reentrant: bool = False,
     upcast: bool = True,
     dora: bool = False,
     rslora: bool = False,
@@ -233,11 +219,12 @@ def add_lora(
     preparation casts every unquantized weight (norms, embedding, LM head) to fp32; without it they
     keep the model's dtype (bf16/fp16, as torchtune and Unsloth train), which saves 2 bytes per such
     weight and keeps the residual stream in half precision. Either way input gradients are enabled,
-    which gradient checkpointing needs (the reentrant kind needs an input that requires grad; with a
-    frozen embedding only these input gradients give one). LoRA's own weights are fp32 (peft)."""
+    which gradient checkpointing needs (with a frozen embedding only these input gradients give the
+    checkpointed layers an input that requires grad). LoRA's own weights are fp32 (peft). Gradient
+    checkpointing is the non-reentrant kind (its reentrant kind measured no faster)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    checkpointing = {"use_reentrant": reentrant}
+    checkpointing = {"use_reentrant": False}
     if quantized and upcast:
         model = prepare_model_for_kbit_training(
             model,

@@ -1,163 +1,23 @@
-"""Will this run fit, and how long will it take? A rough, documented memory and time model.
+"""Will this run fit, and how long will it take? The run's plan (tuner.plan.decide), priced by the
+memory and time model (tuner.plan.memory), with what to change when it does not fit.
 
-The numbers are first-order estimates meant to answer "fits / won't fit, and what to change"; the
-constants below are to be calibrated against GPU measurements (see bench/). Memory, in bytes:
-
-- base weights: ``params x bits / 8`` (16-bit = 2 bytes, 8-bit = 1, 4-bit NF4 ~ 4.5 bits with its
-  block constants; fp32 on a CPU = 4 bytes).
-- trainable parameters (LoRA adapters, or every weight for a full fine-tune) cost
-  ``16 bytes each``: fp32 weight 4 + fp32 gradient 4 + two fp32 AdamW moments 8.
-- activations: a checkpointed layer keeps only its 16-bit input (``tokens x hidden x 2`` bytes) and one
-  layer is recomputed at a time during the backward pass; a layer that is not checkpointed keeps
-  everything its backward pass needs (``tokens x hidden x ACT_BYTES...`` below, measured: attention
-  scores are never stored with sdpa/flash kernels). With ``gradient_checkpointing`` on, tuner
-  checkpoints only as many layers as the GPU's memory needs (``checkpoint_plan``), the last layers
-  first left out: on a large card nothing is recomputed; where even every layer does not fit, the
-  checkpointed inputs wait in host memory (tuner.fast.checkpoint_offload).
-- logits: ``tokens x vocab x 4 bytes x 2`` (fp32 logits and their gradient in the loss).
-- a fixed overhead (CUDA context, allocator slack).
-
-``tokens`` = batch_size x tokens per row (``tokens_per_step`` or ``max_length``). Time: a training
-token costs ``6 x params`` FLOPs for a full fine-tune, ``4 x params`` for LoRA (no weight gradients
-of the frozen base), plus ``2 x params`` to recompute the forward pass with gradient checkpointing,
-at an assumed effective throughput (MFU) per device.
+The Presets tab and ``tuner estimate`` call ``estimate``; training makes the same plan, so the
+estimate counts exactly the mechanisms a run will use.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import math
-from dataclasses import dataclass, field
+import os
+from dataclasses import replace
 from pathlib import Path
 
-from tuner.config import speed
+from tuner.config.speed import SpeedSettings
 from tuner.core import system
 from tuner.core.system import Hardware
 from tuner.models import shape as model_shapes
-
-# The model's sizes and the machine's live in their own modules; their names stay importable from here.
-from tuner.models.shape import ModelShape, lora_params
-
-GIB = 1024**3
-
-# Calibrated on H100 measurements (bench/results/2026-11-28-h100-80gb-hbm3*.json): Llama-2-7B, Llama-3-8B
-# and Qwen2.5-7B, QLoRA and bf16 LoRA r64, 512 to 131072 tokens per row, with and without Liger and
-# the fp32 upcast; tests/test_estimate.py keeps every recorded row within 15% of its measured peak.
-# NF4 with double quantization: 4 bits + one 8-bit scale per 64 weights + fp32 scales of those.
-NF4_BITS = 4.127
-# Activation bytes per token per hidden unit kept by one layer that is not checkpointed:
-# ACT_BYTES + ACT_MLP_BYTES x intermediate / hidden, plus, with LoRA dropout, DROPOUT_BYTES x (6 +
-# intermediate / hidden) for the dropped-out copies of the 7 adapted layers' inputs and their masks.
-# Fitted on H200 rows without checkpointing (bench/results/2026-12-01-h200-nockpt.json): Llama-2-7B
-# QLoRA 4096 with and without dropout, Llama-3-8B bf16 LoRA 4096 and QLoRA 2048.
-ACT_BYTES = 19.0
-ACT_MLP_BYTES = 5.3
-DROPOUT_BYTES = 1.92
-# With gradient checkpointing a layer keeps only its input: 2 bytes per hidden unit in bf16/fp16, 4
-# when peft's k-bit preparation has cast the embedding to fp32 (the residual stream is then fp32) ...
-# ... plus the one layer recomputed during the backward pass: RECOMPUTE_BYTES + RECOMPUTE_MLP_BYTES x
-# intermediate / hidden (the MLP's wide tensors dominate it).
-RECOMPUTE_BYTES = 16
-RECOMPUTE_MLP_BYTES = 15
-# ... less, with LoRA dropout and fused LoRA, what regenerating the masks saves in that layer
-# (tuner.fast.lora_fused): per hidden unit, q/k/v keep one shared input instead of three copies and three
-# masks (7 bytes), o 1, gate/up 4, down 1 x intermediate / hidden. Measured on H200: -0.28 GiB for
-# Llama-2-7B QLoRA at 4096 (bench/results/2026-12-01-h200-memory-regen.json); this counts 0.23.
-REGEN_SAVED_BYTES = 12
-# CUDA graphs of the layers (tuner.fast.layer_graphs, only where no layer is checkpointed) keep a static
-# copy of each layer's 16-bit input: measured +1.2 GiB for 32 layers of hidden 4096 at 4096 tokens,
-# +0.9 GiB for Qwen2.5-7B (28 x 3584) on H200 (bench/results/2026-12-01-h200-{graphs2,qwen}.json).
-GRAPH_INPUT_BYTES = 2
-# Bytes per token per vocabulary entry at the peak when the logits are materialised (16-bit logits,
-# their fp32 loss copies and gradients, not all alive at once); Liger's fused cross-entropy never
-# materialises them (chunks of a few thousand tokens: negligible).
-LOGIT_BYTES = 4.75
-BYTES_PER_TRAINABLE = 16  # fp32 weight + fp32 grad + AdamW m and v
-# bitsandbytes' paged AdamW keeps m and v (8 bytes) in unified memory, outside PyTorch's allocator.
-PAGED_OPTIMIZER_BYTES = 8
-GPU_OVERHEAD_GIB = 1.4  # CUDA context and allocator fragmentation: on the device, not allocated
-CPU_OVERHEAD_GIB = 1.0  # Python, torch and tokenizer in RAM
-# Share of the device memory a run may plan to use; the rest is headroom for spikes.
-USABLE_FRACTION = 0.9
-# Share of the memory the automatic choice of checkpointed layers plans to fill: the estimate is within
-# 15% of measured peaks, and an out-of-memory error an hour into a run costs more than the speed.
-AUTO_CHECKPOINT_FRACTION = 0.8
-# Checkpointed layers whose inputs are on the device at once when they are offloaded to host memory:
-# the one being recomputed and the next one copied back.
-OFFLOAD_INPUTS_ON_DEVICE = 2
-# Effective training throughput. GPU: bf16 dense peak x GPU_MFU on the FLOPs below (recomputation
-# included), plus a fixed host cost per step (what the GPU waits for: the LM head's loss, the optimizer,
-# the Trainer's step; per layer too where layers are not replayed as CUDA graphs), which grows with the
-# share of layers checkpointed (no graphs there, saved-tensor hooks, paged AdamW):
-# GPU_STEP_SECONDS = (no layer checkpointed, every layer). Fitted on the H200 rows of session 5 with
-# tuner's defaults (CUDA graphs, lean steps, cuDNN attention for one-sample rows, the dropout-gradient
-# kernel): QLoRA at 4096 tokens 0.31 s (Llama-2-7B) and 0.34 s (Llama-3-8B), bf16 LoRA Llama-3-8B
-# 0.31 s; with every layer checkpointed 0.56 to 0.65 s (Llama-2-7B QLoRA, session 4 and 5); within ~25%
-# of each (tests/test_estimate.py). CPU: measured with SmolLM2-135M LoRA at ~171 tokens/s on 2 cores,
-# i.e. ~1.4e11 FLOP/s.
-GPU_PEAK_FLOPS = {
-    "H100": 989e12,
-    "H200": 989e12,
-    "A100": 312e12,
-    "L40": 181e12,
-    "4090": 165e12,
-    "3090": 71e12,
-    "A10": 125e12,
-    "T4": 65e12,
-    "V100": 125e12,
-}
-GPU_DEFAULT_PEAK = 100e12
-GPU_MFU = 0.54
-GPU_STEP_SECONDS = {"quantized": (0.075, 0.30), "16-bit": (0.04, 0.3)}
-CPU_FLOPS = 1.4e11
-
-
-@dataclass
-class Estimate:
-    weights_gib: float
-    trainable_params: int
-    trainable_gib: float
-    activations_gib: float
-    logits_gib: float
-    overhead_gib: float
-    total_gib: float  # what the device must hold
-    allocated_gib: float  # of which PyTorch's allocator peak (torch.cuda.max_memory_allocated)
-    available_gib: float
-    fits: bool
-    tokens_per_step: int
-    seconds_per_step: float
-    total_steps: int | None
-    total_seconds: float | None
-    checkpointed_layers: int = 0  # layers whose activations are recomputed in the backward pass
-    offloaded: bool = False  # their inputs wait in host memory (tuner.fast.checkpoint_offload)
-    graphs: bool = False  # no layer checkpointed and the layers replayed as CUDA graphs (tuner.fast.layer_graphs)
-    embedding_on_cpu: bool = False  # the input embedding's table in host memory (tuner.fast.embedding_offload)
-    layers: int = 0
-    advice: list[str] = field(default_factory=list)
-
-
-def _base_bits(method: str, quantization: str, device: str) -> float:
-    if method == "qlora" or quantization == "4bit":
-        return NF4_BITS
-    if quantization == "8bit":
-        return 8.5  # int8 + outlier handling and per-row scales
-    return 32 if device == "cpu" else 16
-
-
-def speed_defaults(cfg_get, hw: Hardware, gpu_install: bool = False) -> tuple[bool, bool]:
-    """(liger, upcast) as tuner's training would run ``cfg`` here (tuner.config.speed's switches).
-    ``gpu_install``: for a GPU this machine does not have, as on one with requirements-gpu.txt
-    installed (Liger's kernels), whatever is installed here."""
-    from tuner.config.speed import switch
-
-    upcast = switch("TUNER_KBIT_UPCAST") == "on"
-    liger = (
-        hw.device == "cuda"
-        and switch("TUNER_LIGER") == "on"
-        and (gpu_install or importlib.util.find_spec("liger_kernel") is not None)
-        and "zero3" not in str(cfg_get("deepspeed", "") or "")
-    )
-    return liger, upcast
+from tuner.models.shape import ModelShape
+from tuner.plan.decide import RunPlan, checkpoint_plan, plan_run
+from tuner.plan.memory import Estimate, price
 
 
 def estimate(
@@ -166,7 +26,9 @@ def estimate(
     hw: Hardware | None = None,
     dataset_tokens: int | None = None,
     *,
+    settings: SpeedSettings | None = None,
     liger: bool | None = None,
+    liger_installed: bool | None = None,
     upcast: bool | None = None,
     checkpointed_layers: int | None = None,
     offload: bool | None = None,
@@ -178,214 +40,48 @@ def estimate(
 
     ``dataset_tokens`` (total tokens in the training data) gives the number of steps when the
     config trains by epochs; without it only a run with ``max_steps`` gets a total time.
-    ``liger`` (fused cross-entropy: no logits) and ``upcast`` (k-bit bases: unquantized weights in
-    fp32) default to what tuner's training does here. ``checkpointed_layers`` and ``offload`` (the
-    checkpointed layers' inputs kept in host memory) default to what training would choose
-    (``checkpoint_plan``) for ``budget_gib`` of memory (default: the device's); ``graphs`` (CUDA
-    graphs where no layer is checkpointed) to TUNER_CUDA_GRAPHS, and ``embedding_on_cpu`` (the input
-    embedding's table in host memory, where the model allows it) to TUNER_EMBEDDING_ON_CPU.
+    The run's plan is tuner.plan.decide's for ``settings`` (default: this environment's) and
+    ``budget_gib`` of memory (default: the device's); ``liger_installed`` plans for a GPU this machine
+    does not have, as with Liger installed there. The other keywords pin one decision of the plan
+    (what-if questions and calibration against measured rows): ``liger`` (fused cross-entropy: no
+    logits), ``upcast`` (k-bit bases: unquantized weights in fp32), ``checkpointed_layers`` and
+    ``offload`` (their inputs in host memory), ``graphs`` (CUDA graphs where no layer is
+    checkpointed), ``embedding_on_cpu`` (the input embedding's table in host memory).
     """
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     shape = shape or model_shapes.model_shape(get("model", "default"))
     hw = hw or system.hardware()
-    default_liger, default_upcast = speed_defaults(get, hw)
-    liger = default_liger if liger is None else liger
-    upcast = default_upcast if upcast is None else upcast
-    graphs = graphs_apply(get) if graphs is None else graphs
-    if checkpointed_layers is None or offload is None:
-        budget = hw.memory_gib if budget_gib is None else budget_gib
-        planned, planned_offload = checkpoint_plan(
-            cfg, shape, hw, budget, liger=liger, upcast=upcast, graphs=graphs
-        )
-        checkpointed_layers = planned if checkpointed_layers is None else checkpointed_layers
-        offload = planned_offload if offload is None else offload
-    est = _estimate(
-        get, shape, hw, dataset_tokens, liger, upcast, checkpointed_layers, offload, graphs, embedding_on_cpu
+    settings = settings or SpeedSettings.from_env(os.environ)
+    pinned = {}
+    if upcast is not None:
+        pinned["kbit_upcast"] = upcast
+    if graphs is not None:
+        pinned["graphs_allowed"] = graphs
+    if embedding_on_cpu is not None:
+        pinned["embedding_policy"] = "on" if embedding_on_cpu else "off"
+    plan = plan_run(
+        cfg, settings, hw, shape, budget_gib=budget_gib, liger=liger, liger_installed=liger_installed
     )
+    if pinned:  # the checkpoint count is planned again with the pinned decisions
+        plan = replace(plan, **pinned)
+        plan = plan.with_checkpointing(*_replanned(cfg, plan, shape, hw))
+    if checkpointed_layers is not None or offload is not None:
+        plan = plan.with_checkpointing(
+            plan.checkpointed_layers if checkpointed_layers is None else checkpointed_layers,
+            plan.offload_checkpoints if offload is None else offload,
+        )
+    return price_with_advice(get, plan, shape, hw, dataset_tokens)
+
+
+def _replanned(cfg, plan: RunPlan, shape: ModelShape, hw: Hardware) -> tuple[int, bool]:
+    return checkpoint_plan(cfg, plan, shape, hw, plan.budget_gib)
+
+
+def price_with_advice(get, plan: RunPlan, shape: ModelShape, hw: Hardware, dataset_tokens=None) -> Estimate:
+    est = price(get, plan, shape, hw, dataset_tokens)
     if not est.fits:
         est.advice = advice(est, get, hw)
     return est
-
-
-def checkpoint_plan(
-    cfg,
-    shape: ModelShape,
-    hw: Hardware,
-    budget_gib: float,
-    *,
-    liger: bool = False,
-    upcast: bool = False,
-    graphs: bool | None = None,
-) -> tuple[int, bool]:
-    """(layers to checkpoint, whether their inputs wait in host memory) as training decides them.
-
-    None when ``gradient_checkpointing`` is off. With it on (TUNER_CHECKPOINT_LAYERS): ``all`` checkpoints
-    every layer, ``offload`` every layer with the inputs in host memory; ``auto`` (one CUDA process
-    without DeepSpeed) the fewest layers that keep the estimate within AUTO_CHECKPOINT_FRACTION of
-    ``budget_gib`` (every layer left out saves its recomputation, about a third of its compute), and
-    when even every layer does not fit, every layer with its input offloaded. Where ``auto`` cannot
-    read the free memory (CPU, several processes, DeepSpeed), every layer."""
-    from tuner.config.speed import switch
-    from tuner.core.system import world_size
-
-    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
-    if not get("gradient_checkpointing", True):
-        return 0, False
-    mode = switch("TUNER_CHECKPOINT_LAYERS")
-    if mode != "auto":
-        return shape.layers, mode == "offload" and hw.device == "cuda"
-    if hw.device != "cuda" or world_size() > 1 or get("deepspeed", None):
-        return shape.layers, False
-    limit = budget_gib * AUTO_CHECKPOINT_FRACTION
-    graphs = graphs_apply(get) if graphs is None else graphs
-    for count in range(shape.layers + 1):
-        if _estimate(get, shape, hw, None, liger, upcast, count, False, graphs).total_gib <= limit:
-            return count, False
-    return shape.layers, True
-
-
-def graphs_apply(get) -> bool:
-    """Whether training would replay the layers as CUDA graphs when none is checkpointed
-    (tuner.train.model.build_model's rule: TUNER_CUDA_GRAPHS, LoRA, one process, no DeepSpeed)."""
-    return (
-        speed.switch("TUNER_CUDA_GRAPHS") == "on"
-        and (get("method", "lora") or "lora") != "full"
-        and not get("deepspeed", None)
-        and speed.world_size() <= 1
-    )
-
-
-def activation_bytes(shape: ModelShape, lora_dropout: float) -> float:
-    """Bytes per token per hidden unit that one layer without checkpointing keeps for its backward."""
-    ratio = shape.intermediate / shape.hidden
-    dropout = DROPOUT_BYTES * (6 + ratio) if lora_dropout > 0 else 0.0
-    return ACT_BYTES + ACT_MLP_BYTES * ratio + dropout
-
-
-def _estimate(
-    get,
-    shape,
-    hw,
-    dataset_tokens,
-    liger,
-    upcast,
-    checkpointed: int,
-    offload: bool,
-    graphs: bool = False,
-    embedding_on_cpu: bool | None = None,  # None: as TUNER_EMBEDDING_ON_CPU decides for this plan
-) -> Estimate:
-    method = get("method", "lora") or "lora"
-    quant = get("quantization", "none") or "none"
-    max_length = int(get("max_length", 2048) or 2048)
-    row_tokens = int(get("tokens_per_step") or max_length)
-    batch = int(get("batch_size", 1) or 1)
-    accum = int(get("accumulative_counts", 1) or 1)
-    checkpointed = max(0, min(shape.layers, checkpointed))
-    tokens = batch * row_tokens
-
-    bits = _base_bits(method, quant, hw.device)
-    quantized = bits < 16
-    residual_bytes = 2 if hw.device == "cuda" else 4  # 16-bit on a GPU, fp32 on a CPU
-    if method == "full":
-        trainable = shape.params
-        # The fp32 master copy is counted in BYTES_PER_TRAINABLE; keep 16-bit weights only on GPU.
-        weights = shape.params * 2 if hw.device == "cuda" else 0
-    else:
-        trainable = lora_params(shape, int(get("lora_r", 64) or 64), get("lora_targets", "all-linear"))
-        weights = shape.params * bits / 8
-        if quantized:  # bitsandbytes quantizes the layers' linear weights, not the embedding/LM head
-            kept = shape.embedding_params
-            kept_bytes = 4 if upcast else 2
-            weights = (shape.params - kept) * bits / 8 + kept * kept_bytes
-            residual_bytes = 4 if upcast else 2
-        every_layer = checkpointed == shape.layers
-        if embedding_on_cpu is None:
-            embedding_on_cpu = speed.embedding_on_cpu(every_layer, get("deepspeed"))
-        embedding_on_cpu = bool(embedding_on_cpu) and hw.device == "cuda" and not shape.tied
-        if embedding_on_cpu:
-            # the frozen input embedding's table waits in host memory (tuner.fast.embedding_offload)
-            weights -= shape.vocab * shape.hidden * (kept_bytes if quantized else bits / 8)
-    trainable_bytes = trainable * BYTES_PER_TRAINABLE
-    # Paged AdamW keeps its state in device memory PyTorch does not count. optimizer auto picks it for
-    # a quantized base that needs every layer checkpointed (tuner.train.args.auto_optimizer).
-    optimizer = get("optimizer", "auto") or "auto"
-    if optimizer == "auto":
-        paged = hw.device == "cuda" and quantized and (checkpointed == shape.layers or bool(get("deepspeed")))
-    else:
-        paged = hw.device == "cuda" and optimizer.startswith("paged_")
-    outside_allocator = trainable * PAGED_OPTIMIZER_BYTES if paged else 0
-    dropout = float(get("lora_dropout", 0.1) or 0) if method != "full" else 0.0
-    # drawn dropout (tuner.fast.lora_dropout_kernels) keeps neither the dropped-out copies nor the masks
-    drawn = (
-        dropout > 0
-        and hw.device == "cuda"
-        and speed.fused_lora_in_use(method, get("deepspeed"))
-        and speed.switch("TUNER_LORA_DROPOUT_KERNEL") == "on"
-    )
-    kept_per_layer = activation_bytes(shape, 0.0 if drawn else dropout) * (residual_bytes / 2)
-    act = tokens * shape.hidden * (shape.layers - checkpointed) * kept_per_layer
-    if checkpointed:
-        recompute = RECOMPUTE_BYTES + RECOMPUTE_MLP_BYTES * shape.intermediate / shape.hidden
-        if dropout > 0 and speed.fused_lora_in_use(method, get("deepspeed")):
-            recompute -= REGEN_SAVED_BYTES + shape.intermediate / shape.hidden
-        # offloaded: only the inputs on their way to and from host memory stay on the device
-        kept_inputs = min(OFFLOAD_INPUTS_ON_DEVICE, checkpointed) if offload else checkpointed
-        act += tokens * shape.hidden * (residual_bytes * kept_inputs + recompute)
-    elif graphs and hw.device == "cuda":
-        act += tokens * shape.hidden * shape.layers * GRAPH_INPUT_BYTES
-    logits = 0 if liger else tokens * shape.vocab * LOGIT_BYTES
-    if wide_chunks_apply(hw.device == "cuda", liger, checkpointed):
-        # one wide chunk's logits, alive at the end of the forward, where the activations peak
-        logits = wide_chunk_logits_bytes(tokens, shape.hidden, shape.vocab)
-    overhead = (GPU_OVERHEAD_GIB if hw.device == "cuda" else CPU_OVERHEAD_GIB) * GIB
-    allocated = weights + trainable_bytes - outside_allocator + act + logits
-    total = allocated + outside_allocator + overhead
-
-    # Attention: 6 x layers x d_attn x context FLOPs per token (QK^T and AV, forward and backward,
-    # half the pairs under the causal mask); packed samples attend within themselves only.
-    context = min(max_length, row_tokens)
-    attention = 6 * shape.layers * shape.heads * shape.head_dim * context
-    flops_per_token = (6 if method == "full" else 4) * shape.params + attention
-    # the forward pass of the checkpointed layers again
-    flops_per_token += (2 * shape.params + attention / 3) * checkpointed / shape.layers
-    step_tokens = tokens * accum
-    if hw.device == "cuda":
-        peak = next((v for k, v in GPU_PEAK_FLOPS.items() if k in hw.name), GPU_DEFAULT_PEAK)
-        unchecked, every = GPU_STEP_SECONDS["quantized" if quantized else "16-bit"]
-        fixed = (unchecked + (every - unchecked) * checkpointed / shape.layers) * batch * accum
-        seconds_per_step = fixed + step_tokens * flops_per_token / (peak * GPU_MFU)
-    else:
-        throughput = CPU_FLOPS * max(1, hw.cpu_count) / 2  # calibrated on 2 cores
-        seconds_per_step = step_tokens * flops_per_token / throughput
-    max_steps = int(get("max_steps", -1) or -1)
-    if max_steps > 0:
-        steps = max_steps
-    elif dataset_tokens:
-        steps = math.ceil(dataset_tokens / step_tokens * float(get("max_epochs", 3) or 3))
-    else:
-        steps = None
-    available = hw.memory_gib
-    return Estimate(
-        weights_gib=weights / GIB,
-        trainable_params=trainable,
-        trainable_gib=trainable_bytes / GIB,
-        activations_gib=act / GIB,
-        logits_gib=logits / GIB,
-        overhead_gib=overhead / GIB,
-        total_gib=total / GIB,
-        allocated_gib=allocated / GIB,
-        available_gib=available,
-        fits=total / GIB <= available * USABLE_FRACTION,
-        tokens_per_step=step_tokens,
-        seconds_per_step=seconds_per_step,
-        total_steps=steps,
-        total_seconds=steps * seconds_per_step if steps else None,
-        checkpointed_layers=checkpointed,
-        offloaded=offload and checkpointed > 0,
-        graphs=bool(graphs) and checkpointed == 0 and hw.device == "cuda",
-        embedding_on_cpu=method != "full" and bool(embedding_on_cpu),
-        layers=shape.layers,
-    )
 
 
 def dataset_tokens(path) -> int | None:
@@ -424,39 +120,3 @@ def advice(est: Estimate, get, hw: Hardware) -> list[str]:
         tips.append("use deepspeed: zero3_offload (optimizer states and weights in CPU memory)")
     tips.append("or pick a smaller model")
     return tips
-
-
-# The transient logits of one wide chunk (16-bit): half a GiB, ~1% of what a roomy 8B run holds.
-WIDE_LOGITS_BYTES = 2**29
-
-
-def chunk_budget(tokens: int, hidden: int, element_bytes: int) -> int:
-    """Liger's ``chunk_mem_const`` that lets one chunk's logits take ``WIDE_LOGITS_BYTES``.
-
-    >>> chunk_budget(4096, 4096, 2)  # Llama-3-8B at 4,096 tokens: 16 -> 2 chunks of 2,048 tokens
-    16
-    >>> chunk_budget(65536, 4096, 2)  # rows so long that Liger's own budget is already the cap
-    1
-    """
-    return max(1, WIDE_LOGITS_BYTES // max(1, tokens * hidden * element_bytes))
-
-
-def wide_chunk_logits_bytes(tokens: int, hidden: int, vocab: int, element_bytes: int = 2) -> int:
-    """The logits of one wide chunk, as Liger sizes its chunks from ``chunk_budget``'s value (its
-    chunk is the next power of two above tokens / ceil(vocab / (budget x hidden)), at most all tokens).
-
-    >>> wide_chunk_logits_bytes(4096, 4096, 128256) / 2**20  # 2 chunks of 2,048 tokens
-    501.0
-    """
-    budget = chunk_budget(tokens, hidden, element_bytes)
-    chunks = -(-vocab // (budget * hidden))
-    chunk = min(1 << max(0, (-(-tokens // chunks) - 1).bit_length()), tokens)
-    return chunk * vocab * element_bytes
-
-
-def wide_chunks_apply(cuda: bool, liger: bool, checkpointed_layers: int) -> bool:
-    """Whether a run gets wide chunks (TUNER_LOSS_CHUNKS=wide, Liger's loss on a GPU, no layer
-    checkpointed): what tuner.train.model decides, for the estimate to count their logits."""
-    from tuner.config.speed import switch
-
-    return cuda and liger and checkpointed_layers == 0 and switch("TUNER_LOSS_CHUNKS") == "wide"

@@ -31,32 +31,26 @@ def longest_sample(
     cfg,
     shape: ModelShape | None = None,
     hw: Hardware | None = None,
-    *,
-    liger: bool | None = None,
-    upcast: bool | None = None,
+    **kernels,
 ) -> int:
     """The longest single sample (``max_length`` tokens, one row per step, no packing) that the
     estimate fits on ``hw`` with ``cfg``'s other settings: a multiple of LONGEST_STEP, at most
-    LONGEST_CEILING; 0 where not even LONGEST_STEP tokens fit. ``liger`` and ``upcast`` as for
-    ``estimate`` (default: what training does here; without Liger the logits grow with the row).
+    LONGEST_CEILING; 0 where not even LONGEST_STEP tokens fit. ``kernels``: ``liger``, ``upcast`` or
+    ``liger_installed`` as for ``estimate`` (default: what training does here; without Liger the
+    logits grow with the row).
 
     Memory grows with the tokens of a step whatever the checkpoint plan (which gets more layers
     checkpointed, then offloaded, as rows grow), so the answer is a bisection over ``fits``. On an
     H200 held to 80 GiB a 131,072-token Llama-3-8B QLoRA row used 38.5 GiB of the device with
     expandable segments where the estimate says 36.7 (peak allocated 34.6, estimate 34.1), and 45.2 GiB
-    with PyTorch's default allocator, which fragments on rows that long (docs/benchmarks.md, session 7).
+    with PyTorch's default allocator, which fragments on rows that long (bench/results/2026-12-01-h200-long-context-*.json).
     """
     base = dict(cfg) if isinstance(cfg, dict) else cfg.to_dict()
     shape = shape or model_shapes.model_shape(base.get("model") or "default")
     hw = hw or system.hardware()
-    default_liger, default_upcast = estimate_module.speed_defaults(base.get, hw)
-    liger = default_liger if liger is None else liger
-    upcast = default_upcast if upcast is None else upcast
 
     def fits(blocks: int) -> bool:
-        return estimate_module.estimate(
-            one_sample(base, blocks * LONGEST_STEP), shape, hw, liger=liger, upcast=upcast
-        ).fits
+        return estimate_module.estimate(one_sample(base, blocks * LONGEST_STEP), shape, hw, **kernels).fits
 
     low, high = 1, LONGEST_CEILING // LONGEST_STEP  # in blocks: low fits, high does not (checked)
     if not fits(low):
@@ -81,7 +75,7 @@ class LongestSample:
 
 
 def longest_sample_report(cfg, shape: ModelShape, hw: Hardware, **kernels) -> LongestSample:
-    """longest_sample with what goes with it (LongestSample); ``kernels``: ``liger`` / ``upcast``."""
+    """longest_sample with what goes with it (LongestSample); ``kernels`` as for longest_sample."""
     base = dict(cfg) if isinstance(cfg, dict) else cfg.to_dict()
     tokens = longest_sample(base, shape, hw, **kernels)
     if not tokens:

@@ -1,5 +1,5 @@
-"""transformers' TrainingArguments for a tuner run: the optimizer ``auto`` picks, precision, schedule,
-evaluation and checkpoint cadence, DeepSpeed."""
+"""transformers' TrainingArguments for a tuner run: the plan's optimizer and step bookkeeping,
+precision, schedule, evaluation and checkpoint cadence, DeepSpeed."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import os
 from pathlib import Path
 
 from tuner.config.deepspeed import deepspeed_config_path
-from tuner.config.schema import method_bits
-from tuner.config.speed import lean_steps, switch
 from tuner.core.errors import TunerError
-from tuner.core.system import world_size
 
 
 def _ensure_single_process_env() -> None:
@@ -25,41 +22,16 @@ def _ensure_single_process_env() -> None:
             os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
 
 
-def auto_optimizer(config, loaded, cuda: bool) -> str:
-    """AdamW as ``optimizer: auto`` picks it. On a GPU: torch's fused AdamW (one kernel launch for all
-    LoRA weights; bitsandbytes' paged AdamW launches one per weight, which the host cannot hide behind
-    short steps), except for a 4/8-bit base that needed every layer checkpointed to fit: there paged
-    AdamW's state can move to host memory when a long row spikes. Under DeepSpeed as before this
-    choice existed (paged AdamW for 4/8-bit bases, else torch's unfused AdamW): its offload configs
-    keep the optimizer state in host memory, where the fused kernel cannot run."""
-    if not cuda:
-        return "adamw_torch"
-    if config.deepspeed:
-        return "paged_adamw_32bit" if method_bits(config) else "adamw_torch"
-    if method_bits(config) and loaded.memory_tight:
-        return "paged_adamw_32bit"
-    return "adamw_torch_fused"
-
-
-def accelerator_config(cuda: bool, deepspeed) -> dict:
-    """accelerate's settings for the run's DataLoader. A blocking copy of a batch to the GPU waits for
-    the previous step's last kernel (a device sync per tensor, after which the GPU idles through the
-    step's Python prelude); from pinned memory a non-blocking copy just queues behind it. Measured on
-    one process without DeepSpeed, and only used there."""
-    measured_here = cuda and not deepspeed and world_size() <= 1
-    return {"non_blocking": measured_here and switch("TUNER_ASYNC_BATCH_COPY") == "on"}
-
-
-def training_arguments(config, run_dir: Path, loaded, has_eval: bool):
+def training_arguments(config, run_dir: Path, built, has_eval: bool):
+    """TrainingArguments for ``config``, with the optimizer and the step bookkeeping of the run's plan
+    (``built``: tuner.train.model.BuiltModel)."""
     import torch
     from transformers import TrainingArguments
 
     from tuner.train.tracking import tracking_arguments
 
     cuda = torch.cuda.is_available()
-    optimizer = config.optimizer
-    if optimizer == "auto":
-        optimizer = auto_optimizer(config, loaded, cuda)
+    plan = built.plan
     eval_kwargs = {}
     if has_eval:
         if config.eval_freq:
@@ -93,11 +65,11 @@ def training_arguments(config, run_dir: Path, loaded, has_eval: bool):
         warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of the total steps
         lr_scheduler_type=config.lr_scheduler,
         max_grad_norm=config.max_norm,
-        optim=optimizer,
+        optim=plan.optimizer,
         seed=config.seed,
         data_seed=config.seed,
-        bf16=cuda and loaded.dtype == torch.bfloat16,
-        fp16=cuda and loaded.dtype == torch.float16,
+        bf16=cuda and built.dtype == torch.bfloat16,
+        fp16=cuda and built.dtype == torch.float16,
         use_cpu=not cuda,
         logging_steps=config.logging_steps,
         logging_first_step=True,
@@ -108,15 +80,18 @@ def training_arguments(config, run_dir: Path, loaded, has_eval: bool):
         # Trainer's token count moves a scalar to the GPU, gathers it and reads it back after every
         # micro-step's backward: a device sync that idles the GPU while the host launches the
         # optimizer. On one process the host-side count in our Trainer class gives the same number.
-        include_num_input_tokens_seen="no" if lean_steps() else "all",
+        include_num_input_tokens_seen="no" if plan.lean else "all",
         # Trainer's NaN filter tests every micro-step's loss on the host (a device sync each, 16 per
         # optimizer step with accumulation 16); with lean steps a NaN loss is logged as it is, and
         # tuner.train.callbacks warns that training diverged.
-        logging_nan_inf_filter=not lean_steps(),
+        logging_nan_inf_filter=not plan.lean,
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=True,
-        accelerator_config=accelerator_config(cuda, ds),
+        # A blocking copy of a batch to the GPU waits for the previous step's last kernel (a device sync
+        # per tensor, after which the GPU idles through the step's Python prelude); from pinned memory a
+        # non-blocking copy just queues behind it.
+        accelerator_config={"non_blocking": plan.async_batch_copy},
         deepspeed=ds,
         **eval_kwargs,
     )

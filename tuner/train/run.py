@@ -19,14 +19,17 @@ from pathlib import Path
 
 from tuner.chat.generate import greedy_answers
 from tuner.config.deepspeed import partitions_weights
+from tuner.config.speed import SpeedSettings
 from tuner.core.errors import TunerError, storage_error
 from tuner.core.io import write_text_atomic
 from tuner.core.system import rank as _rank
 from tuner.core.system import world_size as _world_size
 from tuner.core.workspace import resolve_path, work_dirs
+
+# Data and model setup live in their own modules; their names stay importable from here.
+from tuner.models.pissa import initial_adapter, save_as_lora
 from tuner.runs import lock as folder_lock
 from tuner.runs.events import EVENTS_FILE, EventLog
-from tuner.runs.resume import hold_for_resume
 from tuner.runs.folders import (
     ADAPTER_DIR,
     CONFIG_FILE,
@@ -37,15 +40,13 @@ from tuner.runs.folders import (
     latest_run,
     new_run_dir,
 )
-
-# Data and model setup live in their own modules; their names stay importable from here.
-from tuner.models.pissa import initial_adapter, save_as_lora
+from tuner.runs.resume import hold_for_resume
 from tuner.train import data as train_data
 from tuner.train.args import training_arguments
 from tuner.train.callbacks import EvaluationAnswersCallback, EventCallback, RunControl
-from tuner.train.tracking import tracking_callbacks
 from tuner.train.data import encode_for_training, load_training_samples, training_collator
 from tuner.train.model import build_model
+from tuner.train.tracking import tracking_callbacks
 from tuner.train.trainer import make_trainer_class
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,9 @@ def oom_advice(loaded) -> str:
         return OOM_ADVICE
     return (
         f"out of GPU memory with gradient checkpointing {loaded.checkpointing.split(' (')[0]}, as planned "
-        "from the GPU memory free at the start. Run again with TUNER_CHECKPOINT_LAYERS=all (every layer) "
-        "or offload (every layer, inputs in host memory), or free GPU memory used by other programs. "
+        "from the GPU memory free at the start. Run again with --set checkpoint_layers=all (every layer) "
+        "or checkpoint_layers=offload (every layer, inputs in host memory), or free GPU memory used by other "
+        "programs. "
         + OOM_ADVICE.removeprefix("out of GPU memory. ")
     )
 
@@ -87,7 +89,7 @@ def packing_problem(model, tokenizer, loaded, config) -> str | None:
     """Why packed rows would train this model wrongly (tuner.train.packing_probe), or None. Under ZeRO-3 the
     weights exist only inside DeepSpeed's engine, which does not exist yet: there the model's own
     attention code is trusted (transformers' architectures honour packed position ids)."""
-    if partitions_weights(config):
+    if partitions_weights(config.deepspeed):
         return None
     import torch
 
@@ -210,11 +212,13 @@ def train(
     from tuner.models.load import count_parameters, load_tokenizer, release
 
     control = control or RunControl()
+    settings = SpeedSettings.from_env(os.environ)  # once per run; a bad value fails before anything is written
     run_dir, checkpoint = prepare_run(config, run_dir=run_dir, resume=resume)
     main_process = _rank() == 0  # under torchrun only rank 0 writes the run folder's files
     events = EventLog(run_dir / EVENTS_FILE, listener) if main_process else EventLog()
     handler = _attach_log_file(run_dir)
     model = trainer = None
+    facts: dict = {}
     try:
         events.emit("status", status="preparing", message=f"run folder {run_dir}", run_dir=str(run_dir))
         set_seed(config.seed)
@@ -238,7 +242,9 @@ def train(
         events.emit("status", status="loading", message=f"template {template.name}; data {json.dumps(info)}")
 
         events.emit("status", status="loading", message=f"loading the model {config.model}")
-        model, loaded = build_model(config)
+        model, loaded = build_model(config, settings)
+        # how this run uses the machine, in every status.json written from here on
+        facts = {"speed_settings": settings.as_dict(), "plan": loaded.plan.as_dict()}
         problem = packing_problem(model, tokenizer, loaded, config) if config.pack_to_max_length else None
         if problem:
             warning = (
@@ -260,7 +266,7 @@ def train(
 
         from datasets import Dataset
 
-        trainer_cls = make_trainer_class()
+        trainer_cls = make_trainer_class(loaded.plan)
         args = training_arguments(config, run_dir, loaded, has_eval=bool(eval_rows))
         callbacks = [EventCallback(events, control), *tracking_callbacks(config, run_dir, main_process)]
         if config.evaluation_inputs:
@@ -298,10 +304,10 @@ def train(
         if control.stop_requested:
             # Stopped while data and model were loading: nothing was trained, so nothing is saved.
             message = "cancelled before the first step; nothing trained or saved"
-            _write_status(run_dir, status="cancelled", steps=0, output=None, finished=time.time())
+            _write_status(run_dir, **facts, status="cancelled", steps=0, output=None, finished=time.time())
             events.emit("status", status="cancelled", step=0, run_dir=str(run_dir), message=message)
             return RunResult(run_dir, "cancelled", None, 0, None)
-        _write_status(run_dir, status="running", started=time.time())
+        _write_status(run_dir, **facts, status="running", started=time.time())
         try:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except torch.cuda.OutOfMemoryError as exc:
@@ -317,6 +323,7 @@ def train(
         train_loss = getattr(result, "training_loss", None)
         _write_status(
             run_dir,
+            **facts,
             status=status,
             steps=trainer.state.global_step,
             train_loss=train_loss,
@@ -334,18 +341,18 @@ def train(
         )
         return RunResult(run_dir, status, output_dir, trainer.state.global_step, train_loss)
     except TunerError as exc:
-        _write_status(run_dir, status="failed", error=str(exc), finished=time.time())
+        _write_status(run_dir, **facts, status="failed", error=str(exc), finished=time.time())
         events.emit("error", status="failed", message=str(exc))
         raise
     except Exception as exc:
         refused = storage_error(exc)  # a full or read-only disk: say so, and what to do
         if refused is not None:
             with suppress(OSError):  # the status may not fit on a full disk: tuner.runs.status tells then
-                _write_status(run_dir, status="failed", error=str(refused), finished=time.time())
+                _write_status(run_dir, **facts, status="failed", error=str(refused), finished=time.time())
                 events.emit("error", status="failed", message=str(refused))
             raise refused from exc
         log.exception("training failed")
-        _write_status(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
+        _write_status(run_dir, **facts, status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
         events.emit(
             "error",
             status="failed",
@@ -354,7 +361,7 @@ def train(
         raise
     except BaseException:  # Ctrl-C, SIGTERM (the CLI turns it into SystemExit): never left "running"
         with suppress(OSError):
-            _write_status(run_dir, status="interrupted", error="interrupted", finished=time.time())
+            _write_status(run_dir, **facts, status="interrupted", error="interrupted", finished=time.time())
         raise
     finally:
         if main_process:

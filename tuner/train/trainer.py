@@ -7,14 +7,17 @@ import logging
 import os
 import shutil
 
-from tuner.config.speed import deferred_logging, lean_steps
 from tuner.data.pack import PADDING_TOKENS
 from tuner.fast.deferred_log import PendingLog
 
 log = logging.getLogger(__name__)
 
 
-def make_trainer_class():
+def make_trainer_class(plan=None):
+    """tuner's Trainer class for a run whose tuner.plan.decide.RunPlan is ``plan`` (its lean steps and
+    deferred logging; None: Trainer's own bookkeeping)."""
+    lean = bool(plan is not None and plan.lean)
+    defer = bool(plan is not None and plan.deferred_logging)
     from transformers import Trainer
     from transformers.trainer_utils import rotate_checkpoints
 
@@ -24,14 +27,14 @@ def make_trainer_class():
         """Writes each checkpoint into a hidden staging folder, then renames it into place, so a crash
         mid-save never leaves a checkpoint that looks complete but is not.
 
-        With lean steps (TUNER_STEP_OVERHEAD) it also counts tokens and FLOPs on the host: Trainer's
+        With lean steps (the plan's, TUNER_LEAN_STEPS) it also counts tokens and FLOPs on the host: Trainer's
         own count reads a GPU scalar back after every micro-step's backward (a device sync), and its
         FLOP count walks every module and parameter of the model (~2,700 and ~740 for a 7B peft
         model, whatever its width) on every micro-step."""
 
         _lean = None  # decided at the first step
         _flop_params = None  # parameters counted for FLOPs, cached at the first step
-        _defer_logs = None  # TUNER_DEFERRED_LOGGING, decided at the first logging point
+        _defer_logs = None  # the plan's deferred logging, confirmed at the first logging point
         _pending_log = None  # a logged step whose values are still on their way to the host
 
         def training_step(self, model, inputs, *args, **kwargs):
@@ -40,7 +43,7 @@ def make_trainer_class():
             self.state.num_input_tokens_seen -= inputs.pop(PADDING_TOKENS, 0)
             hand_over_host_ids(self.model, inputs)
             if self._lean is None:  # training_arguments turned Trainer's own count off for lean steps
-                self._lean = lean_steps() and self.args.include_num_input_tokens_seen in ("no", False)
+                self._lean = lean and self.args.include_num_input_tokens_seen in ("no", False)
             if not self._lean:
                 return super().training_step(model, inputs, *args, **kwargs)
             if "input_ids" in inputs:
@@ -75,7 +78,7 @@ def make_trainer_class():
             start_time = args[4] if len(args) > 4 else kwargs.get("start_time")
             if self._defer_logs is None:
                 self._defer_logs = (
-                    deferred_logging() and not self.is_deepspeed_enabled and self.args.world_size == 1
+                    defer and not self.is_deepspeed_enabled and self.args.world_size == 1
                 )
             if self._defer_logs:
                 # Read before the earlier line goes out: Trainer's on_log resets should_log.

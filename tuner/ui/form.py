@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from tuner.config.files import config_from_dict
 from tuner.config.schema import (
+    CHECKPOINT_LAYERS,
     DATA_FORMATS,
     DEEPSPEED_PRESETS,
+    EMBEDDING_ON_CPU,
     KEYS,
     LORA_INITS,
     LR_SCHEDULERS,
@@ -56,6 +58,8 @@ SPEC: dict[str, tuple[str, dict]] = {
     "optimizer": ("combo", {"choices": ["auto", "adamw_torch", "paged_adamw_32bit", "adamw_8bit"]}),
     "precision": ("choice", {"choices": list(PRECISIONS)}),
     "gradient_checkpointing": ("check", {}),
+    "checkpoint_layers": ("choice", {"choices": list(CHECKPOINT_LAYERS)}),
+    "embedding_on_cpu": ("choice", {"choices": list(EMBEDDING_ON_CPU)}),
     "lora_r": ("slider", {"minimum": 1, "maximum": 256, "step": 1}),
     "lora_alpha": ("slider", {"minimum": 1, "maximum": 512, "step": 1}),
     "lora_dropout": ("slider", {"minimum": 0.0, "maximum": 0.5, "step": 0.01}),
@@ -104,6 +108,8 @@ GROUPS = {
         "optimizer",
         "precision",
         "gradient_checkpointing",
+        "checkpoint_layers",
+        "embedding_on_cpu",
     ],
     "form.group.lora": ["lora_r", "lora_alpha", "lora_dropout", "lora_targets", "use_dora", "use_rslora", "lora_init"],
     "form.group.eval": [

@@ -6,10 +6,11 @@ from tuner.core.errors import TunerError
 from tuner.core.workspace import resolve_path
 
 
-def partitions_weights(config) -> bool:
-    """True under DeepSpeed ZeRO-3, whose weights exist only inside their module's forward: Liger's
-    fused cross-entropy reads the LM head's weight directly, so it stays off there."""
-    path = deepspeed_config_path(config.deepspeed)
+def partitions_weights(deepspeed: str | None) -> bool:
+    """True when the config's ``deepspeed`` value is ZeRO-3 (a preset or a JSON file's stage), whose
+    weights exist only inside their module's forward: Liger's fused cross-entropy reads the LM head's
+    weight directly, so it stays off there."""
+    path = deepspeed_config_path(deepspeed)
     if not path:
         return False
     try:

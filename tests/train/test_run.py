@@ -176,8 +176,8 @@ def test_background_job_streams_events_refuses_second_start_and_releases_model(
     models = []
     original = train_module.build_model
 
-    def tracking_build_model(config):
-        model, loaded = original(config)
+    def tracking_build_model(config, settings):
+        model, loaded = original(config, settings)
         models.append(weakref.ref(model))
         return model, loaded
 
@@ -246,7 +246,7 @@ def test_a_failing_run_still_logs_its_last_finished_step(workspace, tiny_llama_d
     from tuner.train.run import train
 
     _out_of_memory_after(2, monkeypatch)
-    monkeypatch.setenv("TUNER_DEFERRED_LOGGING", "on")
+    monkeypatch.setenv("TUNER_LEAN_STEPS", "on")
     data = write_data(workspace / "d.jsonl", repeat=2)
     with pytest.raises(TunerError, match="out of GPU memory"):
         train(make_config(tiny_llama_dir, data, max_steps=6, save_steps=100))
@@ -282,8 +282,8 @@ def test_stop_racing_with_the_end_of_a_run_never_leaves_the_job_stuck(workspace,
 
 
 def test_speed_switches_leave_the_training_unchanged(workspace, tiny_llama_dir, monkeypatch):
-    # TUNER_CHECKPOINTING / TUNER_STEP_OVERHEAD change how a step is computed and counted, not what
-    # it computes: the same adapter and the same token count (with accumulation and padding).
+    # TUNER_LEAN_STEPS / TUNER_FUSED_LORA change how a step is computed and counted, not what it
+    # computes: the same adapter and the same token count (with accumulation and padding).
     from tuner.train.run import train
 
     data = write_data(workspace / "d.jsonl", repeat=2)
@@ -292,12 +292,7 @@ def test_speed_switches_leave_the_training_unchanged(workspace, tiny_llama_dir, 
     results = {}
     for name, env in {
         "default": {},
-        "switched": {
-            "TUNER_CHECKPOINTING": "reentrant",
-            "TUNER_STEP_OVERHEAD": "trainer",
-            "TUNER_FUSED_LORA": "off",
-            "TUNER_DEFERRED_LOGGING": "off",
-        },
+        "switched": {"TUNER_LEAN_STEPS": "off", "TUNER_FUSED_LORA": "off"},
     }.items():
         with monkeypatch.context() as patch:
             for key, value in env.items():
@@ -314,7 +309,7 @@ def test_speed_switches_leave_the_training_unchanged(workspace, tiny_llama_dir, 
 def test_deferred_logging_logs_the_same_lines_for_the_same_steps_one_step_later(
     workspace, tiny_llama_dir, monkeypatch
 ):
-    # TUNER_DEFERRED_LOGGING reads a logged step's values back at the next logging point (no device
+    # Lean steps (TUNER_LEAN_STEPS) read a logged step's values back at the next logging point (no device
     # sync at this one): every line, evaluation, checkpoint and the summary must come out as without
     # it, stamped with its own step, and a step that saves or ends the run logs before it saves.
     from tuner.train.callbacks import EventCallback
@@ -338,7 +333,7 @@ def test_deferred_logging_logs_the_same_lines_for_the_same_steps_one_step_later(
             return _original(self, args, state, control, logs=logs, **kwargs)
 
         with monkeypatch.context() as patch:
-            patch.setenv("TUNER_DEFERRED_LOGGING", mode)
+            patch.setenv("TUNER_LEAN_STEPS", mode)
             patch.setattr(EventCallback, "on_step_end", record_end)
             patch.setattr(EventCallback, "on_log", record_log)
             result = train(make_config(tiny_llama_dir, data, name=f"deferred_{mode}", **settings))
@@ -349,15 +344,22 @@ def test_deferred_logging_logs_the_same_lines_for_the_same_steps_one_step_later(
         ]
         state = json.loads((result.run_dir / "checkpoint-4" / "trainer_state.json").read_text())
         history = [
-            {k: v for k, v in line.items() if "runtime" not in k and "per_second" not in k}
+            # without lean steps Trainer counts tokens itself and logs its count here too
+            {
+                k: v
+                for k, v in line.items()
+                if "runtime" not in k and "per_second" not in k and k != "num_input_tokens_seen"
+            }
             for line in state["log_history"]
         ]
         runs[mode] = events, history, order
 
     (events_off, history_off, order_off), (events_on, history_on, order_on) = runs["off"], runs["on"]
     assert [e["step"] for e in events_on if e["type"] == "log"] == [1, 2, 4, 6]  # logging_first_step
-    assert events_on == pytest.approx(events_off)
-    assert history_on == pytest.approx(history_off)
+    for on, off in zip(events_on, events_off, strict=True):
+        assert on == pytest.approx(off), (on, off)
+    for on, off in zip(history_on, history_off, strict=True):
+        assert on == pytest.approx(off), (on, off)
     assert order_off[:5] == [("end", 1), ("log", 1), ("end", 2), ("log", 2), ("end", 3)]
     # Deferred: each line comes one step end later, except step 4's: that step saves a checkpoint.
     assert order_on[:7] == [
@@ -371,14 +373,6 @@ def test_deferred_logging_logs_the_same_lines_for_the_same_steps_one_step_later(
     ]
 
 
-def test_a_bad_speed_switch_is_a_clear_error(monkeypatch):
-    from tuner.config.speed import switch
-
-    monkeypatch.setenv("TUNER_CHECKPOINTING", "sometimes")
-    with pytest.raises(TunerError, match="TUNER_CHECKPOINTING"):
-        switch("TUNER_CHECKPOINTING")
-
-
 def test_stop_while_loading_trains_nothing(workspace, tiny_llama_dir, monkeypatch):
     import tuner.train.run as train_module
     from tuner.train.job import TrainingJob
@@ -386,9 +380,9 @@ def test_stop_while_loading_trains_nothing(workspace, tiny_llama_dir, monkeypatc
     original = train_module.build_model
     job = TrainingJob()
 
-    def stop_during_load(config):
+    def stop_during_load(config, settings):
         job.stop(save=True)  # the user clicks Stop while the model is still loading
-        return original(config)
+        return original(config, settings)
 
     monkeypatch.setattr(train_module, "build_model", stop_during_load)
     run_dir = job.start(make_config(tiny_llama_dir, write_data(workspace / "d.jsonl"), max_steps=5))
@@ -438,48 +432,6 @@ def test_keep_best_and_early_stopping(workspace, tiny_llama_dir):
         torch.testing.assert_close(final[key], best[key])
 
 
-def test_liger_stays_off_under_zero3_only(tmp_path):
-    from tuner.config.deepspeed import partitions_weights
-    from tuner.config.schema import TrainConfig
-
-    custom = tmp_path / "ds.json"
-    custom.write_text('{"zero_optimization": {"stage": 3}}')
-    stages = {None: False, "zero2": False, "zero2_offload": False, "zero3": True, "zero3_offload": True}
-    for value, expected in {**stages, str(custom): True}.items():
-        assert partitions_weights(TrainConfig(deepspeed=value)) is expected, value
-
-
-def test_speed_switch_defaults_and_bad_values(monkeypatch):
-    from tuner.config.speed import switch
-    from tuner.core.errors import TunerError
-
-    defaults = {
-        "TUNER_VARLEN": "on",
-        "TUNER_KBIT_UPCAST": "off",
-        "TUNER_LIGER": "on",
-        "TUNER_FUSED_LORA": "on",
-        "TUNER_CHECKPOINT_LAYERS": "auto",
-        "TUNER_CUDA_GRAPHS": "on",
-        "TUNER_EMBEDDING_ON_CPU": "auto",
-        "TUNER_STEP_OVERHEAD": "lean",
-        "TUNER_CUDNN_ATTENTION": "on",
-        "TUNER_DROPOUT_GRAD_KERNEL": "on",
-        "TUNER_LORA_DROPOUT_KERNEL": "off",
-        "TUNER_DEFERRED_LOGGING": "on",
-        "TUNER_ASYNC_BATCH_COPY": "on",
-        "TUNER_SKIP_PACKED_SCAN": "on",
-        "TUNER_LOSS_CHUNKS": "wide",
-    }
-    for name in defaults:
-        monkeypatch.delenv(name, raising=False)
-    assert {name: switch(name) for name in defaults} == defaults
-    monkeypatch.setenv("TUNER_LIGER", "Off ")
-    assert switch("TUNER_LIGER") == "off"
-    monkeypatch.setenv("TUNER_LIGER", "maybe")
-    with pytest.raises(TunerError, match="TUNER_LIGER='maybe': use one of on, off"):
-        switch("TUNER_LIGER")
-
-
 def test_gpu_memory_cap_holds_the_allocator_and_the_estimate_to_it(monkeypatch):
     # TUNER_GPU_MEMORY_GIB: PyTorch's allocator may use the cap less the CUDA context it does not
     # count; the hardware the estimate plans against has the cap's memory; a bad value says what to give.
@@ -507,14 +459,55 @@ def test_gpu_memory_cap_holds_the_allocator_and_the_estimate_to_it(monkeypatch):
             hardware()
 
 
-def test_checkpointing_is_limited_to_the_layers_memory_needs(monkeypatch):
-    # tuner.plan.estimate.checkpoint_plan picks how many layers (tests/test_estimate.py); here: the
-    # first that many recompute their forward pass in the backward, the rest keep their activations,
-    # and the gradients are those of the model without checkpointing.
-    import tuner.plan.estimate
-    from tests.tiny import build_model, build_tokenizer
+def _built(model, checkpointed: int, offload: bool = False, budget: float = 33.0):
+    """A BuiltModel whose plan checkpoints ``checkpointed`` of the model's layers (tuner.plan.decide
+    picks the count: tests/plan/test_decide.py)."""
+    from tuner.models.load import LoadedModel
+    from tuner.plan.decide import RunPlan
+    from tuner.train.model import BuiltModel
+
+    layers = len(model.base_model.model.model.layers)
+    plan = RunPlan(
+        device="cuda",
+        processes=1,
+        deepspeed=False,
+        lora=True,
+        quantized=False,
+        layers=layers,
+        varlen_attention=False,
+        liger=False,
+        liger_wide_chunks=True,
+        fused_lora=False,
+        kbit_upcast=False,
+        graphs_allowed=False,
+        embedding_policy="off",
+        lean=True,
+        optimizer_asked="auto",
+        checkpointed_layers=checkpointed,
+        offload_checkpoints=offload,
+        budget_gib=budget,
+    )
+    return BuiltModel(LoadedModel(model, torch.float32, "sdpa", "test", None, "cpu"), plan)
+
+
+def test_the_budget_is_the_free_memory_with_what_pytorch_holds_within_the_cap(monkeypatch):
     from tuner.core.system import CUDA_CONTEXT_GIB
-    from tuner.models.load import LoadedModel, add_lora
+    from tuner.train.model import _budget_gib
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (30 * 1024**3, 80 * 1024**3))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda: 2 * 1024**3)
+    monkeypatch.delenv("TUNER_GPU_MEMORY_GIB", raising=False)
+    assert _budget_gib() == 32 + CUDA_CONTEXT_GIB
+    monkeypatch.setenv("TUNER_GPU_MEMORY_GIB", "16")  # a GPU shared with others: the plan gets the cap
+    assert _budget_gib() == 16.0
+
+
+def test_checkpointing_is_limited_to_the_layers_the_plan_checkpoints():
+    # The first that many recompute their forward pass in the backward, the rest keep their
+    # activations, and the gradients are those of the model without checkpointing.
+    from tests.tiny import build_model, build_tokenizer
+    from tuner.models.load import add_lora
     from tuner.train.model import limit_checkpointing
 
     tokenizer = build_tokenizer()
@@ -524,28 +517,11 @@ def test_checkpointing_is_limited_to_the_layers_memory_needs(monkeypatch):
         model = build_model("llama", tokenizer, num_hidden_layers=4)
         return add_lora(model, r=4, dropout=0.0, gradient_checkpointing=checkpointing)
 
-    budgets = []
-
-    def two_layers(cfg, shape, hw, budget_gib, **kw):
-        budgets.append((shape.layers, budget_gib))
-        return 2, False
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (30 * 1024**3, 80 * 1024**3))
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda: 2 * 1024**3)
-    monkeypatch.setattr(tuner.plan.estimate, "checkpoint_plan", two_layers)
     model = tiny_lora(True)
-    loaded = LoadedModel(model, torch.float32, "sdpa", "test", None, "cpu")
     assert (
-        limit_checkpointing(model, config, loaded)
+        limit_checkpointing(model, config, _built(model, 2))
         == "on 2 of 4 layers (the rest fit in 33 GiB of GPU memory)"
     )
-    assert budgets == [(4, 32 + CUDA_CONTEXT_GIB)]
-    monkeypatch.setenv("TUNER_GPU_MEMORY_GIB", "16")  # a GPU shared with others: the plan gets the cap
-    limit_checkpointing(tiny_lora(True), config, LoadedModel(None, torch.float32, "sdpa", "t", None, "cpu"))
-    assert budgets[-1] == (4, 16.0)
-    monkeypatch.undo()
-
     layers = model.base_model.model.model.layers
     assert [layer.gradient_checkpointing for layer in layers] == [True, True, False, False]
     calls = [0] * 4
@@ -570,67 +546,17 @@ def test_checkpointing_is_limited_to_the_layers_memory_needs(monkeypatch):
         torch.testing.assert_close(grads[0][name], grad)
 
 
-def test_auto_optimizer_is_fused_adamw_unless_a_quantized_base_is_tight_on_memory():
-    from tuner.config.schema import TrainConfig
-    from tuner.models.load import LoadedModel
-    from tuner.train.args import auto_optimizer
-
-    def loaded(tight):
-        return LoadedModel(None, torch.bfloat16, "sdpa", "test", None, "cuda", memory_tight=tight)
-
-    qlora, lora = TrainConfig(method="qlora"), TrainConfig(method="lora")
-    assert auto_optimizer(qlora, loaded(False), cuda=True) == "adamw_torch_fused"
-    assert auto_optimizer(qlora, loaded(True), cuda=True) == "paged_adamw_32bit"
-    assert auto_optimizer(TrainConfig(method="qlora", deepspeed="zero2"), loaded(False), cuda=True) == (
-        "paged_adamw_32bit"
-    )
-    assert auto_optimizer(lora, loaded(True), cuda=True) == "adamw_torch_fused"
-    # DeepSpeed's offload configs keep optimizer state in host memory: never the fused CUDA kernel
-    assert auto_optimizer(
-        TrainConfig(method="lora", deepspeed="zero2_offload"), loaded(False), cuda=True
-    ) == ("adamw_torch")
-    assert auto_optimizer(qlora, loaded(False), cuda=False) == "adamw_torch"
-
-
-def test_batches_are_copied_to_the_gpu_without_a_sync_when_switched_on(tmp_path, monkeypatch):
-    # TUNER_ASYNC_BATCH_COPY: accelerate's DataLoader copies each batch from pinned memory with
-    # non_blocking=True (a blocking copy waits for the previous step's kernels: a sync per tensor).
-    from tuner.config.schema import TrainConfig
-    from tuner.models.load import LoadedModel
-    from tuner.train.args import accelerator_config, training_arguments
-
-    for value, expected in {"on": True, "off": False}.items():
-        monkeypatch.setenv("TUNER_ASYNC_BATCH_COPY", value)
-        assert accelerator_config(cuda=True, deepspeed=None) == {"non_blocking": expected}, value
-        assert accelerator_config(cuda=False, deepspeed=None) == {"non_blocking": False}  # nothing to copy to
-    # Measured on one process without DeepSpeed: elsewhere the copies stay as accelerate makes them.
-    assert accelerator_config(cuda=True, deepspeed="zero3.json") == {"non_blocking": False}
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert accelerator_config(cuda=True, deepspeed=None) == {"non_blocking": False}
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    monkeypatch.setenv("TUNER_ASYNC_BATCH_COPY", "on")
-    args = training_arguments(
-        TrainConfig(), tmp_path, LoadedModel(None, torch.float32, "sdpa", "t", None, "cpu"), False
-    )
-    assert args.accelerator_config.non_blocking is False  # this machine has no GPU
-
-
 def test_checkpointed_inputs_go_to_host_memory_when_every_layer_is_not_enough(monkeypatch):
-    import tuner.plan.estimate
     from tests.tiny import build_model, build_tokenizer
     from tuner.fast.checkpoint_offload import offloaded_checkpoint
-    from tuner.models.load import LoadedModel, add_lora
+    from tuner.models.load import add_lora
     from tuner.train.model import limit_checkpointing
 
     model = add_lora(
         build_model("llama", build_tokenizer(), num_hidden_layers=3), r=4, gradient_checkpointing=True
     )
     config = make_config("unused", "unused.jsonl", gradient_checkpointing=True)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (4 * 1024**3, 8 * 1024**3))
-    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda: 0)
-    monkeypatch.setattr(tuner.plan.estimate, "checkpoint_plan", lambda *args, **kwargs: (3, True))
-    loaded = LoadedModel(model, torch.float32, "sdpa", "test", None, "cpu")
+    loaded = _built(model, 3, offload=True, budget=4.6)
     # Rows that long fragment PyTorch's default allocator: the log says how to start the next run
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
@@ -650,13 +576,14 @@ def test_checkpointed_inputs_go_to_host_memory_when_every_layer_is_not_enough(mo
 
 def test_out_of_memory_after_partial_checkpointing_says_how_to_checkpoint_everything():
     from tuner.models.load import LoadedModel
+    from tuner.train.model import BuiltModel
     from tuner.train.run import OOM_ADVICE, oom_advice
 
-    loaded = LoadedModel(None, torch.bfloat16, "sdpa", "test", None, "cuda")
+    loaded = BuiltModel(LoadedModel(None, torch.bfloat16, "sdpa", "test", None, "cuda"))
     loaded.checkpointing = "on 19 of 32 layers (the rest fit in 23 GiB of GPU memory)"
     advice = oom_advice(loaded)
     assert advice.startswith("out of GPU memory with gradient checkpointing on 19 of 32 layers, as planned")
-    assert "TUNER_CHECKPOINT_LAYERS=all" in advice and advice.endswith("The last checkpoint was kept.")
+    assert "--set checkpoint_layers=all" in advice and advice.endswith("The last checkpoint was kept.")
     loaded.memory_tight = True  # what limit_checkpointing sets when every layer is checkpointed
     for full in ("on every layer (32)", "on every layer (32), inputs kept in host memory"):
         loaded.checkpointing = full

@@ -1,0 +1,147 @@
+"""The run plan: which mechanism applies where, decided once for the engine and the estimate alike."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuner.config.speed import SpeedSettings
+from tuner.core.system import Hardware
+from tuner.models.shape import shape_from_config
+from tuner.plan.decide import checkpoint_plan, liger_applies, plan_run
+
+H100 = Hardware(device="cuda", name="NVIDIA H100 80GB HBM3", memory_gib=79.2, cpu_count=16)
+CPU = Hardware(device="cpu", name="CPU", memory_gib=64, cpu_count=2)
+LLAMA2_7B = shape_from_config(
+    {
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "vocab_size": 32000,
+        "tie_word_embeddings": False,
+    }
+)
+DEFAULTS = SpeedSettings()
+
+
+def qlora(**overrides) -> dict:
+    return {"method": "qlora", "max_length": 4096, "lora_r": 64, "gradient_checkpointing": True, **overrides}
+
+
+def plan(config=None, settings=DEFAULTS, hw=H100, budget=79.2, processes=1, liger=True):
+    return plan_run(
+        qlora() if config is None else config,
+        settings,
+        hw,
+        LLAMA2_7B,
+        budget_gib=budget,
+        liger=liger,
+        processes=processes,
+    )
+
+
+def test_a_roomy_gpu_gets_every_mechanism_and_recomputes_nothing():
+    roomy = plan()
+    assert roomy.checkpointed_layers == 0 and not roomy.offload_checkpoints
+    assert roomy.cuda_graphs and roomy.wide_loss_chunks and roomy.fused_lora and roomy.varlen_attention
+    assert roomy.lean and roomy.deferred_logging and roomy.async_batch_copy
+    assert not roomy.embedding_on_cpu and roomy.optimizer == "adamw_torch_fused"
+    assert "CUDA graphs" in roomy.describe() and "0 of 32 layers checkpointed" in roomy.describe()
+
+
+def test_a_small_card_checkpoints_everything_offloads_and_pages_the_optimizer():
+    tight = plan(budget=8)
+    assert (tight.checkpointed_layers, tight.offload_checkpoints) == (32, True)
+    assert tight.memory_tight and tight.embedding_on_cpu and tight.optimizer == "paged_adamw_32bit"
+    assert not tight.cuda_graphs and not tight.wide_loss_chunks  # both only where nothing is checkpointed
+
+
+def test_the_optimizer_is_fused_adamw_unless_a_quantized_base_is_tight_on_memory():
+    assert plan(qlora(method="lora"), budget=8).optimizer == "adamw_torch_fused"
+    # DeepSpeed keeps the choice from before fused AdamW existed; its offload configs hold the state on the host
+    assert plan(qlora(deepspeed="zero2")).optimizer == "paged_adamw_32bit"
+    assert plan(qlora(method="lora", deepspeed="zero2_offload")).optimizer == "adamw_torch"
+    assert plan(hw=CPU, budget=64, liger=False).optimizer == "adamw_torch"
+    assert plan(qlora(optimizer="adamw_8bit"), budget=8).optimizer == "adamw_8bit"  # asked for by name
+
+
+def test_deepspeed_and_several_processes_turn_off_what_was_measured_on_one():
+    zero2 = plan(qlora(deepspeed="zero2"))
+    assert not zero2.fused_lora and not zero2.cuda_graphs and not zero2.deferred_logging
+    assert not zero2.async_batch_copy and zero2.checkpointed_layers == 32  # free memory cannot be planned
+    two = plan(processes=2)
+    assert not two.lean and not two.cuda_graphs and two.checkpointed_layers == 32
+    full = plan(qlora(method="full", quantization="none"))
+    assert not full.fused_lora and not full.cuda_graphs and not full.embedding_on_cpu
+
+
+def test_each_setting_turns_its_mechanism_off():
+    off = SpeedSettings(attention="sdpa", fused_lora=False, cuda_graphs=False, liger="on", lean_steps=False)
+    plain = plan(settings=off)
+    assert not plain.varlen_attention and not plain.fused_lora and not plain.cuda_graphs
+    assert plain.liger and not plain.wide_loss_chunks and not plain.lean and not plain.deferred_logging
+    assert plan(settings=SpeedSettings(kbit_upcast=True)).kbit_upcast
+
+
+def test_liger_needs_a_gpu_the_setting_and_weights_zero3_does_not_partition(tmp_path):
+    assert liger_applies(qlora(), DEFAULTS, H100, installed=True)
+    assert not liger_applies(qlora(), DEFAULTS, H100, installed=False)
+    assert not liger_applies(qlora(), DEFAULTS, CPU, installed=True)
+    assert not liger_applies(qlora(), SpeedSettings(liger="off"), H100, installed=True)
+    custom = tmp_path / "ds.json"
+    custom.write_text('{"zero_optimization": {"stage": 3}}')
+    stages = {
+        "zero2": True,
+        "zero2_offload": True,
+        "zero3": False,
+        "zero3_offload": False,
+        str(custom): False,
+    }
+    for value, applies in stages.items():  # the JSON's stage decides, not the file's name
+        assert liger_applies(qlora(deepspeed=value), DEFAULTS, H100, installed=True) is applies, value
+
+
+def test_the_embedding_policy_of_the_config():
+    assert plan(qlora(embedding_on_cpu="on")).embedding_on_cpu  # even with room
+    assert not plan(qlora(embedding_on_cpu="off"), budget=8).embedding_on_cpu  # even when tight
+    assert not plan(qlora(embedding_on_cpu="on", deepspeed="zero2")).embedding_on_cpu
+
+
+def test_checkpointing_every_layer_when_asked_or_not_decidable():
+    base = plan()
+    assert checkpoint_plan(qlora(gradient_checkpointing=False), base, LLAMA2_7B, H100, 4) == (0, False)
+    # no CUDA, DeepSpeed, several processes: the free memory cannot be planned against
+    assert checkpoint_plan(qlora(method="lora"), plan(hw=CPU), LLAMA2_7B, CPU, 4) == (32, False)
+    assert checkpoint_plan(qlora(), plan(qlora(deepspeed="zero2")), LLAMA2_7B, H100, 79.2) == (32, False)
+    assert checkpoint_plan(qlora(), plan(processes=2), LLAMA2_7B, H100, 79.2) == (32, False)
+    assert checkpoint_plan(qlora(checkpoint_layers="all"), base, LLAMA2_7B, H100, 79.2) == (32, False)
+    assert checkpoint_plan(qlora(checkpoint_layers="offload"), base, LLAMA2_7B, H100, 79.2) == (32, True)
+    # host memory already
+    assert checkpoint_plan(qlora(method="lora", checkpoint_layers="offload"), base, LLAMA2_7B, CPU, 64) == (
+        32,
+        False,
+    )
+
+
+def test_a_plan_with_another_count_stays_consistent():
+    roomy = plan()
+    tight = roomy.with_checkpointing(32, True)
+    assert tight.memory_tight and not tight.cuda_graphs and tight.optimizer == "paged_adamw_32bit"
+    assert roomy.with_checkpointing(99, False).checkpointed_layers == 32
+    saved = tight.as_dict()
+    assert saved["checkpointed_layers"] == 32 and saved["optimizer"] == "paged_adamw_32bit"
+    assert saved["cuda_graphs"] is False and saved["embedding_on_cpu"] is True
+
+
+@pytest.mark.parametrize("budget", [8, 12, 24, 79.2])
+def test_the_estimate_prices_the_plan_training_makes(budget):
+    from tuner.plan.estimate import estimate
+
+    planned = plan(budget=budget)
+    priced = estimate(qlora(), LLAMA2_7B, H100, settings=DEFAULTS, liger=True, budget_gib=budget)
+    assert (priced.checkpointed_layers, priced.offloaded) == (
+        planned.checkpointed_layers,
+        planned.offload_checkpoints and planned.checkpointed_layers > 0,
+    )
+    assert priced.graphs == planned.cuda_graphs and priced.embedding_on_cpu == planned.embedding_on_cpu

@@ -1,0 +1,245 @@
+"""Every speed and memory decision of a run, made once: the RunPlan.
+
+The engine (tuner.train) executes the plan, the estimate (tuner.plan.estimate) prices it, the run log
+and every bench row print it. The rules live here and nowhere else: which mechanism of tuner.fast
+applies where, how many layers recompute their activations, where the embedding and the optimizer
+state live. Inputs: the config (a TrainConfig or a dict of its keys), the speed settings
+(tuner.config.speed), the hardware, the model's shape and the memory budget.
+
+A plan is made before the model exists (all the estimate needs); training makes it once the base
+model is loaded, passing what only the loaded model can tell (whether Liger's kernels took).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass, replace
+
+from tuner.config.deepspeed import partitions_weights
+from tuner.config.speed import SpeedSettings
+from tuner.core.system import Hardware, world_size
+from tuner.models.shape import ModelShape
+from tuner.plan.memory import AUTO_CHECKPOINT_FRACTION, price
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What one run does with the machine. Fields are decisions; properties follow from them and
+    the number of checkpointed layers, so a plan with another count stays consistent
+    (``with_checkpointing``)."""
+
+    device: str  # "cuda" or "cpu"
+    processes: int  # torchrun's world size
+    deepspeed: bool
+    lora: bool  # LoRA or QLoRA (not a full fine-tune)
+    quantized: bool  # a 4/8-bit base
+    layers: int
+    # attention: tuner's varlen kernel for packed rows (CUDA) where the model takes it, else SDPA
+    varlen_attention: bool
+    liger: bool  # Liger's kernels (CUDA, an architecture Liger patches, not under ZeRO-3)
+    liger_wide_chunks: (
+        bool  # the setting asks for wide loss chunks (they apply where nothing is checkpointed)
+    )
+    fused_lora: bool  # LoRA linears through tuner.fast.lora_fused (not under DeepSpeed)
+    kbit_upcast: bool  # peft's fp32 cast of a k-bit base's unquantized weights
+    graphs_allowed: bool  # CUDA graphs may replay the layers (they do where nothing is checkpointed)
+    embedding_policy: str  # the config's embedding_on_cpu: auto, on or off
+    lean: bool  # the setting's lean steps, one process
+    optimizer_asked: str  # the config's optimizer ("auto" or a name)
+    checkpointed_layers: int  # layers that recompute their activations in the backward pass
+    offload_checkpoints: bool  # their inputs wait in host memory (tuner.fast.checkpoint_offload)
+    budget_gib: float | None = None  # the memory the checkpoint count was planned for
+
+    @property
+    def memory_tight(self) -> bool:
+        """Every layer had to be checkpointed to fit."""
+        return self.checkpointed_layers >= self.layers
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return self.graphs_allowed and self.checkpointed_layers == 0
+
+    @property
+    def wide_loss_chunks(self) -> bool:
+        # half a GiB of logits is small only against what a run that checkpoints nothing holds
+        # (measured for LoRA and QLoRA; a full fine-tune keeps Liger's own chunks)
+        return (
+            self.device == "cuda"
+            and self.liger
+            and self.liger_wide_chunks
+            and self.lora
+            and self.checkpointed_layers == 0
+        )
+
+    @property
+    def embedding_on_cpu(self) -> bool:
+        """Whether the frozen input embedding's table is asked into host memory (the mechanism still
+        refuses where the embedding cannot move: tied, trained, not on a GPU)."""
+        wanted = self.embedding_policy == "on" or (self.embedding_policy == "auto" and self.memory_tight)
+        return wanted and self.lora and not self.deepspeed and self.processes <= 1
+
+    @property
+    def deferred_logging(self) -> bool:
+        """Logged values read back one logging point late (tuner.fast.deferred_log)."""
+        return self.lean and not self.deepspeed
+
+    @property
+    def async_batch_copy(self) -> bool:
+        """Batches copied to the GPU without blocking (measured on one process without DeepSpeed)."""
+        return self.lean and not self.deepspeed and self.device == "cuda"
+
+    @property
+    def optimizer(self) -> str:
+        """AdamW as ``optimizer: auto`` picks it. On a GPU: torch's fused AdamW (one kernel launch for
+        all LoRA weights; bitsandbytes' paged AdamW launches one per weight, which the host cannot hide
+        behind short steps), except for a 4/8-bit base that needed every layer checkpointed to fit:
+        there paged AdamW's state can move to host memory when a long row spikes. Under DeepSpeed as
+        before this choice existed (paged AdamW for 4/8-bit bases, else torch's unfused AdamW): its
+        offload configs keep the optimizer state in host memory, where the fused kernel cannot run."""
+        if self.optimizer_asked != "auto":
+            return self.optimizer_asked
+        if self.device != "cuda":
+            return "adamw_torch"
+        if self.deepspeed:
+            return "paged_adamw_32bit" if self.quantized else "adamw_torch"
+        return "paged_adamw_32bit" if self.quantized and self.memory_tight else "adamw_torch_fused"
+
+    def with_checkpointing(self, layers: int, offload: bool) -> RunPlan:
+        return replace(
+            self, checkpointed_layers=max(0, min(self.layers, layers)), offload_checkpoints=offload
+        )
+
+    def as_dict(self) -> dict:
+        """The decisions and what follows from them, for status.json and bench rows."""
+        derived = (
+            "memory_tight",
+            "cuda_graphs",
+            "wide_loss_chunks",
+            "embedding_on_cpu",
+            "deferred_logging",
+            "async_batch_copy",
+            "optimizer",
+        )
+        return {**asdict(self), **{name: getattr(self, name) for name in derived}}
+
+    def describe(self) -> str:
+        """The run log's line about the plan."""
+        parts = [f"{self.device}" + (f" x{self.processes}" if self.processes > 1 else "")]
+        parts.append("varlen attention" if self.varlen_attention else "sdpa attention")
+        if self.liger:
+            parts.append("liger" + (" (wide loss chunks)" if self.wide_loss_chunks else ""))
+        if self.fused_lora:
+            parts.append("fused LoRA")
+        if self.layers:
+            where = " (inputs in host memory)" if self.offload_checkpoints else ""
+            parts.append(f"{self.checkpointed_layers} of {self.layers} layers checkpointed{where}")
+        if self.cuda_graphs:
+            parts.append("CUDA graphs")
+        if self.embedding_on_cpu:
+            parts.append("embedding in host memory")
+        parts.append(self.optimizer)
+        if self.lean:
+            parts.append("lean steps")
+        if self.budget_gib is not None and self.device == "cuda":
+            parts.append(f"planned for {self.budget_gib:.1f} GiB")
+        return ", ".join(parts)
+
+
+def _getter(cfg):
+    return cfg.get if isinstance(cfg, dict) else lambda key, default=None: getattr(cfg, key, default)
+
+
+def liger_applies(cfg, settings: SpeedSettings, hw: Hardware, *, installed: bool | None = None) -> bool:
+    """Whether a run of ``cfg`` asks for Liger's kernels: a GPU, the setting, Liger importable
+    (``installed`` overrides that, for a GPU this machine does not have) and weights that are not
+    partitioned by ZeRO-3 (Liger's fused loss reads the LM head's weight directly)."""
+    get = _getter(cfg)
+    if installed is None:
+        installed = importlib.util.find_spec("liger_kernel") is not None
+    return (
+        hw.device == "cuda"
+        and settings.liger != "off"
+        and installed
+        and not partitions_weights(get("deepspeed", None))
+    )
+
+
+def plan_run(
+    cfg,
+    settings: SpeedSettings,
+    hw: Hardware,
+    shape: ModelShape,
+    *,
+    budget_gib: float | None = None,
+    liger: bool | None = None,
+    processes: int | None = None,
+    liger_installed: bool | None = None,
+) -> RunPlan:
+    """The plan of a run of ``cfg`` on ``hw`` for a model of ``shape``.
+
+    ``budget_gib``: the memory the run may use (default: the device's);
+    ``liger``: whether Liger's kernels took (training passes what happened; default: whether they
+    would, see ``liger_applies``); ``processes``: torchrun's world size (default: this process's)."""
+    get = _getter(cfg)
+    processes = world_size() if processes is None else processes
+    method = get("method", "lora") or "lora"
+    quantization = get("quantization", "none") or "none"
+    deepspeed = bool(get("deepspeed", None))
+    lora = method != "full"
+    if liger is None:
+        liger = liger_applies(cfg, settings, hw, installed=liger_installed)
+    if budget_gib is None:
+        budget_gib = hw.memory_gib  # already held to TUNER_GPU_MEMORY_GIB (tuner.core.system.hardware)
+    plan = RunPlan(
+        device=hw.device,
+        processes=processes,
+        deepspeed=deepspeed,
+        lora=lora,
+        quantized=method == "qlora" or quantization in ("4bit", "8bit"),
+        layers=shape.layers,
+        varlen_attention=settings.attention == "tuner" and hw.device == "cuda",
+        liger=bool(liger),
+        liger_wide_chunks=settings.liger == "wide",
+        fused_lora=lora and not deepspeed and settings.fused_lora,
+        kbit_upcast=settings.kbit_upcast,
+        graphs_allowed=settings.cuda_graphs
+        and hw.device == "cuda"
+        and lora
+        and not deepspeed
+        and processes <= 1,
+        embedding_policy=get("embedding_on_cpu", "auto") or "auto",
+        lean=settings.lean_steps and processes <= 1,
+        optimizer_asked=get("optimizer", "auto") or "auto",
+        checkpointed_layers=0,
+        offload_checkpoints=False,
+        budget_gib=budget_gib,
+    )
+    count, offload = checkpoint_plan(cfg, plan, shape, hw, budget_gib)
+    return plan.with_checkpointing(count, offload)
+
+
+def checkpoint_plan(
+    cfg, plan: RunPlan, shape: ModelShape, hw: Hardware, budget_gib: float
+) -> tuple[int, bool]:
+    """(layers to checkpoint, whether their inputs wait in host memory).
+
+    None when ``gradient_checkpointing`` is off. With it on, the config's ``checkpoint_layers``:
+    ``all`` checkpoints every layer, ``offload`` every layer with the inputs in host memory; ``auto``
+    (one CUDA process without DeepSpeed) the fewest layers that keep the estimate within
+    AUTO_CHECKPOINT_FRACTION of ``budget_gib`` (every layer left out saves its recomputation, about a
+    third of its compute), and when even every layer does not fit, every layer with its input
+    offloaded. Where ``auto`` cannot read the free memory (CPU, several processes, DeepSpeed), every
+    layer."""
+    get = _getter(cfg)
+    if not get("gradient_checkpointing", True):
+        return 0, False
+    mode = get("checkpoint_layers", "auto") or "auto"
+    if mode != "auto":
+        return shape.layers, mode == "offload" and hw.device == "cuda"
+    if hw.device != "cuda" or plan.processes > 1 or plan.deepspeed:
+        return shape.layers, False
+    limit = budget_gib * AUTO_CHECKPOINT_FRACTION
+    for count in range(shape.layers + 1):
+        if price(get, plan.with_checkpointing(count, False), shape, hw).total_gib <= limit:
+            return count, False
+    return shape.layers, True
