@@ -265,3 +265,10 @@ def test_export_adapter_and_merge_with_shards(finished_run, tiny_ws):
     assert not list((tiny_ws / merged_out).glob("model-*.safetensors"))
     with pytest.raises(TunerError, match="not a size"):
         export_tab.merge(base, f"{finished_run}/adapter", "exports/x", "lots", "auto", False, "", False, "en")
+    # The GGUF button: the file the Modelfile names, next to it
+    status = export_tab.write_gguf_file(merged_out, "q8_0", False, "en")
+    assert (tiny_ws / merged_out / "model.gguf").is_file() and "ollama create" in status and "<|im_end|>" in status
+    with pytest.raises(TunerError, match="Overwrite"):
+        export_tab.write_gguf_file(merged_out, "q8_0", False, "en")
+    with pytest.raises(TunerError, match="merge first"):
+        export_tab.write_gguf_file(adapter_out, "f16", False, "en")

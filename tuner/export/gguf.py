@@ -199,7 +199,7 @@ def write_gguf(folder: str | Path, out_path: str | Path, *, kind: str = "f16", t
     check_type(kind, out_path)
     folder, out_path = Path(folder), Path(out_path)
     if out_path.exists() and not force:
-        raise TunerError(f"{out_path} exists; pass --force to replace it")
+        raise TunerError(f"{out_path} exists; pass --force (in the app: tick Overwrite) to replace it")
     config = AutoConfig.from_pretrained(str(folder))
     if config.model_type not in ARCHITECTURES:
         raise ModelError(

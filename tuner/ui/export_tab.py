@@ -95,6 +95,21 @@ def merge(
     return status, reply or tr(lang, "export.empty_reply")
 
 
+def write_gguf_file(merged: str, kind: str, overwrite: bool, lang: str = "en") -> str:
+    """Write ``<merged folder>/model.gguf`` (the name its Modelfile uses); returns the status line."""
+    from tuner.export.gguf import GGUF_NAME, write_gguf
+    from tuner.export.merge import MODELFILE
+
+    folder = ws_path(merged, "merged model")
+    if not (folder / "config.json").is_file():
+        raise TunerError(f"{rel(folder)} is not a merged model folder: merge first")
+    result = write_gguf(folder, folder / GGUF_NAME, kind=kind or "f16", force=bool(overwrite))
+    return tr(
+        lang, "export.gguf_done", path=rel(result.path), arch=result.architecture, type=result.type,
+        eot=result.eot_token, modelfile=rel(folder / MODELFILE),
+    )
+
+
 def verify_reply(result, prompt: str) -> tuple[str, bool, str]:
     """The merged folder answers ``prompt``: (reply, ended on the end-of-turn token, that token)."""
     from transformers import AutoTokenizer
@@ -113,6 +128,7 @@ def verify_reply(result, prompt: str) -> tuple[str, bool, str]:
 def build(T, lang_state, runs_default: list[str]):
     import gradio as gr
 
+    from tuner.export.gguf import TYPES as GGUF_TYPES
     from tuner.export.merge import VERIFY_PROMPT
 
     c = {}
@@ -144,6 +160,9 @@ def build(T, lang_state, runs_default: list[str]):
                 c["prompt"] = T.make(gr.Textbox, "export.prompt", value=VERIFY_PROMPT, scale=3)
                 c["merge"] = T.value(gr.Button, "export.merge", variant="primary")
             c["reply"] = T.make(gr.Textbox, "export.reply", lines=3, interactive=False)
+            with gr.Row():
+                c["gguf_type"] = T.make(gr.Dropdown, "export.gguf_type", choices=list(GGUF_TYPES), value="f16")
+                c["gguf"] = T.value(gr.Button, "export.gguf")
 
     from tuner.ui.common import run_choices
 
@@ -175,5 +194,11 @@ def build(T, lang_state, runs_default: list[str]):
         ],
         [c["status"], c["reply"]],
         api_name="export_merge",
+    )
+    c["gguf"].click(
+        guard(write_gguf_file, 1, 0),
+        [c["merged_out"], c["gguf_type"], c["overwrite"], lang_state],
+        c["status"],
+        api_name="export_gguf",
     )
     return c

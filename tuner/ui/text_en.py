@@ -193,6 +193,10 @@ STRINGS = {
     "tokens, so the model may not know when to stop (expected after very little training; otherwise "
     "check that the template matches the one used in training)",
     "export.empty_reply": "(empty reply)",
+    "export.gguf_type": "GGUF type",
+    "export.gguf_type.info": "f16 keeps the merged weights; q8_0 is half the size; for q4_k_m use llama.cpp's llama-quantize on the f16 file",
+    "export.gguf": "Write GGUF (llama.cpp / Ollama)",
+    "export.gguf_done": "✅ {path} ({arch}, {type}, ends a turn at {eot}); Ollama: ollama create NAME -f {modelfile}",
     # --- chat
     "chat.model": "Base model",
     "chat.adapter": "Adapter",

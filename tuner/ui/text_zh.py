@@ -184,6 +184,10 @@ STRINGS = {
     "export.no_end_of_turn": "⚠️ 测试回答在 {n} 个词元内没有以轮次结束符 {eot} 结尾，模型可能不知道何时停止"
     "（训练很少时属正常；否则请检查模板是否与训练时一致）",
     "export.empty_reply": "（空回答）",
+    "export.gguf_type": "GGUF 类型",
+    "export.gguf_type.info": "f16 保留合并后的权重；q8_0 体积减半；q4_k_m 请用 llama.cpp 的 llama-quantize 量化 f16 文件",
+    "export.gguf": "生成 GGUF（llama.cpp / Ollama）",
+    "export.gguf_done": "✅ {path}（{arch}，{type}，轮次结束符 {eot}）；Ollama：ollama create NAME -f {modelfile}",
     "chat.model": "基座模型",
     "chat.adapter": "适配器",
     "chat.refresh": "刷新",
