@@ -161,7 +161,10 @@ def test_unknown_template_is_reported_with_a_suggestion():
     )
 
 
-def test_missing_files_are_reported_and_relative_paths_use_the_workspace(workspace):
+def test_missing_files_are_reported_and_relative_paths_use_the_workspace(workspace, monkeypatch):
+    from tuner.config import validate as validate_module
+
+    monkeypatch.setattr(validate_module, "deepspeed_installed", lambda: True)  # files only, installed or not
     config = TrainConfig(data_path="data/train.jsonl", eval_data_path="data/test.jsonl", deepspeed="ds.json")
     assert validate(config, check_files=False) == []
     problems = validate(config, check_files=True)

@@ -84,6 +84,14 @@ TRACKER_PACKAGES = {
     "trackio": ("trackio", ("trackio",)),
 }
 
+# DeepSpeed is an extra (a source build): only a config with `deepspeed` set needs it.
+DEEPSPEED_INSTALL = "pip install deepspeed (or: bash scripts/install.sh --deepspeed)"
+
+
+def deepspeed_installed() -> bool:
+    return importlib.util.find_spec("deepspeed") is not None
+
+
 # ---------------------------------------------------------------- suggestions
 
 
@@ -293,4 +301,9 @@ def validate(config: TrainConfig, check_files: bool = True) -> list[str]:
                 problems.append(f"report_to: {name} is not installed: pip install {package[0]}")
         if deepspeed and deepspeed.endswith(".json") and not resolve_path(deepspeed).is_file():
             problems.append(f"deepspeed: file not found: {resolve_path(deepspeed)}")
+        if deepspeed and not deepspeed_installed():
+            problems.append(
+                f"deepspeed: {deepspeed} needs DeepSpeed, which is not installed: {DEEPSPEED_INSTALL}; "
+                "or train without it (deepspeed: null, no --deepspeed)"
+            )
     return problems

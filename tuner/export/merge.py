@@ -121,9 +121,11 @@ def merge_adapter(
 
     from tuner.chat.text import resolve_chat_template, stop_token_ids
     from tuner.core.io import check_output, staging_folder
+    from tuner.models.lazy_deepspeed import load_deepspeed_only_when_used
     from tuner.models.load import release, resolve_model_path
     from tuner.runs.adapters import locate_adapter
 
+    load_deepspeed_only_when_used()  # save_pretrained would import it, unused, for an isinstance check
     if gguf:
         check_type(gguf)
     found = locate_adapter(adapter)

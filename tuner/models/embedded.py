@@ -16,6 +16,7 @@ from pathlib import Path
 from tuner.core.errors import ModelError
 from tuner.core.permissions import share_staged_folder
 from tuner.core.workspace import default_model_dir
+from tuner.models.lazy_deepspeed import load_deepspeed_only_when_used
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def ensure_default_model(target: Path | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = gguf_location()
+    load_deepspeed_only_when_used()  # save_pretrained would import it, unused
     log.info("converting the embedded model %s into %s (once, ~30 s)", GGUF_FILE, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

@@ -173,8 +173,10 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     from tuner.core.system import limit_gpu_memory
+    from tuner.models.lazy_deepspeed import load_deepspeed_only_when_used
 
     limit_gpu_memory()  # before the weights: they count against TUNER_GPU_MEMORY_GIB too
+    load_deepspeed_only_when_used()  # not on every save of a run without DeepSpeed
     dtype = resolve_dtype(precision)
     quant = quantization_config(bits, dtype)
     attn, why = pick_attention(attention)
