@@ -86,7 +86,7 @@ class TrainConfig:
     pack_to_max_length: bool = _f(True, "pack short samples into rows of tokens_per_step tokens")
     tokens_per_step: int | None = _f(
         None,
-        "tokens in one packed row; null = max_length; on a GPU with room, 16384 trains short samples fastest (docs/benchmarks.md)",
+        "tokens in one packed row; null = max_length; on a GPU with room, 16384 trains short samples fastest (docs/performance.md)",
     )
     # --- optimisation
     batch_size: int = _f(1, "rows per device per micro-step; typical 1..8")

@@ -168,7 +168,7 @@ def cudnn_for_one_sample() -> bool:
     """Whether a row holding one sample goes to SDPA's cuDNN kernel instead of the varlen flash kernel
     (``register(cudnn_one_sample=...)``, on by default). Why: on Hopper cuDNN's fused attention runs a causal 4096-token sample's
     forward and backward in 1.09 ms against the flash kernel's 1.98 ms (H200, 32 heads of 128, with or
-    without grouped KV heads: bench/attention_kernels.py, docs/benchmarks.md), and PyTorch's varlen
+    without grouped KV heads: bench/probes/attention_kernels.py, bench/history/benchmarks-2026-11.md), and PyTorch's varlen
     entry point has only the flash kernel. Long rows are often one sample (long documents, rows of
     incremental pretraining, single long conversations). Hopper or newer only: that is where it was
     measured to pay."""

@@ -4,7 +4,7 @@ Why: tuner.fast.lora_fused's backward adds the LoRA path's input gradient throug
 ``out.addcmul_(src, keep, value=scale)``. With a bool mask beside bf16 tensors, PyTorch's
 TensorIterator cannot take its vectorized path (mixed dtypes) and runs its unrolled, casting kernel:
 97 us per 4096 x 4096 call on an H200, ~1.15 TB/s, 7% of a Llama-2 QLoRA 4096 step's GPU time
-(224 calls per step; torch.profiler, docs/benchmarks.md). This Triton kernel reads the three tensors
+(224 calls per step; torch.profiler, bench/history/benchmarks-2026-11.md). This Triton kernel reads the three tensors
 and writes one at full bandwidth. Same arithmetic as addcmul's CUDA kernel, ``a + alpha * (b * c)`` in
 fp32, which the compiler turns into one fused multiply-add: ``fma(src, scale, out)`` where kept.
 

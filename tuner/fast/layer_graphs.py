@@ -27,7 +27,7 @@ A graph replays fixed shapes and fixed kernel arguments, so:
 Memory: a graph keeps its activations in a private pool for the next replay, about one eager
 step's activations, which is why this is only for layers that keep theirs anyway; its static input,
 output and gradient buffers add about 1.2 GiB on a 7B QLoRA run at 4096 tokens (H200 rows of
-docs/benchmarks.md, session 4).
+bench/history/benchmarks-2026-11.md, session 4).
 """
 
 from __future__ import annotations
