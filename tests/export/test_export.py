@@ -242,3 +242,33 @@ def test_embedded_model_export_merge_reload(tmp_path, default_model_dir):
         a = merged.generate(**ids, max_new_tokens=24, do_sample=False)
         b = unmerged.generate(**ids, max_new_tokens=24, do_sample=False)
     assert a.tolist() == b.tolist()
+
+
+def test_export_and_merge_on_a_full_disk_say_so_and_leave_no_folder(tmp_path, run_dir, tiny_llama_dir, monkeypatch, capsys):
+    import errno
+    import shutil
+
+    import transformers.modeling_utils
+
+    from tuner.__main__ import main
+    from tuner.export import adapter as export_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(args[-1]))
+
+    real_copy = shutil.copy2
+    monkeypatch.setattr(export_module.shutil, "copy2", full)
+    out = tmp_path / "exported"
+    assert main(["export", str(run_dir), str(out)]) == 2
+    assert "the disk is full; free some space" in capsys.readouterr().err
+    monkeypatch.setattr(export_module.shutil, "copy2", real_copy)
+    assert main(["export", str(run_dir), str(out)]) == 0
+
+    def rust_full(*args, **kwargs):  # how safetensors reports ENOSPC: a text, not an OSError
+        raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "x" })')
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", rust_full)
+    merged = tmp_path / "merged"
+    code = main(["merge", str(tiny_llama_dir), str(out), str(merged), "--dtype", "fp32", "--no-verify"])
+    assert code == 2 and "the disk is full" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".merged", "merged"))) == []

@@ -1,0 +1,72 @@
+"""Training under faults: the disk fills up mid-run, Ctrl-C or SIGTERM. The user reads what happened
+and what to do, and status.json never stays "running"."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+
+from tests.tiny import make_config, write_data
+from tuner.core.errors import StorageError
+from tuner.runs.status import read_status
+
+
+def _fail_at(step: int, exc: BaseException):
+    def listener(event):
+        if event["type"] == "log" and event.get("step") == step:
+            raise exc
+
+    return listener
+
+
+def test_a_full_disk_mid_run_says_so_and_the_status_says_failed(workspace, tiny_llama_dir):
+    from tuner.train.run import train
+
+    config = make_config(tiny_llama_dir, write_data(workspace / "d.jsonl"), name="full")
+    full = OSError(errno.ENOSPC, "No space left on device", str(workspace / "work_dirs"))
+    with pytest.raises(StorageError, match="cannot write: the disk is full; free some space"):
+        train(config, listener=_fail_at(2, full))
+    (run_dir,) = (workspace / "work_dirs" / "full").iterdir()
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "failed" and "the disk is full" in status["error"]
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(143)])  # Ctrl-C; SIGTERM in the CLI
+def test_ctrl_c_or_sigterm_leave_the_run_interrupted_not_running(workspace, tiny_llama_dir, stop):
+    from tuner.train.run import train
+
+    config = make_config(tiny_llama_dir, write_data(workspace / "d.jsonl"), name="stopped")
+    with pytest.raises(type(stop)):
+        train(config, listener=_fail_at(2, stop))
+    (run_dir,) = (workspace / "work_dirs" / "stopped").iterdir()
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+    assert read_status(run_dir)["status"] == "interrupted"
+
+
+def test_stop_then_cancel_the_second_is_told_what_the_first_decided(workspace, tiny_llama_dir, monkeypatch):
+    import threading
+
+    import tuner.train.run as train_module
+    from tuner.core.errors import JobError
+    from tuner.train.job import TrainingJob
+    from tuner.train.run import RunResult
+
+    ended = threading.Event()
+
+    def slow_train(config, *, run_dir, resume, control, listener):
+        ended.wait(30)
+        return RunResult(run_dir, "stopped", run_dir / "adapter", 3, 0.5)
+
+    monkeypatch.setattr(train_module, "train", slow_train)
+    job = TrainingJob()
+    run_dir = job.start(make_config(tiny_llama_dir, write_data(workspace / "d.jsonl")))
+    job.stop(save=True)
+    with pytest.raises(JobError, match="already asked to stop and save"):
+        job.cancel()  # not "cancelling" while the run saves its adapter
+    ended.set()
+    assert job.wait(timeout=30) == "stopped"
+    from tuner.runs.lock import in_use
+
+    assert not in_use(run_dir)  # the job gave the folder back
