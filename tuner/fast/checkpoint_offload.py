@@ -16,7 +16,7 @@ Measured (bench/history/benchmarks-2026-11.md, session 3, H200): Llama-2-7B QLoR
 6.22 and steps no slower. The saving is less than the inputs' 1 GiB: without them the peak moves to
 the end of the backward pass, where the fp32 LoRA gradients and one recomputed layer are alive.
 
-Used by tuner.train.model for the layers it checkpoints when TUNER_CHECKPOINT_LAYERS says so (or the
+Used by tuner.train.model for the layers it checkpoints when the config key checkpoint_layers says so (or the
 run does not fit otherwise; tuner.plan.estimate.checkpoint_plan). One process only: reentrant
 checkpointing does not go with DistributedDataParallel's unused-parameter search.
 """

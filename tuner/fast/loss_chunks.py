@@ -4,7 +4,7 @@ Liger computes the logits a chunk of tokens at a time, each chunk's logits no la
 ``chunk_mem_const x tokens x hidden`` elements, 1 by default. For a 128k vocabulary and 4,096
 tokens that is 32 chunks of 128 tokens. Each chunk runs two matmuls that read the whole LM head
 (1 GB for Llama-3-8B) for only 128 rows, so they are bound by memory, not compute, and the chunk
-loop launches ~100 kernels from Python. With ``TUNER_LOSS_CHUNKS=wide``, in a run where no layer is
+loop launches ~100 kernels from Python. With the liger setting ``wide`` (the default), in a run where no layer is
 checkpointed (memory has room: tuner.plan.estimate.checkpoint_plan left every layer's activations on the
 GPU), the chunks grow until their logits take ``WIDE_LOGITS_BYTES``: 2 chunks of 2,048 tokens there.
 """
