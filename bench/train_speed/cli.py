@@ -248,6 +248,9 @@ def parse_args(argv=None):
     )
     p.add_argument("--report", metavar="JSON", help="print the markdown table of a results file and exit")
     p.add_argument(
+        "--budget-table", metavar="JSON", help="print a results file as budget x shape x tool (issue 16)"
+    )
+    p.add_argument(
         "--suite",
         metavar="NAME",
         help="run a named suite of bench/suites.toml (one device call each), writing under --out-dir",
@@ -284,6 +287,9 @@ def main(argv=None) -> int:
     opts = parse_args(argv)
     if opts.report:
         print(reports.report(json.loads(Path(opts.report).read_text())))
+        return 0
+    if opts.budget_table:
+        print(reports.budget_table(json.loads(Path(opts.budget_table).read_text())))
         return 0
     if opts.settings_table:
         if opts.settings_table == "-":

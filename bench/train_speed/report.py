@@ -96,6 +96,42 @@ def report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def budget_table(rows: list[dict]) -> str:
+    """Issue 16's table, budget x shape x tool: one line per shape and budget that tuner rows ran under
+    (uncapped last), one column per tool and LoRA dropout. The peers run uncapped: their cell repeats
+    their row in every line of the shape and says whether the device memory it used fits the budget."""
+    good = [r for r in rows if r.get("tok_s") and not r.get("error") and not r.get("invalid")]
+    columns = sorted({(r["tool"], r.get("lora_dropout")) for r in good}, key=lambda c: (c[0] != "tuner", c))
+    shapes = dict.fromkeys(r["model"] for r in good)
+    lines = [
+        "| shape | budget | " + " | ".join(f"{tool}, dropout {_fmt(p, 'g')}" for tool, p in columns) + " |",
+        "| --- | --- |" + " --- |" * len(columns),
+    ]
+    for shape in shapes:
+        mine = [r for r in good if r["model"] == shape]
+        budgets = sorted(
+            {r.get("budget_gib") for r in mine if r["tool"] == "tuner"}, key=lambda b: (b is None, b)
+        )
+        for budget in budgets or [None]:
+            cells = []
+            for tool, dropout in columns:
+                same = [r for r in mine if r["tool"] == tool and r.get("lora_dropout") == dropout]
+                if tool == "tuner":
+                    same = [r for r in same if r.get("budget_gib") == budget]
+                cells.append("; ".join(_budget_cell(r, budget) for r in same))
+            label = "none" if budget is None else f"{budget:g} GiB"
+            lines.append(f"| {shape} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _budget_cell(row: dict, budget: float | None) -> str:
+    text = f"{row['tok_s']:,.0f}, peak {_fmt(row.get('peak_gib'), '.2f')}, device {_fmt(row.get('device_used_gib'), '.2f')}"
+    used = row.get("device_used_gib")
+    if budget is not None and used is not None and used > budget:
+        text += " (over)"
+    return text
+
+
 def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 

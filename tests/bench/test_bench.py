@@ -265,3 +265,31 @@ def test_device_memory_is_sampled_only_at_the_warmup_and_window_ends(monkeypatch
         clock.step_end()
     assert samples == [2, 12]  # taken before the 3rd and the 13th step end were recorded
     assert clock.device_used == 72 * 2**30 and len(clock.mem_get_info_s) == 2
+
+
+def test_the_budget_table_puts_each_budget_on_a_line_and_says_when_a_peer_does_not_fit():
+    def row(tool, tok_s, budget=None, dropout=0.1, device=6.0):
+        return dict(model="llama2-7b", tool=tool, tok_s=tok_s, budget_gib=budget, lora_dropout=dropout,
+                    peak_gib=5.0, device_used_gib=device, error=None)  # fmt: skip
+
+    rows = [
+        row("unsloth", 10215, dropout=0.0, device=9.1),
+        row("plain", 5620, device=10.0),
+        row("tuner", 14971),
+        row("tuner", 8011, budget=8.0, device=7.6),
+        row("tuner", 8647, budget=8.0, dropout=0.0, device=7.58),
+        row("tuner", 1, budget=12.0) | {"error": "out of memory"},
+    ]
+    lines = report.budget_table(rows).splitlines()
+    assert (
+        lines[0]
+        == "| shape | budget | tuner, dropout 0 | tuner, dropout 0.1 | plain, dropout 0.1 | unsloth, dropout 0 |"
+    )
+    assert lines[2].startswith(
+        "| llama2-7b | 8 GiB | 8,647, peak 5.00, device 7.58 | 8,011, peak 5.00, device 7.60 |"
+    )
+    assert lines[2].endswith(
+        "| 5,620, peak 5.00, device 10.00 (over) | 10,215, peak 5.00, device 9.10 (over) |"
+    )
+    assert lines[3].startswith("| llama2-7b | none |  | 14,971,") and "(over)" not in lines[3]
+    assert len(lines) == 4  # the failed 12 GiB row makes no line
