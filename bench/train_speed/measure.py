@@ -234,6 +234,8 @@ def measure(spec: Spec, opts) -> dict:
     if tool.needs:
         # first, before anything here imports transformers or peft: Unsloth patches their classes
         # when imported and warns that it cannot do it all afterwards
+        for key, value in tool.offline_env.items():
+            os.environ.setdefault(key, value)
         try:
             importlib.import_module(tool.needs)
         except ImportError as exc:

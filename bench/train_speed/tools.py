@@ -54,6 +54,8 @@ class Tool:
     # tool's (the driver gives them a child of their own even with --in-process)
     patches_process: bool = False
     needs: str | None = None  # the module it imports, named in the row's error when missing
+    # set (unless already set) before that import: the device reaches no network
+    offline_env: dict[str, str] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------ what a model did
@@ -392,5 +394,12 @@ def run_unsloth(job: Job) -> dict:
 TOOLS: dict[str, Tool] = {
     "tuner": Tool(run_tuner, packs=True, variants=True),
     "plain": Tool(run_plain),
-    "unsloth": Tool(run_unsloth, patches_process=True, needs="unsloth"),
+    # Unsloth pings the Hub for usage statistics when it loads a model; without a network that call
+    # waits for its timeout, which would land in load_s (or kill the row)
+    "unsloth": Tool(
+        run_unsloth,
+        patches_process=True,
+        needs="unsloth",
+        offline_env={"UNSLOTH_DISABLE_STATISTICS": "1", "HF_HUB_OFFLINE": "1"},
+    ),
 }

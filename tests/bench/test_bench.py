@@ -293,3 +293,24 @@ def test_the_budget_table_puts_each_budget_on_a_line_and_says_when_a_peer_does_n
     )
     assert lines[3].startswith("| llama2-7b | none |  | 14,971,") and "(over)" not in lines[3]
     assert len(lines) == 4  # the failed 12 GiB row makes no line
+
+
+def test_a_row_knows_its_commit_from_git_or_from_the_caller(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setattr(measure, "REPO", tmp_path)
+    monkeypatch.delenv("TUNER_COMMIT", raising=False)
+    assert measure.commit() is None  # no .git, nothing passed: unknown, not invented
+    monkeypatch.setenv("TUNER_COMMIT", "abc123")
+    assert measure.commit() == "abc123"  # the device's copy: what the caller passed
+
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    (tmp_path / "tuner").mkdir()
+    (tmp_path / "tuner" / "x.py").write_text("a = 1\n")
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "tuner"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert measure.commit() == head  # git's answer wins over the variable
+    (tmp_path / "tuner" / "x.py").write_text("a = 2\n")
+    assert measure.commit() == head + "+dirty"

@@ -73,3 +73,23 @@ def test_no_removed_switch_is_named():
                "TUNER_STEP_OVERHEAD", "TUNER_DEFERRED_LOGGING", "TUNER_ASYNC_BATCH_COPY", "TUNER_SKIP_PACKED_SCAN",
                "TUNER_LORA_DROPOUT_KERNEL", "TUNER_CHECKPOINTING", "TUNER_CHECKPOINT_LAYERS", "TUNER_EMBEDDING_ON_CPU"]  # fmt: skip
     assert [name for name in removed if name in text] == []
+
+
+def test_a_step_past_its_timeout_is_ended_with_the_processes_it_started(tmp_path):
+    import os
+    import sys
+    import time
+
+    # the step starts a child of its own (as the bench driver does); both must end at the timeout
+    pid_file = tmp_path / "child.pid"
+    code = (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)"
+    )
+    started = time.perf_counter()
+    assert suites._run([sys.executable, "-c", code], tmp_path / "step.log", 3, dict(os.environ)) == "timeout"
+    assert time.perf_counter() - started < 30
+    status = Path(f"/proc/{pid_file.read_text()}/status")
+    time.sleep(0.5)
+    assert not status.exists() or "State:\tZ" in status.read_text()  # gone, or a zombie left to reap
