@@ -154,7 +154,9 @@ def test_cached_formula_value_is_used(tmp_path):
         for item in zin.infolist():
             data = zin.read(item.filename)
             if item.filename == "xl/worksheets/sheet1.xml":
+                # openpyxl writes the empty value as <v /> or <v></v>, by version
                 data = data.replace(b"<f>1+2</f><v />", b"<f>1+2</f><v>3</v>")
+                data = data.replace(b"<f>1+2</f><v></v>", b"<f>1+2</f><v>3</v>")
             zout.writestr(item, data)
     out = tmp_path / "f.jsonl"
     convert_table(patched, out)
@@ -322,3 +324,26 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse: --system and --system-column exclude each other
         main(["convert", str(source), str(out), "--system", "a", "--system-column", "B"])
     assert not out.exists()
+
+
+def test_formula_cells_without_saved_values_and_hidden_rows_are_said_as_such(tmp_path):
+    import openpyxl
+
+    from tuner.core.io import read_jsonl
+
+    book = openpyxl.Workbook()  # openpyxl computes no formulas: like files written by scripts
+    sheet = book.active
+    sheet.append(["Question", "Answer"])
+    sheet.append(["What is 2+2?", "=2+2"])
+    sheet.append(["Hi?", "Hello"])
+    sheet.append(["Old question?", "Old answer"])
+    sheet.append(["Bye?", ""])
+    sheet.row_dimensions[4].hidden = True
+    source = tmp_path / "qa.xlsx"
+    book.save(source)
+    result = convert_table(source, tmp_path / "qa.jsonl")
+    reasons = dict(result.skipped)
+    assert "answer is a formula with no saved value" in reasons[2] and "save it" in reasons[2]
+    assert reasons[5] == "empty answer"
+    assert result.hidden == [4] and "1 hidden row(s) were converted like the others (4)" in result.summary()
+    assert [r["conversation"][0]["input"] for r in read_jsonl(tmp_path / "qa.jsonl")] == ["Hi?", "Old question?"]

@@ -272,3 +272,11 @@ def test_export_and_merge_on_a_full_disk_say_so_and_leave_no_folder(tmp_path, ru
     code = main(["merge", str(tiny_llama_dir), str(out), str(merged), "--dtype", "fp32", "--no-verify"])
     assert code == 2 and "the disk is full" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".merged", "merged"))) == []
+
+
+@pytest.mark.parametrize("size", ["0", 0, "0GB", "0.0MB"])
+def test_a_zero_shard_size_is_refused(size):
+    from tuner.export.merge import check_shard_size
+
+    with pytest.raises(TunerError, match="must be more than 0"):
+        check_shard_size(size)

@@ -8,7 +8,7 @@ a spreadsheet program (the header is row 1); for JSON input the number is the fi
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class ConvertResult:
     unit: str = "row"
     sheet: str | None = None
     encoding: str | None = None
+    hidden: list[int] = field(default_factory=list)  # hidden spreadsheet rows that were converted
 
     @property
     def skipped_rows(self) -> list[int]:
@@ -68,6 +69,12 @@ class ConvertResult:
             lines += [f"  {self.unit} {number}: {reason}" for number, reason in self.skipped]
         else:
             lines.append(f"skipped 0 {self.unit}s")
+        if self.hidden:
+            shown = ", ".join(str(n) for n in self.hidden[:20]) + (" ..." if len(self.hidden) > 20 else "")
+            lines.append(
+                f"note: {len(self.hidden)} hidden row(s) were converted like the others ({shown}); "
+                "delete them from the sheet if they are not meant as training data"
+            )
         return "\n".join(lines)
 
 
@@ -170,6 +177,11 @@ def convert_table(
         read += 1
         q_text, a_text = cell(values, q), cell(values, a)
         if not q_text or not a_text:
+            formulas = [n for n, i in (("question", q), ("answer", a)) if (number, i) in table.uncomputed]
+            if formulas:  # not empty: a formula the program that wrote the file never computed
+                skipped.append((number, f"{' and '.join(formulas)} is a formula with no saved value "
+                                f"(open the file in Excel or LibreOffice and save it, so the values are stored)"))
+                continue
             missing = " and ".join(n for n, t in (("question", q_text), ("answer", a_text)) if not t)
             skipped.append((number, f"empty {missing}"))
             continue
@@ -195,4 +207,5 @@ def convert_table(
         unit=table.unit,
         sheet=table.sheet,
         encoding=table.encoding,
+        hidden=[n for n in table.hidden_rows if n not in {number for number, _ in skipped}],
     )

@@ -40,6 +40,10 @@ class Table:
     encoding: str | None = None
     delimiter: str | None = None
     bad_rows: list[tuple[int, str]] = field(default_factory=list)  # unreadable JSON lines
+    # Spreadsheets only: cells holding a formula whose value was never saved (row, column index), and
+    # hidden rows. Both read as something else (an empty cell, an ordinary row) unless said.
+    uncomputed: set[tuple[int, int]] = field(default_factory=set)
+    hidden_rows: list[int] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- cells
@@ -177,9 +181,33 @@ def _read_excel(path: Path, sheet: str | None, limit: int | None) -> Table:
             if limit is not None and len(table.rows) >= limit:
                 break
             table.rows.append((number, list(values)))
-        return table
     finally:
         workbook.close()
+    if limit is None:  # a whole read (a conversion): what the cached values alone do not show
+        table.uncomputed, table.hidden_rows = _sheet_facts(path, name, table)
+    return table
+
+
+def _sheet_facts(path: Path, name: str, table: Table) -> tuple[set[tuple[int, int]], list[int]]:
+    """Formula cells with no saved value (a file written by a program that does not compute formulas)
+    and hidden rows. Read in a second, full (not read-only) pass: only that mode knows both."""
+    import openpyxl
+
+    empty = {(number, i) for number, values in table.rows for i, v in enumerate(values) if v is None}
+    workbook = openpyxl.load_workbook(path, data_only=False)
+    try:
+        sheet = workbook[name]
+        uncomputed = {
+            (number, i)
+            for number, i in empty
+            if isinstance(v := sheet.cell(row=number, column=i + 1).value, str) and v.startswith("=")
+        }
+        hidden = sorted(
+            n for n, dim in sheet.row_dimensions.items() if dim.hidden and n >= 2 and n <= sheet.max_row
+        )
+    finally:
+        workbook.close()
+    return uncomputed, hidden
 
 
 def _decode_text(raw: bytes, path: Path) -> tuple[str, str]:

@@ -39,8 +39,12 @@ _SHARD_RE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)$", re.IG
 def check_shard_size(value: str | int) -> str | int:
     """``2GB``, ``500MB`` or a number of bytes; anything else is a user error."""
     if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        if int(value) <= 0:  # 0 would mean one file per tensor, or an endless loop of empty shards
+            raise TunerError(f"max shard size {value}: must be more than 0; use e.g. 2GB or 500MB")
         return int(value)
     if isinstance(value, str) and _SHARD_RE.match(value.strip()):
+        if float(re.match(r"[\d.]+", value.strip()).group()) <= 0:
+            raise TunerError(f"max shard size {value}: must be more than 0; use e.g. 2GB or 500MB")
         return value.strip().upper().replace(" ", "")
     raise TunerError(f"max shard size '{value}' is not a size; use e.g. 2GB, 500MB or a number of bytes")
 

@@ -30,6 +30,11 @@ def resolve_model_path(name: str) -> str:
         return str(ensure_default_model())
     path = Path(name).expanduser()
     if path.exists():
+        if not path.is_dir():
+            raise ModelError(
+                f"{name}: is a file, not a model folder; give the folder that holds config.json and the "
+                "weights (e.g. models/Qwen2.5-0.5B-Instruct), or a hub id"
+            )
         if not (path / "config.json").is_file():
             raise ModelError(f"{name}: no config.json in this folder; point at a Hugging Face model folder")
         return str(path.resolve())
