@@ -114,7 +114,7 @@ def test_list_presets_reads_headers_and_filters():
         512,
         3,
     )
-    assert "GB" in info.gpu_memory and info.command.endswith("train internlm2_chat_7b_qlora_oasst1_512_e3")
+    assert "GiB" in info.gpu_memory and info.command.endswith("train internlm2_chat_7b_qlora_oasst1_512_e3")
     assert info.description.startswith("InternLM2-Chat-7B") and info.source == "builtin" and not info.error
     assert {p.name for p in list_presets("INTERNLM2_CHAT_7B")} == {
         p.stem for p in SHIPPED if p.stem.startswith("internlm2_chat_7b")
@@ -215,3 +215,17 @@ def test_cli_list_copy_and_validate(workspace, capsys):
     assert (
         "did you mean 'max_length'" in err and "lr: must be > 0" in err and "data_path: file not found" in err
     )
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_header_memory_is_what_tuner_estimate_says(path, monkeypatch):
+    # The header's figures come from `tuner estimate NAME --gpu-gib N` (the presets' models' sizes are
+    # known offline: tuner.models.published). After a change to the estimate, rewrite them with
+    # `python -m tests.config.preset_memory --write`.
+    from tests.config.preset_memory import LINE, memory_phrase
+
+    for key in [k for k in __import__("os").environ if k.startswith("TUNER_") and k != "TUNER_DEFAULT_MODEL_DIR"]:
+        monkeypatch.delenv(key)  # the shipped figures are for the default speed settings
+    found = LINE.search(path.read_text(encoding="utf-8"))
+    assert found, f"{path.name}: its '# GPU memory:' line must state the estimate's figures"
+    assert found["phrase"] == memory_phrase(path.stem), "run: python -m tests.config.preset_memory --write"

@@ -49,8 +49,29 @@ EXPECTED = {
         "### System:\nYou are a doctor.\n\n### User:\nHi\n\n### Assistant:\nHello!</s>\n\n"
         "### User:\nDose?\n\n### Assistant:\nOne tablet.</s>\n\n"
     ),
+    # Qwen3's official template with enable_thinking=False: an empty think block opens every answer
+    # it generates; tuner trains every turn that way, so training and chat agree.
+    "qwen3_chat": (
+        "<|im_start|>system\nYou are a doctor.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n\n</think>\n\nHello!<|im_end|>\n<|im_start|>user\nDose?<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n\n</think>\n\nOne tablet.<|im_end|>\n"
+    ),
+    "gemma_chat": (
+        "<bos><start_of_turn>user\nYou are a doctor.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+        "<start_of_turn>user\nDose?<end_of_turn>\n<start_of_turn>model\nOne tablet.<end_of_turn>\n"
+    ),
+    "phi3_chat": (
+        "<|system|>\nYou are a doctor.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello!<|end|>\n"
+        "<|user|>\nDose?<|end|>\n<|assistant|>\nOne tablet.<|end|>\n"
+    ),
+    "phi4_mini_chat": (
+        "<|system|>You are a doctor.<|end|><|user|>Hi<|end|><|assistant|>Hello!<|end|>"
+        "<|user|>Dose?<|end|><|assistant|>One tablet.<|end|>"
+    ),
+    "mistral_chat": "<s>[INST] You are a doctor.\n\nHi[/INST] Hello!</s>[INST] Dose?[/INST] One tablet.</s>",
 }
 EXPECTED["qwen_chat"] = EXPECTED["chatml"]
+EXPECTED["qwen3_thinking"] = EXPECTED["chatml"]  # the answers carry their own <think> block
 
 END_OF_TURN = {
     "internlm_chat": "<eoa>",
@@ -60,6 +81,12 @@ END_OF_TURN = {
     "llama2_chat": "</s>",
     "llama3_chat": "<|eot_id|>",
     "default": "</s>",
+    "qwen3_chat": "<|im_end|>",
+    "qwen3_thinking": "<|im_end|>",
+    "gemma_chat": "<end_of_turn>",
+    "phi3_chat": "<|end|>",
+    "phi4_mini_chat": "<|end|>",
+    "mistral_chat": "</s>",
 }
 
 
@@ -89,6 +116,12 @@ GENERATION_PROMPTS = {
         "<|start_header_id|>assistant<|end_header_id|>\n\n"
     ),
     "default": "### User:\nHi\n\n### Assistant:\n",
+    "qwen3_chat": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+    "qwen3_thinking": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+    "gemma_chat": "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n",
+    "phi3_chat": "<|user|>\nHi<|end|>\n<|assistant|>\n",
+    "phi4_mini_chat": "<|user|>Hi<|end|><|assistant|>",
+    "mistral_chat": "<s>[INST] Hi[/INST]",
 }
 
 

@@ -87,11 +87,15 @@ def model_shape(model: str) -> ModelShape:
     else:
         path = Path(model) / "config.json"
         if not path.is_file():
+            from tuner.models.published import PUBLISHED
+
             try:
                 from huggingface_hub import hf_hub_download
 
                 path = Path(hf_hub_download(model, "config.json"))
-            except Exception as exc:  # offline, unknown id: say so in words
+            except Exception as exc:  # offline, unknown id: the presets' models' published sizes, else say so
+                if model in PUBLISHED:
+                    return shape_from_config(PUBLISHED[model])
                 raise ModelError(
                     f"{model}: no config.json found locally (offline, or not a model id); cannot estimate "
                     "its size. Download the model once (training does on first use) or set model to a "

@@ -77,5 +77,69 @@ TEMPLATES: dict[str, ChatTemplate] = {
             end_of_turn="<|eot_id|>",
             stop_words=("<|eot_id|>", "<|end_of_text|>"),
         ),
+        # Qwen3 is one model with a thinking switch; tuner makes it a choice of template, so that
+        # training and chat agree on it. Thinking off is Qwen3's own enable_thinking=False: every
+        # answer starts after an empty <think></think> block, which the model was taught to read
+        # as "answer directly".
+        ChatTemplate(
+            name="qwen3_chat",
+            description="Qwen3, thinking off: ChatML, each answer after an empty <think></think> block",
+            system=_CHATML["system"],
+            user=_CHATML["user"],
+            assistant_prefix="<|im_start|>assistant\n<think>\n\n</think>\n\n",
+            end_of_turn="<|im_end|>",
+            separator="\n",
+            stop_words=("<|im_end|>", "<|endoftext|>"),
+        ),
+        ChatTemplate(
+            name="qwen3_thinking",
+            description="Qwen3, thinking on: ChatML; the model writes its own <think>...</think> first "
+            "(answers in the data must carry it)",
+            stop_words=("<|im_end|>", "<|endoftext|>"),
+            **_CHATML,
+        ),
+        # Gemma 2 and 3 have no system role: the system prompt opens the first user turn.
+        ChatTemplate(
+            name="gemma_chat",
+            description="Gemma 2/3: <start_of_turn>user ... <end_of_turn> <start_of_turn>model ...",
+            bos="<bos>",
+            user="<start_of_turn>user\n{content}<end_of_turn>\n",
+            user_with_system="<start_of_turn>user\n{system}\n\n{content}<end_of_turn>\n",
+            assistant_prefix="<start_of_turn>model\n",
+            end_of_turn="<end_of_turn>",
+            separator="\n",
+            stop_words=("<end_of_turn>", "<eos>"),
+        ),
+        ChatTemplate(
+            name="phi3_chat",
+            description="Phi-3 / Phi-3.5: <|system|> / <|user|> / <|assistant|> blocks ended by <|end|>",
+            system="<|system|>\n{system}<|end|>\n",
+            user="<|user|>\n{content}<|end|>\n",
+            assistant_prefix="<|assistant|>\n",
+            end_of_turn="<|end|>",
+            separator="\n",
+            stop_words=("<|end|>", "<|endoftext|>"),
+        ),
+        ChatTemplate(
+            name="phi4_mini_chat",
+            description="Phi-4-mini: <|system|>...<|end|><|user|>...<|end|><|assistant|>...<|end|> (no newlines)",
+            system="<|system|>{system}<|end|>",
+            user="<|user|>{content}<|end|>",
+            assistant_prefix="<|assistant|>",
+            end_of_turn="<|end|>",
+            stop_words=("<|end|>", "<|endoftext|>"),
+        ),
+        # Mistral's own template puts the system prompt in the last user turn; in tuner it opens the
+        # first (the same text for the single-turn samples most data sets hold).
+        ChatTemplate(
+            name="mistral_chat",
+            description="Mistral 7B Instruct v0.3: <s>[INST] question[/INST] answer</s>",
+            bos="<s>",
+            user="[INST] {content}[/INST]",
+            user_with_system="[INST] {system}\n\n{content}[/INST]",
+            answer=" {content}",
+            end_of_turn="</s>",
+            stop_words=("</s>",),
+        ),
     ]
 }
