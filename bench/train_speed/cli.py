@@ -256,6 +256,11 @@ def parse_args(argv=None):
         help="run a named suite of bench/suites.toml (one device call each), writing under --out-dir",
     )
     p.add_argument("--list-suites", action="store_true", help="print the suites and what each measures")
+    p.add_argument(
+        "--print-commit",
+        action="store_true",
+        help="print what rows made here record as their commit (HEAD, +dirty): the TUNER_COMMIT of a device call",
+    )
     p.add_argument("--dry-run", action="store_true", help="with --suite: print its commands, run nothing")
     p.add_argument(
         "--settings-table",
@@ -287,6 +292,9 @@ def main(argv=None) -> int:
     opts = parse_args(argv)
     if opts.report:
         print(reports.report(json.loads(Path(opts.report).read_text())))
+        return 0
+    if opts.print_commit:
+        print(commit() or "unknown")
         return 0
     if opts.budget_table:
         print(reports.budget_table(json.loads(Path(opts.budget_table).read_text())))
