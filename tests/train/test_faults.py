@@ -70,3 +70,30 @@ def test_stop_then_cancel_the_second_is_told_what_the_first_decided(workspace, t
     from tuner.runs.lock import in_use
 
     assert not in_use(run_dir)  # the job gave the folder back
+
+
+def test_tokens_per_second_of_a_late_delivered_log_line_is_timed_by_its_own_step(monkeypatch):
+    """Deferred logging hands the last step's line over right after the one before: timed by its
+    delivery, a 2-core CPU showed 549,680 tok/s."""
+    from types import SimpleNamespace
+
+    from tuner.runs.events import EventLog
+    from tuner.train import callbacks
+    from tuner.train.callbacks import EventCallback, RunControl
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(callbacks.time, "time", lambda: clock["now"])
+    events = EventLog()
+    callback = EventCallback(events, RunControl())
+    state = SimpleNamespace(global_step=0, max_steps=2, num_input_tokens_seen=0, epoch=0.0)
+    control = SimpleNamespace(should_training_stop=False, should_save=False)
+    callback.on_train_begin(None, state, control)
+    for step in (1, 2):  # each step takes a second and sees 100 tokens
+        clock["now"] += 1.0
+        state.global_step, state.num_input_tokens_seen = step, 100 * step
+        callback.on_step_end(None, state, control)
+    for step, delivered in ((1, 2.0), (2, 2.01)):  # both lines arrive at the end, 10 ms apart
+        clock["now"] = delivered
+        state.global_step, state.num_input_tokens_seen = step, 100 * step
+        callback.on_log(None, state, control, logs={"loss": 1.0})
+    assert [e["tokens_per_s"] for e in events.since(0) if e["type"] == "log"] == [100.0, 100.0]

@@ -42,6 +42,10 @@ class EventCallback(TrainerCallback):
         self._last_tokens = 0
         self._start_step = 0
         self._diverged = False  # a non-finite loss was reported
+        # When each recent step ended: a log line delivered late (deferred logging hands step N's line
+        # over at step N+1, the last one at the end of training) is timed by its own step, not by its
+        # delivery, or the last step's tokens/s comes out absurd (thousands on a 2-core CPU).
+        self._step_ended: dict[int, float] = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.time()
@@ -59,6 +63,8 @@ class EventCallback(TrainerCallback):
         # A tick for progress bars on every step (log lines come only every logging_steps): reads no
         # device value, so it costs the step nothing.
         self.events.notify("step", step=state.global_step, total_steps=state.max_steps)
+        self._step_ended[state.global_step] = time.time()
+        self._step_ended.pop(state.global_step - 64, None)  # a line is never delivered that late
         self._honour_stop(control)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -67,9 +73,10 @@ class EventCallback(TrainerCallback):
         elapsed = now - self.start
         tokens = state.num_input_tokens_seen or 0
         tok_s = None
-        if self._last_time is not None and now > self._last_time and tokens > self._last_tokens:
-            tok_s = round((tokens - self._last_tokens) / (now - self._last_time), 1)
-        self._last_time, self._last_tokens = now, tokens
+        ended = self._step_ended.get(state.global_step, now)
+        if self._last_time is not None and ended > self._last_time and tokens > self._last_tokens:
+            tok_s = round((tokens - self._last_tokens) / (ended - self._last_time), 1)
+        self._last_time, self._last_tokens = ended, tokens
         done = state.global_step - self._start_step
         eta = None
         if done > 0 and state.max_steps:
