@@ -92,16 +92,16 @@ def _write_yaml(folder, model_dir, data):
 
 @pytest.mark.parametrize("plan", ["auto", "all", "offload"])
 def test_each_checkpointing_plan_trains_qlora_packed(workspace, small_llama_dir, monkeypatch, plan):
-    # TUNER_CHECKPOINT_LAYERS: auto (on a large GPU no layer is checkpointed), every layer, every
+    # checkpoint_layers: auto (on a large GPU no layer is checkpointed), every layer, every
     # layer with its input in host memory; with fused LoRA (the default), packed rows and the packing check.
     from tuner.runs.events import read_events
     from tuner.train.run import train
 
-    monkeypatch.setenv("TUNER_CHECKPOINT_LAYERS", plan)
     config = gpu_config(
         small_llama_dir,
         write_gpu_data(workspace),
         name=f"plan_{plan}",
+        checkpoint_layers=plan,
         method="qlora",
         quantization="4bit",
         gradient_checkpointing=True,
@@ -121,7 +121,7 @@ def test_each_checkpointing_plan_trains_qlora_packed(workspace, small_llama_dir,
 
 
 def test_input_embedding_in_host_memory_trains_and_frees_its_gpu_memory(workspace, tmp_path, monkeypatch):
-    # TUNER_EMBEDDING_ON_CPU=on: QLoRA with every layer checkpointed trains as before, the log says
+    # embedding_on_cpu: on: QLoRA with every layer checkpointed trains as before, the log says
     # the table moved, and the peak is lower by about the table (vocab x hidden x 2 bytes; a 32k
     # vocabulary makes it 62.5 MiB here, well above the runs' other differences).
     import gc
@@ -159,13 +159,19 @@ def test_input_embedding_in_host_memory_trains_and_frees_its_gpu_memory(workspac
     model_dir = save_tiny_model("llama", tmp_path / "m", torch.bfloat16, **sizes)
     peaks, losses = {}, {}
     for mode in ("off", "on"):
-        monkeypatch.setenv("TUNER_EMBEDDING_ON_CPU", mode)
-        monkeypatch.setenv("TUNER_CHECKPOINT_LAYERS", "all")
         gc.collect()
         torch.cuda.empty_cache()
         before = torch.cuda.memory_allocated()
         data = write_gpu_data(workspace)
-        config = gpu_config(model_dir, data, name=f"emb_{mode}", method="qlora", quantization="4bit")
+        config = gpu_config(
+            model_dir,
+            data,
+            name=f"emb_{mode}",
+            method="qlora",
+            quantization="4bit",
+            checkpoint_layers="all",
+            embedding_on_cpu=mode,
+        )
         result = train(config)
         peaks[mode] = (torch.cuda.max_memory_allocated() - before) / 2**20
         losses[mode] = _losses(result.run_dir)
@@ -183,7 +189,7 @@ def test_input_embedding_in_host_memory_trains_and_frees_its_gpu_memory(workspac
 def test_deferred_logging_copies_through_pinned_memory_and_logs_the_same_losses(
     workspace, small_llama_dir, monkeypatch
 ):
-    # TUNER_DEFERRED_LOGGING=on on CUDA: every logged loss reaches the host by an asynchronous copy
+    # Lean steps (TUNER_LEAN_STEPS=on) on CUDA: every logged loss reaches the host by an asynchronous copy
     # into pinned memory behind a CUDA event (no device sync at the logging point), and the run
     # logs the losses that reading them back at once logs.
     from tuner.fast.deferred_log import PendingLog
@@ -199,7 +205,7 @@ def test_deferred_logging_copies_through_pinned_memory_and_logs_the_same_losses(
     monkeypatch.setattr(PendingLog, "snapshot", classmethod(spy))
     losses = {}
     for mode in ("off", "on"):
-        monkeypatch.setenv("TUNER_DEFERRED_LOGGING", mode)
+        monkeypatch.setenv("TUNER_LEAN_STEPS", mode)
         from tuner.train.run import train
 
         config = gpu_config(small_llama_dir, write_gpu_data(workspace), name=f"deferred_{mode}", seed=3)
@@ -213,7 +219,7 @@ def test_deferred_logging_copies_through_pinned_memory_and_logs_the_same_losses(
 
 
 def test_wide_loss_chunks_train_like_liger_own_chunks(workspace, small_llama_dir, monkeypatch):
-    # TUNER_LOSS_CHUNKS=wide: in a run with no layer checkpointed, Liger's fused cross-entropy gets a
+    # TUNER_LIGER=wide: in a run with no layer checkpointed, Liger's fused cross-entropy gets a
     # half-GiB logits budget per chunk (its chunk_mem_const, the last argument of its autograd
     # function), and the losses are those of Liger's own chunking.
     from liger_kernel.transformers import functional
@@ -232,18 +238,17 @@ def test_wide_loss_chunks_train_like_liger_own_chunks(workspace, small_llama_dir
             return real.apply(*args)
 
     monkeypatch.setattr(functional, "LigerFusedLinearCrossEntropyFunction", Spy)
-    monkeypatch.setenv("TUNER_CHECKPOINT_LAYERS", "auto")  # the small model fits: no layer checkpointed
-    losses, seen = {}, {}
-    for mode in ("liger", "wide"):
-        monkeypatch.setenv("TUNER_LOSS_CHUNKS", mode)
+    losses, seen = {}, {}  # checkpoint_layers auto: the small model fits, no layer checkpointed
+    for mode in ("on", "wide"):
+        monkeypatch.setenv("TUNER_LIGER", mode)
         budgets.clear()
         config = gpu_config(small_llama_dir, write_gpu_data(workspace), name=f"chunks_{mode}", seed=5)
         result = train(config)
         assert result.status == "completed"
         losses[mode], seen[mode] = _losses(result.run_dir), set(budgets)
-    print("loss chunk budgets", seen, "losses wide", losses["wide"][:3], "liger", losses["liger"][:3])
-    assert seen["liger"] == {1} and min(seen["wide"]) > 1
-    assert losses["wide"] == pytest.approx(losses["liger"], rel=2e-2)
+    print("loss chunk budgets", seen, "losses wide", losses["wide"][:3], "liger's own", losses["on"][:3])
+    assert seen["on"] == {1} and min(seen["wide"]) > 1
+    assert losses["wide"] == pytest.approx(losses["on"], rel=2e-2)
 
 
 def test_a_gpu_memory_cap_holds_the_run_and_its_plan(workspace, small_llama_dir, monkeypatch):
