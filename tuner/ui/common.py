@@ -206,6 +206,22 @@ def workspace_files(suffixes=DATA_SUFFIXES, limit: int = 500, depth: int = 4) ->
     return found
 
 
+def data_ref(text: str | None, what: str = "data") -> str:
+    """A data source typed in the UI (tuner.data.sources): a Hub data set id as it is; a file or a
+    datasets folder inside the workspace, its ?split=&columns= options kept."""
+    from tuner.data.sources import parse_source
+
+    value = (text or "").strip()
+    if not value:
+        raise TunerError(f"{what}: empty; pick a file, a datasets folder or a Hub id (owner/name)")
+    if parse_source(value).kind == "hub":
+        return value
+    if inside_workspace(value).exists():
+        return str(ws_path(value, what))
+    location, sep, query = value.partition("?")
+    return str(ws_path(location, what)) + sep + query
+
+
 def model_ref(text: str | None) -> str:
     """A model typed in the UI: ``default``, a hub id, or a local folder that must be in the workspace."""
     value = (text or "").strip() or "default"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tuner.core.errors import TunerError
 from tuner.data.identity import DEFAULT_MIX_GENERAL
-from tuner.ui.common import data_output, guard, rel, save_upload, workspace_files, ws_path
+from tuner.ui.common import data_output, data_ref, guard, rel, save_upload, workspace_files, ws_path
 from tuner.ui.i18n import tr
 
 NO_COLUMN = "(none)"
@@ -147,7 +147,7 @@ def validate(path, fmt, model, system, max_length, lang: str = "en"):
     from tuner.ui.datacheck import check_file
 
     report = check_file(
-        ws_path(path, "file"),
+        data_ref(path, "file"),
         fmt or "auto",
         model or "default",
         (system or "").strip() or None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuner.core.errors import TunerError
-from tuner.ui.common import guard, model_ref, rel, ws_path
+from tuner.ui.common import data_ref, guard, model_ref, rel, ws_path
 from tuner.ui.i18n import tr
 
 SHARD_SIZES = ["500MB", "1GB", "2GB", "5GB", "10GB"]
@@ -110,6 +110,35 @@ def write_gguf_file(merged: str, kind: str, overwrite: bool, lang: str = "en") -
     )
 
 
+def run_evaluation(source, test, metrics, max_new_tokens, batch_size, compare, lang: str = "en"):
+    """Score the chosen adapter on a test file (tuner.export.evaluate); returns (status, scores table)."""
+    from tuner.export.evaluate import evaluate
+    from tuner.export.metrics import LABELS, parse_metrics
+
+    result = evaluate(
+        str(ws_path(source, "adapter")),
+        data_ref(test, tr(lang, "export.eval_test")),
+        metrics=parse_metrics(metrics or []),
+        max_new_tokens=int(max_new_tokens or 256),
+        batch_size=int(batch_size or 8),
+        compare_base=bool(compare),
+    )
+    sides = list(result.scores)
+    table = ["| | " + " | ".join(s.replace("_", "-") for s in sides) + " |", "|---" * (len(sides) + 1) + "|"]
+    for name in result.scores[sides[0]]:
+        table.append(
+            f"| {LABELS[name]} | " + " | ".join(f"{result.scores[s][name]:.2f}" for s in sides) + " |"
+        )
+    status = tr(
+        lang,
+        "export.eval_done",
+        n=result.samples,
+        samples=rel(result.samples_path),
+        results=rel(result.results_path),
+    )
+    return status, "\n".join(table)
+
+
 def verify_reply(result, prompt: str) -> tuple[str, bool, str]:
     """The merged folder answers ``prompt``: (reply, ended on the end-of-turn token, that token)."""
     from transformers import AutoTokenizer
@@ -130,6 +159,7 @@ def build(T, lang_state, runs_default: list[str]):
 
     from tuner.export.gguf import TYPES as GGUF_TYPES
     from tuner.export.merge import VERIFY_PROMPT
+    from tuner.export.metrics import METRICS
 
     c = {}
     with T.make(gr.Tab, "tab.export", id="export"):
@@ -163,6 +193,21 @@ def build(T, lang_state, runs_default: list[str]):
             with gr.Row():
                 c["gguf_type"] = T.make(gr.Dropdown, "export.gguf_type", choices=list(GGUF_TYPES), value="f16")
                 c["gguf"] = T.value(gr.Button, "export.gguf")
+        with T.make(gr.Accordion, "export.eval_group", open=False):
+            T.value(gr.Markdown, "export.eval_intro")
+            with gr.Row():
+                c["eval_test"] = T.make(gr.Textbox, "export.eval_test", scale=3)
+                c["eval_metrics"] = T.make(
+                    gr.CheckboxGroup, "export.eval_metrics", choices=list(METRICS), value=list(METRICS)
+                )
+            with gr.Row():
+                c["eval_tokens"] = T.make(
+                    gr.Slider, "export.eval_max_new_tokens", minimum=16, maximum=1024, step=16, value=256
+                )
+                c["eval_batch"] = T.make(gr.Slider, "export.eval_batch", minimum=1, maximum=64, step=1, value=8)
+                c["eval_base"] = T.make(gr.Checkbox, "export.eval_base", value=True)
+                c["eval"] = T.value(gr.Button, "export.eval_run", variant="primary")
+            c["eval_scores"] = T.make(gr.Markdown, "export.eval_metrics", value="", elem_id="export-eval-scores")
 
     from tuner.ui.common import run_choices
 
@@ -194,6 +239,20 @@ def build(T, lang_state, runs_default: list[str]):
         ],
         [c["status"], c["reply"]],
         api_name="export_merge",
+    )
+    c["eval"].click(
+        guard(run_evaluation, 2, 0),
+        [
+            c["source"],
+            c["eval_test"],
+            c["eval_metrics"],
+            c["eval_tokens"],
+            c["eval_batch"],
+            c["eval_base"],
+            lang_state,
+        ],
+        [c["status"], c["eval_scores"]],
+        api_name="export_evaluate",
     )
     c["gguf"].click(
         guard(write_gguf_file, 1, 0),
