@@ -34,8 +34,18 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, capsys):
     assert main(["validate-config", str(path)]) == 1
     assert "expands to more than" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="expands to more than"):
-        apply_overrides({}, ["evaluation_inputs=" + "[&a [x,x,x,x,x,x,x,x,x,x], " + ", ".join(
-            f"&{n} [" + ",".join([f"*{p}"] * 10) + "]" for p, n in zip("abcdef", "bcdefg")) + "]"])
+        apply_overrides(
+            {},
+            [
+                "evaluation_inputs="
+                + "[&a [x,x,x,x,x,x,x,x,x,x], "
+                + ", ".join(
+                    f"&{n} [" + ",".join([f"*{p}"] * 10) + "]"
+                    for p, n in zip("abcdef", "bcdefg", strict=True)
+                )
+                + "]"
+            ],
+        )
     assert time.monotonic() - started < 10  # unbounded, this took minutes and gigabytes
 
 

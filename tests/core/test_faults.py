@@ -33,10 +33,9 @@ def full_disk(monkeypatch, after: int = 0, code: int = errno.ENOSPC):
 
 def test_two_writers_without_force_never_lose_a_result(tmp_path):
     target = tmp_path / "out.jsonl"
-    with pytest.raises(OutputExistsError):
-        with atomic_open(target, force=False) as handle:
-            handle.write("mine\n")
-            target.write_text("theirs\n")  # another convert finished first
+    with pytest.raises(OutputExistsError), atomic_open(target, force=False) as handle:
+        handle.write("mine\n")
+        target.write_text("theirs\n")  # another convert finished first
     assert target.read_text() == "theirs\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]  # no temp file left
 
@@ -64,10 +63,9 @@ def test_racing_threads_one_wins_the_other_is_told(tmp_path):
 def test_several_files_are_published_all_or_none(tmp_path, monkeypatch):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     full_disk(monkeypatch, after=1)  # the first file reaches the disk, the second does not
-    with pytest.raises(OSError):
-        with atomic_files([a, b]) as (ha, hb):
-            ha.write("a\n")
-            hb.write("b\n")
+    with pytest.raises(OSError), atomic_files([a, b]) as (ha, hb):
+        ha.write("a\n")
+        hb.write("b\n")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -81,7 +79,9 @@ def test_several_files_are_published_all_or_none(tmp_path, monkeypatch):
     ],
 )
 @pytest.mark.parametrize("code, words", [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "read-only")])
-def test_every_writer_says_disk_full_and_leaves_nothing_half_done(workspace, monkeypatch, capsys, verb, code, words):
+def test_every_writer_says_disk_full_and_leaves_nothing_half_done(
+    workspace, monkeypatch, capsys, verb, code, words
+):
     (workspace / "qa.csv").write_text("Question,Answer\nHi?,Hello\nBye?,Bye\n")
     write_data(workspace / "d.jsonl")
     before = sorted(p.name for p in workspace.iterdir())

@@ -27,7 +27,9 @@ def other_process():
 
     def hold(folder: Path) -> subprocess.Popen:
         process = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True,
+            [sys.executable, "-c", HOLDER, str(folder)],
+            stdout=subprocess.PIPE,
+            text=True,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
         started.append(process)
@@ -46,7 +48,9 @@ def test_a_folder_held_by_another_process_is_refused_until_it_dies(tmp_path, oth
     run.mkdir()
     holder = other_process(run)
     assert in_use(run)
-    with pytest.raises(RunFolderBusy, match=f"another training is running in this run folder \\(process {holder.pid}\\)"):
+    with pytest.raises(
+        RunFolderBusy, match=f"another training is running in this run folder \\(process {holder.pid}\\)"
+    ):
         claim(run)
     os.kill(holder.pid, signal.SIGKILL)  # no cleanup: the kernel drops the lock with the process
     holder.wait()
@@ -56,7 +60,9 @@ def test_a_folder_held_by_another_process_is_refused_until_it_dies(tmp_path, oth
     assert not in_use(run)
 
 
-def test_a_second_training_into_a_busy_output_dir_fails_before_writing(workspace, tiny_llama_dir, other_process):
+def test_a_second_training_into_a_busy_output_dir_fails_before_writing(
+    workspace, tiny_llama_dir, other_process
+):
     from tests.tiny import make_config, write_data
     from tuner.train.run import train
 

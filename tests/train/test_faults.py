@@ -97,3 +97,19 @@ def test_tokens_per_second_of_a_late_delivered_log_line_is_timed_by_its_own_step
         state.global_step, state.num_input_tokens_seen = step, 100 * step
         callback.on_log(None, state, control, logs={"loss": 1.0})
     assert [e["tokens_per_s"] for e in events.since(0) if e["type"] == "log"] == [100.0, 100.0]
+
+
+def test_samples_dropped_by_truncation_are_said_in_words(workspace, tiny_llama_dir, capsys):
+    from tuner.__main__ import main
+    from tuner.config.files import save_config
+    from tuner.runs.events import read_events
+
+    long_question = "Tell me " + "more and more " * 60 + "?"
+    data = write_data(workspace / "d.jsonl", pairs=[("Hi?", "Hello."), (long_question, "No.")] * 2)
+    save_config(make_config(tiny_llama_dir, data, name="cut", max_steps=1), workspace / "cut.yaml")
+    assert main(["train", "cut.yaml"]) == 0
+    said = "2 sample(s) were left out: max_length 64 cut away their whole answer"
+    assert said in capsys.readouterr().err  # on the console, not only inside a JSON blob
+    (run_dir,) = (workspace / "work_dirs" / "cut").iterdir()
+    warnings = [e["message"] for e in read_events(run_dir) if e["type"] == "warning"]
+    assert warnings and said in warnings[0] and "check-data" in warnings[0]

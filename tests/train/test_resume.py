@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,23 +41,35 @@ def test_resume_uses_the_runs_own_config_and_refuses_unsafe_changes(workspace, t
     settings = make_config(tiny_llama_dir, data, name="mine", max_steps=6, save_steps=2).to_dict()
     preset.write_text(yaml.safe_dump(settings), encoding="utf-8")
     control = RunControl()
-    cancelled = train(make_config(tiny_llama_dir, data, **{**settings, "name": "mine"}), control=control,
-                      listener=_cancel_at(3, control))
+    cancelled = train(
+        make_config(tiny_llama_dir, data, **{**settings, "name": "mine"}),
+        control=control,
+        listener=_cancel_at(3, control),
+    )
     assert cancelled.status == "cancelled"
     saved = (cancelled.run_dir / "config.yaml").read_text(encoding="utf-8")
 
     # The engine refuses a config that changes what the checkpoint learned, naming each change.
     changed = make_config(tiny_llama_dir, other, name="mine", max_steps=60, save_steps=2)
-    with pytest.raises(TunerError, match=r"data_path: .*max_steps: 6 -> 60.*only these may change: save_steps"):
+    with pytest.raises(
+        TunerError, match=r"data_path: .*max_steps: 6 -> 60.*only these may change: save_steps"
+    ):
         train(changed, resume=True, run_dir=cancelled.run_dir)
     # So does the CLI for --set, before anything loads.
     assert main(["train", "mine.yaml", "--resume", "--set", "max_steps=60"]) == 2
     assert "--set max_steps would change what it learns" in capsys.readouterr().err
 
     # Someone edits the preset meanwhile: `train PRESET --resume` still continues the run as it was.
-    preset.write_text(yaml.safe_dump({**settings, "data_path": str(other), "max_steps": 60}), encoding="utf-8")
+    preset.write_text(
+        yaml.safe_dump({**settings, "data_path": str(other), "max_steps": 60}), encoding="utf-8"
+    )
     assert main(["train", "mine.yaml", "--resume", "--set", "logging_steps=2"]) == 0
-    assert "completed after 6 steps" in capsys.readouterr().out
+    # the loss Trainer reports covers this session only, and says so
+    said = re.search(
+        r"completed after 6 steps, mean train loss [\d.]+ \(steps (\d)-6, resumed at (\d)\)",
+        capsys.readouterr().out,
+    )
+    assert said and int(said.group(1)) == int(said.group(2)) + 1
     after = yaml.safe_load((cancelled.run_dir / "config.yaml").read_text(encoding="utf-8"))
     assert after == {**yaml.safe_load(saved), "logging_steps": 2}  # the safe change is recorded
     assert json.loads((cancelled.run_dir / "status.json").read_text())["steps"] == 6
@@ -125,7 +138,11 @@ def _train_and_kill(workspace, tiny_llama_dir, data, kill_at: int):
     env["PYTHONPATH"] = repo
     done = subprocess.run(
         [sys.executable, "-c", KILL_AT_CHECKPOINT, str(tiny_llama_dir), str(data), str(kill_at)],
-        cwd=workspace, env=env, capture_output=True, text=True, timeout=300,
+        cwd=workspace,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     (run_dir,) = (workspace / "work_dirs" / "killed").iterdir()

@@ -96,7 +96,11 @@ class ProgressPrinter:
             self._write(f"[step {event.get('step')}] evaluation answers:")
             for item in event.get("samples", []):
                 self._write(f"  Q: {item['prompt']}\n  A: {item['answer']}")
-        elif kind in ("status", "checkpoint", "error") and event.get("message") or kind == "checkpoint":
+        elif (
+            kind in ("status", "checkpoint", "error", "warning")
+            and event.get("message")
+            or kind == "checkpoint"
+        ):
             self._write(f"{kind}: {event.get('message') or event.get('path')}")
 
     def _open(self, event: dict) -> None:
@@ -141,9 +145,16 @@ def resume_target(name_or_path: str, run_dir: str | None):
     return found
 
 
+def session_start(run_dir) -> int:
+    """The step the latest session of a run started from (0 for a run never resumed)."""
+    from tuner.runs.events import read_events
+
+    starts = [e.get("step") or 0 for e in read_events(run_dir) if e.get("status") == "running"]
+    return starts[-1] if starts else 0
+
+
 def run(args) -> int:
     import signal
-    from pathlib import Path
 
     from tuner.runs.resume import RunFinished, resume_overrides
     from tuner.train.run import train
@@ -169,7 +180,12 @@ def run(args) -> int:
         signal.signal(signal.SIGTERM, previous)
         printer.close()
     if is_main:
-        loss = f", final train loss {result.train_loss:.4f}" if result.train_loss is not None else ""
+        loss = ""
+        if result.train_loss is not None:
+            # Trainer averages the loss over the steps it ran: after a resume, only this session's.
+            start = session_start(result.run_dir) if args.resume else 0
+            steps = f"steps {start + 1}-{result.steps}, resumed at {start}" if start else "all steps"
+            loss = f", mean train loss {result.train_loss:.4f} ({steps})"
         print(f"{result.status} after {result.steps} steps{loss}; adapter: {result.output_dir}")
         print(f"run folder: {result.run_dir}")
     return 0

@@ -250,7 +250,9 @@ def read_yaml(path: str | Path) -> dict:
         return {}
     if _too_big(data):
         raise ConfigError(
-            [f"expands to more than {MAX_CONFIG_VALUES:,} values (nested aliases?); a config is plain values"],
+            [
+                f"expands to more than {MAX_CONFIG_VALUES:,} values (nested aliases?); a config is plain values"
+            ],
             str(path),
         )
     if not isinstance(data, dict):

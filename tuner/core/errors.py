@@ -100,7 +100,10 @@ class StorageError(TunerError):
 
 # errno -> (what happened, what to do). One table, so every writer says the same true thing.
 STORAGE_ERRNOS = {
-    errno.ENOSPC: ("cannot write: the disk is full", "free some space (old work_dirs/ runs, checkpoints) or write elsewhere"),
+    errno.ENOSPC: (
+        "cannot write: the disk is full",
+        "free some space (old work_dirs/ runs, checkpoints) or write elsewhere",
+    ),
     errno.EDQUOT: ("cannot write: the disk quota is used up", "free some space or ask for a larger quota"),
     errno.EROFS: ("cannot write: the file system is read-only", "write to a folder on a writable disk"),
     errno.EACCES: ("permission denied", "use a file or folder you own, or fix its permissions"),

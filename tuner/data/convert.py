@@ -179,8 +179,13 @@ def convert_table(
         if not q_text or not a_text:
             formulas = [n for n, i in (("question", q), ("answer", a)) if (number, i) in table.uncomputed]
             if formulas:  # not empty: a formula the program that wrote the file never computed
-                skipped.append((number, f"{' and '.join(formulas)} is a formula with no saved value "
-                                f"(open the file in Excel or LibreOffice and save it, so the values are stored)"))
+                skipped.append(
+                    (
+                        number,
+                        f"{' and '.join(formulas)} is a formula with no saved value "
+                        f"(open the file in Excel or LibreOffice and save it, so the values are stored)",
+                    )
+                )
                 continue
             missing = " and ".join(n for n, t in (("question", q_text), ("answer", a_text)) if not t)
             skipped.append((number, f"empty {missing}"))

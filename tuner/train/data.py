@@ -60,6 +60,26 @@ def encode_for_training(samples, tokenizer, template, config) -> tuple[list, dic
     return encoded, info
 
 
+def truncation_warning(info: dict, config) -> str | None:
+    """Words for the samples that max_length cut or dropped (their answer cut away entirely), or None:
+    a count hidden in a JSON blob is not a message."""
+    encode = info.get("encode", {})
+    dropped, truncated = encode.get("dropped_empty_after_truncation", 0), encode.get("truncated", 0)
+    if not dropped and not truncated:
+        return None
+    parts = []
+    if dropped:
+        parts.append(
+            f"{dropped} sample(s) were left out: max_length {config.max_length} cut away their whole answer"
+        )
+    if truncated:
+        parts.append(f"{truncated} sample(s) were cut at max_length {config.max_length}")
+    return (
+        "; ".join(parts) + f". Raise max_length, or see which with: python -m tuner check-data "
+        f"{config.data_path} --model {config.model} --max-length {config.max_length}"
+    )
+
+
 def make_collator(tokenizer, packed: bool, attention: str = "sdpa", pad_to: int | None = None):
     """Packed rows (with sample boundaries for varlen attention kernels) or padded samples;
     ``pad_to``: packed batches padded to a multiple of it (a fixed shape for CUDA graphs)."""

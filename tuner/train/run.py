@@ -44,7 +44,7 @@ from tuner.runs.resume import hold_for_resume
 from tuner.train import data as train_data
 from tuner.train.args import training_arguments
 from tuner.train.callbacks import EvaluationAnswersCallback, EventCallback, RunControl
-from tuner.train.data import encode_for_training, load_training_samples, training_collator
+from tuner.train.data import encode_for_training, load_training_samples, training_collator, truncation_warning
 from tuner.train.model import build_model
 from tuner.train.tracking import tracking_callbacks
 from tuner.train.trainer import make_trainer_class
@@ -240,6 +240,10 @@ def train(
             json.dumps(info),
         )
         events.emit("status", status="loading", message=f"template {template.name}; data {json.dumps(info)}")
+        cut = truncation_warning(info, config)
+        if cut:
+            log.warning(cut)
+            events.emit("warning", message=cut)
 
         events.emit("status", status="loading", message=f"loading the model {config.model}")
         model, loaded = build_model(config, settings)
