@@ -111,3 +111,14 @@ def test_storage_errors_are_recognised_through_library_wrappers():
     assert isinstance(refused, StorageError) and str(refused).startswith("/mnt/ro/x: cannot write: the file")
     assert storage_error(ValueError("bad value")) is None
     assert storage_error(OSError(errno.ENOENT, "No such file")) is None  # not a storage refusal
+
+
+def test_split_on_a_disk_that_fills_after_one_part_leaves_neither(workspace, monkeypatch, capsys):
+    write_data(workspace / "d.jsonl")
+    full_disk(monkeypatch, after=1)  # the first part fits, the second does not
+    assert main(["split", "d.jsonl"]) == 2
+    assert "the disk is full" in capsys.readouterr().err
+    assert sorted(p.name for p in workspace.iterdir()) == ["d.jsonl"]
+    monkeypatch.undo()
+    monkeypatch.chdir(workspace)
+    assert main(["split", "d.jsonl"]) == 0  # the rerun is not refused by a leftover part

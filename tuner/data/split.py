@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.core.errors import DataError, OutputExistsError
-from tuner.core.io import atomic_open
+from tuner.core.io import atomic_files
 
 
 @dataclass
@@ -95,7 +95,8 @@ def split_file(
     order = list(range(len(lines)))
     random.Random(seed).shuffle(order)
     test_ids = set(order[:n_test])
-    with atomic_open(train_path, force=force) as train, atomic_open(test_path, force=force) as test:
+    # Both parts or neither: a disk that fills up after one part must not leave it in the rerun's way.
+    with atomic_files([train_path, test_path], force=force) as (train, test):
         for index, line in enumerate(lines):
             (test if index in test_ids else train).write(line + "\n")
     return SplitResult(train_path, test_path, len(lines) - n_test, n_test)
