@@ -198,6 +198,10 @@ def load_model(
             log.warning("flash_attention_2 failed (%s); falling back to sdpa", exc)
             kwargs["attn_implementation"], attn, why = "sdpa", "sdpa", f"flash-attention failed: {exc}"
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        elif attn == "sdpa" and "does not support an attention implementation" in str(exc):
+            # Gemma 2 (logit soft-capping) has no SDPA path in transformers: its own eager attention
+            kwargs["attn_implementation"], attn, why = "eager", "eager", "the architecture has no SDPA attention"
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         else:
             raise _wrap_load_error(name, exc) from exc
     if quant is None:
