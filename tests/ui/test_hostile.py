@@ -112,3 +112,22 @@ def test_uploads_are_bounded_and_hashed_in_blocks(workspace, tmp_path_factory, m
         common.save_upload(big)
     assert not (workspace / "uploads" / "big.jsonl").exists()
     assert launch_options(build_parser().parse_args([]))["max_file_size"] > 0  # gradio refuses first
+
+
+def test_an_upload_on_a_full_disk_leaves_no_partial_copy(workspace, tmp_path_factory, monkeypatch):
+    import errno
+    import os
+
+    from tuner.ui.common import error_text, save_upload
+
+    source = tmp_path_factory.mktemp("gradio-tmp") / "qa.csv"
+    source.write_text("Question,Answer\nHi?,Hello\n" * 100)
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError) as failed:
+        save_upload(source)
+    assert "the disk is full" in error_text(failed.value, "upload")  # the status box's words
+    assert list((workspace / "uploads").iterdir()) == []

@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 from tuner.core.errors import TunerError, storage_error
+from tuner.core.io import atomic_open
 from tuner.core.workspace import inside_workspace, workspace_dir
 
 log = logging.getLogger("tuner.ui")
@@ -173,7 +174,9 @@ def save_upload(tmp_file: str | Path) -> Path:
             return target
         n += 1
         target = folder / f"{src.stem}-{n}{src.suffix}"
-    shutil.copyfile(src, target)
+    # atomic: a full disk never leaves a truncated copy that a later upload would be compared with
+    with open(src, "rb") as source, atomic_open(target, "wb", force=False) as copy:
+        shutil.copyfileobj(source, copy, 1 << 20)
     return target
 
 
