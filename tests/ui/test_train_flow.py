@@ -141,17 +141,22 @@ def test_stop_and_save_then_reload_then_resume_latest(tiny_ws, job):
     zh = view("zh")
     assert "**已停止并保存**" in zh["status"]
 
-    # Resume with no run picked: the latest run of the form's name, from its last checkpoint.
+    # Resume with no run picked: the latest run of the form's name, from its last checkpoint, with the
+    # run's own settings: a form that changes what the checkpoint learns is refused, naming the change.
     checkpoint_step = int(last_checkpoint(run_dir).name.split("-")[1])
-    more = form_values(max_steps=checkpoint_step + 2)
-    assert train_tab.resume(None, *more, "en") == f"Resumed: {started.removeprefix('Started: ')}"
-    assert job.wait(WAIT_S) == "completed"
-    assert logged_steps(job.events(0)) == [checkpoint_step + 1, checkpoint_step + 2]
+    with pytest.raises(TunerError, match=f"max_steps: 1000 -> {checkpoint_step + 2}"):
+        train_tab.resume(None, *form_values(max_steps=checkpoint_step + 2), "en")
+    assert train_tab.resume(None, *values, "en") == f"Resumed: {started.removeprefix('Started: ')}"
+    wait_for(job, lambda ev: len(logged_steps(ev)) >= 2, "two steps after resuming")
+    train_tab.stop("en")
+    assert job.wait(WAIT_S) == "stopped"
+    resumed = logged_steps(job.events(0))
+    assert resumed[:2] == [checkpoint_step + 1, checkpoint_step + 2]
     done = view()
-    assert "**Completed**" in done["status"]
+    assert "**Stopped and saved**" in done["status"]
     # The curve covers the whole run: the first session's steps, then the resumed ones.
-    assert done["chart"].count("<circle") == len(steps) + 2 == checkpoint_step + 2
-    assert f"step {checkpoint_step + 2} / {checkpoint_step + 2}" in done["progress"]
+    assert done["chart"].count("<circle") == resumed[-1]
+    assert f"step {resumed[-1]} / 1000" in done["progress"]
 
 
 def test_cancel_leaves_no_adapter_and_a_picked_run_resumes(tiny_ws, job):
