@@ -76,7 +76,7 @@ def test_export_refuses_existing_folder_without_force(tmp_path, run_dir):
         export_adapter(run_dir, out)
     assert (out / "mine.txt").read_text() == "user data"
     # Overwrite replaces only what tuner made: a folder of the user's files is never deleted.
-    with pytest.raises(TunerError, match="holds files tuner did not write"):
+    with pytest.raises(TunerError, match=r"holds files this output does not write \(mine.txt\)"):
         export_adapter(run_dir, out, force=True)
     assert (out / "mine.txt").read_text() == "user data"
     fresh = tmp_path / "fresh"

@@ -148,20 +148,25 @@ def check_output(out_dir: Path, force: bool, *protected: Path) -> None:
     _check_replaceable(out_dir, force)
 
 
-# Written into every folder staging_folder publishes: --force replaces only folders tuner made, never
-# a folder of the user's that happens to be named as the output.
-MADE_BY_TUNER = ".made-by-tuner"
-
-
-def _check_replaceable(out_dir: Path, force: bool) -> None:
+def _check_replaceable(out_dir: Path, force: bool, staged: Path | None = None) -> None:
+    """An existing non-empty ``out_dir`` needs ``force``; and (once ``staged`` is complete) ``force``
+    replaces only a folder holding nothing but the kinds of files this output writes: never a folder
+    of the user's that happens to be named as the output."""
     if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
         return
     if not force:
         raise OutputExistsError(out_dir, "folder")
-    if not out_dir.is_dir() or not (out_dir / MADE_BY_TUNER).is_file():
+    if not out_dir.is_dir():
+        raise TunerError(f"{out_dir}: is a file, not a folder; choose a folder name")
+    if staged is None:
+        return
+    written = {p.name for p in staged.iterdir()}
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in written)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise TunerError(
-            f"{out_dir}: holds files tuner did not write, so --force (Overwrite) does not replace it; "
-            "choose a new or empty folder, or move those files away first"
+            f"{out_dir}: holds files this output does not write ({shown}), so --force (Overwrite) does not "
+            "replace it; choose a new or empty folder, or move those files away first"
         )
 
 
@@ -169,7 +174,8 @@ def _check_replaceable(out_dir: Path, force: bool) -> None:
 def staging_folder(out_dir: Path, force: bool = False) -> Iterator[Path]:
     """A hidden folder beside ``out_dir``; renamed to ``out_dir`` when the block succeeds, else removed.
 
-    With ``force`` an existing ``out_dir`` is replaced only if an earlier staging_folder made it.
+    With ``force`` an existing ``out_dir`` is replaced only if it holds no file of a kind the block did
+    not write (an earlier export or merge, not a folder of the user's).
     """
     out_dir = Path(out_dir)
     _check_replaceable(out_dir, force)
@@ -177,8 +183,8 @@ def staging_folder(out_dir: Path, force: bool = False) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         share_staged_folder(staging)  # mkdtemp makes 0700; an export is for others to read too
-        (staging / MADE_BY_TUNER).write_text("this folder was written by tuner; --force may replace it\n")
         yield staging
+        _check_replaceable(out_dir, force, staging)
         publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
