@@ -110,3 +110,14 @@ def test_a_dead_run_says_interrupted_and_how_to_go_on(tmp_path, other_process, w
     assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
     (run / "status.json").write_text(json.dumps({"status": "completed"}))
     assert read_status(run)["status"] == "completed"  # finished runs are left as they are
+
+
+def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
+    from tuner.runs import folders
+
+    monkeypatch.setattr(folders.time, "strftime", lambda fmt: "20260101-000000")
+    first = folders.new_run_dir("x", tmp_path)
+    # the other process made its folder between this one's look and its mkdir
+    monkeypatch.setattr(folders.Path, "exists", lambda self: False)
+    second = folders.new_run_dir("x", tmp_path)
+    assert (first.name, second.name) == ("20260101-000000", "20260101-000000-2")

@@ -21,11 +21,13 @@ def new_run_dir(name: str, root: Path | None = None) -> Path:
     base = Path(root or work_dirs()) / name
     stamp = time.strftime("%Y%m%d-%H%M%S")
     candidate, n = base / stamp, 1
-    while candidate.exists():
-        n += 1
-        candidate = base / f"{stamp}-{n}"
-    candidate.mkdir(parents=True)
-    return candidate
+    while True:
+        try:
+            candidate.mkdir(parents=True)  # creating is the check: two runs started at once get two folders
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = base / f"{stamp}-{n}"
 
 
 def list_runs(root: Path | None = None) -> list[Path]:
