@@ -122,3 +122,9 @@ def test_split_on_a_disk_that_fills_after_one_part_leaves_neither(workspace, mon
     monkeypatch.undo()
     monkeypatch.chdir(workspace)
     assert main(["split", "d.jsonl"]) == 0  # the rerun is not refused by a leftover part
+
+
+def test_torch_saves_failed_write_is_said_without_claiming_more_than_it_knows():
+    torch_text = "PytorchStreamWriter failed writing file data/0: file write failed"
+    said = str(storage_error(RuntimeError(torch_text)))
+    assert said.startswith("cannot write: the write failed, most likely because the disk is full")

@@ -109,6 +109,11 @@ STORAGE_ERRNOS = {
     errno.EACCES: ("permission denied", "use a file or folder you own, or fix its permissions"),
     errno.EPERM: ("operation not permitted", "use a file or folder you own, or fix its permissions"),
 }
+WRITE_FAILED = -1  # a library's failed write without an errno
+STORAGE_ERRNOS[WRITE_FAILED] = (
+    "cannot write: the write failed, most likely because the disk is full",
+    "free some space (old work_dirs/ runs, checkpoints) or write elsewhere",
+)
 # Libraries that report a failed write as text (safetensors' Rust errors, torch's C++ streams).
 _STORAGE_TEXTS = {
     "no space left on device": errno.ENOSPC,
@@ -118,6 +123,8 @@ _STORAGE_TEXTS = {
     "read-only file system": errno.EROFS,
     "os error 30": errno.EROFS,
     "readonlyfilesystem": errno.EROFS,
+    # torch.save's C++ writer says only this; with the file already open, a full disk is the usual cause
+    "file write failed": WRITE_FAILED,
 }
 
 
