@@ -79,6 +79,8 @@ def test_bad_requests_get_clear_errors(served):
         ask(client, temperature=5)
     with pytest.raises(openai.BadRequestError, match="'n' is not supported"):
         ask(client, n=2)
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        ask(client, response_format={"type": "json_object"})
     with pytest.raises(openai.NotFoundError, match="serves 'tuna'"):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="context"):

@@ -102,6 +102,11 @@ def generation_overrides(body: dict) -> tuple[dict, list[str]]:
     for key, neutral in UNSUPPORTED.items():
         if body.get(key) not in (None, neutral, [] if key == "tools" else neutral):
             raise RequestError(400, f"'{key}' is not supported by tuner serve (leave it out)", param=key)
+    if body.get("response_format") not in (None, {"type": "text"}):
+        raise RequestError(
+            400, "'response_format' other than text is not supported by tuner serve (no constrained decoding)",
+            param="response_format",
+        )
     settings = {
         "temperature": _number(body, "temperature", float, 0, 2),
         "top_p": _number(body, "top_p", float, 1e-9, 1),
