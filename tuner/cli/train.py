@@ -32,8 +32,8 @@ def register(sub) -> None:
         help=(
             "continue a run from its last complete checkpoint: the latest run of this config, the run whose "
             "config.yaml is given, or --run-dir. A run resumes with its own config.yaml; --set may change "
-            f"only {', '.join(RESUME_SAFE_KEYS[:6])} (what is logged, saved and shown). A finished run "
-            "says so and trains no further step"
+            f"only what is logged, saved and shown and how memory is used ({', '.join(RESUME_SAFE_KEYS)}). "
+            "A finished run says so and trains no further step"
         ),
     )
     parser.add_argument("--run-dir", help="with --resume: the run folder to continue (default: the latest)")
