@@ -257,6 +257,11 @@ def add_lora(
         init_lora_weights="pissa" if init == "pissa" else True,
     )
     model = get_peft_model(model, config)
+    if dora:
+        log.info(
+            "DoRA: every LoRA layer runs peft's own forward (tuner's fused LoRA path is for plain LoRA, "
+            "rsLoRA and PiSSA), and recomputes its weight's norm each step: slower than LoRA"
+        )
     if init == "pissa":
         from tuner.models.pissa import remember_initial_adapter
 
