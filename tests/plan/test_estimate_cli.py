@@ -34,7 +34,7 @@ def test_a_planned_gpu_gets_the_estimate_and_its_longest_sample(workspace, capsy
     )
     assert code == 0
     assert out.startswith(f"{PRESET}: lora on default (RTX 4090, 24.0 GiB)\nFits: about ")
-    # A GPU planned for has requirements-gpu.txt's kernels, installed here or not: Liger's loss holds
+    # A GPU planned for has the [gpu] extra's kernels (liger-kernel), installed here or not: Liger's loss holds
     # one chunk of logits, not the whole row's
     config = load_config(find_preset(PRESET), overrides=["gradient_checkpointing=true"])
     hw = Hardware("cuda", "RTX 4090", 24.0, 2)

@@ -116,7 +116,7 @@ def pick_attention(requested: str = "auto") -> tuple[str, str]:
             f"GPU compute capability {major}.x is below 8.0 (flash-attention needs Ampere or newer)",
         )
     if importlib.util.find_spec("flash_attn") is None:
-        return "sdpa", "flash-attn is not installed (pip install -r requirements-gpu.txt)"
+        return "sdpa", "flash-attn is not installed (optional: pip install flash-attn --no-build-isolation)"
     return "flash_attention_2", "flash-attn is installed and the GPU supports it"
 
 
