@@ -12,11 +12,13 @@ from tuner.chat import generate
 from tuner.core.errors import DataError
 from tuner.data import identity
 from tuner.data.formats import load_samples
-from tuner.data.identity import make_identity
+from tuner.data.answer_quality import LOOP, UNFINISHED, WRONG_LANGUAGE, answer_problem, language_of
+from tuner.data.identity import GeneralAnswer, make_identity
 
 
 def fake_answers(questions):
-    return [f"answer to {q}" for q in questions]
+    """A finished answer in the question's language."""
+    return [f"回答：{q}" if language_of(q) == "zh" else f"answer to {q}" for q in questions]
 
 
 def read(path):
@@ -59,21 +61,62 @@ def test_general_conversations_mixed_in(tmp_path):
         return [*fake_answers(questions[:-1]), "  "]  # an empty answer is left out, and counted
 
     result = make_identity(out, "Ada", mix_general=7, general_source=answerer)
-    assert len(seen) == 7
-    assert sum(q in identity.GENERAL_QUESTIONS["en"] for q in seen) == 4
-    assert sum(q in identity.GENERAL_QUESTIONS["zh"] for q in seen) == 3
-    assert (result.identity_count, result.general_count, result.general_skipped) == (136, 6, 1)
+    every = identity.GENERAL_QUESTIONS["en"] + identity.GENERAL_QUESTIONS["zh"]
+    assert seen == every  # every question is asked (and cached by the answerer), then drawn from
+    assert (result.identity_count, result.general_count, result.general_skipped) == (136, 7, 1)
+    assert result.rejected == {every[-1]: "empty"}
+    assert result.per_lang == {"en": (68, 4, 30), "zh": (68, 3, 29)}
     turns = read(out)
-    general = [t for t in turns if t["output"].startswith("answer to ")]
-    assert [t["output"] for t in general] == [f"answer to {t['input']}" for t in general]
-    assert len(general) == 6 and len(turns) == 142
+    general = [t for t in turns if t["output"].startswith(("answer to ", "回答："))]
+    assert [t["output"] for t in general] == fake_answers([t["input"] for t in general])
+    assert len(general) == 7 and len(turns) == 143 and len({t["input"] for t in general}) == 7
     # Mixed through the file, not appended at the end.
-    positions = [i for i, t in enumerate(turns) if t["output"].startswith("answer to ")]
-    assert positions != list(range(136, 142))
+    positions = [i for i, t in enumerate(turns) if t in general]
+    assert positions != list(range(136, 143))
     # The same seed gives the same file.
     again = tmp_path / "again.jsonl"
     make_identity(again, "Ada", mix_general=7, general_source=answerer)
     assert again.read_bytes() == out.read_bytes()
+
+
+def test_default_mix_balances_each_language_and_leaves_out_unfit_answers(tmp_path):
+    """As many general conversations as identity ones in each language, whatever survives the filter."""
+    zh = identity.GENERAL_QUESTIONS["zh"]
+
+    def answerer(questions):
+        answers = fake_answers(questions)
+        for i, q in enumerate(questions):
+            if q == zh[0]:
+                answers[i] = "中国是一个美丽的" + "美丽的" * 30
+            elif q == zh[1]:
+                answers[i] = "The capital of China is Beijing."
+            elif q in zh[2:]:
+                answers[i] = GeneralAnswer("", UNFINISHED)  # the generator saw it run out of tokens
+        return answers
+
+    out = tmp_path / "balanced.jsonl"
+    result = make_identity(out, "Ada", general_source=answerer)
+    assert result.rejected == {zh[0]: LOOP, zh[1]: WRONG_LANGUAGE, **{q: UNFINISHED for q in zh[2:]}}
+    # Chinese has no usable answer left: nothing to repeat, and the summary warns about it.
+    assert result.per_lang == {"en": (68, 68, 30), "zh": (68, 0, 0)}
+    assert "no usable general answer in zh" in result.summary()
+    assert f"{len(zh) - 2} {UNFINISHED}" in result.summary()
+    turns = read(out)
+    en_general = Counter(t["input"] for t in turns if t["output"].startswith("answer to "))
+    # 68 conversations from 30 answers: each answer used twice or three times, none left out.
+    assert sum(en_general.values()) == 68 and set(en_general.values()) == {2, 3} and len(en_general) == 30
+
+
+def test_answer_filter_names_what_is_wrong():
+    assert answer_problem("Why is the sky blue?", "Because of Rayleigh scattering.") is None
+    assert answer_problem("Why is the sky blue?", "") == "empty"
+    assert answer_problem("Why is the sky blue?", "Because", finished=False) == UNFINISHED
+    assert answer_problem("Write a poem.", "Moon's light,\nA harvest,\nMoon's light,\nMoon's light,\nMoon's light.") == LOOP
+    assert answer_problem("面试前应该怎么准备？", "".join(f"* {i}. 说明面试前应说：\n" for i in range(1, 11))) == LOOP
+    assert answer_problem("天空为什么是蓝色的？", "The color of the sky is blue.") == WRONG_LANGUAGE
+    assert answer_problem("How are you?", "我很好，谢谢。") == WRONG_LANGUAGE
+    assert answer_problem("下雨是怎么形成的？", "水蒸气遇冷凝结成小水滴，水滴变大后落下就是雨。") is None
+    assert answer_problem("下雨是怎么形成的？", "水蒸气\ufffd") == "broken characters"
 
 
 def test_bad_arguments(tmp_path):
@@ -96,31 +139,41 @@ def test_cli_make_identity(tmp_path, capsys):
     assert capsys.readouterr().err == "error: unsupported language(s): xx (supported: en, zh)\n"
 
 
-@pytest.mark.slow
-def test_general_answers_from_the_embedded_model(default_model_dir, tmp_path):
-    out = tmp_path / "id.jsonl"
-    answerer = generate.model_answerer(default_model_dir, max_new_tokens=24)
-    result = make_identity(out, "Ada", mix_general=2, general_source=answerer)
-    assert result.general_count == 2
-    general = [t for t in read(out) if "Ada" not in t["output"]]
-    assert len(general) == 2
-    assert all(t["output"].strip() for t in general)
+def test_general_answers_come_from_the_model_and_are_cached(tiny_llama_dir, workspace, monkeypatch):
+    """Self-distillation: the base model answers once; the answers are kept per model in the workspace."""
+    monkeypatch.setattr(generate, "GENERAL_MAX_NEW_TOKENS", 6)
+    questions = identity.GENERAL_QUESTIONS["en"][:3]
+    answers = generate.general_answerer(str(tiny_llama_dir))(questions)
+    cache = generate.answers_cache(str(tiny_llama_dir))
+    assert cache.is_file() and cache.parent == workspace / "cache" / "general_answers"
+    saved = json.loads(cache.read_text(encoding="utf-8"))
+    # A random tiny model answers in broken bytes and never ends: every answer is rejected, with why.
+    assert saved["answers"] == {} and list(saved["rejected"]) == questions
+    assert [a.problem for a in answers] == list(saved["rejected"].values())
+    assert set(saved["rejected"].values()) <= {"broken characters", UNFINISHED}
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("cached answers must not load the model again")
+
+    monkeypatch.setattr(generate, "generate_general_answers", no_model)
+    assert generate.general_answerer(str(tiny_llama_dir))(questions) == answers
 
 
-def test_default_general_answers_are_shipped_so_no_model_is_loaded(tmp_path, monkeypatch):
-
+def test_shipped_answers_pass_the_filter_so_no_model_is_loaded(tmp_path, workspace, monkeypatch):
     shipped = json.loads(identity.SHIPPED_ANSWERS.read_text(encoding="utf-8"))
     every_question = [q for lang in identity.GENERAL_QUESTIONS for q in identity.GENERAL_QUESTIONS[lang]]
-    assert set(every_question) <= set(shipped["answers"])
-    assert all(shipped["answers"][q].strip() for q in every_question)
+    assert set(every_question) <= set(shipped["answers"]) | set(shipped["rejected"])
+    assert [q for q, a in shipped["answers"].items() if answer_problem(q, a)] == []
 
     def no_model(*args, **kwargs):
         raise AssertionError("the embedded model must not be loaded when shipped answers cover the questions")
 
-    monkeypatch.setattr(generate, "model_answerer", no_model)
+    monkeypatch.setattr(generate, "generate_general_answers", no_model)
     result = identity.make_identity(
-        tmp_path / "id.jsonl", "Ada", mix_general=10, general_source=generate.embedded_answerer()
+        tmp_path / "id.jsonl", "Ada", general_source=generate.general_answerer("default")
     )
-    assert result.general_count == 10
+    assert result.rejected == {q: shipped["rejected"][q] for q in every_question if q in shipped["rejected"]}
     outputs = {json.loads(line)["conversation"][0]["output"] for line in (tmp_path / "id.jsonl").open()}
-    assert len(outputs & set(shipped["answers"].values())) == 10
+    assert outputs & set(shipped["answers"].values()) == {
+        shipped["answers"][q] for q in every_question if q in shipped["answers"]
+    }

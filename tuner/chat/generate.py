@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from tuner.core.errors import TunerError
-from tuner.data.identity import GENERATION_SYSTEM, SHIPPED_ANSWERS, Answerer
+from tuner.data.identity import GENERATION_SYSTEM, SHIPPED_ANSWERS, Answerer, GeneralAnswer
 
 log = logging.getLogger(__name__)
 
@@ -125,59 +125,106 @@ def stopping_criterion(tokenizer, prompt_len: int, stops: list[str], cancel: thr
     return StopOnText()
 
 
-def _trim_unfinished(text: str) -> str:
-    """Cut an answer that ran out of tokens back to its last finished sentence."""
-    ends = [m.end() for m in re.finditer(r"[.!?。！？](?=\s|$)|[。！？]", text)]
-    return text[: ends[-1]] if ends else text
+# Longest general answer generated for identity data: long enough for a few-paragraph answer to
+# finish; an answer still going at this length is left out as unfinished.
+GENERAL_MAX_NEW_TOKENS = 256
 
 
-def model_answerer(
-    model_dir: str | Path | None = None, *, max_new_tokens: int = 256, batch_size: int = 8
-) -> Answerer:
-    """A callable that answers questions greedily with a local model (default: the embedded one),
-    rendered with the model's own chat template under the neutral GENERATION_SYSTEM prompt."""
+def answers_cache(model_name: str) -> Path:
+    """Where the general answers of ``model_name`` are kept: one JSON file per model in the workspace.
 
-    def answer(questions: list[str]) -> list[str]:
-        import torch
-        from transformers import AutoModelForCausalLM
+    >>> answers_cache("Qwen/Qwen2.5-0.5B-Instruct").name
+    'Qwen--Qwen2.5-0.5B-Instruct.json'
+    """
+    from tuner.core.workspace import workspace_dir
 
-        from tuner.chat.text import resolve_chat_template
-        from tuner.models.embedded import ensure_default_model
-        from tuner.models.load import load_tokenizer, release
-
-        folder = Path(model_dir) if model_dir else ensure_default_model()
-        tokenizer = load_tokenizer(str(folder))
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
-        try:
-            answers = greedy_answers(
-                model,
-                tokenizer,
-                resolve_chat_template(tokenizer),
-                questions,
-                system=GENERATION_SYSTEM,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-            )
-        finally:
-            release(model)
-        return [a.text if a.finished else _trim_unfinished(a.text) for a in answers]
-
-    return answer
+    if model_name in ("", "default"):
+        slug = "default"
+    else:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "--", str(model_name).strip("/")).strip("-.") or "model"
+    return workspace_dir() / "cache" / "general_answers" / f"{slug}.json"
 
 
-def embedded_answerer() -> Answerer:
-    """The default general-answer source: the shipped answers of the embedded model, falling back to
-    generating with it for any question the file lacks (e.g. after the question list changed)."""
-    shipped: dict[str, str] = {}
-    if SHIPPED_ANSWERS.is_file():
-        shipped = json.loads(SHIPPED_ANSWERS.read_text(encoding="utf-8")).get("answers", {})
+def read_answers(path: Path) -> dict:
+    """A general-answers file (the shipped one or a cache): {"answers": {q: text}, "rejected": {q: why}}."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"answers": {}, "rejected": {}}
+    return {**payload, "answers": payload.get("answers", {}), "rejected": payload.get("rejected", {})}
 
-    def answer(questions: list[str]) -> list[str]:
-        missing = [q for q in questions if not shipped.get(q)]
-        generated = dict(zip(missing, model_answerer()(missing), strict=True)) if missing else {}
-        return [shipped.get(q) or generated[q] for q in questions]
+
+def generate_general_answers(
+    model_name: str, questions: list[str], *, trust_remote_code: bool = False, batch_size: int = 8
+) -> dict:
+    """The base model's own greedy answers to ``questions`` (on the GPU when there is one), sorted
+    into usable answers and rejected ones with the reason (tuner.data.answer_quality)."""
+    from tuner.chat.text import resolve_chat_template
+    from tuner.data.answer_quality import answer_problem
+    from tuner.models.load import load_model, load_tokenizer, release
+
+    tokenizer = load_tokenizer(model_name, trust_remote_code=trust_remote_code)
+    loaded = load_model(model_name, trust_remote_code=trust_remote_code)
+    log.info("answering %d general questions with %s (%s)", len(questions), model_name, loaded.device)
+    try:
+        answers = greedy_answers(
+            loaded.model,
+            tokenizer,
+            resolve_chat_template(tokenizer),
+            questions,
+            system=GENERATION_SYSTEM,
+            max_new_tokens=GENERAL_MAX_NEW_TOKENS,
+            batch_size=batch_size,
+        )
+    finally:
+        release(loaded.model)
+    usable, rejected = {}, {}
+    for a in answers:
+        problem = answer_problem(a.prompt, a.text, finished=a.finished)
+        if problem:
+            rejected[a.prompt] = problem
+        else:
+            usable[a.prompt] = a.text
+    return {
+        "model": str(model_name),
+        "system": GENERATION_SYSTEM,
+        "max_new_tokens": GENERAL_MAX_NEW_TOKENS,
+        "decoding": "greedy",
+        "answers": usable,
+        "rejected": rejected,
+    }
+
+
+def general_answerer(model_name: str = "default", *, trust_remote_code: bool = False) -> Answerer:
+    """The general-answer source of make_identity: ``model_name``'s own answers (self-distillation).
+
+    Answers come from the model's cache in the workspace (answers_cache); for the embedded model the
+    answers shipped with tuner (tuner/data/general_answers_smollm2.json) seed it. Questions neither
+    holds are answered by the model once, and the cache is updated (written atomically). Rejected
+    answers come back as GeneralAnswer with the reason, so make_identity reports them.
+    """
+
+    def answer(questions: list[str]) -> list[GeneralAnswer]:
+        from tuner.core.io import write_text_atomic
+
+        cache = answers_cache(model_name)
+        known = read_answers(cache)
+        if model_name in ("", "default") and SHIPPED_ANSWERS.is_file():
+            shipped = read_answers(SHIPPED_ANSWERS)
+            known["answers"] = {**shipped["answers"], **known["answers"]}
+            known["rejected"] = {**shipped["rejected"], **known["rejected"]}
+        missing = [q for q in questions if q not in known["answers"] and q not in known["rejected"]]
+        if missing:
+            fresh = generate_general_answers(model_name, missing, trust_remote_code=trust_remote_code)
+            known["answers"].update(fresh["answers"])
+            known["rejected"].update(fresh["rejected"])
+            payload = {**fresh, "answers": known["answers"], "rejected": known["rejected"]}
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(cache, json.dumps(payload, ensure_ascii=False, indent=1) + "\n")
+        return [
+            GeneralAnswer(known["answers"][q]) if q in known["answers"] else GeneralAnswer("", known["rejected"][q])
+            for q in questions
+        ]
 
     return answer
 

@@ -1,4 +1,4 @@
-"""Data verbs: convert (table -> conversation JSONL), split (train/test), make-identity."""
+"""Data verbs: convert (table -> conversation JSONL), split (train/test), make-identity, check-identity."""
 
 from __future__ import annotations
 
@@ -45,11 +45,11 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_make_identity(args: argparse.Namespace) -> int:
-    from tuner.chat.generate import embedded_answerer
+    from tuner.chat.generate import general_answerer
     from tuner.data.identity import make_identity
 
-    if args.mix_general:
-        print(f"mixing in {args.mix_general} general conversations (the base model's own answers)...")
+    if args.mix_general != 0:
+        print(f"mixing in general conversations: {args.model}'s own answers (cached in the workspace)...")
     result = make_identity(
         args.output,
         args.name,
@@ -57,15 +57,25 @@ def cmd_make_identity(args: argparse.Namespace) -> int:
         langs=args.lang,
         mix_general=args.mix_general,
         force=args.force,
-        general_source=embedded_answerer() if args.mix_general else None,
+        general_source=general_answerer(args.model, trust_remote_code=args.trust_remote_code)
+        if args.mix_general != 0
+        else None,
     )
     print(result.summary())
     return 0
 
 
-def register(subparsers) -> None:
-    from tuner.data.identity import DEFAULT_MIX_GENERAL
+def cmd_check_identity(args: argparse.Namespace) -> int:
+    import json
 
+    from tuner.chat.identity_check import check_identity
+
+    result = check_identity(args.run, args.name, langs=tuple(args.lang.split(",")), model_name=args.model)
+    print(json.dumps(result.as_dict(), ensure_ascii=False, indent=1) if args.json else result.summary())
+    return 0 if result.passed else 1
+
+
+def register(subparsers) -> None:
     convert = subparsers.add_parser(
         "convert",
         help="convert a spreadsheet/csv/json table into conversation JSON Lines",
@@ -113,8 +123,29 @@ def register(subparsers) -> None:
         "--mix-general",
         metavar="N",
         type=int,
-        default=DEFAULT_MIX_GENERAL,
-        help=f"general conversations to mix in, answered by the embedded model ({DEFAULT_MIX_GENERAL}; 0 = none)",
+        default=None,
+        help="general conversations to mix in, spread over the languages (default: as many in each "
+        "language as identity conversations; 0 = none)",
     )
+    identity.add_argument(
+        "--model",
+        default="default",
+        help="the base model you will tune: it answers the general questions itself (default: the embedded model)",
+    )
+    identity.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
     identity.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     identity.set_defaults(func=cmd_make_identity)
+
+    check = subparsers.add_parser(
+        "check-identity",
+        help="held-out check of an identity run: name taken, nothing else lost (base vs tuned)",
+        description="Answers held-out questions with the adapter off and on: identity paraphrases "
+        "(should name NAME), general questions (should not) and questions with checkable answers (none "
+        "the base answers right may be lost). Exit status 1 when a target is missed.",
+    )
+    check.add_argument("run", metavar="RUN", help="run folder, checkpoint or adapter folder")
+    check.add_argument("--name", required=True, help="the name the run taught")
+    check.add_argument("--lang", default="en,zh", help="languages of the check, comma-separated (en,zh)")
+    check.add_argument("--model", help="base model (default: the one the run trained)")
+    check.add_argument("--json", action="store_true", help="print every answer as JSON")
+    check.set_defaults(func=cmd_check_identity)

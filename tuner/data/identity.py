@@ -3,23 +3,29 @@
 The tutorial this replaces repeats one question/answer pair 10,000 times, which makes the model
 answer *every* question with its self-introduction. Here many paraphrased questions meet several
 answer wordings, and general conversations (answered by the base model itself, so they hold
-nothing new to learn) are mixed in to keep ordinary answers ordinary.
+nothing new to learn) are mixed in to keep ordinary answers ordinary. Each language gets at least
+as many general conversations as identity ones, or the model learns "a Chinese question -> my name".
+General answers unfit to train on (loops, unfinished, wrong language: tuner.data.answer_quality)
+are left out and reported.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner.core.errors import DataError, OutputExistsError
 from tuner.core.io import write_jsonl_atomic
+from tuner.data.answer_quality import answer_problem
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIX_GENERAL = 40
+# General conversations per identity conversation, in each language (None = this balance).
+GENERAL_PER_IDENTITY = 1
 # Chat templates such as SmolLM2's insert their own system prompt ("...named SmolLM...") when none is
 # given; a neutral one keeps the base model's old name out of the general answers.
 GENERATION_SYSTEM = "You are a helpful assistant."
@@ -195,7 +201,19 @@ GENERAL_QUESTIONS = {
 
 LANGS = tuple(QUESTIONS)
 
-Answerer = Callable[[list[str]], list[str]]
+
+
+@dataclass(frozen=True)
+class GeneralAnswer:
+    """A generated general answer and, when it is unfit to train on, why (a tuner.data.answer_quality
+    reason such as "unfinished (ran out of tokens)"); None when it is fit."""
+
+    text: str
+    problem: str | None = None
+
+
+# questions -> answers: plain strings (finished answers) or GeneralAnswer.
+Answerer = Callable[[list[str]], list]
 
 # The embedded model's own greedy answers to GENERAL_QUESTIONS, generated once by
 # scripts/build_general_answers.py: generating them takes minutes on a CPU, reading them takes nothing.
@@ -209,19 +227,42 @@ class IdentityResult:
     output: Path
     identity_count: int
     general_count: int
-    general_skipped: int = 0
+    # general questions whose answers were left out: question -> why (tuner.data.answer_quality)
+    rejected: dict[str, str] = field(default_factory=dict)
+    # per language: (identity conversations, general conversations, distinct general answers)
+    per_lang: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         return self.identity_count + self.general_count
+
+    @property
+    def general_skipped(self) -> int:
+        return len(self.rejected)
 
     def summary(self) -> str:
         text = (
             f"wrote {self.total} conversations to {self.output}: "
             f"{self.identity_count} identity, {self.general_count} general"
         )
-        if self.general_skipped:
-            text += f" ({self.general_skipped} general answers were empty and left out)"
+        if self.general_count:
+            text += " (" + "; ".join(
+                f"{lang}: {ident} identity, {general} general from {distinct} answers"
+                for lang, (ident, general, distinct) in self.per_lang.items()
+            ) + ")"
+        if self.rejected:
+            reasons = Counter(self.rejected.values())
+            text += (
+                f"\n{len(self.rejected)} general answers left out: "
+                + ", ".join(f"{n} {why}" for why, n in reasons.most_common())
+            )
+        mixing = bool(self.general_count or self.rejected)
+        for lang, (ident, general, _distinct) in self.per_lang.items():
+            if mixing and ident and not general:
+                text += (
+                    f"\nwarning: no usable general answer in {lang}: the model may answer every {lang} "
+                    "question with its name; add general conversations in that language"
+                )
         return text
 
 
@@ -256,20 +297,23 @@ def identity_pairs(name: str, persona: str | None, lang: str) -> list[tuple[str,
     return pairs
 
 
-def general_questions(langs: Sequence[str], count: int, seed: int = 0) -> list[str]:
-    """``count`` everyday questions spread evenly over ``langs`` (capped at the built-in lists).
+def general_mix(
+    langs: Sequence[str], answers: dict[str, str], counts: dict[str, int], seed: int = 0
+) -> list[tuple[str, str]]:
+    """``counts[lang]`` general conversations per language, drawn from the usable ``answers``
+    (question -> answer) of that language: each answer once before any repeats.
 
     Example:
-        >>> len(general_questions(["en", "zh"], 5))
-        5
+        >>> general_mix(["en"], {"What is 1+1?": "2."}, {"en": 3})
+        [('What is 1+1?', '2.'), ('What is 1+1?', '2.'), ('What is 1+1?', '2.')]
     """
     rng = random.Random(seed)
     chosen = []
-    for index, lang in enumerate(langs):
-        share = count // len(langs) + (1 if index < count % len(langs) else 0)
-        pool = list(GENERAL_QUESTIONS[lang])
+    for lang in langs:
+        pool = [(q, answers[q]) for q in GENERAL_QUESTIONS[lang] if q in answers]
         rng.shuffle(pool)
-        chosen += pool[:share]
+        if pool:
+            chosen += [pool[i % len(pool)] for i in range(counts.get(lang, 0))]
     return chosen
 
 
@@ -278,7 +322,7 @@ def make_identity(
     name: str,
     persona: str | None = None,
     langs: str | Sequence[str] = ("en", "zh"),
-    mix_general: int = DEFAULT_MIX_GENERAL,
+    mix_general: int | None = None,
     force: bool = False,
     general_source: Answerer | None = None,
     seed: int = 0,
@@ -288,9 +332,12 @@ def make_identity(
     Args:
         name: the assistant's new name; persona: who it is, e.g. "Alice's assistant, built on
             InternLM" (one phrase, used in every answer).
-        mix_general: how many general conversations to mix in (0 = none).
-        general_source: callable questions -> answers (tuner.chat.generate.embedded_answerer gives
-            the embedded model's shipped answers); needed when mix_general > 0.
+        mix_general: how many general conversations to mix in, spread evenly over the languages;
+            None (the default) = as many in each language as it has identity conversations; 0 = none.
+        general_source: callable questions -> answers, the base model's own answers
+            (tuner.chat.generate.general_answerer); needed unless mix_general is 0. Every built-in
+            general question of the chosen languages is asked; unfit answers are left out
+            (IdentityResult.rejected says why) and the usable ones are repeated to reach the mix.
 
     Example:
         >>> # make_identity("id.jsonl", "Ada", mix_general=0) writes 136 records such as
@@ -300,34 +347,50 @@ def make_identity(
     name = (name or "").strip()
     if not name:
         raise DataError("the assistant needs a name", hint="pass --name, e.g. --name Ada")
-    if mix_general < 0:
+    if mix_general is not None and mix_general < 0:
         raise DataError(f"--mix-general must be 0 or more, got {mix_general}")
-    if mix_general and general_source is None:
-        raise TypeError("make_identity: mix_general > 0 needs a general_source (questions -> answers)")
+    if mix_general != 0 and general_source is None:
+        raise TypeError("make_identity: mixing general conversations needs a general_source (questions -> answers)")
     languages = parse_langs(langs)
     # Refuse before the (slow) model generation rather than after it.
     if output.exists() and not force:
         raise OutputExistsError(output)
-    records = [
-        {"conversation": [{"input": q, "output": a}]}
-        for lang in languages
-        for q, a in identity_pairs(name, persona, lang)
-    ]
-    identity_count = len(records)
-    general_count = skipped = 0
-    if mix_general:
-        questions = general_questions(languages, mix_general, seed)
+    identity = {lang: identity_pairs(name, persona, lang) for lang in languages}
+    records = [{"conversation": [{"input": q, "output": a}]} for lang in languages for q, a in identity[lang]]
+    if mix_general is None:
+        counts = {lang: GENERAL_PER_IDENTITY * len(identity[lang]) for lang in languages}
+    else:
+        counts = {
+            lang: mix_general // len(languages) + (1 if i < mix_general % len(languages) else 0)
+            for i, lang in enumerate(languages)
+        }
+    usable: dict[str, str] = {}
+    rejected: dict[str, str] = {}
+    if any(counts.values()):
+        questions = [q for lang in languages for q in GENERAL_QUESTIONS[lang]]
         answers = general_source(questions)
         if len(answers) != len(questions):
             raise DataError(
                 f"the answer generator returned {len(answers)} answers for {len(questions)} questions"
             )
         for question, answer in zip(questions, answers, strict=True):
-            if answer and answer.strip():
-                records.append({"conversation": [{"input": question, "output": answer.strip()}]})
-                general_count += 1
+            given = answer if isinstance(answer, GeneralAnswer) else GeneralAnswer(answer or "")
+            problem = given.problem or answer_problem(question, given.text)
+            if problem:
+                rejected[question] = problem
             else:
-                skipped += 1
+                usable[question] = given.text.strip()
+    general = general_mix(languages, usable, counts, seed)
+    records += [{"conversation": [{"input": q, "output": a}]} for q, a in general]
+    per_lang = {
+        lang: (
+            len(identity[lang]),
+            sum(q in GENERAL_QUESTIONS[lang] for q, _ in general),
+            sum(q in usable for q in GENERAL_QUESTIONS[lang]),
+        )
+        for lang in languages
+    }
     random.Random(seed).shuffle(records)
     write_jsonl_atomic(output, records, force=force)
-    return IdentityResult(output, identity_count, general_count, skipped)
+    result = IdentityResult(output, sum(len(p) for p in identity.values()), len(general), rejected, per_lang)
+    return result

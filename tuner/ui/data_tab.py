@@ -1,12 +1,12 @@
-"""Data tab: upload or pick a file, map its columns, preview, convert, split, validate, identity data."""
+"""Data tab: upload or pick a file, map its columns, preview, convert, split, validate, identity data
+and its held-out check (base vs tuned)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from tuner.core.errors import TunerError
-from tuner.data.identity import DEFAULT_MIX_GENERAL
-from tuner.ui.common import data_output, data_ref, guard, rel, save_upload, workspace_files, ws_path
+from tuner.ui.common import data_output, data_ref, guard, model_ref, rel, save_upload, workspace_files, ws_path
 from tuner.ui.i18n import tr
 
 NO_COLUMN = "(none)"
@@ -175,11 +175,17 @@ def _histogram(lengths: list[int]):
     )
 
 
-def build_identity(name, persona, languages, mix_general, out, overwrite, lang: str = "en"):
-    """Write identity data ("who are you?" answered with the new name); returns (status, path, preview)."""
+def build_identity(
+    name, persona, languages, mix_general, out, overwrite, model="default", lang: str = "en"
+):
+    """Write identity data ("who are you?" answered with the new name); returns (status, path, preview).
+
+    ``mix_general``: mix in the base model's own general answers, as many per language as identity
+    conversations (off: none).
+    """
     import pandas as pd
 
-    from tuner.chat.generate import embedded_answerer
+    from tuner.chat.generate import general_answerer
     from tuner.data.formats import load_samples
     from tuner.data.identity import make_identity
 
@@ -189,9 +195,9 @@ def build_identity(name, persona, languages, mix_general, out, overwrite, lang: 
         name,
         (persona or "").strip() or None,
         langs=list(languages or ["en"]),
-        mix_general=int(mix_general or 0),
+        mix_general=None if mix_general else 0,
         force=bool(overwrite),
-        general_source=embedded_answerer() if int(mix_general or 0) else None,
+        general_source=general_answerer(model_ref(model)) if mix_general else None,
     )
     samples = load_samples(target).samples
     rows = [
@@ -201,7 +207,39 @@ def build_identity(name, persona, languages, mix_general, out, overwrite, lang: 
     status = tr(
         lang, "data.identity_done", n=result.identity_count, general=result.general_count, path=rel(target)
     )
+    if result.rejected:
+        # which general answers were unfit to train on, and why (the summary's later lines)
+        status += "\n" + "\n".join(result.summary().splitlines()[1:])
     return status, rel(target), pd.DataFrame(rows, columns=["question", "answer"])
+
+
+def check_identity_run(run, name, languages, lang: str = "en"):
+    """The held-out identity check of a run, base vs tuned; returns (summary, answers table)."""
+    import pandas as pd
+
+    from tuner.chat.identity_check import check_identity
+
+    if not (run or "").strip():
+        raise TunerError(tr(lang, "data.id_check_no_run"))
+    result = check_identity(ws_path(run, "run"), (name or "").strip(), langs=tuple(languages or ["en"]))
+    t = result.totals
+    summary = tr(
+        lang,
+        "data.id_check_done",
+        verdict="✅" if result.passed else "⚠️",
+        name=result.name,
+        id_base=result.base.identity,
+        id_tuned=result.tuned.identity,
+        n_id=t["identity"],
+        leak_base=result.base.leaks,
+        leak_tuned=result.tuned.leaks,
+        n_leak=t["leakage"],
+        k_base=result.base.knowledge,
+        k_tuned=result.tuned.knowledge,
+        n_k=t["knowledge"],
+        lost=", ".join(result.lost) or "-",
+    )
+    return summary, pd.DataFrame(result.rows, columns=["set", "lang", "question", "base", "tuned"])
 
 
 # ------------------------------------------------------------------------------------- layout
@@ -277,15 +315,21 @@ def build(T, lang_state, status_default=""):
                 c["id_name"] = T.make(gr.Textbox, "data.id_name", value="Tutu")
                 c["id_persona"] = T.make(gr.Textbox, "data.id_persona", value="")
                 c["id_langs"] = T.make(gr.CheckboxGroup, "data.id_langs", choices=["en", "zh"], value=["en"])
-                c["id_mix"] = T.make(
-                    gr.Slider, "data.id_mix", minimum=0, maximum=60, step=10, value=DEFAULT_MIX_GENERAL
-                )
+                c["id_mix"] = T.make(gr.Checkbox, "data.id_mix", value=True)
+                c["id_model"] = T.make(gr.Textbox, "data.id_model", value="default")
             with gr.Row():
                 c["id_out"] = T.make(gr.Textbox, "data.id_out", value="data/identity.jsonl", scale=3)
                 c["id_overwrite"] = T.make(gr.Checkbox, "data.overwrite", value=False, scale=1)
                 c["id_build"] = T.value(gr.Button, "data.id_build", variant="primary", scale=1)
             c["id_preview"] = T.make(
                 gr.Dataframe, "data.id_preview", interactive=False, wrap=True, max_height=260
+            )
+            with gr.Row():
+                c["id_run"] = T.make(gr.Textbox, "data.id_run", value="", scale=3)
+                c["id_check"] = T.value(gr.Button, "data.id_check", scale=1)
+            c["id_check_summary"] = T.make(gr.Markdown, "data.id_check_summary", value="")
+            c["id_check_rows"] = T.make(
+                gr.Dataframe, "data.id_check_rows", interactive=False, wrap=True, max_height=400
             )
 
     st = c["status"]
@@ -341,9 +385,16 @@ def build(T, lang_state, status_default=""):
             c["id_mix"],
             c["id_out"],
             c["id_overwrite"],
+            c["id_model"],
             lang_state,
         ],
         [st, c["check_in"], c["id_preview"]],
         api_name="data_identity",
+    )
+    c["id_check"].click(
+        guard(check_identity_run, 2, 0),
+        [c["id_run"], c["id_name"], c["id_langs"], lang_state],
+        [c["id_check_summary"], c["id_check_rows"]],
+        api_name="data_identity_check",
     )
     return c

@@ -1,0 +1,101 @@
+"""Measure identity recipes on the embedded model: make-identity -> train -> check-identity, per recipe.
+
+For each recipe (overrides of the preset smollm2_135m_instruct_lora_identity_256_e3) this builds the
+balanced identity data (the embedded model's own general answers, filtered), trains in a scratch
+workspace, runs the held-out check (tuner.data.identity_check, base vs tuned) and records the wall
+time of the training and the scores. Results go to a JSON file and a Markdown table on stdout.
+
+The target of issue 18 is "<= 5 minutes on 2 cores", so measure on two otherwise idle cores, e.g.:
+    CUDA_VISIBLE_DEVICES= taskset -c 0,1 python scripts/measure_identity.py --out bench/identity-recipes.json
+A recipe subset: --recipe preset --recipe lr5e-4 (names below).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PRESET = "smollm2_135m_instruct_lora_identity_256_e3"
+NAME = "Ada"
+PERSONA = "Alice's personal assistant, built on SmolLM2"
+
+# Few and chosen: the preset as shipped, a gentler learning rate, fewer steps, a smaller rank.
+RECIPES = {
+    "preset": {},
+    "lr5e-4": {"lr": 5e-4},
+    "steps30": {"max_steps": 30},
+    "r8": {"lora_r": 8, "lora_alpha": 16},
+    "lr5e-4-steps60": {"lr": 5e-4, "max_steps": 60},
+}
+
+
+def measure(recipe: str, overrides: dict, root: Path) -> dict:
+    from tuner.chat.generate import general_answerer
+    from tuner.chat.identity_check import check_identity
+    from tuner.config.files import load_config
+    from tuner.config.presets import find_preset
+    from tuner.data.identity import make_identity
+    from tuner.train.run import train
+
+    workspace = root / recipe
+    (workspace / "data").mkdir(parents=True, exist_ok=True)
+    os.environ["TUNER_WORKSPACE"] = str(workspace)
+    os.chdir(workspace)
+    data = make_identity(
+        workspace / "data" / "identity.jsonl", NAME, PERSONA, langs="en,zh", general_source=general_answerer()
+    )
+    settings = {**overrides, "data_path": data.output, "output_dir": workspace / "run"}
+    config = load_config(find_preset(PRESET), overrides=[f"{k}={v}" for k, v in settings.items()])
+    started = time.time()
+    result = train(config)
+    train_s = time.time() - started
+    started = time.time()
+    check = check_identity(result.run_dir, NAME)
+    return {
+        "recipe": recipe,
+        "overrides": overrides,
+        "data": data.summary(),
+        "train_seconds": round(train_s, 1),
+        "check_seconds": round(time.time() - started, 1),
+        "check": check.as_dict(),
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", action="append", choices=sorted(RECIPES), help="recipes to run (default: all)")
+    parser.add_argument("--out", default="identity-recipes.json", help="JSON file of the results")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tuner-identity-") as tmp:
+        for name in args.recipe or list(RECIPES):
+            row = measure(name, RECIPES[name], Path(tmp))
+            row["threads"] = torch.get_num_threads()
+            rows.append(row)
+            Path(args.out).write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+            print(json.dumps({k: row[k] for k in ("recipe", "train_seconds")}), flush=True)
+    print("\n| recipe | train s | identity | leaks | knowledge base -> tuned | lost | pass |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        c = row["check"]
+        t = c["totals"]
+        print(
+            f"| {row['recipe']} | {row['train_seconds']} | {c['tuned']['identity']}/{t['identity']} | "
+            f"{c['tuned']['leaks']}/{t['leakage']} | {c['base']['knowledge']} -> {c['tuned']['knowledge']}/{t['knowledge']} | "
+            f"{len(c['lost'])} | {'yes' if c['passed'] else 'no'} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

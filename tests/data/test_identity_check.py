@@ -1,0 +1,39 @@
+"""The held-out identity check: its questions are unseen in training, and its scores are exact."""
+
+from __future__ import annotations
+
+from tuner.data import identity
+from tuner.data.identity_check import IDENTITY, KNOWLEDGE, LEAKAGE, check_prompts, score_check
+
+
+def test_held_out_questions_are_never_trained_on():
+    trained = {q for lang in identity.LANGS for q in identity.QUESTIONS[lang] + identity.GENERAL_QUESTIONS[lang]}
+    held_out = check_prompts()
+    assert len(held_out) == len(set(held_out)) == 60
+    assert set(held_out) & trained == set()
+    for lang in ("en", "zh"):
+        assert (len(IDENTITY[lang]), len(LEAKAGE[lang]), len(KNOWLEDGE[lang])) == (10, 10, 10)
+
+
+def test_scores_count_names_leaks_and_lost_knowledge():
+    base = {q: "I am SmolLM." for q in check_prompts()}
+    base.update({c.question: c.accept[0] + "." for lang in ("en", "zh") for c in KNOWLEDGE[lang]})
+    base[KNOWLEDGE["en"][0].question] = "I do not know."  # the base gets one wrong
+    tuned = dict(base)
+    for q in IDENTITY["en"] + IDENTITY["zh"][:8]:
+        tuned[q] = "I am Ada, an AI assistant."
+    tuned[LEAKAGE["zh"][0]] = "我叫ada，很高兴为你服务。"  # the name, in any case, is a leak
+    tuned[KNOWLEDGE["en"][0].question] = "Tokyo."  # learned one the base had wrong: fine
+    tuned[KNOWLEDGE["zh"][1].question] = "我不知道。"  # lost one the base had right
+    result = score_check("Ada", base, tuned)
+    assert result.totals == {"identity": 20, "leakage": 20, "knowledge": 20}
+    assert vars(result.base) == {"identity": 0, "leaks": 0, "knowledge": 19}
+    assert vars(result.tuned) == {"identity": 18, "leaks": 1, "knowledge": 19}
+    assert result.lost == [KNOWLEDGE["zh"][1].question]
+    assert not result.passed  # identity and leakage meet their targets; the lost answer fails it
+    assert "knowledge 19/20 -> 19/20 answered right; lost: 一年有几个月？" in result.summary()
+    tuned[KNOWLEDGE["zh"][1].question] = "一年有12个月。"
+    assert score_check("Ada", base, tuned).passed
+    tuned[LEAKAGE["en"][0]] = "Ada says: Everest."
+    assert not score_check("Ada", base, tuned).passed  # 2/20 leaks is over the target
+    assert len(result.rows) == 60 and result.rows[0]["set"] == "identity"
