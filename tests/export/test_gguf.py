@@ -145,3 +145,27 @@ def test_modelfile_keeps_a_bos_marker_the_tokenizer_does_not_add(tiny_tokenizer)
     assert '"<|im_start|>system\\n"' in kept and '"<|im_start|>user\\n"' in kept
     stripped = ollama_modelfile(template, bos_token="<|im_start|>")  # what the old call did for SmolLM2
     assert '"<|im_start|>user\\n"' not in stripped
+
+
+@pytest.mark.slow
+def test_embedded_model_gguf_keeps_its_prompt_and_logits(tmp_path, default_model_dir):
+    # SmolLM2: BOS is <|im_start|> and its tokenizer adds none, so the GGUF must not ask llama.cpp to add
+    # one, and the Modelfile must keep the first <|im_start|> of the template.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged = merge_adapter(str(default_model_dir), make_run(tmp_path, default_model_dir, std=0.002),
+                           tmp_path / "merged", dtype="fp32", verify=False, gguf="f16").out_dir
+    meta = metadata(merged / "model.gguf")
+    tokenizer = AutoTokenizer.from_pretrained(str(merged))
+    assert meta["tokenizer.ggml.add_bos_token"] is False and tokenizer.bos_token == "<|im_start|>"
+    assert meta["tokenizer.ggml.eot_token_id"] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert meta["tokenizer.chat_template"] == tokenizer.chat_template
+    assert '"<|im_start|>system\\n"' in (merged / "Modelfile").read_text()
+    prompt = tokenizer.apply_chat_template(CONVERSATION[1:], tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    from_gguf = AutoTokenizer.from_pretrained(str(merged), gguf_file="model.gguf")
+    assert from_gguf(prompt, add_special_tokens=False)["input_ids"] == ids[0].tolist()
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32)(input_ids=ids).logits
+    worst = (gguf_logits(merged, "model.gguf", ids) - expected).abs().max().item()
+    assert worst <= 0.5, worst  # f16 weights over 30 layers of a real model
