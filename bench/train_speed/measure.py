@@ -138,9 +138,12 @@ def versions() -> dict:
 
 
 def commit() -> str | None:
-    """The commit the code under measurement came from: git's HEAD where this checkout has .git
-    ("+dirty" when tuner/ or bench/ differ from it), else what the caller passed in TUNER_COMMIT,
-    else None (unknown)."""
+    """The commit the code under measurement came from: what the caller passed in TUNER_COMMIT (the
+    device's copy carries a .git whose HEAD is the session's first commit, not the tree it runs: seen
+    on 2026-12-04), else git's HEAD where this checkout has .git ("+dirty" when tuner/ or bench/
+    differ from it), else None (unknown)."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
     if (REPO / ".git").exists():
         try:
             git = ["git", "-C", str(REPO)]
