@@ -24,7 +24,9 @@ class RecordingLM(ScriptedLM):
 def served(tiny_tokenizer):
     """(server, client, model): a scripted answer behind a server with an API key."""
     model = RecordingLM(tiny_tokenizer, ["Paris is", " the capital.", "<|im_end|>", "junk after the turn"])
-    session = ChatSession("scripted", model=model, tokenizer=tiny_tokenizer, settings=GREEDY, system="Be brief.")
+    session = ChatSession(
+        "scripted", model=model, tokenizer=tiny_tokenizer, settings=GREEDY, system="Be brief."
+    )
     server = ChatServer(session, port=0, api_key="sk-test", model_id="tuna").start()
     client = openai.OpenAI(base_url=server.url, api_key="sk-test", max_retries=0, timeout=30)
     yield server, client, model
@@ -42,10 +44,16 @@ def test_plain_request_uses_the_chat_template_system_prompt_and_stop_word(served
     reply = ask(client)
     assert reply.choices[0].message.content == "Paris is the capital."
     assert reply.choices[0].finish_reason == "stop" and reply.model == "tuna"
-    assert reply.usage.completion_tokens == model.ids.index(tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")) + 1
+    assert (
+        reply.usage.completion_tokens
+        == model.ids.index(tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")) + 1
+    )
     prompt = tiny_tokenizer.decode(model.prompt)
     assert prompt == server.session.chat_template.render(
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
         add_generation_prompt=True,
     )
     assert reply.usage.prompt_tokens == len(model.prompt)

@@ -40,7 +40,11 @@ def memory_phrase(name: str) -> str:
     article = "an" if str(smallest).startswith("8") else "a"
     parts = [f"about {figures[smallest]:.1f} GiB on {article} {smallest} GiB card"]
     for card in (24, 80):
-        if card > smallest and figures[card] != figures[smallest] and f"{figures[card]:.1f} GiB" not in parts[-1]:
+        if (
+            card > smallest
+            and figures[card] != figures[smallest]
+            and f"{figures[card]:.1f} GiB" not in parts[-1]
+        ):
             parts.append(f"{figures[card]:.1f} GiB on {card} GiB")
     return ", ".join(parts) + f" {MARK}"
 
@@ -56,7 +60,9 @@ def write_headers() -> None:
             continue
         phrase = memory_phrase(path.stem)
         if match["phrase"] != phrase:
-            path.write_text(text[: match.start("phrase")] + phrase + text[match.end("phrase") :], encoding="utf-8")
+            path.write_text(
+                text[: match.start("phrase")] + phrase + text[match.end("phrase") :], encoding="utf-8"
+            )
             print(f"{path.name}: {phrase}")
 
 

@@ -22,8 +22,14 @@ def metadata(path) -> dict:
     import gguf
 
     fields = gguf.GGUFReader(str(path)).fields
-    wanted = ("tokenizer.chat_template", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.add_bos_token",
-              "tokenizer.ggml.pre", "general.architecture", "general.file_type")
+    wanted = (
+        "tokenizer.chat_template",
+        "tokenizer.ggml.eot_token_id",
+        "tokenizer.ggml.add_bos_token",
+        "tokenizer.ggml.pre",
+        "general.architecture",
+        "general.file_type",
+    )
     return {key: fields[key].contents() for key in wanted if key in fields}
 
 
@@ -75,8 +81,10 @@ def test_gguf_tokenizer_and_template_reproduce_the_training_prompt(merged):
     assert meta["general.architecture"] == "llama" and meta["tokenizer.ggml.pre"] == "gpt2"
     assert meta["tokenizer.ggml.eot_token_id"] == tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert meta["tokenizer.ggml.add_bos_token"] is False  # the tiny tokenizer adds no BOS: nor may llama.cpp
-    rendered = Environment().from_string(meta["tokenizer.chat_template"]).render(
-        messages=CONVERSATION, add_generation_prompt=True
+    rendered = (
+        Environment()
+        .from_string(meta["tokenizer.chat_template"])
+        .render(messages=CONVERSATION, add_generation_prompt=True)
     )
     assert rendered == prompt
     from_gguf = AutoTokenizer.from_pretrained(str(out), gguf_file=path.name)
@@ -130,11 +138,11 @@ def test_merge_with_gguf_writes_the_file_the_modelfile_names(tmp_path, tiny_llam
 def test_modelfile_keeps_a_bos_marker_the_tokenizer_does_not_add(tiny_tokenizer):
     # SmolLM2's BOS token is <|im_start|> and its tokenizer adds none: the Modelfile used to strip it
     # from the template and so dropped the first <|im_start|> of every prompt.
+    import copy
+
     from tuner.data.templates import resolve_template
     from tuner.export.gguf import adds_bos
     from tuner.export.modelfile import ollama_modelfile
-
-    import copy
 
     smol_like = copy.deepcopy(tiny_tokenizer)
     smol_like.bos_token = "<|im_start|>"
@@ -153,8 +161,14 @@ def test_embedded_model_gguf_keeps_its_prompt_and_logits(tmp_path, default_model
     # one, and the Modelfile must keep the first <|im_start|> of the template.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    merged = merge_adapter(str(default_model_dir), make_run(tmp_path, default_model_dir, std=0.002),
-                           tmp_path / "merged", dtype="fp32", verify=False, gguf="f16").out_dir
+    merged = merge_adapter(
+        str(default_model_dir),
+        make_run(tmp_path, default_model_dir, std=0.002),
+        tmp_path / "merged",
+        dtype="fp32",
+        verify=False,
+        gguf="f16",
+    ).out_dir
     meta = metadata(merged / "model.gguf")
     tokenizer = AutoTokenizer.from_pretrained(str(merged))
     assert meta["tokenizer.ggml.add_bos_token"] is False and tokenizer.bos_token == "<|im_start|>"
@@ -166,6 +180,8 @@ def test_embedded_model_gguf_keeps_its_prompt_and_logits(tmp_path, default_model
     from_gguf = AutoTokenizer.from_pretrained(str(merged), gguf_file="model.gguf")
     assert from_gguf(prompt, add_special_tokens=False)["input_ids"] == ids[0].tolist()
     with torch.no_grad():
-        expected = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32)(input_ids=ids).logits
+        expected = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32)(
+            input_ids=ids
+        ).logits
     worst = (gguf_logits(merged, "model.gguf", ids) - expected).abs().max().item()
     assert worst <= 0.5, worst  # f16 weights over 30 layers of a real model

@@ -30,15 +30,25 @@ def test_family_qlora_on_gpu(workspace, tmp_path, name):
     family = FAMILIES[name]
     preset = load_config(find_preset(family.preset))
     sizes = dict(SMALL_GPU_SIZES, head_dim=128 if name == "qwen3" else 64)
-    tokenizer = build_family(family, get_template(preset.template), tmp_path / "model", torch.bfloat16, **sizes)
-    config = gpu_config(tmp_path / "model", write_gpu_data(tmp_path), method="qlora", template=preset.template,
-                        max_steps=30, output_dir=str(tmp_path / "run"))
+    tokenizer = build_family(
+        family, get_template(preset.template), tmp_path / "model", torch.bfloat16, **sizes
+    )
+    config = gpu_config(
+        tmp_path / "model",
+        write_gpu_data(tmp_path),
+        method="qlora",
+        template=preset.template,
+        max_steps=30,
+        output_dir=str(tmp_path / "run"),
+    )
     result = train(config)
     assert result.status == "completed"
     losses = [e["loss"] for e in read_events(result.run_dir) if e["type"] == "log" and "loss" in e]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
 
-    merged = merge_adapter(str(tmp_path / "model"), result.output_dir, tmp_path / "merged", verify=False).out_dir
+    merged = merge_adapter(
+        str(tmp_path / "model"), result.output_dir, tmp_path / "merged", verify=False
+    ).out_dir
     session = ChatSession(str(merged), bits=4, settings=GenerationSettings(max_new_tokens=64, temperature=0))
     template = get_template(preset.template, tokenizer)
     eot = tokenizer.convert_tokens_to_ids(template.end_of_turn)

@@ -14,10 +14,22 @@ from tests.tiny import build_tokenizer, make_config, write_data
 from tuner.config.files import load_config
 from tuner.config.presets import find_preset
 
-SIZES = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=512)
-LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+SIZES = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 32.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 
 
 @dataclass
@@ -32,22 +44,64 @@ class Family:
 
 
 FAMILIES = {
-    "llama3_2": Family("llama3_2_1b_instruct_lora_oasst1_2048_e3", "LlamaConfig", "<|begin_of_text|>", "<|eot_id|>",
-                       options=dict(tie_word_embeddings=True, rope_parameters=LLAMA3_ROPE), gguf="written"),
-    "qwen3": Family("qwen3_1_7b_lora_oasst1_2048_e3", "Qwen3Config", "<|endoftext|>", "<|im_end|>",
-                    # head_dim 128 as every Qwen3 has it (transformers reads no head_dim from a GGUF)
-                    ["<think>", "</think>"], dict(head_dim=128, tie_word_embeddings=True), gguf="logits"),
-    "gemma2": Family("gemma_2_2b_it_lora_oasst1_2048_e3", "Gemma2Config", "<bos>", "<eos>",
-                     ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], dict(head_dim=16)),
-    "gemma3": Family("gemma_3_1b_it_lora_oasst1_2048_e3", "Gemma3TextConfig", "<bos>", "<eos>",
-                     ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], dict(head_dim=16)),
-    "phi3_5": Family("phi_3_5_mini_instruct_qlora_oasst1_2048_e3", "Phi3Config", "<s>", "<|endoftext|>",
-                     ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]),
-    "phi4_mini": Family("phi_4_mini_instruct_qlora_oasst1_2048_e3", "Phi3Config", "<|endoftext|>", "<|endoftext|>",
-                        ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
-                        dict(partial_rotary_factor=0.75, tie_word_embeddings=True)),
-    "mistral": Family("mistral_7b_instruct_v0_3_qlora_oasst1_2048_e3", "MistralConfig", "<s>", "</s>",
-                      ["[INST]", "[/INST]"], dict(sliding_window=None), gguf="logits"),
+    "llama3_2": Family(
+        "llama3_2_1b_instruct_lora_oasst1_2048_e3",
+        "LlamaConfig",
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        options=dict(tie_word_embeddings=True, rope_parameters=LLAMA3_ROPE),
+        gguf="written",
+    ),
+    "qwen3": Family(
+        "qwen3_1_7b_lora_oasst1_2048_e3",
+        "Qwen3Config",
+        "<|endoftext|>",
+        "<|im_end|>",
+        # head_dim 128 as every Qwen3 has it (transformers reads no head_dim from a GGUF)
+        ["<think>", "</think>"],
+        dict(head_dim=128, tie_word_embeddings=True),
+        gguf="logits",
+    ),
+    "gemma2": Family(
+        "gemma_2_2b_it_lora_oasst1_2048_e3",
+        "Gemma2Config",
+        "<bos>",
+        "<eos>",
+        ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"],
+        dict(head_dim=16),
+    ),
+    "gemma3": Family(
+        "gemma_3_1b_it_lora_oasst1_2048_e3",
+        "Gemma3TextConfig",
+        "<bos>",
+        "<eos>",
+        ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"],
+        dict(head_dim=16),
+    ),
+    "phi3_5": Family(
+        "phi_3_5_mini_instruct_qlora_oasst1_2048_e3",
+        "Phi3Config",
+        "<s>",
+        "<|endoftext|>",
+        ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+    ),
+    "phi4_mini": Family(
+        "phi_4_mini_instruct_qlora_oasst1_2048_e3",
+        "Phi3Config",
+        "<|endoftext|>",
+        "<|endoftext|>",
+        ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+        dict(partial_rotary_factor=0.75, tie_word_embeddings=True),
+    ),
+    "mistral": Family(
+        "mistral_7b_instruct_v0_3_qlora_oasst1_2048_e3",
+        "MistralConfig",
+        "<s>",
+        "</s>",
+        ["[INST]", "[/INST]"],
+        dict(sliding_window=None),
+        gguf="logits",
+    ),
 }
 MESSAGES = [
     {"role": "system", "content": "You are helpful."},
@@ -65,12 +119,17 @@ def build_family(family: Family, template, folder, dtype=None, **sizes):
     from transformers import AutoModelForCausalLM
 
     tokenizer = build_tokenizer()
-    tokenizer.add_special_tokens({"additional_special_tokens": family.special}, replace_extra_special_tokens=False)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": family.special}, replace_extra_special_tokens=False
+    )
     tokenizer.bos_token, tokenizer.eos_token = family.bos, family.eos
     tokenizer.chat_template = template.chat_template
     config = getattr(transformers, family.config)(
-        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **{"tie_word_embeddings": False, **SIZES, **family.options, **sizes},
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **{"tie_word_embeddings": False, **SIZES, **family.options, **sizes},
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
@@ -111,25 +170,37 @@ def test_family_trains_merges_chats_and_exports(tmp_path, name):
 
     # exact label masks: only each answer and its end-of-turn token are trained
     ids, labels = chat_ids_and_labels(MESSAGES, tokenizer, template)
-    answers = [template.answer.replace("{content}", m["content"]) + template.end_of_turn
-               for m in MESSAGES if m["role"] == "assistant"]
+    answers = [
+        template.answer.replace("{content}", m["content"]) + template.end_of_turn
+        for m in MESSAGES
+        if m["role"] == "assistant"
+    ]
     assert supervised_spans(ids, labels, tokenizer) == answers
 
     # two LoRA steps with the preset's template (the preset's QLoRA runs on the GPU suite)
     data = write_data(tmp_path / "d.jsonl")
-    config = make_config(model_dir, data, template=preset.template, max_steps=2, save_steps=10,
-                         output_dir=str(tmp_path / "run"))
+    config = make_config(
+        model_dir,
+        data,
+        template=preset.template,
+        max_steps=2,
+        save_steps=10,
+        output_dir=str(tmp_path / "run"),
+    )
     result = train(config)
     assert result.status == "completed"
 
     # merged == unmerged
-    merged_dir = merge_adapter(str(model_dir), result.output_dir, tmp_path / "merged", dtype="fp32",
-                               verify=False).out_dir
+    merged_dir = merge_adapter(
+        str(model_dir), result.output_dir, tmp_path / "merged", dtype="fp32", verify=False
+    ).out_dir
     probe = torch.tensor([ids[:24]])
     base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     with torch.no_grad():
         unmerged = PeftModel.from_pretrained(base, str(result.output_dir)).eval()(input_ids=probe).logits
-        merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32).eval()(input_ids=probe)
+        merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32).eval()(
+            input_ids=probe
+        )
     torch.testing.assert_close(merged.logits, unmerged, atol=1e-4, rtol=1e-4)
 
     # chat stops at the family's end-of-turn token: the model is made to emit it as its third token
@@ -171,9 +242,13 @@ def test_family_trains_merges_chats_and_exports(tmp_path, name):
     if "rope_parameters" in family.options:  # Llama 3.x's long-context rope travels as rope_freqs
         assert "rope_freqs.weight" in [t.name for t in reader.tensors]
     if family.gguf == "logits":
-        from_gguf = AutoModelForCausalLM.from_pretrained(str(merged_dir), gguf_file=path.name, dtype=torch.float32)
+        from_gguf = AutoModelForCausalLM.from_pretrained(
+            str(merged_dir), gguf_file=path.name, dtype=torch.float32
+        )
         with torch.no_grad():
-            torch.testing.assert_close(from_gguf.eval()(input_ids=probe).logits, merged.logits, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(
+                from_gguf.eval()(input_ids=probe).logits, merged.logits, atol=1e-4, rtol=1e-4
+            )
 
 
 def test_qwen3_thinking_switch_is_explicit(tiny_tokenizer):
@@ -183,7 +258,9 @@ def test_qwen3_thinking_switch_is_explicit(tiny_tokenizer):
 
     off, on = get_template("qwen3_chat"), get_template("qwen3_thinking")
     question = [{"role": "user", "content": "Hi"}]
-    assert off.render(question, add_generation_prompt=True).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert off.render(question, add_generation_prompt=True).endswith(
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
     assert on.render(question, add_generation_prompt=True).endswith("<|im_start|>assistant\n")
     thought = "<think>\nA greeting.\n</think>\n\nHello!"
     rendered = on.render([*question, {"role": "assistant", "content": thought}])

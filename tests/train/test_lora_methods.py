@@ -36,7 +36,9 @@ def test_variant_trains_and_merged_equals_unmerged(tmp_path, tiny_llama_dir, key
     from tuner.train.run import train
 
     data = write_data(tmp_path / "d.jsonl")
-    config = make_config(tiny_llama_dir, data, max_steps=2, save_steps=10, output_dir=str(tmp_path / "run"), **keys)
+    config = make_config(
+        tiny_llama_dir, data, max_steps=2, save_steps=10, output_dir=str(tmp_path / "run"), **keys
+    )
     result = train(config)
     assert result.status == "completed"
     adapter = result.output_dir
@@ -48,7 +50,9 @@ def test_variant_trains_and_merged_equals_unmerged(tmp_path, tiny_llama_dir, key
     plain = logits(base, ids)
     unmerged = logits(PeftModel.from_pretrained(base, str(adapter)).eval(), ids)
     assert not torch.allclose(unmerged, plain, atol=1e-4), "two steps must change the model"
-    merged_dir = merge_adapter(str(tiny_llama_dir), adapter, tmp_path / "merged", dtype="fp32", verify=False).out_dir
+    merged_dir = merge_adapter(
+        str(tiny_llama_dir), adapter, tmp_path / "merged", dtype="fp32", verify=False
+    ).out_dir
     merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32).eval()
     torch.testing.assert_close(logits(merged, ids), unmerged, atol=1e-4, rtol=1e-4)
 
@@ -80,7 +84,9 @@ def test_pissa_saved_as_lora_equals_the_trained_pissa_model(tmp_path, tiny_llama
     with reloaded.disable_adapter():  # the original base was left as it was (no SVD residual)
         torch.testing.assert_close(
             logits(reloaded, ids),
-            logits(AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), dtype=torch.float32).eval(), ids),
+            logits(
+                AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), dtype=torch.float32).eval(), ids
+            ),
         )
 
 

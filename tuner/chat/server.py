@@ -56,13 +56,19 @@ def message_text(content, index: int) -> str:
     if isinstance(content, list):
         parts = []
         for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            if (
+                not isinstance(part, dict)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
                 raise RequestError(
                     400, f"messages[{index}].content: only text parts are supported", param="messages"
                 )
             parts.append(part["text"])
         return "".join(parts)
-    raise RequestError(400, f"messages[{index}].content must be a string or a list of text parts", param="messages")
+    raise RequestError(
+        400, f"messages[{index}].content must be a string or a list of text parts", param="messages"
+    )
 
 
 def chat_messages(body: dict, system: str | None) -> list[dict]:
@@ -80,7 +86,9 @@ def chat_messages(body: dict, system: str | None) -> list[dict]:
         role = "system" if item["role"] == "developer" else item["role"]
         messages.append({"role": role, "content": message_text(item.get("content"), i)})
     if messages[-1]["role"] != "user":
-        raise RequestError(400, "the last message must be the user's (the model answers it)", param="messages")
+        raise RequestError(
+            400, "the last message must be the user's (the model answers it)", param="messages"
+        )
     if system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system})
     return messages
@@ -90,7 +98,11 @@ def _number(body: dict, key: str, kind, low, high):
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (kind is int and value != int(value))
+    ):
         raise RequestError(400, f"'{key}' must be a {kind.__name__}, got {value!r}", param=key)
     if not low <= value <= high:
         raise RequestError(400, f"'{key}' must be between {low} and {high}, got {value}", param=key)
@@ -104,7 +116,8 @@ def generation_overrides(body: dict) -> tuple[dict, list[str]]:
             raise RequestError(400, f"'{key}' is not supported by tuner serve (leave it out)", param=key)
     if body.get("response_format") not in (None, {"type": "text"}):
         raise RequestError(
-            400, "'response_format' other than text is not supported by tuner serve (no constrained decoding)",
+            400,
+            "'response_format' other than text is not supported by tuner serve (no constrained decoding)",
             param="response_format",
         )
     settings = {
@@ -122,7 +135,9 @@ def generation_overrides(body: dict) -> tuple[dict, list[str]]:
     elif isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) and s for s in stop):
         stops = list(stop)
     else:
-        raise RequestError(400, "'stop' must be a string or a list of up to 4 non-empty strings", param="stop")
+        raise RequestError(
+            400, "'stop' must be a string or a list of up to 4 non-empty strings", param="stop"
+        )
     return {k: v for k, v in settings.items() if v is not None}, stops
 
 
@@ -138,8 +153,15 @@ class ChatServer:
         >>> server.serve_forever()  # doctest: +SKIP
     """
 
-    def __init__(self, session, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-                 model_id: str = "tuner"):
+    def __init__(
+        self,
+        session,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        api_key: str | None = None,
+        model_id: str = "tuner",
+    ):
         self.session = session
         self.api_key = api_key or None
         self.model_id = model_id
@@ -148,7 +170,9 @@ class ChatServer:
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
-            raise TunerError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port") from exc
+            raise TunerError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port"
+            ) from exc
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -179,8 +203,11 @@ class ChatServer:
             return
         given = (header or "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), self.api_key.encode()):
-            raise RequestError(401, "wrong or missing API key (send it as 'Authorization: Bearer KEY')",
-                               code="invalid_api_key")
+            raise RequestError(
+                401,
+                "wrong or missing API key (send it as 'Authorization: Bearer KEY')",
+                code="invalid_api_key",
+            )
 
     def models(self) -> dict:
         return {
@@ -191,8 +218,10 @@ class ChatServer:
     def parse_completion(self, body: dict) -> tuple[list[dict], dict, list[str]]:
         if body.get("model") != self.model_id:
             raise RequestError(
-                404, f"model {body.get('model')!r} is not served here; this server serves {self.model_id!r}",
-                code="model_not_found", param="model",
+                404,
+                f"model {body.get('model')!r} is not served here; this server serves {self.model_id!r}",
+                code="model_not_found",
+                param="model",
             )
         messages = chat_messages(body, self.session.system)
         settings, stops = generation_overrides(body)
@@ -200,8 +229,10 @@ class ChatServer:
         needed, window = self.session.count_tokens(messages), self.session.context_window
         if needed >= window:
             raise RequestError(
-                400, f"the conversation needs {needed} tokens; the model's context is {window}: shorten it",
-                code="context_length_exceeded", param="messages",
+                400,
+                f"the conversation needs {needed} tokens; the model's context is {window}: shorten it",
+                code="context_length_exceeded",
+                param="messages",
             )
         return messages, settings, stops
 
@@ -224,8 +255,12 @@ class ChatServer:
 
     def chunks(self, messages, settings, stops, include_usage: bool):
         """The streamed answer as chat.completion.chunk objects (the server frames them as events)."""
-        base = {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": self.model_id}
+        base = {
+            "id": f"chatcmpl-{secrets.token_hex(12)}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.model_id,
+        }
 
         def chunk(delta: dict, finish: str | None = None, **extra) -> dict:
             return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
@@ -304,8 +339,17 @@ class _Handler(BaseHTTPRequestHandler):
             log.info("the client closed the connection")
         except Exception as exc:  # one bad request must not take the server down
             log.exception("request failed")
-            self._send_json(500, {"error": {"message": f"internal error: {exc}", "type": "server_error",
-                                            "param": None, "code": None}})
+            self._send_json(
+                500,
+                {
+                    "error": {
+                        "message": f"internal error: {exc}",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+            )
 
     def _send_json(self, status: int, payload: dict) -> None:
         data = json.dumps(payload, ensure_ascii=False).encode()

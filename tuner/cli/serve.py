@@ -33,17 +33,30 @@ def register(sub) -> None:
     parser.add_argument("--adapter", help="adapter folder, exported adapter, checkpoint or run folder")
     parser.add_argument("--bits", type=int, choices=[4, 8], help="load the base in 4 or 8 bits (CUDA only)")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    parser.add_argument("--template", help="chat template name (default: the adapter's, else the tokenizer's)")
-    parser.add_argument("--system", help="system prompt for requests that bring none (default: the adapter's)")
+    parser.add_argument(
+        "--template", help="chat template name (default: the adapter's, else the tokenizer's)"
+    )
+    parser.add_argument(
+        "--system", help="system prompt for requests that bring none (default: the adapter's)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free one)")
-    parser.add_argument("--listen", action="store_true", help="listen on every interface (0.0.0.0); needs an API key")
     parser.add_argument(
-        "--api-key", help=f"clients must send 'Authorization: Bearer KEY' (or set {KEY_ENV}); needed off 127.0.0.1"
+        "--listen", action="store_true", help="listen on every interface (0.0.0.0); needs an API key"
     )
-    parser.add_argument("--model-id", help="the model's name in the API (default: the adapter's run, else the model's)")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="answer length when a request sets none")
-    parser.add_argument("--temperature", type=float, default=0.7, help="when a request sets none (0 = greedy)")
+    parser.add_argument(
+        "--api-key",
+        help=f"clients must send 'Authorization: Bearer KEY' (or set {KEY_ENV}); needed off 127.0.0.1",
+    )
+    parser.add_argument(
+        "--model-id", help="the model's name in the API (default: the adapter's run, else the model's)"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=512, help="answer length when a request sets none"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=0.7, help="when a request sets none (0 = greedy)"
+    )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code")
     parser.set_defaults(func=run)
 

@@ -28,8 +28,12 @@ from tuner.core.errors import ModelError, TunerError
 log = logging.getLogger(__name__)
 
 # --type -> (GGML type of 2-D weights, general.file_type); names as llama.cpp spells them.
-TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
-         "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
+TYPES = {
+    "f32": ("F32", "ALL_F32"),
+    "f16": ("F16", "MOSTLY_F16"),
+    "bf16": ("BF16", "MOSTLY_BF16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+}
 # Worst logit difference against the merged model that tests/export/test_gguf.py accepts, per type.
 TOLERANCE = {"f32": 1e-4, "f16": 2e-2, "bf16": 1e-1, "q8_0": 1e-1}
 # transformers model_type -> (GGUF architecture, Q/K rows permuted as llama.cpp's llama arch wants)
@@ -69,7 +73,11 @@ def quantize_hint(path: Path) -> str:
 def check_type(kind: str, out_path: str | Path = GGUF_NAME) -> None:
     """Refuse a GGUF type tuner cannot write, before any work is done."""
     if kind not in TYPES:
-        hint = f"; {quantize_hint(Path(out_path))}" if kind.lower().startswith(("q4", "q5", "q6", "q3", "q2")) else ""
+        hint = (
+            f"; {quantize_hint(Path(out_path))}"
+            if kind.lower().startswith(("q4", "q5", "q6", "q3", "q2"))
+            else ""
+        )
         raise TunerError(f"GGUF type {kind!r} is not one of {', '.join(TYPES)}{hint}")
 
 
@@ -115,7 +123,9 @@ def vocabulary(folder: Path, tokenizer, vocab_size: int):
     pre = pre_tokenizer_name(json.loads(tokenizer.backend_tokenizer.to_str()))
     by_id = {index: token for token, index in tokenizer.get_vocab().items()}
     if max(by_id) >= vocab_size:
-        raise ModelError(f"the tokenizer has ids up to {max(by_id)} but the model only {vocab_size} embeddings")
+        raise ModelError(
+            f"the tokenizer has ids up to {max(by_id)} but the model only {vocab_size} embeddings"
+        )
     special = {int(i) for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     added = {int(i) for i in tokenizer.added_tokens_decoder}
     tokens, types = [], []
@@ -126,8 +136,10 @@ def vocabulary(folder: Path, tokenizer, vocab_size: int):
         else:
             tokens.append(by_id[index])
             types.append(
-                gguf.TokenType.CONTROL if index in special
-                else gguf.TokenType.USER_DEFINED if index in added
+                gguf.TokenType.CONTROL
+                if index in special
+                else gguf.TokenType.USER_DEFINED
+                if index in added
                 else gguf.TokenType.NORMAL
             )
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
@@ -149,7 +161,9 @@ def permute_rows(weight, heads: int):
     """llama.cpp's layout of a Q or K weight for the llama architecture: within each head, the
     two halves of the rotary dimensions interleaved."""
     rows = weight.shape[0]
-    return weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
 
 
 def read_weights(folder: Path):
@@ -184,8 +198,9 @@ def encoded(array, kind: str):
 # ----------------------------------------------------------------------------------------- write
 
 
-def write_gguf(folder: str | Path, out_path: str | Path, *, kind: str = "f16", template=None,
-               force: bool = False) -> GgufResult:
+def write_gguf(
+    folder: str | Path, out_path: str | Path, *, kind: str = "f16", template=None, force: bool = False
+) -> GgufResult:
     """Write the model in ``folder`` (a merged model: config.json, safetensors, tokenizer) as one
     GGUF file ``out_path``. ``template``: the ChatTemplate training used (default: the folder's
     tokenizer chat template), stored as ``tokenizer.chat_template``; its end-of-turn token becomes
@@ -313,7 +328,9 @@ def rope_factors(config, head_dim: int):
     if kind == "default":
         return None
     if kind != "llama3":
-        raise ModelError(f"GGUF export: rope scaling {kind!r} is not supported; use llama.cpp's convert_hf_to_gguf.py")
+        raise ModelError(
+            f"GGUF export: rope scaling {kind!r} is not supported; use llama.cpp's convert_hf_to_gguf.py"
+        )
     factor, low, high = params["factor"], params["low_freq_factor"], params["high_freq_factor"]
     old_context = params["original_max_position_embeddings"]
     freqs = 1.0 / (params["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))

@@ -56,14 +56,18 @@ def save_as_lora(folder: str | Path, initial: dict) -> None:
     trained = load_file(str(folder / WEIGHTS_FILE))
     missing = sorted(k for k in trained if ".lora_" in k and k not in initial)
     if missing:
-        raise ValueError(f"PiSSA conversion: {len(missing)} adapter weights have no initial value, e.g. {missing[0]}")
+        raise ValueError(
+            f"PiSSA conversion: {len(missing)} adapter weights have no initial value, e.g. {missing[0]}"
+        )
     out = dict(trained)
     for key, value in trained.items():
         if ".lora_A." in key:
             out[key] = torch.cat([value.float(), initial[key]], dim=0).to(value.dtype)
         elif ".lora_B." in key:
             out[key] = torch.cat([value.float(), -initial[key]], dim=1).to(value.dtype)
-    save_file({k: v.contiguous() for k, v in out.items()}, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in out.items()}, str(folder / WEIGHTS_FILE), metadata={"format": "pt"}
+    )
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise ValueError("PiSSA conversion: per-module ranks (rank_pattern/alpha_pattern) are not supported")

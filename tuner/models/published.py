@@ -8,13 +8,27 @@ wins (tuner.models.shape.model_shape). Keys are hub ids as the presets spell the
 
 from __future__ import annotations
 
-KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-        "intermediate_size", "vocab_size", "tie_word_embeddings", "max_position_embeddings", "head_dim")
+KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+    "tie_word_embeddings",
+    "max_position_embeddings",
+    "head_dim",
+)
 
 
 def _c(hidden, layers, heads, kv, inter, vocab, tie, context, head_dim=None) -> dict:
-    return dict(zip(KEYS, (hidden, layers, heads, kv, inter, vocab, tie, context, head_dim or hidden // heads),
-                    strict=True))
+    return dict(
+        zip(
+            KEYS,
+            (hidden, layers, heads, kv, inter, vocab, tie, context, head_dim or hidden // heads),
+            strict=True,
+        )
+    )
 
 
 PUBLISHED: dict[str, dict] = {
