@@ -80,3 +80,10 @@ def test_the_check_reports_every_planted_violation(tmp_path):
         "tuner/plan/decide.py:1 imports tuner.fast, a layer above tuner.plan",
         "tuner/plan/decide.py:2 imports the private name _tmp",
     ]
+
+
+def test_the_package_map_lists_every_subpackage_in_layer_order():
+    import tuner
+
+    listed = [line.split()[1] for line in tuner.__doc__.splitlines() if line.startswith("- ")]
+    assert listed == ORDER
