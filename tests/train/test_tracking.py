@@ -3,6 +3,7 @@ loss.svg, the loss chart, written at each checkpoint and at the end."""
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -81,15 +82,21 @@ def test_no_plot_before_the_first_loss(tmp_path):
     assert not (tmp_path / PLOT_FILE).exists()
 
 
-def test_a_run_writes_tensorboard_events_and_its_loss_plot_into_its_folder(workspace, tiny_llama_dir):
+def test_a_run_from_parquet_writes_tensorboard_events_and_its_loss_plot_into_its_folder(
+    workspace, tiny_llama_dir
+):
     pytest.importorskip("tensorboard")
+    from datasets import Dataset
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from tuner.train.run import train
 
-    data = write_data(workspace / "train.jsonl", repeat=2)
-    config = make_config(tiny_llama_dir, data, max_steps=4, save_steps=2, report_to="tensorboard")
+    jsonl = write_data(workspace / "train.jsonl", repeat=2)
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    Dataset.from_list(rows).to_parquet(str(workspace / "train.parquet"))
+    config = make_config(tiny_llama_dir, "train.parquet", max_steps=4, save_steps=2, report_to="tensorboard")
     result = train(config)
+    assert '"cached": false' in (result.run_dir / "train.log").read_text()  # encoded, then cached
     events = read_events(result.run_dir)
     train_losses = loss_series(events)["train"]
     assert [step for step, _ in train_losses] == [1, 2, 3, 4]
@@ -103,3 +110,10 @@ def test_a_run_writes_tensorboard_events_and_its_loss_plot_into_its_folder(works
     assert [v for _, v in scalars] == pytest.approx([loss for _, loss in train_losses], rel=1e-4)
 
     assert dots(result.run_dir / PLOT_FILE) == [f"train step {s}: {loss:.4f}" for s, loss in train_losses]
+
+    # The same data again: tokens and labels come from the encode cache.
+    again = train(config)
+    assert '"cached": true' in (again.run_dir / "train.log").read_text()
+    assert [loss for _, loss in loss_series(read_events(again.run_dir))["train"]] == pytest.approx(
+        [loss for _, loss in train_losses]
+    )
