@@ -113,3 +113,19 @@ def test_samples_dropped_by_truncation_are_said_in_words(workspace, tiny_llama_d
     (run_dir,) = (workspace / "work_dirs" / "cut").iterdir()
     warnings = [e["message"] for e in read_events(run_dir) if e["type"] == "warning"]
     assert warnings and said in warnings[0] and "check-data" in warnings[0]
+
+
+def test_a_run_failing_before_it_starts_gives_its_folder_back(workspace, tiny_llama_dir, monkeypatch):
+    """In the app's long-lived process a folder left claimed would refuse every later resume."""
+    import tuner.train.run as run_module
+    from tuner.runs.lock import in_use
+
+    def no_log_file(run_dir):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "train.log"))
+
+    monkeypatch.setattr(run_module, "_attach_log_file", no_log_file)
+    config = make_config(tiny_llama_dir, write_data(workspace / "d.jsonl"), name="early")
+    with pytest.raises(OSError):
+        run_module.train(config)
+    (run_dir,) = (workspace / "work_dirs" / "early").iterdir()
+    assert not in_use(run_dir)

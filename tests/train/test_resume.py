@@ -121,32 +121,37 @@ KILL_AT_CHECKPOINT = textwrap.dedent(
     from tests.tiny import make_config
     from tuner.train.run import train
 
-    model, data, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    model, data, name, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 
     def listener(event):
         if event["type"] == "checkpoint" and event["step"] == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind, as a power cut or the OOM killer
 
-    train(make_config(model, data, name="killed", max_steps=6, save_steps=2), listener=listener)
+    train(make_config(model, data, name=name, max_steps=6, save_steps=2), listener=listener)
     """
 )
 
 
-def _train_and_kill(workspace, tiny_llama_dir, data, kill_at: int):
-    env = {**os.environ, "TUNER_WORKSPACE": str(workspace), "PYTHONPATH": os.getcwd()}
+def _train_and_kill(workspace, tiny_llama_dir, data, kill_points: dict[str, int]) -> dict:
+    """Train one run per name in its own process (all at once) and kill -9 each at its checkpoint."""
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = repo
-    done = subprocess.run(
-        [sys.executable, "-c", KILL_AT_CHECKPOINT, str(tiny_llama_dir), str(data), str(kill_at)],
-        cwd=workspace,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
-    (run_dir,) = (workspace / "work_dirs" / "killed").iterdir()
-    return run_dir
+    # one thread each: the processes run side by side, and a tiny model gains nothing from more
+    env = {**os.environ, "TUNER_WORKSPACE": str(workspace), "PYTHONPATH": repo, "OMP_NUM_THREADS": "1"}
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", KILL_AT_CHECKPOINT, str(tiny_llama_dir), str(data), name, str(step)],
+            cwd=workspace,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, step in kill_points.items()
+    }
+    for process in processes.values():
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == -signal.SIGKILL, err[-2000:]
+    return {name: next((workspace / "work_dirs" / name).iterdir()) for name in kill_points}
 
 
 def test_kill_9_mid_run_then_at_the_final_checkpoint(workspace, tiny_llama_dir):
@@ -155,18 +160,17 @@ def test_kill_9_mid_run_then_at_the_final_checkpoint(workspace, tiny_llama_dir):
     from tuner.train.run import train
 
     data = write_data(workspace / "d.jsonl", repeat=2)
-    run_dir = _train_and_kill(workspace, tiny_llama_dir, data, kill_at=4)
+    runs = _train_and_kill(workspace, tiny_llama_dir, data, {"mid": 4, "end": 6})  # 6: before the final save
+
+    run_dir = runs["mid"]
     assert json.loads((run_dir / "status.json").read_text())["status"] == "running"  # as the kill left it
     status = read_status(run_dir)
     assert status["status"] == "interrupted" and "resume it from checkpoint-4" in status["error"]
     assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"  # corrected on disk
-    resumed = train(make_config(tiny_llama_dir, data, name="killed", max_steps=6, save_steps=2), resume=True)
+    resumed = train(make_config(tiny_llama_dir, data, name="mid", max_steps=6, save_steps=2), resume=True)
     assert resumed.run_dir == run_dir and resumed.status == "completed" and resumed.steps == 6
 
-    import shutil
-
-    shutil.rmtree(workspace / "work_dirs")
-    run_dir = _train_and_kill(workspace, tiny_llama_dir, data, kill_at=6)  # before the final save
+    run_dir = runs["end"]
     with pytest.raises(RunFinished, match="all 6 steps are trained"):
-        train(make_config(tiny_llama_dir, data, name="killed", max_steps=6, save_steps=2), resume=True)
+        train(make_config(tiny_llama_dir, data, name="end", max_steps=6, save_steps=2), resume=True)
     assert not (run_dir / "checkpoint-7").exists() and not (run_dir / "adapter").exists()

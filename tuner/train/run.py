@@ -216,7 +216,12 @@ def train(
     run_dir, checkpoint = prepare_run(config, run_dir=run_dir, resume=resume)
     main_process = _rank() == 0  # under torchrun only rank 0 writes the run folder's files
     events = EventLog(run_dir / EVENTS_FILE, listener) if main_process else EventLog()
-    handler = _attach_log_file(run_dir)
+    try:
+        handler = _attach_log_file(run_dir)
+    except BaseException:  # the folder is given back, or this process would hold it until it exits
+        if main_process:
+            folder_lock.release(run_dir)
+        raise
     model = trainer = None
     facts: dict = {}
     try:
