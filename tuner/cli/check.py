@@ -48,7 +48,12 @@ def register(subparsers) -> None:
         "token lengths against --max-length, the chat template, and --show samples with the supervised "
         "text (what the loss is computed on) marked [[...]]. Exits 1 when the data has problems.",
     )
-    parser.add_argument("data", metavar="DATA", help="data file (.jsonl, .json or .txt)")
+    parser.add_argument(
+        "data",
+        metavar="DATA",
+        help="data file (.jsonl, .json, .txt, .parquet, .arrow), a datasets folder or a Hub id "
+        "(owner/name?split=train&columns=q:instruction)",
+    )
     parser.add_argument("--format", default="auto", help="data format (auto)")
     parser.add_argument(
         "--model", default="default", help="model folder whose tokenizer to use (default: embedded)"
