@@ -14,10 +14,11 @@ import json
 from contextlib import suppress
 from pathlib import Path
 
-from tuner.config.files import apply_overrides, load_config
+from tuner.config.files import apply_overrides, config_from_dict, load_config, save_config
 from tuner.config.schema import KEYS, TrainConfig
 from tuner.core.errors import TunerError
 from tuner.runs.folders import ADAPTER_DIR, CONFIG_FILE, last_checkpoint
+from tuner.runs.lock import claim, release
 from tuner.runs.status import read_status
 
 # Safe to change when resuming: what is logged, saved and shown, and how memory is used. Not the data,
@@ -58,7 +59,10 @@ def resume_overrides(run_dir: Path, overrides: list[str]) -> TrainConfig:
     if not overrides:
         return config
     unsafe = [item.partition("=")[0].strip() for item in overrides]
-    unsafe = [key for key in unsafe if key not in RESUME_SAFE_KEYS and key not in IGNORED_KEYS]
+    # unknown keys are left to apply_overrides, whose message has the did-you-mean
+    unsafe = [
+        key for key in unsafe if key in KEYS and key not in RESUME_SAFE_KEYS and key not in IGNORED_KEYS
+    ]
     if unsafe:
         raise TunerError(
             f"{run_dir}: a run resumes with its own {CONFIG_FILE}; --set {', '.join(unsafe)} would change "
@@ -130,8 +134,6 @@ def finished_message(run_dir: Path) -> str | None:
 def hold_for_resume(run_dir: Path, wanted: TrainConfig) -> None:
     """Claim ``run_dir`` for resuming it with ``wanted`` (:func:`check_resumable`); the safe changes
     ``wanted`` makes are written into its config.yaml, which keeps describing the adapter."""
-    from tuner.config.files import config_from_dict, save_config
-    from tuner.runs.lock import claim, release
 
     claim(run_dir)
     try:
