@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from tuner.cli.options import whole_number
+
 
 def cmd_check_data(args: argparse.Namespace) -> int:
     from tuner.data.check import check_data
@@ -28,16 +30,6 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     else:
         print(report.format_text())
     return 0 if report.ok else 1
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
-    return value
 
 
 def register(subparsers) -> None:
@@ -59,8 +51,10 @@ def register(subparsers) -> None:
         "--model", default="default", help="model folder whose tokenizer to use (default: embedded)"
     )
     parser.add_argument("--template", help="named chat template (default: the tokenizer's own)")
-    parser.add_argument("--max-length", type=_positive, default=2048, help="sample limit in tokens (2048)")
-    parser.add_argument("--show", type=_positive, default=3, metavar="K", help="samples to render (3)")
+    parser.add_argument(
+        "--max-length", type=whole_number(0), default=2048, help="sample limit in tokens (2048)"
+    )
+    parser.add_argument("--show", type=whole_number(0), default=3, metavar="K", help="samples to render (3)")
     parser.add_argument("--system", metavar="TEXT", help="system prompt for samples that have none")
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object (with input_ids and labels)"

@@ -5,15 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
+from tuner.cli.options import whole_number
 
 
 def _metrics(text: str) -> list[str]:
@@ -77,9 +69,11 @@ def register(subparsers) -> None:
         help=f"comma-separated, of {','.join(METRICS)} (all)",
     )
     parser.add_argument(
-        "--max-new-tokens", type=_positive, default=256, help="tokens per answer at most (256)"
+        "--max-new-tokens", type=whole_number(1), default=256, help="tokens per answer at most (256)"
     )
-    parser.add_argument("--batch-size", type=_positive, default=8, help="questions answered together (8)")
+    parser.add_argument(
+        "--batch-size", type=whole_number(1), default=8, help="questions answered together (8)"
+    )
     parser.add_argument(
         "--no-base", action="store_true", help="score only the fine-tuned model (half the time)"
     )
