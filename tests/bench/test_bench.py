@@ -295,7 +295,7 @@ def test_the_budget_table_puts_each_budget_on_a_line_and_says_when_a_peer_does_n
     assert len(lines) == 4  # the failed 12 GiB row makes no line
 
 
-def test_a_row_knows_its_commit_from_git_or_from_the_caller(tmp_path, monkeypatch):
+def test_a_row_knows_its_commit_from_the_caller_or_from_git(tmp_path, monkeypatch):
     import subprocess
 
     monkeypatch.setattr(measure, "REPO", tmp_path)
@@ -311,6 +311,9 @@ def test_a_row_knows_its_commit_from_git_or_from_the_caller(tmp_path, monkeypatc
     subprocess.run([*git, "add", "tuner"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
     head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    assert measure.commit() == head  # git's answer wins over the variable
+    # the variable wins: the device's copy carries a .git whose HEAD is not the tree it runs
+    assert measure.commit() == "abc123"
+    monkeypatch.delenv("TUNER_COMMIT")
+    assert measure.commit() == head
     (tmp_path / "tuner" / "x.py").write_text("a = 2\n")
     assert measure.commit() == head + "+dirty"

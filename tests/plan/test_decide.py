@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.plan.test_estimate import SHAPES
 from tuner.config.speed import SpeedSettings
 from tuner.core.system import Hardware
 from tuner.models.shape import shape_from_config
@@ -11,17 +12,7 @@ from tuner.plan.decide import checkpoint_plan, liger_applies, plan_run
 
 H100 = Hardware(device="cuda", name="NVIDIA H100 80GB HBM3", memory_gib=79.2, cpu_count=16)
 CPU = Hardware(device="cpu", name="CPU", memory_gib=64, cpu_count=2)
-LLAMA2_7B = shape_from_config(
-    {
-        "hidden_size": 4096,
-        "intermediate_size": 11008,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 32,
-        "vocab_size": 32000,
-        "tie_word_embeddings": False,
-    }
-)
+LLAMA2_7B = shape_from_config(SHAPES["llama2-7b"])  # the benchmark's shape, as the estimate is calibrated on
 DEFAULTS = SpeedSettings()
 
 

@@ -19,8 +19,13 @@ import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from tuner.chat.text import resolve_chat_template, stop_token_ids
 from tuner.core.errors import TunerError
+from tuner.core.io import write_text_atomic
+from tuner.core.workspace import workspace_dir
+from tuner.data.answer_quality import answer_problem
 from tuner.data.identity import GENERATION_SYSTEM, SHIPPED_ANSWERS, Answerer, GeneralAnswer
+from tuner.models.load import load_model, load_tokenizer, release, with_pad_token
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +141,6 @@ def answers_cache(model_name: str) -> Path:
     >>> answers_cache("Qwen/Qwen2.5-0.5B-Instruct").name
     'Qwen--Qwen2.5-0.5B-Instruct.json'
     """
-    from tuner.core.workspace import workspace_dir
 
     if model_name in ("", "default"):
         slug = "default"
@@ -159,9 +163,6 @@ def generate_general_answers(
 ) -> dict:
     """The base model's own greedy answers to ``questions`` (on the GPU when there is one), sorted
     into usable answers and rejected ones with the reason (tuner.data.answer_quality)."""
-    from tuner.chat.text import resolve_chat_template
-    from tuner.data.answer_quality import answer_problem
-    from tuner.models.load import load_model, load_tokenizer, release
 
     tokenizer = load_tokenizer(model_name, trust_remote_code=trust_remote_code)
     loaded = load_model(model_name, trust_remote_code=trust_remote_code)
@@ -205,7 +206,6 @@ def general_answerer(model_name: str = "default", *, trust_remote_code: bool = F
     """
 
     def answer(questions: list[str]) -> list[GeneralAnswer]:
-        from tuner.core.io import write_text_atomic
 
         cache = answers_cache(model_name)
         known = read_answers(cache)
@@ -267,8 +267,6 @@ def greedy_answers(
     import torch
     from transformers import GenerationConfig
 
-    from tuner.chat.text import stop_token_ids
-    from tuner.models.load import with_pad_token
 
     stops = stop_token_ids(tokenizer, template)
     pad_id = with_pad_token(tokenizer).pad_token_id

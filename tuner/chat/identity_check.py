@@ -11,7 +11,9 @@ import logging
 from pathlib import Path
 
 from tuner.chat.generate import greedy_answers
+from tuner.chat.session import ChatSession
 from tuner.data.identity_check import CheckResult, check_prompts, score_check
+from tuner.runs.adapters import locate_adapter
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,7 @@ def check_identity(
     *,
     langs=("en", "zh"),
     model_name: str | None = None,
-    max_new_tokens: int = CHECK_MAX_NEW_TOKENS,
+    max_new_tokens: int | None = None,
     batch_size: int = 8,
 ) -> CheckResult:
     """Answer the held-out check with the adapter off (base) and on (tuned) and score both.
@@ -33,8 +35,6 @@ def check_identity(
     ``adapter``: a run folder, a checkpoint or an adapter folder; ``model_name``: the base model
     (default: the one the run trained).
     """
-    from tuner.chat.session import ChatSession
-    from tuner.runs.adapters import locate_adapter
 
     found = locate_adapter(Path(adapter))
     base_model = model_name or found.base_model or "default"
@@ -49,7 +49,7 @@ def check_identity(
                 session.chat_template,
                 prompts,
                 system=session.system,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=max_new_tokens or CHECK_MAX_NEW_TOKENS,
                 batch_size=batch_size,
             )
             return {a.prompt: a.text for a in out}

@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from tuner.models.load import load_tokenizer, with_pad_token
+from tuner.runs.adapters import locate_adapter
+
 # Logged under tuner.chat, the name these messages had before this module was split out of it.
 log = logging.getLogger("tuner.chat")
 
@@ -22,7 +25,6 @@ TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
 
 def adapter_folder(path: Path) -> Path:
     """Accept an adapter folder, a checkpoint or a run folder (its final adapter or last checkpoint)."""
-    from tuner.runs.adapters import locate_adapter
 
     return locate_adapter(path).adapter_dir
 
@@ -32,14 +34,12 @@ def saved_setting(adapter_dir: Path | None, key: str) -> str | None:
     in (or was exported from) a run."""
     if adapter_dir is None:
         return None
-    from tuner.runs.adapters import locate_adapter
 
     return locate_adapter(adapter_dir).config.get(key)
 
 
 def chat_tokenizer(model_name: str, adapter_dir: Path | None, trust_remote_code: bool):
     """The adapter's saved tokenizer (it carries the training chat template) or the base model's."""
-    from tuner.models.load import load_tokenizer, with_pad_token
 
     if adapter_dir is not None and any((adapter_dir / f).is_file() for f in TOKENIZER_FILES):
         from transformers import AutoTokenizer

@@ -34,6 +34,7 @@ from tuner.chat.generate import GenerationSettings, TokenQueue, generation_confi
 from tuner.chat.load import adapter_folder, chat_tokenizer, model_context_window, saved_setting
 from tuner.chat.text import resolve_chat_template, stop_strings, stop_token_ids, visible_text
 from tuner.core.errors import ModelError, TunerError
+from tuner.models.load import release
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,6 @@ class ChatSession:
 
     def close(self) -> None:
         """Drop the model and give its memory back."""
-        from tuner.models.load import release
 
         model, self.model = self.model, None
         release(model)

@@ -9,12 +9,13 @@ keeps working.
 
 from __future__ import annotations
 
+from tuner.data.templates import resolve_template
+
 # ------------------------------------------------------------------------------------ templates
 
 
 def resolve_chat_template(tokenizer, name: str | None = None):
     """The ChatTemplate for ``tokenizer``: a named one, else the tokenizer's own (tuner.data.templates.base)."""
-    from tuner.data.templates import resolve_template
 
     return resolve_template(tokenizer, name)
 

@@ -15,9 +15,11 @@ from pathlib import Path
 
 from tuner.core.errors import DataError, TunerError
 from tuner.data.encode import IGNORE, chat_ids_and_labels, encode_samples
+from tuner.data.formats import load_samples
 from tuner.data.templates import resolve_template
 from tuner.data.templates.base import ChatTemplate
 from tuner.data.templates.from_tokenizer import implicit_system
+from tuner.models.load import load_tokenizer
 
 MARK_OPEN, MARK_CLOSE = "[[", "]]"
 
@@ -200,7 +202,6 @@ def _system_prompts(samples: list[dict]) -> list[tuple[str, int]]:
 
 def load_tokenizer_for_check(model: str):
     """The model's tokenizer (``default`` = the embedded model)."""
-    from tuner.models.load import load_tokenizer
 
     return load_tokenizer(model)
 
@@ -233,7 +234,6 @@ def check_data(
 
     >>> # check_data("train.jsonl").to_dict()["lengths"] -> {"min": 31, "median": 88, ...}
     """
-    from tuner.data.formats import load_samples
 
     loaded = load_samples(path, fmt, system=system)
     samples = loaded.samples

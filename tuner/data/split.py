@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tuner.core.errors import DataError, OutputExistsError
 from tuner.core.io import atomic_files
+from tuner.data.records import read_records
 
 
 @dataclass
@@ -37,7 +38,6 @@ class SplitResult:
 
 def _read_lines(path: Path) -> list[str]:
     """One JSON text per record: JSONL lines as they are, array elements re-serialised."""
-    from tuner.data.records import read_records
 
     records, problems = read_records(path)  # raises for missing, empty or undecodable files
     if problems:

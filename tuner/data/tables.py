@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.core.errors import DataError
+from tuner.data.records import read_records
 
 EXCEL_SUFFIXES = {".xlsx", ".xlsm"}
 CSV_SUFFIXES = {".csv", ".tsv", ".tab", ".txt"}
@@ -273,7 +274,6 @@ def _read_csv(path: Path, limit: int | None) -> Table:
 
 
 def _read_json_table(path: Path, limit: int | None) -> Table:
-    from tuner.data.records import read_records
 
     records, problems = read_records(path)
     columns: dict[str, None] = {}

@@ -14,6 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuner.chat.load import TOKENIZER_FILES, chat_tokenizer
+from tuner.chat.text import resolve_chat_template
 from tuner.core.errors import ModelError
 from tuner.core.io import check_output, staging_folder
 
@@ -64,8 +66,6 @@ def _copy_weights(adapter_dir: Path, dest: Path) -> None:
 
 def _export_tokenizer(source: AdapterSource, trust_remote_code: bool):
     """The tokenizer saved with the adapter, else the base model's; with the training template set."""
-    from tuner.chat.load import TOKENIZER_FILES, chat_tokenizer
-    from tuner.chat.text import resolve_chat_template
 
     base = source.base_model
     has_own = any((source.adapter_dir / f).is_file() for f in TOKENIZER_FILES)

@@ -23,10 +23,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tuner.chat.generate import greedy_answers
+from tuner.chat.session import ChatSession
 from tuner.core.errors import DataError, TunerError
 from tuner.core.io import write_jsonl_atomic, write_text_atomic
 from tuner.core.workspace import resolve_path, workspace_dir
+from tuner.data.formats import load_samples
 from tuner.export.metrics import LABELS, METRICS, score
+from tuner.models.load import release
+from tuner.runs.adapters import locate_adapter
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +67,6 @@ class EvaluationResult:
 
 def read_questions(test_path: str, data_format: str = "auto", system: str | None = None) -> tuple[list, int]:
     """(questions, samples with more than one turn) of a chat test file; any bad record stops here."""
-    from tuner.data.formats import load_samples
 
     loaded = load_samples(test_path, data_format, system=system)
     if loaded.problems:
@@ -88,7 +92,6 @@ def read_questions(test_path: str, data_format: str = "auto", system: str | None
 def answer_all(session, questions: list[Question], *, max_new_tokens: int, batch_size: int, progress=None):
     """Greedy answers to every question, in order; one greedy_answers call per system prompt, with
     the prompts sorted by length so that a batch pads little."""
-    from tuner.chat.generate import greedy_answers
 
     answers: list = [None] * len(questions)
     groups: dict[str | None, list[int]] = {}
@@ -118,7 +121,6 @@ def answer_all(session, questions: list[Question], *, max_new_tokens: int, batch
 
 def _resolve_target(target: str, adapter: str | None):
     """(model name, adapter source or None) from RUN_OR_MODEL and --adapter."""
-    from tuner.runs.adapters import locate_adapter
 
     path = resolve_path(target)
     is_run = path.is_dir() and any((path / n).is_file() for n in ("config.yaml", "adapter_config.json"))
@@ -165,8 +167,6 @@ def evaluate(
         compare_base: also answer with the adapter switched off (needs an adapter).
         progress: called as ``progress(side, done, total)`` after each batch.
     """
-    from tuner.chat.session import ChatSession
-    from tuner.models.load import release
 
     if max_new_tokens < 1 or batch_size < 1:
         raise TunerError("max_new_tokens and batch_size must be at least 1")

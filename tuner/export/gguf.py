@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuner.chat.text import resolve_chat_template, single_token_id
 from tuner.core.errors import ModelError, TunerError
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,6 @@ def write_gguf(
     import gguf
     from transformers import AutoConfig, AutoTokenizer
 
-    from tuner.chat.text import resolve_chat_template, single_token_id
 
     check_type(kind, out_path)
     folder, out_path = Path(folder), Path(out_path)

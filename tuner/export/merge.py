@@ -12,9 +12,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuner.chat.generate import greedy_answers
+from tuner.chat.load import chat_tokenizer
+from tuner.chat.text import resolve_chat_template, single_token_id, stop_token_ids
 from tuner.core.errors import ModelError, TunerError
+from tuner.core.io import check_output, staging_folder
 from tuner.export.gguf import GGUF_NAME, adds_bos, check_type, write_gguf
 from tuner.export.modelfile import ollama_modelfile
+from tuner.models.lazy_deepspeed import load_deepspeed_only_when_used
+from tuner.models.load import load_tokenizer, release, resolve_model_path
+from tuner.runs.adapters import locate_adapter
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +130,6 @@ def merge_adapter(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tuner.chat.text import resolve_chat_template, stop_token_ids
-    from tuner.core.io import check_output, staging_folder
-    from tuner.models.lazy_deepspeed import load_deepspeed_only_when_used
-    from tuner.models.load import release, resolve_model_path
-    from tuner.runs.adapters import locate_adapter
 
     load_deepspeed_only_when_used()  # save_pretrained would import it, unused, for an isinstance check
     if gguf:
@@ -141,7 +143,6 @@ def merge_adapter(
     torch_dtype = merge_dtype(base_path, dtype)
     dtype_name = str(torch_dtype).replace("torch.", "")
 
-    from tuner.chat.load import chat_tokenizer
 
     tokenizer = chat_tokenizer(base, found.adapter_dir, trust_remote_code)
     chat_template = resolve_chat_template(tokenizer, template or found.config.get("template"))
@@ -208,9 +209,6 @@ def verify_merged(folder: Path, chat_template, *, prompt: str, max_new_tokens: i
     """
     from transformers import AutoModelForCausalLM
 
-    from tuner.chat.generate import greedy_answers
-    from tuner.chat.text import single_token_id
-    from tuner.models.load import load_tokenizer, release
 
     tokenizer = load_tokenizer(str(folder))
     model = AutoModelForCausalLM.from_pretrained(str(folder))

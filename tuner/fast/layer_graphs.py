@@ -37,6 +37,9 @@ import logging
 import torch
 from torch import nn
 
+from tuner.fast.attention import NAME as VARLEN
+from tuner.models.layers import decoder_layers
+
 log = logging.getLogger(__name__)
 
 # Keyword arguments of a decoder layer's forward that a graphed call reproduces (the boundaries and
@@ -339,8 +342,6 @@ def graph_layers(model, attention: str) -> LayerGraphs | None:
     """Install CUDA graphs on ``model``'s decoder layers that keep their activations, where they can
     run (CUDA, an ``attention`` that reads sample boundaries, no layer checkpointed; whether the run
     wants them, one process without DeepSpeed, is tuner.plan.decide's). Returns the manager or None."""
-    from tuner.fast.attention import NAME as VARLEN
-    from tuner.models.layers import decoder_layers
 
     if not torch.cuda.is_available():
         return None

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.core.errors import ModelError
+from tuner.core.system import limit_gpu_memory
 from tuner.core.workspace import DEFAULT_MODEL_NAME
+from tuner.models.lazy_deepspeed import load_deepspeed_only_when_used
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +179,6 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tuner.core.system import limit_gpu_memory
-    from tuner.models.lazy_deepspeed import load_deepspeed_only_when_used
 
     limit_gpu_memory()  # before the weights: they count against TUNER_GPU_MEMORY_GIB too
     load_deepspeed_only_when_used()  # not on every save of a run without DeepSpeed

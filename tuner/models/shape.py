@@ -7,6 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuner.core.errors import ModelError
+from tuner.core.workspace import DEFAULT_MODEL_NAME, default_model_dir
+
 
 @dataclass
 class ModelShape:
@@ -66,8 +69,6 @@ def shape_from_config(cfg: dict) -> ModelShape:
 
 def model_shape(model: str) -> ModelShape:
     """Read the shape of ``model`` (a folder, ``default`` or a cached hub id) from its config.json."""
-    from tuner.core.errors import ModelError
-    from tuner.core.workspace import DEFAULT_MODEL_NAME, default_model_dir
 
     if not model or model == DEFAULT_MODEL_NAME:
         path = default_model_dir() / "config.json"

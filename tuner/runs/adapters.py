@@ -4,7 +4,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tuner.config.files import read_yaml
 from tuner.core.errors import ModelError, TunerError
+from tuner.runs.events import read_events
 from tuner.runs.folders import ADAPTER_DIR, CHECKPOINT_RE, CONFIG_FILE
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -49,7 +51,6 @@ def _has_adapter(folder: Path) -> bool:
 def _read_config(folder: Path | None) -> dict:
     if folder is None or not (folder / CONFIG_FILE).is_file():
         return {}
-    from tuner.config.files import read_yaml
 
     return read_yaml(folder / CONFIG_FILE)
 
@@ -115,7 +116,6 @@ def final_metrics(run_dir: Path | None) -> dict:
     """
     if run_dir is None:
         return {}
-    from tuner.runs.events import read_events
 
     metrics: dict = {}
     for event in read_events(run_dir):

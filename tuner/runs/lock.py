@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from tuner.core.errors import TunerError
+from tuner.runs.folders import ADAPTER_DIR, CONFIG_FILE, STATUS_FILE
 
 try:
     import fcntl
@@ -109,7 +110,6 @@ def _lock(fd: int, run_dir: Path) -> None:
 
 def holds_a_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` already holds (part of) a training run that a new one would overwrite."""
-    from tuner.runs.folders import ADAPTER_DIR, CONFIG_FILE, STATUS_FILE
 
     run_dir = Path(run_dir)
     return any((run_dir / name).exists() for name in (CONFIG_FILE, ADAPTER_DIR, STATUS_FILE)) or any(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tuner.config.deepspeed import deepspeed_config_path
 from tuner.core.errors import TunerError
+from tuner.train.tracking import tracking_arguments
 
 
 def _ensure_single_process_env() -> None:
@@ -28,7 +29,6 @@ def training_arguments(config, run_dir: Path, built, has_eval: bool):
     import torch
     from transformers import TrainingArguments
 
-    from tuner.train.tracking import tracking_arguments
 
     cuda = torch.cuda.is_available()
     plan = built.plan

@@ -5,11 +5,14 @@ from __future__ import annotations
 import random
 
 from tuner.core.errors import DataError
+from tuner.data.encode_cache import encode_cached
+from tuner.data.formats import load_samples
+from tuner.data.pack import PackedCollator, PaddingCollator, pack_samples, pack_stats
+from tuner.fast.attention import NAME as VARLEN
 
 
 def load_training_samples(config) -> tuple[list, list]:
     """(train, eval) samples in the internal form; bad records stop the run with their location."""
-    from tuner.data.formats import load_samples
 
     # data_path is a data source (tuner.data.sources): a file, a datasets folder or a Hub id, resolved there.
     result = load_samples(config.data_path, config.data_format, system=config.system)
@@ -41,8 +44,6 @@ def load_training_samples(config) -> tuple[list, list]:
 def encode_for_training(samples, tokenizer, template, config) -> tuple[list, dict]:
     """Tokens + labels (through the encode cache, tuner.data.encode_cache), packed into rows of
     ``tokens_per_step`` tokens when packing is on."""
-    from tuner.data.encode_cache import encode_cached
-    from tuner.data.pack import pack_samples, pack_stats
 
     encoded, stats, reused = encode_cached(samples, tokenizer, template, config.max_length)
     info = {"encode": {**stats.as_dict(), "cached": reused}}
@@ -83,8 +84,6 @@ def truncation_warning(info: dict, config) -> str | None:
 def make_collator(tokenizer, packed: bool, attention: str = "sdpa", pad_to: int | None = None):
     """Packed rows (with sample boundaries for varlen attention kernels) or padded samples;
     ``pad_to``: packed batches padded to a multiple of it (a fixed shape for CUDA graphs)."""
-    from tuner.data.pack import PackedCollator, PaddingCollator
-    from tuner.fast.attention import NAME as VARLEN
 
     pad_id = tokenizer.pad_token_id  # set by tuner.models.load.load_tokenizer, the one pad-token rule
     if not packed:

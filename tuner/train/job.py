@@ -21,6 +21,7 @@ from tuner.core.errors import JobError, TunerError
 from tuner.runs import lock as folder_lock
 from tuner.runs.events import EventLog
 from tuner.train.callbacks import RunControl
+from tuner.train.run import prepare_run, train
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ class TrainingJob:
 
     def start(self, config, *, resume: bool = False, run_dir: Path | None = None) -> Path:
         """Start training ``config`` in the background; returns the run folder."""
-        from tuner.train.run import prepare_run
 
         with self._lock:
             if self.status in ACTIVE:
@@ -74,7 +74,6 @@ class TrainingJob:
             return run_dir
 
     def _run(self, config, run_dir: Path, resume: bool) -> None:
-        from tuner.train.run import train
 
         with self._lock:
             if self.status == "starting":  # a Stop clicked while starting keeps its "stopping"

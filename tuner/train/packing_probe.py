@@ -15,6 +15,8 @@ one sample per row (tuner.train).
 
 from __future__ import annotations
 
+from tuner.data.pack import pack_row
+
 # Largest difference between the two logits tensors, relative to their largest logit, at which the
 # sample still counts as isolated. Room for kernels whose rounding depends on the whole batch
 # (bitsandbytes' 8-bit matmul picks outlier columns over all rows); a leak changes logits by more than
@@ -28,7 +30,6 @@ def packs_in_isolation(model, collator, vocab_size: int) -> bool:
     batches made by ``collator`` (the one training uses, boundaries included)."""
     import torch
 
-    from tuner.data.pack import pack_row
 
     generator = torch.Generator().manual_seed(0)
     low = min(vocab_size - 1, 10)  # clear of special tokens at the start of most vocabularies

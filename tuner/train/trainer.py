@@ -9,6 +9,7 @@ import shutil
 
 from tuner.data.pack import PADDING_TOKENS
 from tuner.fast.deferred_log import PendingLog
+from tuner.fast.embedding_offload import hand_over_host_ids
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,6 @@ def make_trainer_class(plan=None):
     from transformers import Trainer
     from transformers.trainer_utils import rotate_checkpoints
 
-    from tuner.fast.embedding_offload import hand_over_host_ids
 
     class AtomicCheckpointTrainer(Trainer):
         """Writes each checkpoint into a hidden staging folder, then renames it into place, so a crash
