@@ -71,7 +71,8 @@ LEAKAGE = {
 
 @dataclass(frozen=True)
 class Checkable:
-    """A question and the strings any one of which makes an answer right (case-insensitive)."""
+    """A question and the strings any one of which makes an answer right (case-insensitive). None of
+    them is in the question, so an answer that only repeats the question is not right."""
 
     question: str
     accept: tuple[str, ...]
@@ -83,7 +84,7 @@ class Checkable:
 KNOWLEDGE = {
     "en": [
         Checkable("What is the capital of Japan?", ("Tokyo",)),
-        Checkable("What is the capital of Italy?", ("Rome",)),
+        Checkable("What is the capital of Italy?", ("Rome", "Roma")),
         Checkable("How many legs does a spider have?", ("eight", "8")),
         Checkable("What color is the sky on a clear day?", ("blue",)),
         Checkable("What is 2 plus 2?", ("4", "four")),
@@ -100,7 +101,7 @@ KNOWLEDGE = {
         Checkable("太阳从哪个方向升起？", ("东",)),
         Checkable("法国的首都是哪里？", ("巴黎",)),
         Checkable("一天有多少个小时？", ("24", "二十四")),
-        Checkable("蜜蜂会酿什么？", ("蜜",)),
+        Checkable("蜜蜂会酿什么？", ("蜂蜜",)),
         Checkable("水在零下会变成什么？", ("冰",)),
         Checkable("英国的首都是哪里？", ("伦敦",)),
         Checkable("人用什么器官呼吸？", ("肺",)),
