@@ -129,3 +129,39 @@ def test_a_run_failing_before_it_starts_gives_its_folder_back(workspace, tiny_ll
         run_module.train(config)
     (run_dir,) = (workspace / "work_dirs" / "early").iterdir()
     assert not in_use(run_dir)
+
+
+def test_a_disk_full_while_checkpointing_keeps_the_last_checkpoint_and_resumes(
+    workspace, tiny_llama_dir, monkeypatch
+):
+    """torch.save failing mid-checkpoint (its words on a full disk): the run fails saying so, no half
+    checkpoint is published, and once there is space again the run resumes from the last complete one."""
+    import torch
+
+    from tuner.runs.folders import checkpoints
+    from tuner.train.run import train
+
+    real_save, full = torch.save, {"on": False}
+
+    def save(*args, **kwargs):
+        if full["on"]:
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+        return real_save(*args, **kwargs)
+
+    def fill_the_disk_after_the_first_checkpoint(event):
+        if event["type"] == "checkpoint":
+            full["on"] = True
+
+    monkeypatch.setattr(torch, "save", save)
+    config = make_config(
+        tiny_llama_dir, write_data(workspace / "d.jsonl"), name="full", max_steps=4, save_steps=2
+    )
+    with pytest.raises(StorageError, match="most likely because the disk is full"):
+        train(config, listener=fill_the_disk_after_the_first_checkpoint)
+    (run_dir,) = (workspace / "work_dirs" / "full").iterdir()
+    assert [p.name for p in checkpoints(run_dir)] == ["checkpoint-2"]
+    assert not (run_dir / "checkpoint-4").exists()
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+    full["on"] = False  # space freed
+    resumed = train(config, resume=True)
+    assert resumed.status == "completed" and resumed.steps == 4
