@@ -47,3 +47,15 @@ def test_finished_means_completed_or_every_step_checkpointed(run):
     (run / "status.json").write_text(json.dumps({"status": "completed", "steps": 8}))
     with pytest.raises(RunFinished, match="this run is finished \\(completed after 8 steps\\)"):
         check_resumable(run, config_from_dict({"name": "x", "data_path": "d.jsonl", "max_steps": 8}))
+
+
+def test_resume_of_a_runs_config_yaml_continues_that_run_not_the_latest(run, monkeypatch):
+    from tuner.cli.train import resume_target
+
+    monkeypatch.setenv("TUNER_WORKSPACE", str(run.parents[2]))
+    (run / ".lock").write_text("")  # killed before its first event: only the lock and config.yaml
+    later = run.parent / "2"
+    later.mkdir()
+    (later / "config.yaml").write_text((run / "config.yaml").read_text())
+    assert resume_target(str(run / "config.yaml"), None) == run
+    assert resume_target(str(run / "config.yaml"), str(later)) == later  # --run-dir wins

@@ -131,13 +131,15 @@ def resume_target(name_or_path: str, run_dir: str | None):
     from tuner.config.files import read_yaml
     from tuner.config.presets import find_preset
     from tuner.core.errors import TunerError
-    from tuner.runs.folders import CONFIG_FILE, latest_run
+    from tuner.runs.folders import CONFIG_FILE, STATUS_FILE, latest_run
+    from tuner.runs.lock import LOCK_FILE
 
     if run_dir:
         return Path(run_dir)
     path = find_preset(name_or_path)
-    if path.name == CONFIG_FILE and (path.parent / "events.jsonl").is_file():
-        return path.parent
+    run = path.parent  # a run's own config.yaml names its run, even one killed before its first event
+    if path.name == CONFIG_FILE and any((run / n).exists() for n in ("events.jsonl", STATUS_FILE, LOCK_FILE)):
+        return run
     name = read_yaml(path).get("name") or path.stem
     found = latest_run(str(name))
     if found is None:
