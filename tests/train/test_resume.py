@@ -113,6 +113,9 @@ def test_an_output_dir_holding_a_run_is_refused_not_overwritten(workspace, tiny_
         train(make_config(tiny_llama_dir, data, max_steps=3, lr=1e-3, output_dir="out/run"))
     assert (first.run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == weights
     assert (first.run_dir / "config.yaml").read_text() == config_text
+    # resuming the config that trained there finds that folder (and says it is finished)
+    with pytest.raises(RunFinished, match="out/run: this run is finished"):
+        train(make_config(tiny_llama_dir, data, max_steps=2, save_steps=2, output_dir="out/run"), resume=True)
 
 
 KILL_AT_CHECKPOINT = textwrap.dedent(

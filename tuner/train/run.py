@@ -163,7 +163,9 @@ def prepare_run(config, *, run_dir: Path | None = None, resume: bool = False) ->
 
     checkpoint = None
     if resume:
-        run_dir = Path(run_dir) if run_dir else latest_run(config.name)
+        if run_dir is None:  # the run this config trained: its output_dir, else the latest of its name
+            run_dir = resolve_path(config.output_dir) if config.output_dir else latest_run(config.name)
+        run_dir = Path(run_dir) if run_dir else None
         if run_dir is not None and _rank() == 0:
             hold_for_resume(run_dir, config)  # the resume contract and the folder's lock (tuner.runs)
         checkpoint = last_checkpoint(run_dir) if run_dir else None
