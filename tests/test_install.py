@@ -153,6 +153,33 @@ def test_the_installed_wheel_lists_trains_and_chats_from_any_folder(wheel_env, d
     )
     assert chat.stdout.strip()
 
+    # The app serves its page from the wheel too.
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "app.log"  # a file, not a pipe: nobody reads a pipe while the app runs
+    app = subprocess.Popen(
+        [wheel_env / "bin" / "tuner", "app", "--port", str(port)],
+        cwd=folder,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline, page = time.time() + 120, ""
+        while time.time() < deadline and not page and app.poll() is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+            except OSError:
+                time.sleep(1)
+        assert '"title":"tuner"' in page, log.read_text()[-3000:]
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+
 
 def install_sh(*args: str, env: dict, cwd: Path = REPO) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHON")}
