@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets tuner up on Linux (or macOS), Python 3.10+, GPU or not. What it does to the machine:
+# Sets tuner up on Linux (macOS untested), Python 3.10+, GPU or not. What it does to the machine:
 #   - installs into the virtual environment or conda env that is active; with none active it makes (or
 #     reuses) .venv/ in this folder, so a system Python (Debian/Ubuntu, PEP 668) is never touched.
 #     Either way .venv/ then reaches that environment (a link to the active one), so the commands
