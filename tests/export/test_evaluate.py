@@ -74,7 +74,7 @@ def test_evaluate_writes_base_and_fine_tuned_scores_and_every_answer(workspace, 
         by_prompt = dict(zip([q for q, _ in pairs], ANSWERS, strict=True))
         return [Answer(p, "wrong" if base else by_prompt[p], 7, 1) for p in prompts]
 
-    monkeypatch.setattr("tuner.chat.generate.greedy_answers", scripted)
+    monkeypatch.setattr("tuner.export.evaluate.greedy_answers", scripted)
     result = evaluate(str(run), str(test), max_new_tokens=16, batch_size=2)
 
     # Asked with the run's system prompt, longest prompts first, two at a time; base first.

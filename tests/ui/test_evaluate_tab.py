@@ -41,7 +41,7 @@ def test_the_export_tab_evaluates_the_chosen_adapter(workspace, tiny_llama_dir, 
     )
     # Answers scripted so the scores are known: the adapter answers the first one right.
     monkeypatch.setattr(
-        "tuner.chat.generate.greedy_answers",
+        "tuner.export.evaluate.greedy_answers",
         lambda model, tok, template, prompts, **kw: [
             Answer(p, "Paris." if "France" in p else "No", 1, 1) for p in prompts
         ],
