@@ -37,7 +37,9 @@ def test_new_modes_are_what_open_and_mkdir_give(umask, tmp_path):
         pass
     (tmp_path / "plain_dir").mkdir()
     assert new_file_mode() == mode(tmp_path / "plain") == {0o022: 0o644, 0o077: 0o600, 0o002: 0o664}[umask]
-    assert new_folder_mode() == mode(tmp_path / "plain_dir") == {0o022: 0o755, 0o077: 0o700, 0o002: 0o775}[umask]
+    assert (
+        new_folder_mode() == mode(tmp_path / "plain_dir") == {0o022: 0o755, 0o077: 0o700, 0o002: 0o775}[umask]
+    )
 
 
 def test_a_staged_folder_gets_a_mkdir_mode(umask, tmp_path):
