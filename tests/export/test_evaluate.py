@@ -36,11 +36,16 @@ def test_scores_on_a_tiny_split_match_the_hand_computed_values():
     assert corpus["bleu"] == pytest.approx(100 * ((11 / 14) * (7 / 11) * (4 / 8) * (3 / 5)) ** 0.25)
 
 
-def test_chinese_is_compared_per_character_and_latin_words_whole():
+def test_chinese_is_compared_per_character_and_other_words_whole():
     assert CharTokenizer().tokenize("我是 Tuna 的助手。") == ["我", "是", "tuna", "的", "助", "手"]
-    # rouge-score's own tokenizer would drop the Chinese and score this 0.
-    corpus, _ = score(["我是助手"], ["我是小助手"], ["rouge"])
-    assert corpus["rougeL"] == pytest.approx(800 / 9)
+    # rouge-score's own tokenizer would drop the Chinese and the Cyrillic and score both 0.
+    corpus, _ = score(["我是助手", "Это Париж"], ["我是小助手", "Париж"], ["rouge"])
+    assert corpus["rougeL"] == pytest.approx((800 / 9 + 2 / 3 * 100) / 2)
+    # For ASCII text the tokens are rouge-score's own.
+    from rouge_score import tokenize
+
+    text = "It's 2 o'clock, Dr. Smith-Jones!"
+    assert CharTokenizer().tokenize(text) == tokenize.tokenize(text, None)
 
 
 def test_metric_names_are_checked():

@@ -5,8 +5,8 @@ case folding and collapsing whitespace. ROUGE-L is rouge-score's F-measure of th
 subsequence, averaged over the samples; BLEU is sacrebleu's corpus BLEU (one score for the whole
 set, as papers report it). Chinese, Japanese and Korean text is compared per character: rouge-score's
 own tokenizer drops every non-Latin character (a Chinese answer would score 0) and BLEU's 13a
-tokenizer keeps a Chinese sentence as one word, so both get per-character tokens when the references
-hold CJK characters (sacrebleu's ``zh`` tokenizer; a tokenizer of ours for ROUGE).
+tokenizer keeps a Chinese sentence as one word, so ROUGE always uses a tokenizer of ours (words, and
+each CJK character as a word) and BLEU sacrebleu's ``zh`` tokenizer when the references hold CJK text.
 """
 
 from __future__ import annotations
@@ -66,10 +66,9 @@ def rouge_scores(answers: Sequence[str], references: Sequence[str]) -> list[floa
     """ROUGE-L F-measure of each answer, 0-100 (per character for CJK text)."""
     from rouge_score import rouge_scorer
 
-    if has_cjk(references):
-        scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=CharTokenizer())
-    else:
-        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    # For ASCII text our tokenizer gives rouge-score's own tokens (lower-cased runs of letters and
+    # digits); it also keeps accented, Cyrillic, ... words, which rouge-score's would drop.
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=CharTokenizer())
     return [
         100.0 * scorer.score(reference, answer)["rougeL"].fmeasure
         for answer, reference in zip(answers, references, strict=True)
