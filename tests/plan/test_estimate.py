@@ -100,16 +100,20 @@ def _estimate(row):
     }
     config["optimizer"] = row.get("optimizer") or "auto"
     config.update((row.get("overrides") or {}).get("set") or {})  # e.g. a variant's lora_dropout
-    switches = row.get("switches") or {}
     liger = bool(row.get("tuner_liger") or row.get("liger"))
-    upcast = switches.get("TUNER_KBIT_UPCAST", "on") == "on"  # rows before the switch: peft's upcast
     shape = shape_from_config(SHAPES[row["model"]])
     # rows before partial checkpointing: every layer or none
     layers = row.get("checkpointed_layers", shape.layers if config["gradient_checkpointing"] else 0)
     offload = bool(row.get("offloaded_layers"))
-    graphs = switches.get("TUNER_CUDA_GRAPHS") == "on"  # rows before the switch: no graphs
-    # rows before wide loss chunks: Liger's own chunks
-    settings = SpeedSettings(liger="wide" if switches.get("TUNER_LOSS_CHUNKS") == "wide" else "on")
+    if row.get("speed_settings"):  # rows since the layout redesign record the settings themselves
+        settings = SpeedSettings(**row["speed_settings"])
+        upcast, graphs = settings.kbit_upcast, settings.cuda_graphs
+    else:  # rows of the switches before: their names and defaults then
+        switches = row.get("switches") or {}
+        upcast = switches.get("TUNER_KBIT_UPCAST", "on") == "on"  # rows before the switch: peft's upcast
+        graphs = switches.get("TUNER_CUDA_GRAPHS") == "on"  # rows before the switch: no graphs
+        # rows before wide loss chunks: Liger's own chunks
+        settings = SpeedSettings(liger="wide" if switches.get("TUNER_LOSS_CHUNKS") == "wide" else "on")
     return estimate(
         config,
         shape,
