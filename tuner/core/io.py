@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -148,6 +149,16 @@ def check_output(out_dir: Path, force: bool, *protected: Path) -> None:
     _check_replaceable(out_dir, force)
 
 
+def _file_kind(name: str) -> str:
+    """What a file of an output is, whatever its numbers: the weights of a model or adapter in one
+    file or in shards (a merge again with another shard size replaces them), else its name with its
+    numbers folded."""
+    folded = re.sub(r"\d+", "#", name)
+    if re.fullmatch(r"(model|pytorch_model|adapter_model)(-#-of-#)?\.(safetensors|bin)(\.index\.json)?", folded):
+        return "weights"
+    return folded
+
+
 def _check_replaceable(out_dir: Path, force: bool, staged: Path | None = None) -> None:
     """An existing non-empty ``out_dir`` needs ``force``; and (once ``staged`` is complete) ``force``
     replaces only a folder holding nothing but the kinds of files this output writes: never a folder
@@ -160,8 +171,8 @@ def _check_replaceable(out_dir: Path, force: bool, staged: Path | None = None) -
         raise TunerError(f"{out_dir}: is a file, not a folder; choose a folder name")
     if staged is None:
         return
-    written = {p.name for p in staged.iterdir()}
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in written)
+    written = {_file_kind(p.name) for p in staged.iterdir()}
+    foreign = sorted(p.name for p in out_dir.iterdir() if _file_kind(p.name) not in written)
     if foreign:
         shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise TunerError(

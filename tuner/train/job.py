@@ -20,8 +20,8 @@ from pathlib import Path
 from tuner.core.errors import JobError, TunerError
 from tuner.runs import lock as folder_lock
 from tuner.runs.events import EventLog
+from tuner.train import run as train_run  # looked up at call time: tests stand in for train()
 from tuner.train.callbacks import RunControl
-from tuner.train.run import prepare_run, train
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class TrainingJob:
                 raise JobError(
                     f"a training run is already active ({self.run_dir}); stop it or wait for it to finish"
                 )
-            run_dir, _ = prepare_run(config, run_dir=run_dir, resume=resume)
+            run_dir, _ = train_run.prepare_run(config, run_dir=run_dir, resume=resume)
             self._control = RunControl()
             self._events = EventLog()
             self.status, self.run_dir, self.result, self.error, self.config = (
@@ -80,7 +80,7 @@ class TrainingJob:
                 self.status = "running"
         final, error = "failed", None
         try:
-            self.result = train(
+            self.result = train_run.train(
                 config, run_dir=run_dir, resume=resume, control=self._control, listener=self._listen
             )
             final = self.result.status
