@@ -43,6 +43,12 @@ if [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then
   active=$VIRTUAL_ENV
 elif [[ -n "${CONDA_PREFIX:-}" && -x "$CONDA_PREFIX/bin/python" ]]; then
   active=$CONDA_PREFIX
+elif [[ ! -x "$venv/bin/python" ]] && command -v "${PYTHON:-python3}" >/dev/null; then
+  # The python3 on PATH is itself a virtual environment (a GPU image's, with its CUDA torch) that is
+  # not "activated": install into it. A venv made from it would not see its packages (measured on the
+  # device's /opt/torch/.venv: --system-site-packages reaches the base interpreter's, not the venv's).
+  prefix=$("${PYTHON:-python3}" -c 'import sys; print(sys.prefix if sys.prefix != sys.base_prefix else "")')
+  if [[ -n "$prefix" && -x "$prefix/bin/python" ]]; then active=$prefix; fi
 fi
 if [[ -n "$active" && "$(cd "$active" && pwd -P)" != "$(cd "$venv" 2>/dev/null && pwd -P)" ]]; then
   if [[ -e "$venv" && ! -L "$venv" ]]; then

@@ -250,3 +250,20 @@ def test_an_active_environment_never_replaces_a_venv_made_earlier(tmp_path):
     assert done.returncode == 1
     assert f"{made} is an environment made earlier by this script" in done.stderr
     assert (made / "bin" / "python").exists()  # untouched
+
+
+def test_a_virtual_environment_first_on_path_is_used_though_not_activated(tmp_path):
+    # A GPU image's python3 is often a venv of its own (/opt/torch/.venv on the device) that nobody
+    # activated: a venv made from it would not see its CUDA torch, so install.sh installs into it.
+    pytest.importorskip("torch")
+    import torch
+
+    image = tmp_path / "image-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", image], check=True, timeout=120)
+    link = tmp_path / "venv"
+    path = f"{image / 'bin'}:{os.environ['PATH']}"
+    done = install_sh("--dry-run", env={"PATH": path, "TUNER_VENV": str(link)})
+    assert done.returncode == 0, done.stderr
+    assert f"installing into the active environment {image}" in done.stderr
+    assert link.is_symlink() and link.resolve() == image.resolve()
+    assert f"torch {torch.__version__} is kept as it is" in done.stderr
