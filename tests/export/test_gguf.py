@@ -78,7 +78,7 @@ def test_gguf_tokenizer_and_template_reproduce_the_training_prompt(merged):
     out, tokenizer, prompt, ids, _ = merged
     path = write_gguf(out, out / "model.gguf", kind="f16", force=True).path
     meta = metadata(path)
-    assert meta["general.architecture"] == "llama" and meta["tokenizer.ggml.pre"] == "gpt2"
+    assert meta["general.architecture"] == "llama" and meta["tokenizer.ggml.pre"] == "gpt-2"
     assert meta["tokenizer.ggml.eot_token_id"] == tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert meta["tokenizer.ggml.add_bos_token"] is False  # the tiny tokenizer adds no BOS: nor may llama.cpp
     rendered = (

@@ -91,7 +91,7 @@ def pre_tokenizer_name(tokenizer_json: dict) -> str:
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     kinds = [step.get("type") for step in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"  # GPT-2's own regex inside ByteLevel
+        return "gpt-2"  # GPT-2's own regex inside ByteLevel (llama.cpp's name for it has the hyphen)
     splits = [step for step in steps if step.get("type") == "Split"]
     if len(splits) == 1 and kinds[-1] == "ByteLevel":
         regex = (splits[0].get("pattern") or {}).get("Regex")
