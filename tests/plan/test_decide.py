@@ -65,6 +65,8 @@ def test_deepspeed_and_several_processes_turn_off_what_was_measured_on_one():
     assert not two.lean and not two.cuda_graphs and two.checkpointed_layers == 32
     full = plan(qlora(method="full", quantization="none"))
     assert not full.fused_lora and not full.cuda_graphs and not full.embedding_on_cpu
+    dora = plan(qlora(use_dora=True))  # peft's own forward; its graphs are not measured
+    assert not dora.fused_lora and not dora.cuda_graphs and plan(qlora(use_rslora=True)).fused_lora
 
 
 def test_each_setting_turns_its_mechanism_off():
