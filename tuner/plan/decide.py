@@ -186,6 +186,9 @@ def plan_run(
     quantization = get("quantization", "none") or "none"
     deepspeed = bool(get("deepspeed", None))
     lora = method != "full"
+    # DoRA recomputes each layer's full weight in peft's own forward: the fused LoRA path does not
+    # apply to it, and CUDA graphs of its layers are not measured
+    dora = bool(get("use_dora", False))
     if liger is None:
         liger = liger_applies(cfg, settings, hw, installed=liger_installed)
     if budget_gib is None:
@@ -200,11 +203,12 @@ def plan_run(
         varlen_attention=settings.attention == "tuner" and hw.device == "cuda",
         liger=bool(liger),
         liger_wide_chunks=settings.liger == "wide",
-        fused_lora=lora and not deepspeed and settings.fused_lora,
+        fused_lora=lora and not dora and not deepspeed and settings.fused_lora,
         kbit_upcast=settings.kbit_upcast,
         graphs_allowed=settings.cuda_graphs
         and hw.device == "cuda"
         and lora
+        and not dora
         and not deepspeed
         and processes <= 1,
         embedding_policy=get("embedding_on_cpu", "auto") or "auto",
