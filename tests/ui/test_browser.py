@@ -92,8 +92,10 @@ def test_identity_flow(browser, app_url, default_model_dir, lang, name):
     # 1. Identity data
     page.get_by_label(t("data.id_name")).fill(name)
     page.get_by_label(t("data.id_persona")).fill("Ada's assistant")
+    # The second language's flow writes the same data file: replacing it is asked for (off by default)
+    page.locator("#data-id-overwrite input").check()
     page.get_by_role("button", name=t("data.id_build")).click()
-    expect(page.locator("#data-status textarea")).to_have_value(re.compile(r"data/identity\.jsonl"))
+    expect(page.locator("#data-status textarea")).to_have_value(re.compile(r"✅.*data/identity\.jsonl"))
     shot(page, f"{lang}-1-data")
 
     # 2. The preset, with a short run

@@ -31,12 +31,14 @@ def new_run_dir(name: str, root: Path | None = None) -> Path:
 
 
 def list_runs(root: Path | None = None) -> list[Path]:
-    """Every run folder (one holding config.yaml), newest first."""
+    """Every run folder (one holding config.yaml), newest first: by when its config.yaml was written
+    (at its start, or a resume's), not by the folder's own time, which every lock file and status
+    update inside it moves."""
     root = Path(root or work_dirs())
     if not root.is_dir():
         return []
-    runs = [p.parent for p in root.glob(f"*/*/{CONFIG_FILE}")]
-    return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
+    configs = list(root.glob(f"*/*/{CONFIG_FILE}"))
+    return [c.parent for c in sorted(configs, key=lambda c: c.stat().st_mtime, reverse=True)]
 
 
 def latest_run(name: str, root: Path | None = None) -> Path | None:

@@ -319,7 +319,9 @@ def build(T, lang_state, status_default=""):
                 c["id_model"] = T.make(gr.Textbox, "data.id_model", value="default")
             with gr.Row():
                 c["id_out"] = T.make(gr.Textbox, "data.id_out", value="data/identity.jsonl", scale=3)
-                c["id_overwrite"] = T.make(gr.Checkbox, "data.overwrite", value=False, scale=1)
+                c["id_overwrite"] = T.make(
+                    gr.Checkbox, "data.overwrite", value=False, scale=1, elem_id="data-id-overwrite"
+                )
                 c["id_build"] = T.value(gr.Button, "data.id_build", variant="primary", scale=1)
             c["id_preview"] = T.make(
                 gr.Dataframe, "data.id_preview", interactive=False, wrap=True, max_height=260
