@@ -11,8 +11,8 @@ from tuner.__main__ import main
 from tuner.chat import generate
 from tuner.core.errors import DataError
 from tuner.data import identity
-from tuner.data.formats import load_samples
 from tuner.data.answer_quality import LOOP, UNFINISHED, WRONG_LANGUAGE, answer_problem, language_of
+from tuner.data.formats import load_samples
 from tuner.data.identity import GeneralAnswer, make_identity
 
 

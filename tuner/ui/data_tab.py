@@ -6,7 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuner.core.errors import TunerError
-from tuner.ui.common import data_output, data_ref, guard, model_ref, rel, save_upload, workspace_files, ws_path
+from tuner.ui.common import (
+    data_output,
+    data_ref,
+    guard,
+    model_ref,
+    rel,
+    save_upload,
+    workspace_files,
+    ws_path,
+)
 from tuner.ui.i18n import tr
 
 NO_COLUMN = "(none)"
