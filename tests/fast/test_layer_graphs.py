@@ -108,3 +108,35 @@ def test_a_layer_called_with_its_hidden_states_by_keyword_runs_as_usual(tiny_tok
     expected = layer(hidden, position_embeddings=(cos, sin))
     LayerGraphs([layer]).install()
     torch.testing.assert_close(layer(hidden_states=hidden, position_embeddings=(cos, sin)), expected)
+
+
+def test_checkpointed_layers_keep_their_checkpointing_when_running_eagerly(tiny_tokenizer):
+    # Installed, a checkpointed layer's flag is off (its graphs do the checkpointing); every call that
+    # is not replayed still recomputes through the layer's own checkpoint function.
+    model = _model(tiny_tokenizer)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layers = decoder_layers(model)
+    layers[2].gradient_checkpointing = False  # a mixed plan: the last layer keeps its activations
+    ids = torch.randint(3, 500, (1, 24))
+    expected = model(input_ids=ids, labels=ids).loss
+    expected.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    calls = []
+    for layer in layers:
+        own = layer._gradient_checkpointing_func
+        layer._gradient_checkpointing_func = lambda *a, _own=own, **k: calls.append(1) or _own(*a, **k)
+    graphs = LayerGraphs(layers, max_checkpointed_tokens=8192)
+    graphs.install()
+    assert graphs.checkpointed == [True, True, False]
+    assert not any(layer.gradient_checkpointing for layer in layers)
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert len(calls) == 2  # the two checkpointed layers, once each
+    torch.testing.assert_close(loss, expected)
+    for param, grad in zip(model.parameters(), grads, strict=True):
+        torch.testing.assert_close(param.grad, grad)
+    assert "(2 of them checkpointed)" in graphs.describe()
+    graphs.remove()
+    assert [layer.gradient_checkpointing for layer in layers] == [True, True, False]

@@ -45,7 +45,12 @@ def test_a_small_card_checkpoints_everything_offloads_and_pages_the_optimizer():
     tight = plan(budget=8)
     assert (tight.checkpointed_layers, tight.offload_checkpoints) == (32, True)
     assert tight.memory_tight and tight.embedding_on_cpu and tight.optimizer == "paged_adamw_32bit"
-    assert not tight.cuda_graphs and not tight.wide_loss_chunks  # both only where nothing is checkpointed
+    assert not tight.wide_loss_chunks  # only where nothing is checkpointed
+    # the checkpointed layers replay as CUDA graphs too, up to rows of CHECKPOINT_GRAPH_MAX_TOKENS
+    assert tight.cuda_graphs and tight.checkpoint_graphs and "checkpointed layers too" in tight.describe()
+    assert not plan(qlora(max_length=16384), budget=8).checkpoint_graphs
+    assert plan(qlora(max_length=16384, tokens_per_step=8192), budget=8).checkpoint_graphs
+    assert not plan().checkpoint_graphs  # nothing checkpointed
 
 
 def test_the_optimizer_is_fused_adamw_unless_a_quantized_base_is_tight_on_memory():
@@ -120,11 +125,12 @@ def test_checkpointing_every_layer_when_asked_or_not_decidable():
 def test_a_plan_with_another_count_stays_consistent():
     roomy = plan()
     tight = roomy.with_checkpointing(32, True)
-    assert tight.memory_tight and not tight.cuda_graphs and tight.optimizer == "paged_adamw_32bit"
+    assert tight.memory_tight and not tight.wide_loss_chunks and tight.optimizer == "paged_adamw_32bit"
+    assert not roomy.checkpoint_graphs and tight.checkpoint_graphs
     assert roomy.with_checkpointing(99, False).checkpointed_layers == 32
     saved = tight.as_dict()
     assert saved["checkpointed_layers"] == 32 and saved["optimizer"] == "paged_adamw_32bit"
-    assert saved["cuda_graphs"] is False and saved["embedding_on_cpu"] is True
+    assert saved["checkpoint_graphs"] is True and saved["embedding_on_cpu"] is True
 
 
 @pytest.mark.parametrize("budget", [8, 12, 24, 79.2])

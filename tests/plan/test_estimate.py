@@ -224,7 +224,7 @@ def test_estimate_within_25_percent_of_measured_step_time(row):
     assert abs(got - measured) / measured <= 0.25, (got, measured)
 
 
-def test_cuda_graphs_count_only_where_no_layer_is_checkpointed():
+def test_cuda_graphs_count_a_static_input_per_kept_layer_and_three_rows_for_the_checkpointed_ones():
     shape = shape_from_config(LLAMA2_7B)
     big = estimate(_qlora_4096(), shape, H100, liger=True, budget_gib=79.2)
     assert big.checkpointed_layers == 0 and big.graphs
@@ -233,8 +233,16 @@ def test_cuda_graphs_count_only_where_no_layer_is_checkpointed():
     )
     # one static 16-bit copy of each layer's input: 32 layers x 4096 tokens x 4096 hidden x 2 bytes
     assert big.allocated_gib - eager.allocated_gib == pytest.approx(1.0)
+    row = 4096 * 4096 * 2 / 2**30
+    half = dict(liger=True, checkpointed_layers=16, offload=False)
+    graphed = estimate(_qlora_4096(), shape, H100, **half)
+    ungraphed = estimate(_qlora_4096(), shape, H100, graphs=False, **half)
+    # 16 kept layers' static inputs, the checkpointed layers' three buffers, and no dropout
+    # regeneration inside their graphs: (12 + intermediate / hidden) bytes per token and hidden unit
+    regeneration = 4096 * 4096 * (12 + 11008 / 4096) / 2**30
+    assert graphed.allocated_gib - ungraphed.allocated_gib == pytest.approx(16 * row + 3 * row + regeneration)
     small = estimate(_qlora_4096(), shape, H100, liger=True, budget_gib=12)
-    assert small.checkpointed_layers == 32 and not small.graphs
+    assert small.checkpointed_layers == 32 and small.graphs
     no_graphs = SpeedSettings(cuda_graphs=False)
     assert not estimate(_qlora_4096(), shape, H100, settings=no_graphs, liger=True, budget_gib=79.2).graphs
 

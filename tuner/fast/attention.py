@@ -266,7 +266,9 @@ def _register_once() -> str:
     return NAME
 
 
-def use_varlen_attention(model, *, cudnn_one_sample: bool = True, skip_packed_scan: bool = True) -> tuple[bool, str]:
+def use_varlen_attention(
+    model, *, cudnn_one_sample: bool = True, skip_packed_scan: bool = True
+) -> tuple[bool, str]:
     """Switch a loaded model (SDPA) to :data:`NAME` when the kernel can run and the model routes
     attention through transformers' interface (sub-pieces as in :func:`register`). Returns (switched, why)."""
     reason = unavailable_reason()

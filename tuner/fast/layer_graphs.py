@@ -9,8 +9,9 @@ backward of every layer, with parameters as inputs (their gradients come out as 
 drawing fresh random numbers on each replay.
 
 A graph replays fixed shapes and fixed kernel arguments, so:
-- only the layers that keep their activations (no gradient checkpointing) are graphed, and only on
-  one CUDA process without DeepSpeed;
+- only one CUDA process without DeepSpeed graphs its layers; the layers that keep their activations
+  are graphed here, the checkpointed ones (which keep only their input) by
+  tuner.fast.checkpoint_graphs, whose graphs this module captures and replays in their place;
 - a step is graphed when its row has the shape of the step the graphs were captured for (one
   shape per run, captured the second time it is seen, so a one-off shape costs nothing); other
   steps, evaluation and generation run the layers as usual;
@@ -25,19 +26,21 @@ A graph replays fixed shapes and fixed kernel arguments, so:
   transformers' own decoder layers (rotary embeddings computed once per forward pass by the model).
 
 Memory: a graph keeps its activations in a private pool for the next replay, about one eager
-step's activations, which is why this is only for layers that keep theirs anyway; its static input,
+step's activations, which is why make_graphed_callables is only for layers that keep theirs anyway; its static input,
 output and gradient buffers add about 1.2 GiB on a 7B QLoRA run at 4096 tokens (H200 rows of
 bench/history/benchmarks-2026-11.md, session 4).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
-from torch import nn
 
 from tuner.fast.attention import NAME as VARLEN
+from tuner.fast.checkpoint_graphs import CheckpointGraphs
+from tuner.fast.graph_capture import LayerCall, restore_params, swap_in_aliases, trainable_slots, warm_up
 from tuner.models.layers import decoder_layers
 
 log = logging.getLogger(__name__)
@@ -56,7 +59,6 @@ _MUST_BE_EMPTY = {"attention_mask", "past_key_values", "cache", "use_cache", "ou
 # Passed along by transformers but unused by a layer without a KV cache (the cache positions; the
 # loss normaliser the Trainer hands the model).
 _IGNORED = {"cache_position", "num_items_in_batch"}
-WARMUP_STEPS = 3  # eager iterations before capture (Triton compiles, cuBLAS picks its kernels)
 
 
 def padded_sample_count(samples: int) -> int:
@@ -80,69 +82,24 @@ def pad_boundaries(cu: torch.Tensor, samples: int) -> torch.Tensor:
     return cu if missing <= 0 else torch.cat([cu, cu[-1:].expand(missing)])
 
 
-class _LayerCall:
-    """A decoder layer as a function of positional tensors only, the form make_graphed_callables
-    takes: the hidden states, the rotary tables, the sample boundaries, then the layer's trainable
-    parameters, which the body does not read by name (the layer reads its own) but which make their
-    gradients graph outputs."""
-
-    def __init__(self, forward, row_length: int, constants: tuple):
-        self._layer_forward = forward
-        self.row_length = row_length
-        self.constants = dict(constants)
-
-    def __call__(self, hidden, cos, sin, cu, *params):
-        return self._layer_forward(
-            hidden,
-            position_embeddings=(cos, sin),
-            cu_seq_lens_q=cu,
-            cu_seq_lens_k=cu,
-            max_length_q=self.row_length,  # an upper bound of the longest sample: fixed per graph
-            max_length_k=self.row_length,
-            **self.constants,
-        )
-
-
-def _trainable(layer: nn.Module) -> list:
-    """(module, name) of each trainable parameter of ``layer``, in a fixed order."""
-    return [
-        (module, name)
-        for module in layer.modules()
-        for name, param in module._parameters.items()
-        if param is not None and param.requires_grad
-    ]
-
-
-def _swap_in_aliases(slots: list) -> list:
-    """Replace each parameter in ``slots`` by a new leaf sharing its memory; returns the originals.
-
-    Why: the backward of a parameter first used on the default stream (by an earlier eager step
-    whose autograd nodes something still holds) makes that stream wait on the capturing stream,
-    which ends the capture ("operation would make the legacy stream depend on a capturing blocking
-    stream"). A fresh leaf has no history; sharing memory, the captured kernels read the real
-    weights, which the optimizer updates in place."""
-    originals = []
-    for module, name in slots:
-        param = module._parameters[name]
-        originals.append(param)
-        module._parameters[name] = nn.Parameter(param.detach(), requires_grad=True)
-    return originals
-
-
-def _restore(slots: list, originals: list) -> None:
-    for (module, name), param in zip(slots, originals, strict=True):
-        module._parameters[name] = param
-
-
 class LayerGraphs:
     """Replays ``layers`` (run in this order each forward pass) as CUDA graphs when a training step
-    allows it (see the module docstring). ``install`` patches their forward; ``remove`` undoes it."""
+    allows it (see the module docstring). ``install`` patches their forward; ``remove`` undoes it.
 
-    def __init__(self, layers: list):
+    A layer with gradient checkpointing on when installed is graphed by
+    tuner.fast.checkpoint_graphs (its checkpointing is then done here, the layer's flag is off
+    until ``remove``) for rows of at most ``max_checkpointed_tokens`` tokens (longer ones recompute
+    eagerly); ``offload``: those layers keep their inputs in pinned host memory."""
+
+    def __init__(self, layers: list, offload: bool = False, max_checkpointed_tokens: int = 0):
         self.layers = list(layers)
+        self.offload = offload
+        self.max_checkpointed_tokens = max_checkpointed_tokens
+        self.checkpointed: list[bool] = []  # per layer, whether it recomputes its activations
         self.eager: list = []  # each layer's forward before install
         self._own: list = []  # each layer's instance-level forward before install (None: its class's)
-        self.graphed: list | None = None  # the graphed callables, one per layer, once captured
+        self.graphed: list | None = None  # per layer its graphed callable (None: checkpointed), once captured
+        self.checkpoint_graphs: CheckpointGraphs | None = None  # the checkpointed layers' graphs
         self.params: list = []  # each layer's trainable parameters, graph inputs after the tensors
         self.key = None  # the step shape they were captured for
         self.seen: set = set()
@@ -158,40 +115,65 @@ class LayerGraphs:
         for index, layer in enumerate(self.layers):
             self.eager.append(layer.forward)
             self._own.append(layer.__dict__.get("forward"))
+            self.checkpointed.append(bool(getattr(layer, "gradient_checkpointing", False)))
+            # transformers' own checkpointing would wrap the graphed call (or be skipped by the
+            # patched forward, depending on its version): off, and done by _eager instead
+            layer.gradient_checkpointing = False
             layer.forward = _Patched(self, index)
         return len(self.layers)
 
     def remove(self) -> None:
-        for layer, own in zip(self.layers, self._own, strict=True):
+        for layer, own, checkpointed in zip(self.layers, self._own, self.checkpointed, strict=True):
             if own is None:
                 layer.__dict__.pop("forward", None)
             else:
                 layer.forward = own
-        self.eager, self._own, self.graphed = [], [], None
+            layer.gradient_checkpointing = checkpointed
+        self.eager, self._own, self.checkpointed = [], [], []
+        self.graphed, self.checkpoint_graphs = None, None
 
     def describe(self) -> str:
         if self.failed:
             return f"CUDA graphs off ({self.failed})"
+        count = sum(self.checkpointed)
+        checkpointed = f" ({count} of them checkpointed)" if count else ""
         if self.graphed is None:
-            return f"CUDA graphs for {len(self.layers)} layers, captured when a row shape repeats"
-        return f"CUDA graphs for {len(self.layers)} layers, rows of {self.key[0][1]} tokens"
+            return (
+                f"CUDA graphs for {len(self.layers)} layers{checkpointed}, captured when a row shape repeats"
+            )
+        if count and self.checkpoint_graphs is None:
+            checkpointed = (
+                f" ({count} checkpointed ones eager: rows over {self.max_checkpointed_tokens} tokens)"
+            )
+        return f"CUDA graphs for {len(self.layers)} layers{checkpointed}, rows of {self.key[0][1]} tokens"
 
     # -- one call -------------------------------------------------------------------------------
     def forward(self, index: int, hidden, *args, **kwargs):
-        eager = self.eager[index]
         step = None if self.failed or self.paused else self._step_for(index, hidden, args, kwargs)
         if step is None:
-            return eager(hidden, *args, **kwargs)
+            return self._eager(index, hidden, args, kwargs)
         key, cu = step
         cos, sin = kwargs["position_embeddings"]
         if self.graphed is None and index == 0 and key in self.seen:
             self._capture(key, hidden, cos, sin, cu)
         self.seen.add(key)
         if self.graphed is None or key != self.key:
-            return eager(hidden, *args, **kwargs)
+            return self._eager(index, hidden, args, kwargs)
         if index == len(self.layers) - 1:
             self.replays += 1
-        return self.graphed[index](hidden, cos, sin, cu, *self.params[index])
+        if self.graphed[index] is not None:
+            return self.graphed[index](hidden, cos, sin, cu, *self.params[index])
+        if self.checkpoint_graphs is None:
+            return self._eager(index, hidden, args, kwargs)
+        position = sum(self.checkpointed[:index])
+        return self.checkpoint_graphs.run(position, hidden, cos, sin, cu, self.params[index])
+
+    def _eager(self, index: int, hidden, args, kwargs):
+        """The layer as it ran before install, its checkpointing included."""
+        layer, eager = self.layers[index], self.eager[index]
+        if self.checkpointed[index] and layer.training and torch.is_grad_enabled():
+            return layer._gradient_checkpointing_func(functools.partial(eager, **kwargs), hidden, *args)
+        return eager(hidden, *args, **kwargs)
 
     def _step_for(self, index, hidden, args, kwargs):
         """(key, padded boundaries) when this call can replay a graph, else None. Worked out once
@@ -240,15 +222,19 @@ class LayerGraphs:
         return None
 
     def _capture(self, key, hidden, cos, sin, cu) -> None:
-        calls = tuple(_LayerCall(eager, hidden.shape[1], key[-1]) for eager in self.eager)
-        slots = [_trainable(layer) for layer in self.layers]
-        params = [[module._parameters[name] for module, name in layer_slots] for layer_slots in slots]
-        # Each layer its own input buffer (a layer's backward reads its saved input); the first
+        tokens = hidden.shape[1]
+        kept = [i for i, checkpointed in enumerate(self.checkpointed) if not checkpointed]
+        recomputed = [i for i, checkpointed in enumerate(self.checkpointed) if checkpointed]
+        if tokens > self.max_checkpointed_tokens:
+            recomputed = []
+        calls = {i: LayerCall(self.eager[i], tokens, key[-1]) for i in kept + recomputed}
+        slots = {i: trainable_slots(self.layers[i]) for i in range(len(self.layers))}
+        params = [[module._parameters[name] for module, name in slots[i]] for i in range(len(self.layers))]
+        # Each kept layer its own input buffer (a layer's backward reads its saved input); the first
         # layer's input requires grad only if the embeddings' output does, the others' always do.
         shared = (cos.detach().clone(), sin.detach().clone(), cu.clone())
-        inputs = [
-            hidden.detach().clone().requires_grad_(hidden.requires_grad or i > 0) for i in range(len(calls))
-        ]
+        needs_grad = {i: hidden.requires_grad or i > 0 for i in calls}
+        inputs = {i: hidden.detach().clone().requires_grad_(needs_grad[i]) for i in calls}
         device = hidden.device.type
         # The previous eager step's activations sit in the caching allocator, which a graph's
         # private pool cannot reuse: hand them back first.
@@ -258,6 +244,7 @@ class LayerGraphs:
         # capture"): keep a copy to put back if it fails.
         generator = torch.cuda.default_generators[hidden.device.index or torch.cuda.current_device()]
         generator_backup = generator.clone_state()
+        every = kept + recomputed
         swapped = []
         try:
             # make_graphed_callables refuses autocast's weight-cast cache (a cached cast would be
@@ -268,19 +255,42 @@ class LayerGraphs:
                 enabled=torch.is_autocast_enabled(device),
                 cache_enabled=False,
             ):
-                for layer_slots in slots:  # warm-up leaves, dropped before capture (see _swap_in_aliases)
-                    swapped.append(_swap_in_aliases(layer_slots))
-                _warm_up(calls, inputs, shared, slots)
-                for layer_slots, originals in zip(slots, swapped, strict=True):
-                    _restore(layer_slots, originals)
-                swapped = [_swap_in_aliases(layer_slots) for layer_slots in slots]
-                inputs = [t.detach().requires_grad_(t.requires_grad) for t in inputs]  # fresh leaves too
-                args = tuple(
-                    (inputs[i], *shared, *[m._parameters[n] for m, n in slots[i]]) for i in range(len(calls))
-                )
-                graphed = torch.cuda.make_graphed_callables(
-                    calls, args, num_warmup_iters=0, allow_unused_input=True
-                )
+                # warm-up leaves, dropped before capture (see swap_in_aliases)
+                swapped = [swap_in_aliases(slots[i]) for i in every]
+                for group, without_grad in ((kept, False), (recomputed, True)):
+                    warm_up(
+                        [calls[i] for i in group],
+                        [inputs[i] for i in group],
+                        shared,
+                        [slots[i] for i in group],
+                        without_grad=without_grad,
+                    )
+                for i, originals in zip(every, swapped, strict=True):
+                    restore_params(slots[i], originals)
+                swapped = [swap_in_aliases(slots[i]) for i in every]
+                graphed = [None] * len(self.layers)
+                if kept:
+                    fresh = [
+                        inputs[i].detach().requires_grad_(needs_grad[i]) for i in kept
+                    ]  # fresh leaves too
+                    args = tuple(
+                        (first, *shared, *[m._parameters[n] for m, n in slots[i]])
+                        for first, i in zip(fresh, kept, strict=True)
+                    )
+                    made = torch.cuda.make_graphed_callables(
+                        tuple(calls[i] for i in kept), args, num_warmup_iters=0, allow_unused_input=True
+                    )
+                    for i, callable_ in zip(kept, made, strict=True):
+                        graphed[i] = callable_
+                checkpoint_graphs = None
+                if recomputed:
+                    checkpoint_graphs = CheckpointGraphs(
+                        [calls[i] for i in recomputed],
+                        [slots[i] for i in recomputed],
+                        [needs_grad[i] for i in recomputed],
+                        offload=self.offload,
+                    )
+                    checkpoint_graphs.capture(hidden.detach(), cos, sin, cu)
         except Exception as exc:  # noqa: BLE001 - any capture failure means eager layers, logged
             self.failed = f"capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             log.warning("%s; the layers run without CUDA graphs", self.failed, exc_info=True)
@@ -289,28 +299,15 @@ class LayerGraphs:
             torch.cuda.empty_cache()
             return
         finally:
-            for layer_slots, originals in zip(slots, swapped, strict=False):
-                _restore(layer_slots, originals)
-        self.graphed, self.key, self.params = list(graphed), key, params
-        log.info("captured CUDA graphs of %d layers for rows of %d tokens", len(calls), hidden.shape[1])
-
-
-def _warm_up(calls, inputs, shared, slots) -> None:
-    """WARMUP_STEPS eager forward + backward passes of every layer on a side stream, as
-    make_graphed_callables' own warm-up does (Triton compiles, cuBLAS picks its kernels, lazy
-    initialisation happens outside the capture), but with leaves that are dropped afterwards."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(WARMUP_STEPS):
-            for call, first, layer_slots in zip(calls, inputs, slots, strict=True):
-                leaves = [m._parameters[n] for m, n in layer_slots]
-                out = call(first, *shared, *leaves)
-                wanted = [t for t in (first, *leaves) if t.requires_grad]
-                torch.autograd.grad(out, wanted, torch.empty_like(out), allow_unused=True)
-                del out
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
+            for i, originals in zip(every, swapped, strict=False):
+                restore_params(slots[i], originals)
+        self.graphed, self.checkpoint_graphs, self.key, self.params = graphed, checkpoint_graphs, key, params
+        log.info(
+            "captured CUDA graphs of %d layers for rows of %d tokens (%d of them checkpointed)",
+            len(every),
+            tokens,
+            len(recomputed),
+        )
 
 
 class _Patched:
@@ -338,20 +335,23 @@ def _boundaries(hidden, kwargs) -> torch.Tensor:
     return cu.to(hidden.device, torch.int32, non_blocking=True)
 
 
-def graph_layers(model, attention: str) -> LayerGraphs | None:
-    """Install CUDA graphs on ``model``'s decoder layers that keep their activations, where they can
-    run (CUDA, an ``attention`` that reads sample boundaries, no layer checkpointed; whether the run
-    wants them, one process without DeepSpeed, is tuner.plan.decide's). Returns the manager or None."""
+def graph_layers(
+    model, attention: str, offload_checkpoints: bool = False, max_checkpointed_tokens: int = 0
+) -> LayerGraphs | None:
+    """Install CUDA graphs on ``model``'s decoder layers where they can run (CUDA, an ``attention``
+    that reads sample boundaries; whether the run wants them, one process without DeepSpeed, is
+    tuner.plan.decide's): the layers that keep their activations through make_graphed_callables, the
+    checkpointed ones through tuner.fast.checkpoint_graphs for rows of at most
+    ``max_checkpointed_tokens`` tokens (``offload_checkpoints``: their inputs in pinned host memory).
+    Returns the manager or None."""
 
     if not torch.cuda.is_available():
         return None
     if attention not in (VARLEN, "flash_attention_2"):
         return None
-    layers = [layer for layer in decoder_layers(model) if not layer.gradient_checkpointing]
-    if not layers or len(layers) != len(decoder_layers(model)):
-        # Graphs of some layers only would save part of the host time and keep a second copy of
-        # their activations' memory pool next to the checkpointed layers' recomputation.
+    layers = decoder_layers(model)
+    if not layers:
         return None
-    graphs = LayerGraphs(layers)
+    graphs = LayerGraphs(layers, offload=offload_checkpoints, max_checkpointed_tokens=max_checkpointed_tokens)
     graphs.install()
     return graphs

@@ -204,7 +204,18 @@ def _forward(layer, unfused, quantized: bool, grad_kernel: bool, regenerate: boo
     weight = base.weight.data if quantized else base.weight
     A, B = layer.lora_A[name].weight, layer.lora_B[name].weight
     y = _FusedLoraLinear.apply(
-        x, weight, base.bias, A, B, layer.scaling[name], p, quant_state, dtype, out_dtype, regenerate, grad_kernel
+        x,
+        weight,
+        base.bias,
+        A,
+        B,
+        layer.scaling[name],
+        p,
+        quant_state,
+        dtype,
+        out_dtype,
+        regenerate,
+        grad_kernel,
     )
     return y.view(*x.shape[:-1], y.shape[-1])
 

@@ -19,7 +19,7 @@ from tuner.config.deepspeed import partitions_weights
 from tuner.config.speed import SpeedSettings
 from tuner.core.system import Hardware, world_size
 from tuner.models.shape import ModelShape
-from tuner.plan.memory import AUTO_CHECKPOINT_FRACTION, price
+from tuner.plan.memory import AUTO_CHECKPOINT_FRACTION, CHECKPOINT_GRAPH_MAX_TOKENS, price
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,14 @@ class RunPlan:
     )
     fused_lora: bool  # LoRA linears through tuner.fast.lora_fused (not under DeepSpeed)
     kbit_upcast: bool  # peft's fp32 cast of a k-bit base's unquantized weights
-    graphs_allowed: bool  # CUDA graphs may replay the layers (they do where nothing is checkpointed)
+    graphs_allowed: bool  # CUDA graphs may replay the layers
     embedding_policy: str  # the config's embedding_on_cpu: auto, on or off
     lean: bool  # the setting's lean steps, one process
     optimizer_asked: str  # the config's optimizer ("auto" or a name)
     checkpointed_layers: int  # layers that recompute their activations in the backward pass
     offload_checkpoints: bool  # their inputs wait in host memory (tuner.fast.checkpoint_offload)
     budget_gib: float | None = None  # the memory the checkpoint count was planned for
+    row_tokens: int = 0  # tokens of a training row (tokens_per_step, else max_length); 0 unknown
 
     @property
     def memory_tight(self) -> bool:
@@ -57,7 +58,17 @@ class RunPlan:
 
     @property
     def cuda_graphs(self) -> bool:
-        return self.graphs_allowed and self.checkpointed_layers == 0
+        return self.graphs_allowed
+
+    @property
+    def checkpoint_graphs(self) -> bool:
+        """The checkpointed layers replay as CUDA graphs too (tuner.fast.checkpoint_graphs): rows up
+        to CHECKPOINT_GRAPH_MAX_TOKENS tokens, where the host's launches are what the GPU waits for."""
+        return (
+            self.cuda_graphs
+            and self.checkpointed_layers > 0
+            and 0 < self.row_tokens <= CHECKPOINT_GRAPH_MAX_TOKENS
+        )
 
     @property
     def wide_loss_chunks(self) -> bool:
@@ -114,6 +125,7 @@ class RunPlan:
         derived = (
             "memory_tight",
             "cuda_graphs",
+            "checkpoint_graphs",
             "wide_loss_chunks",
             "embedding_on_cpu",
             "deferred_logging",
@@ -134,7 +146,7 @@ class RunPlan:
             where = " (inputs in host memory)" if self.offload_checkpoints else ""
             parts.append(f"{self.checkpointed_layers} of {self.layers} layers checkpointed{where}")
         if self.cuda_graphs:
-            parts.append("CUDA graphs")
+            parts.append("CUDA graphs" + (" (checkpointed layers too)" if self.checkpoint_graphs else ""))
         if self.embedding_on_cpu:
             parts.append("embedding in host memory")
         parts.append(self.optimizer)
@@ -217,6 +229,7 @@ def plan_run(
         checkpointed_layers=0,
         offload_checkpoints=False,
         budget_gib=budget_gib,
+        row_tokens=int(get("tokens_per_step", None) or get("max_length", 0) or 0),
     )
     count, offload = checkpoint_plan(cfg, plan, shape, hw, budget_gib)
     return plan.with_checkpointing(count, offload)

@@ -45,8 +45,8 @@ def estimate(
     does not have, as with Liger installed there. The other keywords pin one decision of the plan
     (what-if questions and calibration against measured rows): ``liger`` (fused cross-entropy: no
     logits), ``upcast`` (k-bit bases: unquantized weights in fp32), ``checkpointed_layers`` and
-    ``offload`` (their inputs in host memory), ``graphs`` (CUDA graphs where no layer is
-    checkpointed), ``embedding_on_cpu`` (the input embedding's table in host memory).
+    ``offload`` (their inputs in host memory), ``graphs`` (CUDA graphs of the
+    layers), ``embedding_on_cpu`` (the input embedding's table in host memory).
     """
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     shape = shape or model_shapes.model_shape(get("model", "default"))

@@ -62,10 +62,16 @@ RECOMPUTE_MLP_BYTES = 15
 # masks (7 bytes), o 1, gate/up 4, down 1 x intermediate / hidden. Measured on H200: -0.28 GiB for
 # Llama-2-7B QLoRA at 4096 (bench/results/2026-12-01-h200-memory-regen.json); this counts 0.23.
 REGEN_SAVED_BYTES = 12
-# CUDA graphs of the layers (tuner.fast.layer_graphs, only where no layer is checkpointed) keep a static
-# copy of each layer's 16-bit input: measured +1.2 GiB for 32 layers of hidden 4096 at 4096 tokens,
-# +0.9 GiB for Qwen2.5-7B (28 x 3584) on H200 (bench/results/2026-12-01-h200-{graphs2,qwen}.json).
+# CUDA graphs of the layers that keep their activations (tuner.fast.layer_graphs) keep a static copy of
+# each layer's 16-bit input: measured +1.2 GiB for 32 layers of hidden 4096 at 4096 tokens, +0.9 GiB for
+# Qwen2.5-7B (28 x 3584) on H200 (bench/results/2026-12-01-h200-{graphs2,qwen}.json).
 GRAPH_INPUT_BYTES = 2
+# The checkpointed layers' graphs (tuner.fast.checkpoint_graphs) share three row-sized static buffers
+# (input, output / input gradient, output gradient) and one layer's working memory, which the eager
+# recomputation needs too, but without dropout regeneration. Rows longer than the limit recompute eagerly:
+# the buffers grow with the row while the host's share of the step shrinks.
+CHECKPOINT_GRAPH_BUFFERS = 3
+CHECKPOINT_GRAPH_MAX_TOKENS = 8192
 # Bytes per token per vocabulary entry at the peak when the logits are materialised (16-bit logits,
 # their fp32 loss copies and gradients, not all alive at once); Liger's fused cross-entropy never
 # materialises them (chunks of a few thousand tokens: negligible).
@@ -128,9 +134,7 @@ class Estimate:
     total_seconds: float | None
     checkpointed_layers: int = 0  # layers whose activations are recomputed in the backward pass
     offloaded: bool = False  # their inputs wait in host memory (tuner.fast.checkpoint_offload)
-    graphs: bool = (
-        False  # no layer checkpointed and the layers replayed as CUDA graphs (tuner.fast.layer_graphs)
-    )
+    graphs: bool = False  # the layers replayed as CUDA graphs (tuner.fast.layer_graphs)
     embedding_on_cpu: bool = (
         False  # the input embedding's table in host memory (tuner.fast.embedding_offload)
     )
@@ -195,15 +199,18 @@ def price(get, plan: RunPlan, shape: ModelShape, hw: Hardware, dataset_tokens: i
     dropout = float(get("lora_dropout", 0.1) or 0) if method != "full" else 0.0
     kept_per_layer = activation_bytes(shape, dropout) * (residual_bytes / 2)
     act = tokens * shape.hidden * (shape.layers - checkpointed) * kept_per_layer
+    checkpoint_graphs = plan.checkpoint_graphs and hw.device == "cuda"
     if checkpointed:
         recompute = RECOMPUTE_BYTES + RECOMPUTE_MLP_BYTES * shape.intermediate / shape.hidden
-        if dropout > 0 and plan.fused_lora:
+        if dropout > 0 and plan.fused_lora and not checkpoint_graphs:
             recompute -= REGEN_SAVED_BYTES + shape.intermediate / shape.hidden
+        if checkpoint_graphs:
+            recompute += CHECKPOINT_GRAPH_BUFFERS * residual_bytes
         # offloaded: only the inputs on their way to and from host memory stay on the device
         kept_inputs = min(OFFLOAD_INPUTS_ON_DEVICE, checkpointed) if offload else checkpointed
         act += tokens * shape.hidden * (residual_bytes * kept_inputs + recompute)
-    elif graphs and hw.device == "cuda":
-        act += tokens * shape.hidden * shape.layers * GRAPH_INPUT_BYTES
+    if graphs and hw.device == "cuda":
+        act += tokens * shape.hidden * (shape.layers - checkpointed) * GRAPH_INPUT_BYTES
     logits = 0 if liger else tokens * shape.vocab * LOGIT_BYTES
     if plan.wide_loss_chunks:
         # one wide chunk's logits, alive at the end of the forward, where the activations peak

@@ -29,7 +29,6 @@ def training_arguments(config, run_dir: Path, built, has_eval: bool):
     import torch
     from transformers import TrainingArguments
 
-
     cuda = torch.cuda.is_available()
     plan = built.plan
     eval_kwargs = {}

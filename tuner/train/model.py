@@ -23,6 +23,7 @@ from tuner.models.layers import checkpointing_layers
 from tuner.models.load import LoadedModel, add_lora, apply_liger, load_model
 from tuner.models.shape import shape_from_config
 from tuner.plan.decide import RunPlan, liger_applies, plan_run
+from tuner.plan.memory import CHECKPOINT_GRAPH_MAX_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,12 @@ def build_model(config, settings: SpeedSettings | None = None):
     if built.plan.embedding_on_cpu:
         built.embedding_on_cpu = move_embedding_to_host(model)
     if built.plan.cuda_graphs:
-        built.layer_graphs = graph_layers(model, built.attention)
+        built.layer_graphs = graph_layers(
+            model,
+            built.attention,
+            offload_checkpoints=built.plan.offload_checkpoints,
+            max_checkpointed_tokens=CHECKPOINT_GRAPH_MAX_TOKENS,
+        )
     log.info("run plan: %s", built.plan.describe())
     return model, built
 
@@ -151,9 +157,10 @@ def limit_checkpointing(model, config, built: BuiltModel) -> str:
     count = min(plan.checkpointed_layers, len(layers))
     for index, layer in enumerate(layers):
         layer.gradient_checkpointing = index < count
-    if built.fused_lora and count:
+    if built.fused_lora and count and not plan.checkpoint_graphs:
         # A checkpointed layer's saved tensors are what the backward peak holds: there LoRA dropout
-        # keeps only the shared input and draws its mask again instead of saving a copy per linear.
+        # keeps only the shared input and draws its mask again instead of saving a copy per linear
+        # (not in CUDA graphs: the redraw swaps generator states on the host, tuner.fast.checkpoint_graphs).
         for layer in layers[:count]:
             set_dropout_regeneration(layer, True)
     built.memory_tight = count == len(layers)

@@ -30,7 +30,6 @@ def packs_in_isolation(model, collator, vocab_size: int) -> bool:
     batches made by ``collator`` (the one training uses, boundaries included)."""
     import torch
 
-
     generator = torch.Generator().manual_seed(0)
     low = min(vocab_size - 1, 10)  # clear of special tokens at the start of most vocabularies
 

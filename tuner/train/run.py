@@ -68,8 +68,7 @@ def oom_advice(loaded) -> str:
         f"out of GPU memory with gradient checkpointing {loaded.checkpointing.split(' (')[0]}, as planned "
         "from the GPU memory free at the start. Run again with --set checkpoint_layers=all (every layer) "
         "or checkpoint_layers=offload (every layer, inputs in host memory), or free GPU memory used by other "
-        "programs. "
-        + OOM_ADVICE.removeprefix("out of GPU memory. ")
+        "programs. " + OOM_ADVICE.removeprefix("out of GPU memory. ")
     )
 
 
@@ -214,7 +213,9 @@ def train(
     from tuner.models.load import count_parameters, load_tokenizer, release
 
     control = control or RunControl()
-    settings = SpeedSettings.from_env(os.environ)  # once per run; a bad value fails before anything is written
+    settings = SpeedSettings.from_env(
+        os.environ
+    )  # once per run; a bad value fails before anything is written
     run_dir, checkpoint = prepare_run(config, run_dir=run_dir, resume=resume)
     main_process = _rank() == 0  # under torchrun only rank 0 writes the run folder's files
     events = EventLog(run_dir / EVENTS_FILE, listener) if main_process else EventLog()
@@ -233,7 +234,9 @@ def train(
         tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
         template = resolve_template(tokenizer, config.template)
         train_samples, eval_samples = load_training_samples(config)
-        counted = f"{len(train_samples)} training" + (f" and {len(eval_samples)} eval" if eval_samples else "")
+        counted = f"{len(train_samples)} training" + (
+            f" and {len(eval_samples)} eval" if eval_samples else ""
+        )
         events.emit("status", status="loading", message=f"encoding {counted} samples")
         train_rows, info = encode_for_training(train_samples, tokenizer, template, config)
         eval_rows = []
@@ -363,7 +366,9 @@ def train(
                 events.emit("error", status="failed", message=str(refused))
             raise refused from exc
         log.exception("training failed")
-        _write_status(run_dir, **facts, status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
+        _write_status(
+            run_dir, **facts, status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time()
+        )
         events.emit(
             "error",
             status="failed",

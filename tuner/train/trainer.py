@@ -22,7 +22,6 @@ def make_trainer_class(plan=None):
     from transformers import Trainer
     from transformers.trainer_utils import rotate_checkpoints
 
-
     class AtomicCheckpointTrainer(Trainer):
         """Writes each checkpoint into a hidden staging folder, then renames it into place, so a crash
         mid-save never leaves a checkpoint that looks complete but is not.
@@ -77,9 +76,7 @@ def make_trainer_class(plan=None):
             # args: model, trial, epoch, ignore_keys_for_eval, start_time, in Trainer's order.
             start_time = args[4] if len(args) > 4 else kwargs.get("start_time")
             if self._defer_logs is None:
-                self._defer_logs = (
-                    defer and not self.is_deepspeed_enabled and self.args.world_size == 1
-                )
+                self._defer_logs = defer and not self.is_deepspeed_enabled and self.args.world_size == 1
             if self._defer_logs:
                 # Read before the earlier line goes out: Trainer's on_log resets should_log.
                 logs_now = self.control.should_log and self.state.global_step > self._globalstep_last_logged
