@@ -1,25 +1,32 @@
 """A merged model as one GGUF file for llama.cpp and Ollama, written with the ``gguf`` package.
 
 What goes in: every weight (2-D weights in the chosen type, norms and biases in F32), the model's
-shape, the tokenizer (tokens, token types, merges, special token ids, whether BOS is added) and the
-chat template that training used, with its end-of-turn token as llama.cpp's end-of-generation
-token. The tokenizer is described as the model was trained with it: the pre-tokenizer name is read
-off the folder's tokenizer.json (a split regex llama.cpp knows by name), never guessed.
+shape, the tokenizer (tokens, token types, merges or scores, special token ids, whether BOS is
+added) and the chat template that training used, with its end-of-turn token as llama.cpp's
+end-of-generation token. The tokenizer is described as the model was trained with it: a byte-level
+BPE's pre-tokenizer name is read off its split regex (one llama.cpp knows by name), never guessed;
+a SentencePiece vocabulary's scores follow the merge order of the tokenizer.json training used.
 
-Facts about the format carried over from llama.cpp's own converter (convert_hf_to_gguf.py): the
-tensor names (through gguf-py's ``TensorNameMap``), the metadata keys, and that the ``llama``
-architecture stores Q and K rows permuted for its rotary layout (Qwen2/3 are not).
+Facts about the format carried over from llama.cpp's own converter (convert_hf_to_gguf.py and
+gguf-py): the tensor names (through gguf-py's ``TensorNameMap``), the metadata keys, and the weight
+layouts each architecture wants: the ``llama`` architecture stores Q and K rows permuted for its
+rotary layout (Qwen, Gemma and Phi-3 are not); Gemma's RMSNorm weights are stored plus one (llama.cpp
+multiplies by the weight, transformers by one plus it); Phi-3's fused qkv_proj / gate_up_proj are
+stored fused (attn_qkv / ffn_up); Phi-3's long-context rope travels as rope_factors_long/short.
 
-Families: those whose transformers ``model_type`` is in :data:`ARCHITECTURES` and whose tokenizer is
-byte-level BPE (Llama 3.x, Qwen2/2.5/3, SmolLM2). Others get a clear error naming llama.cpp's
-converter. Quantizing to ``q4_k_m`` needs llama.cpp's ``llama-quantize`` (gguf-py has no K-quant
-encoder); :func:`quantize_hint` says how.
+Families (:data:`FAMILIES`, by transformers ``model_type``): Llama 3.x, SmolLM2, Mistral (llama),
+Qwen2/2.5 and Qwen3, Gemma 2 (gemma2), Gemma 3 text models (gemma3), Phi-3/3.5 and Phi-4-mini (phi3).
+Tokenizers: byte-level BPE (``gpt2``) and SentencePiece-style BPE with byte fallback (``llama``).
+What llama.cpp would run differently from transformers is refused with the reason, never written.
+Quantizing to ``q4_k_m`` needs llama.cpp's ``llama-quantize`` (gguf-py has no K-quant encoder);
+:func:`quantize_hint` says how.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,21 +44,43 @@ TYPES = {
 }
 # Worst logit difference against the merged model that tests/export/test_gguf.py accepts, per type.
 TOLERANCE = {"f32": 1e-4, "f16": 2e-2, "bf16": 1e-1, "q8_0": 1e-1}
-# transformers model_type -> (GGUF architecture, Q/K rows permuted as llama.cpp's llama arch wants)
-ARCHITECTURES = {
-    "llama": ("llama", True),
-    "mistral": ("llama", True),  # llama.cpp runs Mistral 7B as the llama architecture
-    "qwen2": ("qwen2", False),
-    "qwen3": ("qwen3", False),
+CONVERTER = "llama.cpp's convert_hf_to_gguf.py"
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one transformers ``model_type`` is laid out in a GGUF."""
+
+    arch: str  # llama.cpp's architecture name
+    permute_qk: bool = False  # Q/K rows in the llama architecture's rotary order
+    norm_plus_one: bool = False  # RMSNorm weights stored as 1 + w (Gemma)
+    output_tensor: bool = True  # False: llama.cpp always reuses token_embd as the output (Gemma 2)
+
+
+FAMILIES = {
+    "llama": Family("llama", permute_qk=True),
+    "mistral": Family("llama", permute_qk=True),  # llama.cpp runs Mistral 7B as the llama architecture
+    "qwen2": Family("qwen2"),
+    "qwen3": Family("qwen3"),
+    "gemma2": Family("gemma2", norm_plus_one=True, output_tensor=False),
+    "gemma3_text": Family("gemma3", norm_plus_one=True),
+    "phi3": Family("phi3"),
 }
+# transformers model_type -> (GGUF architecture, Q/K rows permuted), kept for callers of the old table
+ARCHITECTURES = {name: (family.arch, family.permute_qk) for name, family in FAMILIES.items()}
 # Split regexes of byte-level BPE tokenizers -> llama.cpp's pre-tokenizer name for them.
 PRE_TOKENIZERS = {
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
     "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+": "llama-bpe",
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
     "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+": "qwen2",
+    # o200k's split (GPT-4o), used by Phi-4-mini
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    "|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    "|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+": "gpt-4o",
 }
 GGUF_NAME = "model.gguf"
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 @dataclass
@@ -62,6 +91,19 @@ class GgufResult:
     tensors: int
     chat_template: str | None
     eot_token: str | None
+
+
+@dataclass
+class Vocabulary:
+    """The tokenizer as llama.cpp's metadata describes it."""
+
+    model: str  # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    pre: str  # tokenizer.ggml.pre
+    tokens: list
+    types: list
+    merges: list | None = None  # gpt2
+    scores: list | None = None  # llama
+    add_space_prefix: bool | None = None  # llama
 
 
 def quantize_hint(path: Path) -> str:
@@ -99,29 +141,18 @@ def pre_tokenizer_name(tokenizer_json: dict) -> str:
             return PRE_TOKENIZERS[regex]
     raise ModelError(
         f"the tokenizer splits text in a way tuner cannot name for llama.cpp ({json.dumps(pre)[:200]}); "
-        "use llama.cpp's convert_hf_to_gguf.py for this model"
+        f"use {CONVERTER} for this model"
     )
 
 
-def vocabulary(folder: Path, tokenizer, vocab_size: int):
-    """(tokens by id, token types, merges, pre-tokenizer name) of a byte-level BPE tokenizer, padded
-    to the model's ``vocab_size`` with unused placeholder tokens."""
-    import gguf
-
+def _tokenizer_json(folder: Path) -> dict:
     path = folder / "tokenizer.json"
     if not path.is_file():
         raise ModelError(f"{folder} has no tokenizer.json; GGUF export needs a fast (tokenizers) tokenizer")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    model = data.get("model") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise ModelError(
-            f"GGUF export writes byte-level BPE tokenizers (Llama 3, Qwen, SmolLM2); this one is "
-            f"{model.get('type')}{' with byte fallback (SentencePiece)' if model.get('byte_fallback') else ''}: "
-            "use llama.cpp's convert_hf_to_gguf.py for this model"
-        )
-    # The split the loaded tokenizer really does: transformers 5 may replace tokenizer.json's own
-    # with the model class's (Qwen2Tokenizer does), and training used the loaded one.
-    pre = pre_tokenizer_name(json.loads(tokenizer.backend_tokenizer.to_str()))
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _ids(tokenizer, vocab_size: int):
     by_id = {index: token for token, index in tokenizer.get_vocab().items()}
     if max(by_id) >= vocab_size:
         raise ModelError(
@@ -129,6 +160,32 @@ def vocabulary(folder: Path, tokenizer, vocab_size: int):
         )
     special = {int(i) for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     added = {int(i) for i in tokenizer.added_tokens_decoder}
+    return by_id, special, added
+
+
+def vocabulary(folder: Path, tokenizer, vocab_size: int) -> Vocabulary:
+    """The tokenizer of ``folder`` as GGUF metadata, padded to the model's ``vocab_size`` with unused
+    placeholder tokens: byte-level BPE (Llama 3, Qwen, SmolLM2, Phi-4-mini) or SentencePiece-style
+    BPE with byte fallback (Mistral, Gemma, Phi-3.5). Anything else is refused."""
+    data = _tokenizer_json(folder)
+    model = data.get("model") or {}
+    if model.get("type") == "BPE" and model.get("byte_fallback"):
+        return sentencepiece_vocabulary(data, tokenizer, vocab_size)
+    if model.get("type") != "BPE":
+        raise ModelError(
+            f"GGUF export writes BPE tokenizers (byte-level, or SentencePiece BPE with byte fallback); "
+            f"this one is {model.get('type')}: use {CONVERTER} for this model"
+        )
+    return byte_level_vocabulary(data, tokenizer, vocab_size)
+
+
+def byte_level_vocabulary(data: dict, tokenizer, vocab_size: int) -> Vocabulary:
+    import gguf
+
+    # The split the loaded tokenizer really does: transformers 5 may replace tokenizer.json's own
+    # with the model class's (Qwen2Tokenizer does), and training used the loaded one.
+    pre = pre_tokenizer_name(json.loads(tokenizer.backend_tokenizer.to_str()))
+    by_id, special, added = _ids(tokenizer, vocab_size)
     tokens, types = [], []
     for index in range(vocab_size):
         if index not in by_id:
@@ -143,8 +200,64 @@ def vocabulary(folder: Path, tokenizer, vocab_size: int):
                 if index in added
                 else gguf.TokenType.NORMAL
             )
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return tokens, types, merges, pre
+    merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"].get("merges", [])]
+    return Vocabulary("gpt2", pre, tokens, types, merges=merges)
+
+
+def sentencepiece_spacing(tokenizer) -> bool:
+    """Whether the tokenizer writes spaces as ``▁`` the way llama.cpp's SentencePiece tokenizer does,
+    and with a ``▁`` in front of the text (llama.cpp's add_space_prefix); refused otherwise."""
+    pieces = "".join(tokenizer.tokenize("a b"))
+    if pieces in ("▁a▁b", "a▁b"):
+        return pieces.startswith("▁")
+    raise ModelError(
+        f"the tokenizer turns 'a b' into {pieces!r}, not SentencePiece's '▁a▁b' or 'a▁b': llama.cpp would "
+        f"tokenize differently from training; use {CONVERTER} for this model"
+    )
+
+
+def sentencepiece_vocabulary(data: dict, tokenizer, vocab_size: int) -> Vocabulary:
+    """A SentencePiece-style BPE vocabulary (tokenizer.ggml.model ``llama``). llama.cpp merges the
+    adjacent pair whose joined token scores highest, so each token scores minus the rank of the first
+    merge in tokenizer.json that makes it: llama.cpp then merges in the order training's tokenizer did.
+    Byte tokens (``<0x0A>``) are BYTE, the unknown token UNKNOWN, special added tokens CONTROL."""
+    import gguf
+
+    add_space_prefix = sentencepiece_spacing(tokenizer)
+    by_id, special, added = _ids(tokenizer, vocab_size)
+    merges = data["model"].get("merges", [])
+    rank: dict[str, int] = {}
+    for index, merge in enumerate(merges):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        rank.setdefault(left + right, index)
+    unmerged = -float(len(merges) + 1)
+    tokens, types, scores = [], [], []
+    for index in range(vocab_size):
+        token = by_id.get(index)
+        if token is None:
+            tokens.append(f"[PAD{index}]")
+            types.append(gguf.TokenType.UNUSED)
+            scores.append(-10000.0)
+            continue
+        tokens.append(token)
+        if index in special:
+            kind, score = gguf.TokenType.CONTROL, 0.0
+        elif index in added:
+            kind, score = gguf.TokenType.USER_DEFINED, 0.0
+        elif index == tokenizer.unk_token_id:
+            kind, score = gguf.TokenType.UNKNOWN, 0.0
+        elif _BYTE_TOKEN.fullmatch(token):
+            kind, score = gguf.TokenType.BYTE, 0.0
+        else:
+            kind, score = gguf.TokenType.NORMAL, -float(rank[token] + 1) if token in rank else unmerged
+        types.append(kind)
+        scores.append(score)
+    if not any(kind == gguf.TokenType.BYTE for kind in types):
+        raise ModelError(
+            "the SentencePiece vocabulary has no byte tokens (<0x00>..<0xFF>): llama.cpp could not spell "
+            f"characters outside it; use {CONVERTER} for this model"
+        )
+    return Vocabulary("llama", "default", tokens, types, scores=scores, add_space_prefix=add_space_prefix)
 
 
 def adds_bos(tokenizer) -> bool:
@@ -180,6 +293,26 @@ def read_weights(folder: Path):
                 yield name, handle.get_tensor(name).float().numpy()
 
 
+def gguf_weights(folder: Path, config, family: Family, names):
+    """(GGUF name, float32 array) of every weight, in the layout llama.cpp wants for ``family``."""
+    heads = config.num_attention_heads
+    kv_heads = config.num_key_value_heads or heads
+    tied = getattr(config, "tie_word_embeddings", False)
+    for name, array in read_weights(folder):
+        if name.endswith("rotary_emb.inv_freq") or (
+            name == "lm_head.weight" and (tied or not family.output_tensor)
+        ):
+            continue
+        target = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if target is None:
+            raise ModelError(f"GGUF export: no llama.cpp name for the weight {name!r} ({family.arch})")
+        if family.permute_qk and name.endswith(("q_proj.weight", "k_proj.weight")):
+            array = permute_rows(array, heads if "q_proj" in name else kv_heads)
+        if family.norm_plus_one and name.endswith("norm.weight"):
+            array = array + 1.0
+        yield target, array
+
+
 def encoded(array, kind: str):
     """(data, raw GGML type or None) of one tensor in the file; 1-D tensors and rows that do not fill
     whole Q8_0 blocks stay F32 / F16, as llama.cpp's converter keeps them."""
@@ -196,6 +329,264 @@ def encoded(array, kind: str):
     return gguf.quants.quantize(array, qtype), qtype
 
 
+# --------------------------------------------------------------------------------- architecture
+
+
+def family_of(config) -> Family:
+    """The family of a model config, or a clear refusal naming the family, the reason and what to do."""
+    model_type = config.model_type
+    if model_type == "gemma3":
+        raise ModelError(
+            "GGUF export: this Gemma 3 is the vision-language model (Gemma3ForConditionalGeneration, "
+            "model_type gemma3): tuner writes Gemma 3 text models (gemma-3-1b, model_type gemma3_text) "
+            f"only; use {CONVERTER} (with --mmproj for the vision tower) for this model"
+        )
+    if model_type not in FAMILIES:
+        raise ModelError(
+            f"GGUF export knows {', '.join(sorted(FAMILIES))}, not {model_type!r}; "
+            f"use {CONVERTER} for this model"
+        )
+    family = FAMILIES[model_type]
+    refusal = _runs_differently(config, family)
+    if refusal:
+        raise ModelError(f"GGUF export refuses this {model_type} model: {refusal}")
+    return family
+
+
+def _runs_differently(config, family: Family) -> str | None:
+    """Why llama.cpp would compute something else than transformers for this config, or None."""
+    heads = config.num_attention_heads
+    layers = config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    model_type = config.model_type
+    if model_type == "mistral":
+        window = getattr(config, "sliding_window", None)
+        if window and window < config.max_position_embeddings:
+            return (
+                f"it attends through a sliding window of {window} tokens, which llama.cpp's llama "
+                "architecture does not do (answers would change past that length); Mistral 7B v0.2/v0.3 "
+                "have none (sliding_window null in config.json)"
+            )
+    if family.arch in ("gemma2", "gemma3"):
+        # llama.cpp computes Gemma's query scale itself: 1/sqrt(hidden/heads) for the 27B models
+        # (46 layers for Gemma 2, 62 for Gemma 3), else 1/sqrt(head_dim); it reads no key for it.
+        big = layers == (46 if family.arch == "gemma2" else 62)
+        expected = config.hidden_size // heads if big else head_dim
+        scalar = getattr(config, "query_pre_attn_scalar", None)
+        if scalar is not None and scalar != expected:
+            return (
+                f"query_pre_attn_scalar is {scalar}, but llama.cpp scales Gemma's queries by 1/sqrt({expected}) "
+                "for this shape (it reads no key for it): every attention would differ. The released Gemma "
+                f"checkpoints all match; {CONVERTER} would write the same mismatch"
+            )
+        period = 2 if family.arch == "gemma2" else 6
+        wanted = [
+            "full_attention" if (index + 1) % period == 0 else "sliding_attention" for index in range(layers)
+        ]
+        layer_types = list(getattr(config, "layer_types", None) or wanted)
+        if getattr(config, "sliding_window", None) and layer_types != wanted:
+            return (
+                f"its layers alternate sliding and full attention as {layer_types}, but llama.cpp fixes the "
+                f"pattern for {family.arch} (every {period}th layer full)"
+            )
+        if family.arch == "gemma2" and not getattr(config, "tie_word_embeddings", True):
+            return (
+                "its lm_head is not tied to the embeddings, and llama.cpp's gemma2 always uses the embeddings"
+            )
+        if family.arch == "gemma3":
+            if getattr(config, "attn_logit_softcapping", None):
+                return "it caps attention logits, which llama.cpp's gemma3 does not do"
+            sliding = (_rope_parameters(config).get("sliding_attention") or {}).get("rope_theta", 10000.0)
+            if float(sliding) != 10000.0:
+                return f"its sliding layers' rope theta is {sliding}; llama.cpp fixes it at 10000 for gemma3"
+    return None
+
+
+def _rope_parameters(config) -> dict:
+    # transformers 5 keeps them in rope_parameters; older configs as rope_theta + rope_scaling
+    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    if "full_attention" not in params:
+        params.setdefault("rope_theta", getattr(config, "rope_theta", None) or 10000.0)
+    return params
+
+
+def _global_rope(config) -> dict:
+    """The rope parameters of the full-attention layers (Gemma 3 keeps one set per layer type)."""
+    params = _rope_parameters(config)
+    return dict(params.get("full_attention") or params)
+
+
+def _rope_theta(config) -> float:
+    return _global_rope(config).get("rope_theta", 10000.0)
+
+
+def _rope_kind(params: dict) -> str:
+    return params.get("rope_type") or params.get("type") or "default"
+
+
+def rope_factors(config, head_dim: int):
+    """Per-frequency rope factors of Llama 3.1+'s rope scaling (rope_type llama3), as llama.cpp's
+    ``rope_freqs`` tensor holds them; None for plain rope. Other scalings are refused."""
+    import math
+
+    import numpy as np
+
+    params = _global_rope(config)
+    kind = _rope_kind(params)
+    if kind == "default":
+        return None
+    if kind != "llama3":
+        raise ModelError(
+            f"GGUF export: rope scaling {kind!r} is not supported for {config.model_type}; use {CONVERTER}"
+        )
+    factor, low, high = params["factor"], params["low_freq_factor"], params["high_freq_factor"]
+    old_context = params["original_max_position_embeddings"]
+    freqs = 1.0 / (params["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old_context / high:
+            out.append(1.0)
+        elif wavelen > old_context / low:
+            out.append(factor)
+        else:
+            smooth = (old_context / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def phi3_rope(config, rope_dims: int):
+    """(attention factor, long factors, short factors) of Phi-3's long-context rope (longrope, also
+    spelled su), as llama.cpp's converter writes them; None for plain rope."""
+    import math
+
+    import numpy as np
+
+    params = _global_rope(config)
+    kind = _rope_kind(params).lower()
+    if kind == "default" or not params.get("long_factor"):
+        if kind not in ("default", "longrope", "su"):
+            raise ModelError(f"GGUF export: Phi-3 rope scaling {kind!r} is not supported; use {CONVERTER}")
+        return None
+    if kind not in ("longrope", "su"):
+        raise ModelError(f"GGUF export: Phi-3 rope scaling {kind!r} is not supported; use {CONVERTER}")
+    long, short = params.get("long_factor"), params.get("short_factor")
+    if not short or len(long) != len(short) or len(long) != rope_dims // 2:
+        raise ModelError(
+            f"GGUF export: Phi-3's rope long/short factors must both have {rope_dims // 2} values "
+            f"(got {len(long)} and {len(short or [])})"
+        )
+    original = _phi3_original_context(config)
+    scale = config.max_position_embeddings / original
+    attn_factor = math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1.0 else 1.0
+    return attn_factor, np.array(long, dtype=np.float32), np.array(short, dtype=np.float32)
+
+
+def _phi3_original_context(config) -> int:
+    return int(
+        getattr(config, "original_max_position_embeddings", None)
+        or _global_rope(config).get("original_max_position_embeddings")
+        or config.max_position_embeddings
+    )
+
+
+def _write_shape(writer, config, family: Family, head_dim: int) -> list:
+    """The architecture's metadata keys; returns the extra (name, array) tensors it needs."""
+    import gguf
+
+    heads = config.num_attention_heads
+    extra = []
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(config.num_key_value_heads or heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(float(_rope_theta(config)))
+    writer.add_vocab_size(config.vocab_size)
+    if family.arch in ("gemma2", "gemma3"):
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        window = getattr(config, "sliding_window", None)
+        if family.arch == "gemma2":
+            writer.add_attn_logit_softcapping(float(config.attn_logit_softcapping or 0.0))
+            writer.add_final_logit_softcapping(float(config.final_logit_softcapping or 0.0))
+            if window:
+                writer.add_sliding_window(int(window))
+        else:
+            if getattr(config, "final_logit_softcapping", None):
+                writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
+            if window:
+                writer.add_sliding_window(int(window))
+                writer.add_rope_freq_base_swa(10000.0)
+            params = _global_rope(config)
+            kind = _rope_kind(params)
+            if kind == "linear":
+                writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+                writer.add_rope_scaling_factor(float(params["factor"]))
+            elif kind != "default":
+                raise ModelError(
+                    f"GGUF export: Gemma 3 rope scaling {kind!r} is not supported; use {CONVERTER}"
+                )
+        return extra
+    if family.arch == "phi3":
+        partial = getattr(config, "partial_rotary_factor", None) or _global_rope(config).get(
+            "partial_rotary_factor", 1.0
+        )
+        rope_dims = int(partial * config.hidden_size) // heads
+        writer.add_rope_dimension_count(rope_dims)
+        writer.add_rope_scaling_orig_ctx_len(_phi3_original_context(config))
+        # llama.cpp tells Phi-4-mini (no window) from Phi-3 by a zero window
+        writer.add_sliding_window(int(getattr(config, "sliding_window", None) or 0))
+        longrope = phi3_rope(config, rope_dims)
+        if longrope is not None:
+            attn_factor, long, short = longrope
+            writer.add_rope_scaling_attn_factors(attn_factor)
+            extra += [
+                (gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight", long),
+                (gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight", short),
+            ]
+        return extra
+    # llama / mistral / qwen2 / qwen3
+    writer.add_rope_dimension_count(head_dim)
+    if head_dim != config.hidden_size // heads:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    factors = rope_factors(config, head_dim)
+    if factors is not None:  # llama.cpp reads Llama 3.1+'s long-context rope from this tensor
+        extra.append((gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors))
+    return extra
+
+
+def _write_vocabulary(writer, vocab: Vocabulary, tokenizer, chat_template) -> None:
+    writer.add_tokenizer_model(vocab.model)
+    writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.types)
+    if vocab.merges is not None:
+        writer.add_token_merges(vocab.merges)
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores)
+    if vocab.add_space_prefix is not None:
+        writer.add_add_space_prefix(vocab.add_space_prefix)
+    for token_id, add in (
+        (tokenizer.bos_token_id, writer.add_bos_token_id),
+        (tokenizer.eos_token_id, writer.add_eos_token_id),
+        (tokenizer.unk_token_id, writer.add_unk_token_id),
+        (tokenizer.pad_token_id, writer.add_pad_token_id),
+    ):
+        if token_id is not None:
+            add(token_id)
+    writer.add_add_bos_token(adds_bos(tokenizer))
+    writer.add_add_eos_token(False)
+    eot = single_token_id(tokenizer, chat_template.end_of_turn)
+    if eot is not None:
+        writer.add_eot_token_id(eot)
+    if chat_template.chat_template:
+        writer.add_chat_template(chat_template.chat_template)
+
+
 # ----------------------------------------------------------------------------------------- write
 
 
@@ -210,23 +601,18 @@ def write_gguf(
     import gguf
     from transformers import AutoConfig, AutoTokenizer
 
-
     check_type(kind, out_path)
     folder, out_path = Path(folder), Path(out_path)
     if out_path.exists() and not force:
         raise TunerError(f"{out_path} exists; pass --force (in the app: tick Overwrite) to replace it")
     config = AutoConfig.from_pretrained(str(folder))
-    if config.model_type not in ARCHITECTURES:
-        raise ModelError(
-            f"GGUF export knows {', '.join(sorted(ARCHITECTURES))}, not {config.model_type!r}; "
-            "use llama.cpp's convert_hf_to_gguf.py for this model"
-        )
-    arch, permute = ARCHITECTURES[config.model_type]
+    family = family_of(config)
+    arch = family.arch
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     chat_template = template or resolve_chat_template(tokenizer, None)
-    tokens, types, merges, pre = vocabulary(folder, tokenizer, config.vocab_size)
+    vocab = vocabulary(folder, tokenizer, config.vocab_size)
 
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     names = gguf.get_tensor_name_map(_model_arch(arch), config.num_hidden_layers)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
@@ -234,55 +620,14 @@ def write_gguf(
     try:
         writer.add_name(Path(str(getattr(config, "_name_or_path", "")) or folder.name).name or folder.name)
         writer.add_file_type(int(gguf.LlamaFileType[TYPES[kind][1]]))
-        writer.add_context_length(config.max_position_embeddings)
-        writer.add_embedding_length(config.hidden_size)
-        writer.add_block_count(config.num_hidden_layers)
-        writer.add_feed_forward_length(config.intermediate_size)
-        writer.add_head_count(heads)
-        writer.add_head_count_kv(kv_heads)
-        writer.add_rope_dimension_count(head_dim)
-        if head_dim != config.hidden_size // heads:
-            writer.add_key_length(head_dim)
-            writer.add_value_length(head_dim)
-        writer.add_rope_freq_base(float(_rope_theta(config)))
-        writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-        writer.add_vocab_size(config.vocab_size)
-
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre(pre)
-        writer.add_token_list(tokens)
-        writer.add_token_types(types)
-        writer.add_token_merges(merges)
-        for token_id, add in (
-            (tokenizer.bos_token_id, writer.add_bos_token_id),
-            (tokenizer.eos_token_id, writer.add_eos_token_id),
-            (tokenizer.unk_token_id, writer.add_unk_token_id),
-            (tokenizer.pad_token_id, writer.add_pad_token_id),
-        ):
-            if token_id is not None:
-                add(token_id)
-        writer.add_add_bos_token(adds_bos(tokenizer))
-        writer.add_add_eos_token(False)
-        eot = single_token_id(tokenizer, chat_template.end_of_turn)
-        if eot is not None:
-            writer.add_eot_token_id(eot)
-        if chat_template.chat_template:
-            writer.add_chat_template(chat_template.chat_template)
+        extra = _write_shape(writer, config, family, head_dim)
+        _write_vocabulary(writer, vocab, tokenizer, chat_template)
 
         count = 0
-        factors = rope_factors(config, head_dim)
-        if factors is not None:  # llama.cpp reads Llama 3.1+'s long-context rope from this tensor
-            writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors)
+        for name, array in extra:
+            writer.add_tensor(name, array)
             count += 1
-        tied = getattr(config, "tie_word_embeddings", False)
-        for name, array in read_weights(folder):
-            if name.endswith("rotary_emb.inv_freq") or (tied and name == "lm_head.weight"):
-                continue
-            target = names.get_name(name, try_suffixes=(".weight", ".bias"))
-            if target is None:
-                raise ModelError(f"GGUF export: no llama.cpp name for the weight {name!r} ({arch})")
-            if permute and name.endswith(("q_proj.weight", "k_proj.weight")):
-                array = permute_rows(array, heads if "q_proj" in name else kv_heads)
+        for target, array in gguf_weights(folder, config, family, names):
             data, raw = encoded(array, kind)
             writer.add_tensor(target, data, raw_dtype=raw)
             count += 1
@@ -303,45 +648,3 @@ def _model_arch(name: str):
     import gguf
 
     return {value: key for key, value in gguf.MODEL_ARCH_NAMES.items()}[name]
-
-
-def _rope_parameters(config) -> dict:
-    # transformers 5 keeps them in rope_parameters; older configs as rope_theta + rope_scaling
-    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
-    params.setdefault("rope_theta", getattr(config, "rope_theta", None) or 10000.0)
-    return params
-
-
-def _rope_theta(config) -> float:
-    return _rope_parameters(config)["rope_theta"]
-
-
-def rope_factors(config, head_dim: int):
-    """Per-frequency rope factors of Llama 3.1+'s rope scaling (rope_type llama3), as llama.cpp's
-    ``rope_freqs`` tensor holds them; None for plain rope. Other scalings are refused."""
-    import math
-
-    import numpy as np
-
-    params = _rope_parameters(config)
-    kind = params.get("rope_type") or params.get("type") or "default"
-    if kind == "default":
-        return None
-    if kind != "llama3":
-        raise ModelError(
-            f"GGUF export: rope scaling {kind!r} is not supported; use llama.cpp's convert_hf_to_gguf.py"
-        )
-    factor, low, high = params["factor"], params["low_freq_factor"], params["high_freq_factor"]
-    old_context = params["original_max_position_embeddings"]
-    freqs = 1.0 / (params["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-    out = []
-    for freq in freqs:
-        wavelen = 2 * math.pi / freq
-        if wavelen < old_context / high:
-            out.append(1.0)
-        elif wavelen > old_context / low:
-            out.append(factor)
-        else:
-            smooth = (old_context / wavelen - low) / (high - low)
-            out.append(1 / ((1 - smooth) / factor + smooth))
-    return np.array(out, dtype=np.float32)
