@@ -235,3 +235,206 @@ def make_run(root: Path, base_dir: Path, *, with_final: bool = True, std: float 
         model.save_pretrained(str(run / "adapter"))
         tokenizer.save_pretrained(str(run / "adapter"))
     return run
+
+
+# ------------------------------------------------------------------ other families, for GGUF export
+
+# o200k's split (GPT-4o), as Phi-4-mini's tokenizer.json has it
+GPT4O_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def build_sentencepiece_tokenizer(style: str = "llama", special=(), vocab_size: int = 500):
+    """A SentencePiece-style BPE trained here: ``▁`` for spaces, byte fallback with the 256
+    ``<0x00>``..``<0xFF>`` tokens after the control tokens, merged pieces in merge order, as a
+    SentencePiece model converted by transformers has them. ``style`` "llama": transformers'
+    LlamaTokenizer (a ``▁`` in front of the text, BOS added: Mistral, Phi-3.5); "gemma":
+    GemmaTokenizer (no ``▁`` in front, <bos>/<eos>). ``special``: control tokens added after."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GemmaTokenizer, LlamaTokenizer
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    core.train_from_iterator(
+        CORPUS * 4, trainer=trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False)
+    )
+    trained = json.loads(core.to_str())["model"]
+    heads = ["<unk>", "<s>", "</s>"] if style == "llama" else ["<pad>", "<eos>", "<bos>", "<unk>"]
+    vocab = {token: index for index, token in enumerate(heads)}
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    for token, _ in sorted(trained["vocab"].items(), key=lambda item: item[1]):
+        vocab.setdefault(token, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    if style == "llama":
+        tokenizer = LlamaTokenizer(
+            vocab=vocab,
+            merges=merges,
+            unk_token="<unk>",
+            bos_token="<s>",
+            eos_token="</s>",
+            add_bos_token=True,
+        )
+    else:
+        tokenizer = GemmaTokenizer(
+            vocab=vocab,
+            merges=merges,
+            unk_token="<unk>",
+            bos_token="<bos>",
+            eos_token="<eos>",
+            pad_token="<pad>",
+            add_bos_token=True,
+        )
+    if special:
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": list(special)}, replace_extra_special_tokens=False
+        )
+    return tokenizer
+
+
+def build_gpt4o_tokenizer(special=(), vocab_size: int = 600):
+    """A byte-level BPE that splits text with GPT-4o's regex (Phi-4-mini's tokenizer shape)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(GPT4O_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", *special],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": list(special)}, replace_extra_special_tokens=False
+    )
+    return tokenizer
+
+
+# Tiny shapes of the families whose GGUF layout differs from Llama's. Gemma: head_dim 256 as the
+# released 2B/9B/1B-4B-12B models have it (llama.cpp scales queries by 1/sqrt(head_dim)), a window
+# shorter than the test prompts so that sliding attention matters, 6 Gemma 3 layers for one full one.
+PHI3_CHAT = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+
+
+def _rstripped(*tokens):
+    """Added tokens that eat the whitespace after them, as Phi-3.5's chat markers do."""
+    from tokenizers import AddedToken
+
+    return tuple(AddedToken(t, rstrip=True, special=True, normalized=False) for t in tokens)
+
+
+GGUF_FAMILIES = {
+    "mistral": dict(
+        config="MistralConfig",
+        tokenizer=("llama", ("[INST]", "[/INST]")),
+        template="mistral_chat",
+        options=dict(sliding_window=None),
+    ),
+    "gemma2": dict(
+        config="Gemma2Config",
+        tokenizer=("gemma", ("<start_of_turn>", "<end_of_turn>")),
+        template="gemma_chat",
+        options=dict(head_dim=256, query_pre_attn_scalar=256, sliding_window=8, tie_word_embeddings=True),
+    ),
+    "gemma3": dict(
+        config="Gemma3TextConfig",
+        tokenizer=("gemma", ("<start_of_turn>", "<end_of_turn>")),
+        template="gemma_chat",
+        options=dict(
+            head_dim=256,
+            query_pre_attn_scalar=256,
+            sliding_window=8,
+            num_hidden_layers=6,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "phi3_5": dict(
+        config="Phi3Config",
+        tokenizer=("llama", (*_rstripped(*PHI3_CHAT), "<|endoftext|>")),
+        eos="<|endoftext|>",
+        pad="<|endoftext|>",
+        template="phi3_chat",
+        options=dict(),
+    ),
+    "phi4_mini": dict(
+        config="Phi3Config",
+        tokenizer=("gpt4o", PHI3_CHAT),
+        pad="<|endoftext|>",
+        template="phi4_mini_chat",
+        # Phi-4-mini's shape: 3/4 of each head rotated, tied embeddings, long-context rope (longrope)
+        options=dict(
+            partial_rotary_factor=0.75,
+            tie_word_embeddings=True,
+            max_position_embeddings=1024,
+            original_max_position_embeddings=256,
+            rope_scaling={
+                "rope_type": "longrope",
+                "short_factor": [1.0, 1.1, 1.2, 1.3, 1.4, 1.5],
+                "long_factor": [2.0, 2.5, 3.0, 3.5, 4.0, 4.5],
+                "original_max_position_embeddings": 256,
+            },
+        ),
+    ),
+}
+
+
+def save_family_model(name: str, folder: Path, seed: int = 0, **options) -> Path:
+    """A tiny random model of one of :data:`GGUF_FAMILIES` with its kind of tokenizer and the
+    preset's chat template, saved as a model folder (no hub)."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from tuner.data.templates import get_template
+
+    spec = GGUF_FAMILIES[name]
+    style, special = spec["tokenizer"]
+    if style == "gpt4o":
+        tokenizer = build_gpt4o_tokenizer(special)
+    else:
+        tokenizer = build_sentencepiece_tokenizer(style, special)
+    if spec.get("eos"):
+        tokenizer.eos_token = spec["eos"]
+    if spec.get("pad"):
+        tokenizer.pad_token = spec["pad"]
+    tokenizer.chat_template = get_template(spec["template"], tokenizer).chat_template
+    sizes = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
+    config = getattr(transformers, spec["config"])(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **{**sizes, **spec["options"], **options},
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # norms away from their init values, so a missing +1 or a swap shows
+        for param_name, param in model.named_parameters():
+            if "norm" in param_name:
+                param.add_(torch.randn_like(param) * 0.1)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -205,15 +205,24 @@ def byte_level_vocabulary(data: dict, tokenizer, vocab_size: int) -> Vocabulary:
 
 
 def sentencepiece_spacing(tokenizer) -> bool:
-    """Whether the tokenizer writes spaces as ``▁`` the way llama.cpp's SentencePiece tokenizer does,
-    and with a ``▁`` in front of the text (llama.cpp's add_space_prefix); refused otherwise."""
-    pieces = "".join(tokenizer.tokenize("a b"))
-    if pieces in ("▁a▁b", "a▁b"):
-        return pieces.startswith("▁")
-    raise ModelError(
-        f"the tokenizer turns 'a b' into {pieces!r}, not SentencePiece's '▁a▁b' or 'a▁b': llama.cpp would "
-        f"tokenize differently from training; use {CONVERTER} for this model"
-    )
+    """llama.cpp's add_space_prefix for a SentencePiece tokenizer: whether it puts a ``▁`` in front of
+    text. llama.cpp does so at the start and after every special token; a tokenizer that does it at
+    the start only (Metaspace's prepend_scheme "first": Mistral v0.3, transformers' LlamaTokenizer)
+    gets False, which is exact for every prompt that opens with a special token (a chat template's
+    ``<s>[INST]``, ``<|user|>``) and leaves one ``▁`` off a raw completion prompt's first word.
+    Spaces must become ``▁`` as llama.cpp writes them; anything else is refused."""
+    at_start = "".join(tokenizer.tokenize("a b"))
+    marker = next((t for t in (tokenizer.eos_token, tokenizer.bos_token) if t), None)
+    after = "".join(tokenizer.tokenize(f"{marker}a b")[1:]) if marker else at_start
+    prefix_only_after_special = at_start == "a▁b" and after == "▁a▁b"
+    if at_start not in ("▁a▁b", "a▁b") or after not in ("▁a▁b", "a▁b") or prefix_only_after_special:
+        raise ModelError(
+            f"the tokenizer turns 'a b' into {at_start!r} (after a special token {after!r}), not SentencePiece's "
+            f"'▁a▁b' or 'a▁b': llama.cpp would tokenize differently from training; use {CONVERTER} for this model"
+        )
+    if at_start != after:
+        log.info("GGUF: no space prefix (exact after special tokens, as chat prompts are)")
+    return after == "▁a▁b"
 
 
 def sentencepiece_vocabulary(data: dict, tokenizer, vocab_size: int) -> Vocabulary:
@@ -266,6 +275,45 @@ def adds_bos(tokenizer) -> bool:
         return False
     ids = tokenizer("a", add_special_tokens=True)["input_ids"]
     return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+# llama.cpp's one way to strip whitespace after special tokens: a general.name containing "phi3" or
+# "phi-3" makes it strip after every control / user-defined token but these (llama-vocab.cpp), and it
+# then needs all four in the vocabulary.
+_PHI3_NAMES = re.compile(r"phi-?3", re.IGNORECASE)
+_PHI3_KEEP = ("<unk>", "<s>", "<|endoftext|>")
+_PHI3_NEEDS = ("<unk>", "<s>", "<|endoftext|>", "</s>")
+
+
+def gguf_name(name: str, tokenizer, vocab: Vocabulary, chat_template) -> str:
+    """The general.name to write: ``name``, with or without "phi3" in it so that llama.cpp strips the
+    whitespace after the chat template's special tokens exactly where training's tokenizer does."""
+    sample = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "v"},
+    ]
+    try:
+        rendered = chat_template.render(sample, add_generation_prompt=True)
+    except Exception:  # a template without a system role
+        rendered = chat_template.render(sample[1:], add_generation_prompt=True)
+    used = {
+        t.content: t for t in tokenizer.added_tokens_decoder.values() if t.special and t.content in rendered
+    }
+    strips = {content for content, token in used.items() if token.rstrip}
+    plain = _PHI3_NAMES.sub(lambda m: m.group(0)[:-1].rstrip("-") + " " + m.group(0)[-1], name)
+    if not strips:
+        return plain  # llama.cpp must not strip: no "phi3" in the name
+    by_phi3_rule = {content for content in used if content not in _PHI3_KEEP}
+    if strips != by_phi3_rule or not set(_PHI3_NEEDS) <= set(vocab.tokens):
+        raise ModelError(
+            f"the tokenizer strips the whitespace after {sorted(strips)} but not after "
+            f"{sorted(set(used) - strips)}: llama.cpp can strip only after all special tokens but "
+            f"{', '.join(_PHI3_KEEP)} (its Phi-3 rule), so it would tokenize the chat prompts differently; "
+            f"use {CONVERTER} for this model"
+        )
+    return name if _PHI3_NAMES.search(name) else f"{name} (phi3)"
 
 
 # -------------------------------------------------------------------------------------- weights
@@ -618,7 +666,8 @@ def write_gguf(
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     writer = gguf.GGUFWriter(str(tmp), arch)
     try:
-        writer.add_name(Path(str(getattr(config, "_name_or_path", "")) or folder.name).name or folder.name)
+        name = Path(str(getattr(config, "_name_or_path", "")) or folder.name).name or folder.name
+        writer.add_name(gguf_name(name, tokenizer, vocab, chat_template))
         writer.add_file_type(int(gguf.LlamaFileType[TYPES[kind][1]]))
         extra = _write_shape(writer, config, family, head_dim)
         _write_vocabulary(writer, vocab, tokenizer, chat_template)
