@@ -71,10 +71,13 @@ def checkpointing_mode(model) -> str | None:
     return None
 
 
-def checkpointed_layers(model) -> int:
-    """Decoder layers that recompute their activations in the backward pass."""
+def checkpointed_layers(model, graphs=None) -> int:
+    """Decoder layers that recompute their activations in the backward pass (``graphs``: tuner's
+    tuner.fast.layer_graphs.LayerGraphs, which holds the flags of the layers it checkpoints itself)."""
     from tuner.models.layers import checkpointing_layers
 
+    if graphs is not None and graphs.checkpointed:
+        return sum(graphs.checkpointed)
     return len(checkpointing_layers(model))
 
 
@@ -94,7 +97,12 @@ def _graphs_info(graphs) -> dict | None:
     if graphs is None:
         return None
     return dict(
-        layers=len(graphs.layers), replays=graphs.replays, failed=graphs.failed, skipped=graphs.skipped
+        layers=len(graphs.layers),
+        checkpointed=sum(graphs.checkpointed),
+        checkpointed_graphed=graphs.checkpoint_graphs is not None,
+        replays=graphs.replays,
+        failed=graphs.failed,
+        skipped=graphs.skipped,
     )
 
 
@@ -200,8 +208,9 @@ def run_tuner(job: Job) -> dict:
             optimizer=str(getattr(args.optim, "value", args.optim)),
             attention=built.attention,
             trainable_params=trainable,
-            checkpointing=checkpointing_mode(model),
-            checkpointed_layers=checkpointed_layers(model),
+            checkpointing=checkpointing_mode(model)
+            or ("graphs" if plan and plan.checkpoint_graphs else None),
+            checkpointed_layers=checkpointed_layers(model, getattr(built, "layer_graphs", None)),
             offloaded_layers=offloaded_layers(model),
             speed_settings=settings.as_dict(),
             budget_gib=settings.gpu_memory_gib,

@@ -244,6 +244,10 @@ class LayerGraphs:
         # capture"): keep a copy to put back if it fails.
         generator = torch.cuda.default_generators[hidden.device.index or torch.cuda.current_device()]
         generator_backup = generator.clone_state()
+        # The warm-up draws dropout masks: put the offset back after capture, so that the step that
+        # captures draws the masks an eager step would have (and a run's randomness does not depend
+        # on when the graphs were captured)
+        offset = generator.get_offset()
         every = kept + recomputed
         swapped = []
         try:
@@ -301,6 +305,7 @@ class LayerGraphs:
         finally:
             for i, originals in zip(every, swapped, strict=False):
                 restore_params(slots[i], originals)
+        generator.set_offset(offset)
         self.graphed, self.checkpoint_graphs, self.key, self.params = graphed, checkpoint_graphs, key, params
         log.info(
             "captured CUDA graphs of %d layers for rows of %d tokens (%d of them checkpointed)",
@@ -350,7 +355,7 @@ def graph_layers(
     if attention not in (VARLEN, "flash_attention_2"):
         return None
     layers = decoder_layers(model)
-    if not layers:
+    if not layers or (max_checkpointed_tokens <= 0 and all(layer.gradient_checkpointing for layer in layers)):
         return None
     graphs = LayerGraphs(layers, offload=offload_checkpoints, max_checkpointed_tokens=max_checkpointed_tokens)
     graphs.install()

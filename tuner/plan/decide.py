@@ -49,6 +49,8 @@ class RunPlan:
     checkpointed_layers: int  # layers that recompute their activations in the backward pass
     offload_checkpoints: bool  # their inputs wait in host memory (tuner.fast.checkpoint_offload)
     budget_gib: float | None = None  # the memory the checkpoint count was planned for
+    # the checkpointed layers may replay as CUDA graphs (the planner says no where their memory does not fit)
+    graph_checkpointed: bool = True
     row_tokens: int = 0  # tokens of a training row (tokens_per_step, else max_length); 0 unknown
 
     @property
@@ -58,14 +60,18 @@ class RunPlan:
 
     @property
     def cuda_graphs(self) -> bool:
-        return self.graphs_allowed
+        """Some layers replay as CUDA graphs: those that keep their activations, and the checkpointed
+        ones where ``checkpoint_graphs``."""
+        return self.graphs_allowed and (self.checkpointed_layers < self.layers or self.checkpoint_graphs)
 
     @property
     def checkpoint_graphs(self) -> bool:
         """The checkpointed layers replay as CUDA graphs too (tuner.fast.checkpoint_graphs): rows up
-        to CHECKPOINT_GRAPH_MAX_TOKENS tokens, where the host's launches are what the GPU waits for."""
+        to CHECKPOINT_GRAPH_MAX_TOKENS tokens, where the host's launches are what the GPU waits for,
+        unless the planner found that their memory does not fit."""
         return (
-            self.cuda_graphs
+            self.graphs_allowed
+            and self.graph_checkpointed
             and self.checkpointed_layers > 0
             and 0 < self.row_tokens <= CHECKPOINT_GRAPH_MAX_TOKENS
         )
@@ -115,9 +121,12 @@ class RunPlan:
             return "paged_adamw_32bit" if self.quantized else "adamw_torch"
         return "paged_adamw_32bit" if self.quantized and self.memory_tight else "adamw_torch_fused"
 
-    def with_checkpointing(self, layers: int, offload: bool) -> RunPlan:
+    def with_checkpointing(self, layers: int, offload: bool, graphed: bool = True) -> RunPlan:
         return replace(
-            self, checkpointed_layers=max(0, min(self.layers, layers)), offload_checkpoints=offload
+            self,
+            checkpointed_layers=max(0, min(self.layers, layers)),
+            offload_checkpoints=offload,
+            graph_checkpointed=graphed,
         )
 
     def as_dict(self) -> dict:
@@ -231,14 +240,14 @@ def plan_run(
         budget_gib=budget_gib,
         row_tokens=int(get("tokens_per_step", None) or get("max_length", 0) or 0),
     )
-    count, offload = checkpoint_plan(cfg, plan, shape, hw, budget_gib)
-    return plan.with_checkpointing(count, offload)
+    return plan.with_checkpointing(*checkpoint_plan(cfg, plan, shape, hw, budget_gib))
 
 
 def checkpoint_plan(
     cfg, plan: RunPlan, shape: ModelShape, hw: Hardware, budget_gib: float
-) -> tuple[int, bool]:
-    """(layers to checkpoint, whether their inputs wait in host memory).
+) -> tuple[int, bool, bool]:
+    """(layers to checkpoint, whether their inputs wait in host memory, whether the checkpointed
+    layers may replay as CUDA graphs).
 
     None when ``gradient_checkpointing`` is off. With it on, the config's ``checkpoint_layers``:
     ``all`` checkpoints every layer, ``offload`` every layer with the inputs in host memory; ``auto``
@@ -246,17 +255,26 @@ def checkpoint_plan(
     AUTO_CHECKPOINT_FRACTION of ``budget_gib`` (every layer left out saves its recomputation, about a
     third of its compute), and when even every layer does not fit, every layer with its input
     offloaded. Where ``auto`` cannot read the free memory (CPU, several processes, DeepSpeed), every
-    layer."""
+    layer. The checkpointed layers' CUDA graphs cost memory (tuner.plan.memory): where the plan with
+    them does not fit, it is made again without them, and where even that does not fit they stay off."""
     get = _getter(cfg)
     if not get("gradient_checkpointing", True):
-        return 0, False
+        return 0, False, True
     mode = get("checkpoint_layers", "auto") or "auto"
-    if mode != "auto":
-        return shape.layers, mode == "offload" and hw.device == "cuda"
-    if hw.device != "cuda" or plan.processes > 1 or plan.deepspeed:
-        return shape.layers, False
     limit = budget_gib * AUTO_CHECKPOINT_FRACTION
-    for count in range(shape.layers + 1):
-        if price(get, plan.with_checkpointing(count, False), shape, hw).total_gib <= limit:
-            return count, False
-    return shape.layers, True
+
+    def fits(count: int, offload: bool, graphed: bool) -> bool:
+        return price(get, plan.with_checkpointing(count, offload, graphed), shape, hw).total_gib <= limit
+
+    if mode != "auto":
+        offload = mode == "offload" and hw.device == "cuda"
+        return shape.layers, offload, hw.device == "cuda" and fits(shape.layers, offload, True)
+    if hw.device != "cuda" or plan.processes > 1 or plan.deepspeed:
+        return shape.layers, False, True
+    for graphed in (True, False):
+        for count in range(shape.layers + 1):
+            if fits(count, False, graphed):
+                return count, False, graphed
+        if fits(shape.layers, True, graphed):
+            return shape.layers, True, graphed
+    return shape.layers, True, False

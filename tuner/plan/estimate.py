@@ -34,6 +34,7 @@ def estimate(
     offload: bool | None = None,
     budget_gib: float | None = None,
     graphs: bool | None = None,
+    checkpoint_graphs: bool | None = None,
     embedding_on_cpu: bool | None = None,
 ) -> Estimate:
     """Memory (GiB) and time of one training run of ``cfg`` (a TrainConfig or a dict of its keys).
@@ -46,7 +47,7 @@ def estimate(
     (what-if questions and calibration against measured rows): ``liger`` (fused cross-entropy: no
     logits), ``upcast`` (k-bit bases: unquantized weights in fp32), ``checkpointed_layers`` and
     ``offload`` (their inputs in host memory), ``graphs`` (CUDA graphs of the
-    layers), ``embedding_on_cpu`` (the input embedding's table in host memory).
+    layers), ``checkpoint_graphs`` (of the checkpointed layers too), ``embedding_on_cpu`` (the input embedding's table in host memory).
     """
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     shape = shape or model_shapes.model_shape(get("model", "default"))
@@ -65,15 +66,16 @@ def estimate(
     if pinned:  # the checkpoint count is planned again with the pinned decisions
         plan = replace(plan, **pinned)
         plan = plan.with_checkpointing(*_replanned(cfg, plan, shape, hw))
-    if checkpointed_layers is not None or offload is not None:
+    if checkpointed_layers is not None or offload is not None or checkpoint_graphs is not None:
         plan = plan.with_checkpointing(
             plan.checkpointed_layers if checkpointed_layers is None else checkpointed_layers,
             plan.offload_checkpoints if offload is None else offload,
+            plan.graph_checkpointed if checkpoint_graphs is None else checkpoint_graphs,
         )
     return price_with_advice(get, plan, shape, hw, dataset_tokens)
 
 
-def _replanned(cfg, plan: RunPlan, shape: ModelShape, hw: Hardware) -> tuple[int, bool]:
+def _replanned(cfg, plan: RunPlan, shape: ModelShape, hw: Hardware) -> tuple[int, bool, bool]:
     return checkpoint_plan(cfg, plan, shape, hw, plan.budget_gib)
 
 

@@ -66,11 +66,14 @@ REGEN_SAVED_BYTES = 12
 # each layer's 16-bit input: measured +1.2 GiB for 32 layers of hidden 4096 at 4096 tokens, +0.9 GiB for
 # Qwen2.5-7B (28 x 3584) on H200 (bench/results/2026-12-01-h200-{graphs2,qwen}.json).
 GRAPH_INPUT_BYTES = 2
-# The checkpointed layers' graphs (tuner.fast.checkpoint_graphs) share three row-sized static buffers
-# (input, output / input gradient, output gradient) and one layer's working memory, which the eager
-# recomputation needs too, but without dropout regeneration. Rows longer than the limit recompute eagerly:
-# the buffers grow with the row while the host's share of the step shrinks.
-CHECKPOINT_GRAPH_BUFFERS = 3
+# The checkpointed layers' graphs (tuner.fast.checkpoint_graphs) hold one layer's recomputation in a
+# private pool that the rest of the step cannot reuse, three row-sized static buffers, and no dropout
+# regeneration: measured +0.82 GiB peak for Llama-2-7B QLoRA at 4096 tokens, every layer checkpointed,
+# inputs offloaded (5.43 -> 6.25 GiB), +0.55 GiB with the inputs on the GPU (5.70 -> 6.25); this counts
+# 36 bytes per token per hidden unit besides the regeneration's (bench/results/2026-12-04-h200-checkpoint-graphs.json).
+CHECKPOINT_GRAPH_BYTES = 36
+# Rows longer than this recompute eagerly: the buffers grow with the row while the host's share of the
+# step shrinks.
 CHECKPOINT_GRAPH_MAX_TOKENS = 8192
 # Bytes per token per vocabulary entry at the peak when the logits are materialised (16-bit logits,
 # their fp32 loss copies and gradients, not all alive at once); Liger's fused cross-entropy never
@@ -113,6 +116,10 @@ GPU_PEAK_FLOPS = {
 GPU_DEFAULT_PEAK = 100e12
 GPU_MFU = 0.54
 GPU_STEP_SECONDS = {"quantized": (0.075, 0.30), "16-bit": (0.04, 0.3)}
+# What replaying the checkpointed layers as CUDA graphs takes off that host cost with every layer
+# checkpointed: Llama-2-7B QLoRA at 4096 tokens on H200, 0.543 -> 0.445 s per step with the inputs on the
+# GPU, 0.518 -> 0.485 with them offloaded (bench/results/2026-12-04-h200-checkpoint-graphs.json).
+CHECKPOINT_GRAPH_SAVED_SECONDS = 0.065
 CPU_FLOPS = 1.4e11
 
 
@@ -205,7 +212,7 @@ def price(get, plan: RunPlan, shape: ModelShape, hw: Hardware, dataset_tokens: i
         if dropout > 0 and plan.fused_lora and not checkpoint_graphs:
             recompute -= REGEN_SAVED_BYTES + shape.intermediate / shape.hidden
         if checkpoint_graphs:
-            recompute += CHECKPOINT_GRAPH_BUFFERS * residual_bytes
+            recompute += CHECKPOINT_GRAPH_BYTES
         # offloaded: only the inputs on their way to and from host memory stay on the device
         kept_inputs = min(OFFLOAD_INPUTS_ON_DEVICE, checkpointed) if offload else checkpointed
         act += tokens * shape.hidden * (residual_bytes * kept_inputs + recompute)
@@ -230,6 +237,8 @@ def price(get, plan: RunPlan, shape: ModelShape, hw: Hardware, dataset_tokens: i
     if hw.device == "cuda":
         peak = next((v for k, v in GPU_PEAK_FLOPS.items() if k in hw.name), GPU_DEFAULT_PEAK)
         unchecked, every = GPU_STEP_SECONDS["quantized" if quantized else "16-bit"]
+        if checkpoint_graphs:
+            every -= CHECKPOINT_GRAPH_SAVED_SECONDS
         fixed = (unchecked + (every - unchecked) * checkpointed / shape.layers) * batch * accum
         seconds_per_step = fixed + step_tokens * flops_per_token / (peak * GPU_MFU)
     else:
