@@ -249,12 +249,12 @@ def sentencepiece_vocabulary(data: dict, tokenizer, vocab_size: int) -> Vocabula
             scores.append(-10000.0)
             continue
         tokens.append(token)
-        if index in special:
+        if index == tokenizer.unk_token_id:
+            kind, score = gguf.TokenType.UNKNOWN, 0.0
+        elif index in special:
             kind, score = gguf.TokenType.CONTROL, 0.0
         elif index in added:
             kind, score = gguf.TokenType.USER_DEFINED, 0.0
-        elif index == tokenizer.unk_token_id:
-            kind, score = gguf.TokenType.UNKNOWN, 0.0
         elif _BYTE_TOKEN.fullmatch(token):
             kind, score = gguf.TokenType.BYTE, 0.0
         else:
