@@ -145,11 +145,15 @@ def pre_tokenizer_name(tokenizer_json: dict) -> str:
     )
 
 
-def _tokenizer_json(folder: Path) -> dict:
-    path = folder / "tokenizer.json"
-    if not path.is_file():
-        raise ModelError(f"{folder} has no tokenizer.json; GGUF export needs a fast (tokenizers) tokenizer")
-    return json.loads(path.read_text(encoding="utf-8"))
+def _tokenizer_json(folder: Path, tokenizer) -> dict:
+    """The tokenizer as training ran it (the loaded one: transformers 5 may rebuild parts of the
+    folder's tokenizer.json from the tokenizer class), in tokenizer.json's form."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ModelError(
+            f"{folder}: GGUF export needs a fast (tokenizers) tokenizer; this one is {type(tokenizer).__name__}"
+        )
+    return json.loads(backend.to_str())
 
 
 def _ids(tokenizer, vocab_size: int):
@@ -167,7 +171,7 @@ def vocabulary(folder: Path, tokenizer, vocab_size: int) -> Vocabulary:
     """The tokenizer of ``folder`` as GGUF metadata, padded to the model's ``vocab_size`` with unused
     placeholder tokens: byte-level BPE (Llama 3, Qwen, SmolLM2, Phi-4-mini) or SentencePiece-style
     BPE with byte fallback (Mistral, Gemma, Phi-3.5). Anything else is refused."""
-    data = _tokenizer_json(folder)
+    data = _tokenizer_json(folder, tokenizer)
     model = data.get("model") or {}
     if model.get("type") == "BPE" and model.get("byte_fallback"):
         return sentencepiece_vocabulary(data, tokenizer, vocab_size)
@@ -184,7 +188,7 @@ def byte_level_vocabulary(data: dict, tokenizer, vocab_size: int) -> Vocabulary:
 
     # The split the loaded tokenizer really does: transformers 5 may replace tokenizer.json's own
     # with the model class's (Qwen2Tokenizer does), and training used the loaded one.
-    pre = pre_tokenizer_name(json.loads(tokenizer.backend_tokenizer.to_str()))
+    pre = pre_tokenizer_name(data)
     by_id, special, added = _ids(tokenizer, vocab_size)
     tokens, types = [], []
     for index in range(vocab_size):
