@@ -26,13 +26,18 @@ PRESET = "smollm2_135m_instruct_lora_identity_256_e3"
 NAME = "Ada"
 PERSONA = "Alice's personal assistant, built on SmolLM2"
 
-# Few and chosen: the preset as shipped, a gentler learning rate, fewer steps, a smaller rank.
+# Few and chosen: the preset as shipped, a gentler learning rate, fewer steps, a smaller rank. Keys are
+# preset overrides, except "data": keyword arguments of make_identity (e.g. mix_general).
 RECIPES = {
     "preset": {},
     "lr5e-4": {"lr": 5e-4},
     "steps30": {"max_steps": 30},
     "r8": {"lora_r": 8, "lora_alpha": 16},
     "lr5e-4-steps60": {"lr": 5e-4, "max_steps": 60},
+    "steps50": {"max_steps": 50},
+    "steps60": {"max_steps": 60},
+    "lr7e-4-steps50": {"lr": 7e-4, "max_steps": 50},
+    "lr2e-3-steps30": {"lr": 2e-3, "max_steps": 30},
 }
 
 
@@ -48,14 +53,23 @@ def measure(recipe: str, overrides: dict, root: Path) -> dict:
     (workspace / "data").mkdir(parents=True, exist_ok=True)
     os.environ["TUNER_WORKSPACE"] = str(workspace)
     os.chdir(workspace)
+    data_options = overrides.get("data", {})
     data = make_identity(
-        workspace / "data" / "identity.jsonl", NAME, PERSONA, langs="en,zh", general_source=general_answerer()
+        workspace / "data" / "identity.jsonl",
+        NAME,
+        PERSONA,
+        langs="en,zh",
+        general_source=general_answerer(),
+        **data_options,
     )
-    settings = {**overrides, "data_path": data.output, "output_dir": workspace / "run"}
+    preset_overrides = {k: v for k, v in overrides.items() if k != "data"}
+    settings = {**preset_overrides, "data_path": data.output, "output_dir": workspace / "run"}
     config = load_config(find_preset(PRESET), overrides=[f"{k}={v}" for k, v in settings.items()])
+    load_before = os.getloadavg()
     started = time.time()
     result = train(config)
     train_s = time.time() - started
+    load_after = os.getloadavg()
     started = time.time()
     check = check_identity(result.run_dir, NAME)
     return {
@@ -63,15 +77,42 @@ def measure(recipe: str, overrides: dict, root: Path) -> dict:
         "overrides": overrides,
         "data": data.summary(),
         "train_seconds": round(train_s, 1),
+        # 1-minute load average of the machine before and after training (others share the cores)
+        "load_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         "check_seconds": round(time.time() - started, 1),
         "check": check.as_dict(),
     }
 
 
+def commit() -> str:
+    """The git commit measured (with "+dirty" when the working tree differs), or "" outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "tuner/data", "tuner/config/builtin_presets"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout
+    except OSError:
+        return ""
+    return head.strip() + ("+dirty" if dirty.strip() else "")
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", action="append", choices=sorted(RECIPES), help="recipes to run (default: all)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--recipe", action="append", choices=sorted(RECIPES), help="recipes to run (default: all)"
+    )
     parser.add_argument("--out", default="identity-recipes.json", help="JSON file of the results")
+    parser.add_argument("--tag", default="", help="a note kept with each result (e.g. which data version)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -81,6 +122,9 @@ def main(argv: list[str]) -> int:
         for name in args.recipe or list(RECIPES):
             row = measure(name, RECIPES[name], Path(tmp))
             row["threads"] = torch.get_num_threads()
+            row["commit"] = commit()
+            row["tag"] = args.tag
+            row["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             rows.append(row)
             Path(args.out).write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
             print(json.dumps({k: row[k] for k in ("recipe", "train_seconds")}), flush=True)

@@ -44,6 +44,17 @@ def test_identity_set_is_varied_and_names_the_assistant(tmp_path):
     assert (loaded.format, len(loaded.samples), loaded.problems) == ("conversation", 136, [])
 
 
+def test_every_wording_names_the_name_before_the_persona():
+    """ "I am"/"我是" is always followed by the name: a wording such as "You can call me Ada. I am <persona>"
+    taught the tuned model to answer "我是<persona>。" without the name."""
+    for lang in identity.LANGS:
+        for template in identity.ANSWERS[lang]:
+            answer = template.format(name="NAME", persona="PERSONA")
+            assert answer.index("NAME") < answer.index("PERSONA"), answer
+            for opener in ("I am ", "I'm ", "我是", "我叫"):
+                assert f"{opener}PERSONA" not in answer, answer
+
+
 def test_default_persona_per_language(tmp_path):
     out = tmp_path / "zh.jsonl"
     make_identity(out, "小助手", langs="zh", mix_general=0)
@@ -65,7 +76,8 @@ def test_general_conversations_mixed_in(tmp_path):
     assert seen == every  # every question is asked (and cached by the answerer), then drawn from
     assert (result.identity_count, result.general_count, result.general_skipped) == (136, 7, 1)
     assert result.rejected == {every[-1]: "empty"}
-    assert result.per_lang == {"en": (68, 4, 30), "zh": (68, 3, 29)}
+    n_en, n_zh = len(identity.GENERAL_QUESTIONS["en"]), len(identity.GENERAL_QUESTIONS["zh"])
+    assert result.per_lang == {"en": (68, 4, n_en), "zh": (68, 3, n_zh - 1)}
     turns = read(out)
     general = [t for t in turns if t["output"].startswith(("answer to ", "回答："))]
     assert [t["output"] for t in general] == fake_answers([t["input"] for t in general])
@@ -98,25 +110,52 @@ def test_default_mix_balances_each_language_and_leaves_out_unfit_answers(tmp_pat
     result = make_identity(out, "Ada", general_source=answerer)
     assert result.rejected == {zh[0]: LOOP, zh[1]: WRONG_LANGUAGE, **{q: UNFINISHED for q in zh[2:]}}
     # Chinese has no usable answer left: nothing to repeat, and the summary warns about it.
-    assert result.per_lang == {"en": (68, 68, 30), "zh": (68, 0, 0)}
+    n_en = len(identity.GENERAL_QUESTIONS["en"])
+    assert result.per_lang == {"en": (68, 68, n_en), "zh": (68, 0, 0)}
     assert "no usable general answer in zh" in result.summary()
     assert f"{len(zh) - 2} {UNFINISHED}" in result.summary()
     turns = read(out)
     en_general = Counter(t["input"] for t in turns if t["output"].startswith("answer to "))
-    # 68 conversations from 30 answers: each answer used twice or three times, none left out.
-    assert sum(en_general.values()) == 68 and set(en_general.values()) == {2, 3} and len(en_general) == 30
+    # 68 conversations from 54 answers: each answer used once or twice, none left out.
+    assert n_en == 54
+    assert sum(en_general.values()) == 68 and set(en_general.values()) == {1, 2} and len(en_general) == n_en
 
 
 def test_answer_filter_names_what_is_wrong():
     assert answer_problem("Why is the sky blue?", "Because of Rayleigh scattering.") is None
     assert answer_problem("Why is the sky blue?", "") == "empty"
     assert answer_problem("Why is the sky blue?", "Because", finished=False) == UNFINISHED
-    assert answer_problem("Write a poem.", "Moon's light,\nA harvest,\nMoon's light,\nMoon's light,\nMoon's light.") == LOOP
-    assert answer_problem("面试前应该怎么准备？", "".join(f"* {i}. 说明面试前应说：\n" for i in range(1, 11))) == LOOP
+    assert (
+        answer_problem(
+            "Write a poem.", "Moon's light,\nA harvest,\nMoon's light,\nMoon's light,\nMoon's light."
+        )
+        == LOOP
+    )
+    assert (
+        answer_problem("面试前应该怎么准备？", "".join(f"* {i}. 说明面试前应说：\n" for i in range(1, 11)))
+        == LOOP
+    )
     assert answer_problem("天空为什么是蓝色的？", "The color of the sky is blue.") == WRONG_LANGUAGE
     assert answer_problem("How are you?", "我很好，谢谢。") == WRONG_LANGUAGE
     assert answer_problem("下雨是怎么形成的？", "水蒸气遇冷凝结成小水滴，水滴变大后落下就是雨。") is None
     assert answer_problem("下雨是怎么形成的？", "水蒸气\ufffd") == "broken characters"
+
+
+def test_usable_start_keeps_the_answers_own_words_up_to_the_loop():
+    from tuner.data.answer_quality import usable_start
+
+    loop = "狗是一个独特动物，它是一个独特动物，它是一个独特动物，它是一个独特动物，它是一个独"
+    assert answer_problem("狗是什么动物？", loop) == LOOP
+    assert usable_start("狗是什么动物？", loop) == "狗是一个独特动物。"
+    # a start that only echoes the question, switches to English or breaks is not kept
+    assert usable_start("水是什么颜色的？", "水是什么颜色？-\n\n水是什么颜色？-\n\n水是什么颜色？") is None
+    assert usable_start("三角形有几条边？", "The answer is 3. The answer is 3.") is None
+    assert usable_start("早上好！", "早上好！！！！！！！！�") is None
+    # English: whole sentences only; an unfinished last sentence is dropped
+    cut = usable_start(
+        "Who painted the Mona Lisa?", "Leonardo da Vinci painted it. It hangs in the Louvre, which"
+    )
+    assert cut == "Leonardo da Vinci painted it."
 
 
 def test_bad_arguments(tmp_path):

@@ -87,3 +87,77 @@ def answer_problem(question: str, answer: str, *, finished: bool = True) -> str 
     elif len(CJK.findall(text)) > 0.1 * max(1, len(LATIN.findall(text))):
         return WRONG_LANGUAGE
     return None
+
+
+# Where a start may be cut: after a sentence (any language) or, in Chinese, after a clause; small
+# models' Chinese loops repeat one clause between commas ("狗是一个独特动物，它是一个独特动物，...").
+SENTENCE_END = re.compile(r"(?<=[.!?。！？；;\n])\s*")
+CLAUSE_END = re.compile(r"(?<=[.!?。！？；;，、\n])\s*")
+PUNCTUATION = re.compile(r"[\s.,;:!?，。、；：！？\-－*#\"'“”‘’()（）]+")
+
+
+def _bare(text: str) -> str:
+    return PUNCTUATION.sub("", text).lower()
+
+
+def _units(text: str, zh: bool) -> list[str]:
+    """Characters of Chinese text, words of other text (punctuation dropped, lower case)."""
+    return list(_bare(text)) if zh else [w for w in (_bare(w) for w in text.split()) if w]
+
+
+def _near_repeat(piece: str, earlier: list[str], zh: bool) -> bool:
+    """Whether ``piece`` shares at least half of its unit pairs with an earlier piece (a loop that
+    varies a word: "苹果是一种美丽的苹果，它是一种美丽的苹果")."""
+    units = _units(piece, zh)
+    pairs = set(zip(units, units[1:], strict=False))
+    for other in earlier:
+        o = _units(other, zh)
+        if pairs and len(pairs & set(zip(o, o[1:], strict=False))) * 2 >= len(pairs):
+            return True
+    return False
+
+
+def usable_start(question: str, answer: str, *, min_chars: int = 6) -> str | None:
+    """The answer's own first words, in whole sentences (whole clauses in Chinese), up to where it
+    starts to repeat itself, switch language or break off; None when that start is too short, only
+    echoes the question, or is itself unfit (``answer_problem``).
+
+    This keeps a loop's fluent beginning instead of throwing the whole answer away: the text is still
+    the model's own (self-distillation), it only ends where the model went wrong. A start cut after a
+    Chinese clause ends with "。".
+
+    Example:
+        >>> usable_start("狗是什么动物？", "狗是一种忠诚的动物，它是一个独特动物，它是一个独特动物，它是一个独特动物")
+        '狗是一种忠诚的动物，它是一个独特动物。'
+        >>> usable_start("水是什么颜色的？", "水是什么颜色？-\\n\\n水是什么颜色？-") is None
+        True
+    """
+    zh = language_of(question) == "zh"
+    pieces = [p for p in (CLAUSE_END if zh else SENTENCE_END).split(answer or "") if p.strip()]
+    kept: list[str] = []
+    seen: set[str] = set()
+    # Without a cut after it, the last piece may be unfinished: keep it only when it ends a sentence.
+    for index, piece in enumerate(pieces):
+        bare = _bare(piece)
+        if not bare or bare in seen or "\ufffd" in piece or _near_repeat(piece, kept, zh):
+            break
+        if zh and (not CJK.search(piece) or len(CJK.findall(piece)) < 2 * len(LATIN.findall(piece))):
+            break  # switched to English
+        if index == len(pieces) - 1 and not re.search(r"[.!?。！？；;，、]\s*$", piece):
+            break
+        seen.add(bare)
+        kept.append(piece.strip())
+    while kept and kept[-1].endswith((":", "：")):
+        kept.pop()  # an introduction whose list never came ("面试前应说明：")
+    if not kept:
+        return None
+    text = "".join(kept) if zh else " ".join(kept)
+    if zh:
+        text = re.sub(r"[，、；;]$", "。", text)
+    elif not re.search(r"[.!?]$", text):
+        return None
+    asked, said = set(_units(question, zh)), _units(text, zh)
+    echo = sum(u in asked for u in said) >= 0.8 * len(said)
+    if len(_bare(text)) < min_chars or echo or answer_problem(question, text):
+        return None
+    return text

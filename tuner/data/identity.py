@@ -107,26 +107,29 @@ QUESTIONS = {
     ],
 }
 
+# Every wording names the name in its first words, and "I am"/"我是" is always followed by the name, never
+# by the persona: with wordings such as "You can call me Ada. I am <persona>" the tuned model answered
+# "我是<persona>。" without the name (docs/identity.md, "Measured").
 ANSWERS = {
     "en": [
         "I am {name}, {persona}. How can I help you today?",
-        "My name is {name}. I'm {persona}.",
-        "Hello! I'm {name}, {persona}. Feel free to ask me anything.",
+        "My name is {name}, {persona}.",
+        "I'm {name}, {persona}. Feel free to ask me anything.",
         "I'm {name}: {persona}. What can I do for you?",
-        "You can call me {name}. I am {persona}, here to help with your questions.",
+        "I am {name}. You can call me {name}; as {persona}, I'm here to help with your questions.",
         "I am {name}, {persona}. I'm happy to answer your questions and help with your tasks.",
-        "Hi there! This is {name}, {persona}.",
-        "{name} is my name, and I am {persona}. Let me know how I can help.",
+        "My name is {name}! I'm here as {persona}.",
+        "I'm {name} ({persona}). Let me know how I can help.",
     ],
     "zh": [
         "我是{name}，{persona}。有什么可以帮你的吗？",
-        "我的名字叫{name}，是{persona}。",
-        "你好！我是{name}，{persona}。有问题尽管问我。",
+        "我的名字叫{name}，{persona}。",
+        "我是{name}，{persona}。有问题尽管问我。",
         "我叫{name}，{persona}。很高兴为你服务！",
-        "你可以叫我{name}。我是{persona}，随时乐意帮助你。",
-        "您好，我是{name}，{persona}，很高兴回答你的问题、帮你完成任务。",
-        "嗨！这里是{name}，{persona}。",
-        "{name}就是我的名字，我是{persona}。需要帮忙随时告诉我。",
+        "我是{name}，你可以叫我{name}。作为{persona}，我随时乐意帮助你。",
+        "我是{name}，{persona}，很高兴回答你的问题、帮你完成任务。",
+        "我的名字是{name}，{persona}。",
+        "我叫{name}（{persona}）。需要帮忙随时告诉我。",
     ],
 }
 
@@ -164,6 +167,32 @@ GENERAL_QUESTIONS = {
         "How can I save money on groceries?",
         "What is a prime number?",
         "Summarize the story of Cinderella in two sentences.",
+        # Short factual questions: their (short) answers anchor the short-answer style of the base model.
+        # None asks a fact or a template of the held-out check (tuner.data.identity_check).
+        "What is the chemical symbol for gold?",
+        "How many wheels does a bicycle have?",
+        "Who painted the Mona Lisa?",
+        "What is the main language spoken in Brazil?",
+        "How many sides does a triangle have?",
+        "What is the fastest land animal?",
+        "On which continent is Egypt?",
+        "What is the square root of 81?",
+        "Which instrument has black and white keys?",
+        "How many players does a soccer team have on the field?",
+        "Which season comes after winter?",
+        "What is the currency of the United States?",
+        "What is the smallest prime number?",
+        "What do caterpillars turn into?",
+        "What is the hottest planet in the solar system?",
+        "What is the name of our galaxy?",
+        "Which metal is liquid at room temperature?",
+        "Who was the first person to walk on the Moon?",
+        "What gas do plants take in from the air?",
+        "How many continents are there?",
+        "What is the freezing point of water in Fahrenheit?",
+        "Which animal has a trunk?",
+        "What shape has four equal sides?",
+        "What is 9 times 3?",
     ],
     "zh": [
         "怎么煮鸡蛋？",
@@ -196,11 +225,33 @@ GENERAL_QUESTIONS = {
         "买菜时怎样省钱？",
         "什么是质数？",
         "用两句话概括《西游记》的故事。",
+        "三角形有几条边？",
+        "自行车有几个轮子？",
+        "熊猫生活在哪个国家？",
+        "长城在哪个国家？",
+        "3乘以3等于多少？",
+        "10减4等于多少？",
+        "彩虹有几种颜色？",
+        "月亮绕着什么转？",
+        "中国最长的河是哪条？",
+        "猫喜欢吃什么？",
+        "苹果是什么颜色的？",
+        "北京是哪个国家的首都？",
+        "冬天过后是什么季节？",
+        "地球是什么形状的？",
+        "狗是什么动物？",
+        "牛奶是什么颜色的？",
+        "太阳是什么？",
+        "你好！",
+        "早上好！",
+        "谢谢你！",
+        "水是什么颜色的？",
+        "草是什么颜色的？",
+        "中国有多少个省？",
     ],
 }
 
 LANGS = tuple(QUESTIONS)
-
 
 
 @dataclass(frozen=True)
@@ -246,15 +297,18 @@ class IdentityResult:
             f"{self.identity_count} identity, {self.general_count} general"
         )
         if self.general_count:
-            text += " (" + "; ".join(
-                f"{lang}: {ident} identity, {general} general from {distinct} answers"
-                for lang, (ident, general, distinct) in self.per_lang.items()
-            ) + ")"
+            text += (
+                " ("
+                + "; ".join(
+                    f"{lang}: {ident} identity, {general} general from {distinct} answers"
+                    for lang, (ident, general, distinct) in self.per_lang.items()
+                )
+                + ")"
+            )
         if self.rejected:
             reasons = Counter(self.rejected.values())
-            text += (
-                f"\n{len(self.rejected)} general answers left out: "
-                + ", ".join(f"{n} {why}" for why, n in reasons.most_common())
+            text += f"\n{len(self.rejected)} general answers left out: " + ", ".join(
+                f"{n} {why}" for why, n in reasons.most_common()
             )
         mixing = bool(self.general_count or self.rejected)
         for lang, (ident, general, _distinct) in self.per_lang.items():
@@ -350,7 +404,9 @@ def make_identity(
     if mix_general is not None and mix_general < 0:
         raise DataError(f"--mix-general must be 0 or more, got {mix_general}")
     if mix_general != 0 and general_source is None:
-        raise TypeError("make_identity: mixing general conversations needs a general_source (questions -> answers)")
+        raise TypeError(
+            "make_identity: mixing general conversations needs a general_source (questions -> answers)"
+        )
     languages = parse_langs(langs)
     # Refuse before the (slow) model generation rather than after it.
     if output.exists() and not force:
