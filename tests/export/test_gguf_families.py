@@ -324,24 +324,41 @@ def test_a_refused_model_leaves_no_file(tmp_path, sources):
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.tmp"))
 
 
-def test_strip_rules_llama_cpp_cannot_follow_are_refused(tmp_path, sources):
-    # a tokenizer that strips the whitespace after <|user|> but not after <|end|>: llama.cpp can only
-    # strip after all control tokens (its Phi-3 rule) or none
+def _copy_with_strip(sources, name, folder, tokens, rstrip):
+    """A copy of a family's model folder whose added ``tokens`` strip (or keep) the whitespace after them."""
     import shutil
 
-    from tuner.core.errors import ModelError
-
-    folder = tmp_path / "phi"
-    shutil.copytree(sources("phi3_5").folder, folder, ignore=shutil.ignore_patterns("*.gguf"))
+    shutil.copytree(sources(name).folder, folder, ignore=shutil.ignore_patterns("*.gguf"))
     data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     for token in data["added_tokens"]:
-        if token["content"] == "<|end|>":
-            token["rstrip"] = False
+        if token["content"] in tokens:
+            token["rstrip"] = rstrip
     (folder / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
     config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     for token in (config.get("added_tokens_decoder") or {}).values():
-        if token["content"] == "<|end|>":
-            token["rstrip"] = False
+        if token["content"] in tokens:
+            token["rstrip"] = rstrip
     (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+def test_strip_rules_llama_cpp_cannot_follow_are_refused(tmp_path, sources):
+    # a tokenizer that strips the whitespace after <|user|> but not after <|end|>, both followed by "\n"
+    # in its template: llama.cpp can only strip after all control tokens (its Phi-3 rule) or none
+    from tuner.core.errors import ModelError
+
+    folder = _copy_with_strip(sources, "phi3_5", tmp_path / "phi", ("<|end|>",), rstrip=False)
     with pytest.raises(ModelError, match="strips the whitespace"):
         write_gguf(folder, tmp_path / "x.gguf")
+    assert not list(tmp_path.glob("*.gguf"))
+
+
+def test_strip_flags_matter_only_where_the_template_puts_whitespace(tmp_path, sources):
+    # Phi-4-mini's template puts no whitespace after its markers: stripping or not gives the same ids,
+    # so markers that strip are written as they are, and no "phi3" goes in the name (llama.cpp's Phi-3
+    # rule needs <unk>, <s> and </s>, which this vocabulary lacks: it would not even load the file)
+    from tests.tiny import PHI3_CHAT
+
+    folder = _copy_with_strip(sources, "phi4_mini", tmp_path / "phi3-mini-4", PHI3_CHAT, rstrip=True)
+    path = write_gguf(folder, tmp_path / "x.gguf").path
+    assert "phi3" not in fields(path)["general.name"].lower()

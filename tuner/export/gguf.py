@@ -291,7 +291,8 @@ _PHI3_NEEDS = ("<unk>", "<s>", "<|endoftext|>", "</s>")
 
 def gguf_name(name: str, tokenizer, vocab: Vocabulary, chat_template) -> str:
     """The general.name to write: ``name``, with or without "phi3" in it so that llama.cpp strips the
-    whitespace after the chat template's special tokens exactly where training's tokenizer does."""
+    whitespace after the chat template's special tokens exactly where training's tokenizer does
+    (where the template puts whitespace after one); what llama.cpp cannot follow is refused."""
     sample = [
         {"role": "system", "content": "s"},
         {"role": "user", "content": "u"},
@@ -305,17 +306,25 @@ def gguf_name(name: str, tokenizer, vocab: Vocabulary, chat_template) -> str:
     used = {
         t.content: t for t in tokenizer.added_tokens_decoder.values() if t.special and t.content in rendered
     }
-    strips = {content for content, token in used.items() if token.rstrip}
+    before = sorted(c for c, t in used.items() if t.lstrip and re.search(r"\s" + re.escape(c), rendered))
+    if before:
+        raise ModelError(
+            f"the tokenizer strips the whitespace before {before}, which llama.cpp does not do for this "
+            f"model, so it would tokenize the chat prompts differently; use {CONVERTER} for this model"
+        )
+    # the tokens the template puts whitespace after: there, stripping or not changes the ids
+    followed = {c: t for c, t in used.items() if re.search(re.escape(c) + r"\s", rendered)}
+    strips = {c for c, t in followed.items() if t.rstrip}
     plain = _PHI3_NAMES.sub(lambda m: m.group(0)[:-1].rstrip("-") + " " + m.group(0)[-1], name)
     if not strips:
         return plain  # llama.cpp must not strip: no "phi3" in the name
-    by_phi3_rule = {content for content in used if content not in _PHI3_KEEP}
+    by_phi3_rule = {c for c in followed if c not in _PHI3_KEEP}
     if strips != by_phi3_rule or not set(_PHI3_NEEDS) <= set(vocab.tokens):
         raise ModelError(
             f"the tokenizer strips the whitespace after {sorted(strips)} but not after "
-            f"{sorted(set(used) - strips)}: llama.cpp can strip only after all special tokens but "
-            f"{', '.join(_PHI3_KEEP)} (its Phi-3 rule), so it would tokenize the chat prompts differently; "
-            f"use {CONVERTER} for this model"
+            f"{sorted(set(followed) - strips)}: llama.cpp can strip only after all control tokens but "
+            f"{', '.join(_PHI3_KEEP)} (its Phi-3 rule, which needs {', '.join(_PHI3_NEEDS)} in the vocabulary), "
+            f"so it would tokenize the chat prompts differently; use {CONVERTER} for this model"
         )
     return name if _PHI3_NAMES.search(name) else f"{name} (phi3)"
 
