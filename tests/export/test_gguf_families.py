@@ -283,6 +283,7 @@ def _config(model_type, **options):
     [
         ("gemma2", dict(head_dim=16), "query_pre_attn_scalar is 256"),  # llama.cpp scales by 1/sqrt(16)
         ("gemma2", dict(head_dim=256, tie_word_embeddings=False), "lm_head is not tied"),
+        ("gemma2", dict(head_dim=256, final_logit_softcapping=None), "always applies both"),
         (
             "gemma3_text",
             dict(head_dim=256, layer_types=["full_attention"] * 2),

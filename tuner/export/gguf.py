@@ -448,7 +448,13 @@ def _runs_differently(config, family: Family) -> str | None:
         if getattr(config, "sliding_window", None) and layer_types != wanted:
             return (
                 f"its layers alternate sliding and full attention as {layer_types}, but llama.cpp fixes the "
-                f"pattern for {family.arch} (every {period}th layer full)"
+                f"pattern for {family.arch}: {wanted} (a later llama.cpp reads a per-layer pattern; tuner writes the "
+                "released models' one only)"
+            )
+        if family.arch == "gemma2" and not (config.attn_logit_softcapping and config.final_logit_softcapping):
+            return (
+                "it turns attention or final logit soft-capping off, and llama.cpp's gemma2 always applies both "
+                f"(attn {config.attn_logit_softcapping}, final {config.final_logit_softcapping})"
             )
         if family.arch == "gemma2" and not getattr(config, "tie_word_embeddings", True):
             return (
@@ -459,7 +465,10 @@ def _runs_differently(config, family: Family) -> str | None:
                 return "it caps attention logits, which llama.cpp's gemma3 does not do"
             sliding = (_rope_parameters(config).get("sliding_attention") or {}).get("rope_theta", 10000.0)
             if float(sliding) != 10000.0:
-                return f"its sliding layers' rope theta is {sliding}; llama.cpp fixes it at 10000 for gemma3"
+                return (
+                    f"its sliding layers' rope theta is {sliding}; llama.cpp builds that predate the "
+                    "rope.freq_base_swa key run Gemma 3's sliding layers at 10000 (all released Gemma 3 use 10000)"
+                )
     return None
 
 
@@ -571,16 +580,17 @@ def _write_shape(writer, config, family: Family, head_dim: int) -> list:
         writer.add_value_length(head_dim)
         window = getattr(config, "sliding_window", None)
         if family.arch == "gemma2":
-            writer.add_attn_logit_softcapping(float(config.attn_logit_softcapping or 0.0))
-            writer.add_final_logit_softcapping(float(config.final_logit_softcapping or 0.0))
-            if window:
-                writer.add_sliding_window(int(window))
+            writer.add_attn_logit_softcapping(float(config.attn_logit_softcapping))
+            writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
+            # llama.cpp's gemma2 always slides (4096 when the key is missing): no window is the context
+            writer.add_sliding_window(int(window or config.max_position_embeddings))
         else:
             if getattr(config, "final_logit_softcapping", None):
                 writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
             if window:
                 writer.add_sliding_window(int(window))
-                writer.add_rope_freq_base_swa(10000.0)
+                sliding = (_rope_parameters(config).get("sliding_attention") or {}).get("rope_theta", 10000.0)
+                writer.add_rope_freq_base_swa(float(sliding))
             params = _global_rope(config)
             kind = _rope_kind(params)
             if kind == "linear":
