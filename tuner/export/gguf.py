@@ -299,10 +299,15 @@ def gguf_name(name: str, tokenizer, vocab: Vocabulary, chat_template) -> str:
         {"role": "assistant", "content": "a"},
         {"role": "user", "content": "v"},
     ]
-    try:
-        rendered = chat_template.render(sample, add_generation_prompt=True)
-    except Exception:  # a template without a system role
-        rendered = chat_template.render(sample[1:], add_generation_prompt=True)
+    rendered = None
+    for messages in (sample, sample[1:]):  # the second for templates without a system role
+        try:
+            rendered = chat_template.render(messages, add_generation_prompt=True)
+            break
+        except Exception as exc:  # a template that refuses this conversation
+            log.debug("GGUF name check: the chat template refused a sample conversation: %s", exc)
+    if rendered is None:
+        rendered = chat_template.chat_template or ""
     used = {
         t.content: t for t in tokenizer.added_tokens_decoder.values() if t.special and t.content in rendered
     }
