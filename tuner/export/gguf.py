@@ -66,8 +66,6 @@ FAMILIES = {
     "gemma3_text": Family("gemma3", norm_plus_one=True),
     "phi3": Family("phi3"),
 }
-# transformers model_type -> (GGUF architecture, Q/K rows permuted), kept for callers of the old table
-ARCHITECTURES = {name: (family.arch, family.permute_qk) for name, family in FAMILIES.items()}
 # Split regexes of byte-level BPE tokenizers -> llama.cpp's pre-tokenizer name for them.
 PRE_TOKENIZERS = {
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
