@@ -203,6 +203,9 @@ CURRENT_DEFAULTS = {
     "2026-12-01-h200-embedding2.json",
     "2026-12-01-h200-qwen.json",  # session 4: before lean steps and cuDNN attention
     "2026-12-01-h200-memory-regen.json",
+    "2026-12-04-h200-checkpoint-graphs.json",  # session 9: the checkpointed layers' graphs
+    "2026-12-04-h200-budgets-llama2-graphs.json",
+    "2026-12-04-h200-budgets-llama3.json",
 }
 
 
@@ -239,9 +242,9 @@ def test_cuda_graphs_count_a_static_input_per_kept_layer_and_a_pool_for_the_chec
     half = dict(liger=True, checkpointed_layers=16, offload=False)
     graphed = estimate(_qlora_4096(), shape, H100, **half)
     ungraphed = estimate(_qlora_4096(), shape, H100, graphs=False, **half)
-    # 16 kept layers' static inputs, the checkpointed layers' pool and buffers (36 bytes per token and
+    # 16 kept layers' static inputs, the checkpointed layers' pool and buffers (24 bytes per token and
     # hidden unit), and no dropout regeneration inside their graphs (12 + intermediate / hidden)
-    pool = 4096 * 4096 * (36 + 12 + 11008 / 4096) / 2**30
+    pool = 4096 * 4096 * (24 + 12 + 11008 / 4096) / 2**30
     assert graphed.allocated_gib - ungraphed.allocated_gib == pytest.approx(16 * row + pool)
     small = estimate(_qlora_4096(), shape, H100, liger=True, budget_gib=12)
     assert small.checkpointed_layers == 32 and small.graphs

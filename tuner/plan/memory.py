@@ -68,10 +68,12 @@ REGEN_SAVED_BYTES = 12
 GRAPH_INPUT_BYTES = 2
 # The checkpointed layers' graphs (tuner.fast.checkpoint_graphs) hold one layer's recomputation in a
 # private pool that the rest of the step cannot reuse, three row-sized static buffers, and no dropout
-# regeneration: measured +0.82 GiB peak for Llama-2-7B QLoRA at 4096 tokens, every layer checkpointed,
-# inputs offloaded (5.43 -> 6.25 GiB), +0.55 GiB with the inputs on the GPU (5.70 -> 6.25); this counts
-# 36 bytes per token per hidden unit besides the regeneration's (bench/results/2026-12-04-h200-checkpoint-graphs.json).
-CHECKPOINT_GRAPH_BYTES = 36
+# regeneration. Measured on H200 for Llama-2-7B QLoRA at 4096 tokens, every layer checkpointed: +0.82 GiB
+# peak with the inputs offloaded (5.43 -> 6.25), +0.55 GiB with them on the GPU (5.70 -> 6.25); 29 and
+# 20 of 32 layers checkpointed and graphed: 9.22 and 16.21 GiB (bench/results/2026-12-04-h200-
+# {checkpoint-graphs,budgets-llama2-graphs,budgets-llama3}.json). 24 bytes per token per hidden unit
+# besides the regeneration's keeps every one of those rows within 15% (tests/plan/test_estimate.py).
+CHECKPOINT_GRAPH_BYTES = 24
 # Rows longer than this recompute eagerly: the buffers grow with the row while the host's share of the
 # step shrinks.
 CHECKPOINT_GRAPH_MAX_TOKENS = 8192
@@ -115,7 +117,7 @@ GPU_PEAK_FLOPS = {
 }
 GPU_DEFAULT_PEAK = 100e12
 GPU_MFU = 0.54
-GPU_STEP_SECONDS = {"quantized": (0.075, 0.30), "16-bit": (0.04, 0.3)}
+GPU_STEP_SECONDS = {"quantized": (0.075, 0.21), "16-bit": (0.04, 0.3)}
 # What replaying the checkpointed layers as CUDA graphs takes off that host cost with every layer
 # checkpointed: Llama-2-7B QLoRA at 4096 tokens on H200, 0.543 -> 0.445 s per step with the inputs on the
 # GPU, 0.518 -> 0.485 with them offloaded (bench/results/2026-12-04-h200-checkpoint-graphs.json).
