@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.tiny import GGUF_FAMILIES, save_family_model
+from tests.tiny import GGUF_FAMILIES, save_family_model, save_tiny_model
 from tuner.export.gguf import TOLERANCE, write_gguf
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,6 +29,10 @@ CONVERSATION = [
 # llama.cpp picks Phi-3's long or short rope factors by the context it runs with (long above the
 # original context), transformers by the sequence length: run at the original context to compare.
 N_CTX = {"phi4_mini": 256}
+# the families written before these (byte-level BPE, ChatML template), for comparison
+TEMPLATES = {"llama": "chatml", "qwen2": "qwen_chat"} | {
+    name: spec["template"] for name, spec in GGUF_FAMILIES.items()
+}
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +65,19 @@ def probe(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["f32", "q8_0"])
-@pytest.mark.parametrize("name", sorted(GGUF_FAMILIES))
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
 def test_llama_cpp_tokenizes_and_computes_as_training(tmp_path, probe, name, kind):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tuner.data.templates import get_template
 
-    folder = save_family_model(name, tmp_path / "model")
+    if name in GGUF_FAMILIES:
+        folder = save_family_model(name, tmp_path / "model")
+    else:
+        folder = save_tiny_model(name, tmp_path / "model")
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    template = get_template(GGUF_FAMILIES[name]["template"], tokenizer)
+    template = get_template(TEMPLATES[name], tokenizer)
     prompt = template.render(CONVERSATION, add_generation_prompt=True)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
