@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,7 +92,6 @@ def test_logits_match_after_a_transformers_round_trip(sources, name, kind):
 def _expected_tensors(source: Source) -> dict:
     """GGUF name -> array as llama.cpp wants it, from the source weights (written out per family
     here, independently of tuner.export.gguf)."""
-    import numpy as np
 
     config, name = source.config, source.name
     prefix = "model.layers.{}."
@@ -152,7 +152,6 @@ def _expected_tensors(source: Source) -> dict:
 @pytest.mark.parametrize("name", sorted(GGUF_FAMILIES))
 def test_tensors_are_the_source_weights_in_llama_cpp_layout(sources, name, kind):
     import gguf
-    import numpy as np
 
     source = sources(name)
     path = write_gguf(source.folder, source.folder / f"read-{kind}.gguf", kind=kind, force=True).path
@@ -247,7 +246,7 @@ def test_merge_writes_the_gguf_and_a_modelfile_with_the_family_template(tmp_path
         tmp_path / "merged",
         dtype="fp32",
         verify=False,
-        gguf="q8_0",
+        gguf="f32",
         template=template,
     ).out_dir
     modelfile = (out / "Modelfile").read_text(encoding="utf-8")
@@ -261,11 +260,32 @@ def test_merge_writes_the_gguf_and_a_modelfile_with_the_family_template(tmp_path
     ]
     assert stops == list(dict.fromkeys([source.template.end_of_turn, *source.template.stop_words]))
     meta = fields(out / "model.gguf")
-    assert meta["general.architecture"] == ARCH[name] and meta["general.file_type"] == 7  # MOSTLY_Q8_0
+    assert meta["general.architecture"] == ARCH[name] and meta["general.file_type"] == 0  # ALL_F32
     assert meta["tokenizer.chat_template"] == source.template.chat_template
     assert meta["tokenizer.ggml.eot_token_id"] == source.tokenizer.convert_tokens_to_ids(
         source.template.end_of_turn
     )
+    # the file holds the merged weights: the merged model's logits (which the adapter moved away
+    # from the base's), or for Phi-4-mini its fused qkv weight
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    ids = torch.tensor([source.ids])
+    with torch.no_grad():
+        expected = merged(input_ids=ids).logits
+    assert (expected - source.logits).abs().max() > 1e-3
+    if name in ROUND_TRIP:
+        from_gguf = AutoModelForCausalLM.from_pretrained(
+            str(out), gguf_file="model.gguf", dtype=torch.float32
+        )
+        with torch.no_grad():
+            got = from_gguf.eval()(input_ids=ids).logits
+        assert (got - expected).abs().max() <= TOLERANCE["f32"]
+    else:
+        qkv = {t.name: t for t in gguf.GGUFReader(str(out / "model.gguf")).tensors}["blk.0.attn_qkv.weight"]
+        want = merged.state_dict()["model.layers.0.self_attn.qkv_proj.weight"].numpy()
+        assert np.array_equal(np.asarray(qkv.data).reshape(want.shape), want)
 
 
 # --------------------------------------------------------------------------------------- refusals
