@@ -8,10 +8,13 @@ its preset's chat template. Where transformers loads the architecture back from 
 Gemma 2, Gemma 3, Phi-3.5) its logits must equal the source model's within the type's tolerance.
 Phi-4-mini's shape is what transformers' GGUF loader cannot read back (it reads neither
 rope.dimension_count nor rope scaling for phi3), so its file is read with ``gguf.GGUFReader``: tensor
-names, shapes and dequantized values against the source weights, and the metadata keys. For every
-family: the GGUF's tokenizer gives the training prompt's ids, the chat template in the metadata
-renders training's prompt, its end-of-turn token is the end-of-generation token, and a merge with
-``--gguf`` writes the file and a Modelfile with the family's template and stops."""
+names, shapes and dequantized values against the source weights (in llama.cpp's layout, written out
+here independently), and the metadata keys; every family gets that check too. For every family: the
+GGUF's tokenizer gives the training prompt's ids, the chat template in the metadata renders training's
+prompt, its end-of-turn token is the end-of-generation token, and a merge of a LoRA run with ``--gguf``
+writes the merged weights (the merged model's logits back through transformers; Phi-4-mini's fused qkv)
+and a Modelfile with the family's template and stops. What llama.cpp would run differently is refused.
+llama.cpp itself reads these files in test_gguf_llama_cpp.py (given a llama.cpp build)."""
 
 from __future__ import annotations
 
