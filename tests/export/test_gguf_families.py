@@ -386,3 +386,25 @@ def test_strip_flags_matter_only_where_the_template_puts_whitespace(tmp_path, so
     folder = _copy_with_strip(sources, "phi4_mini", tmp_path / "phi3-mini-4", PHI3_CHAT, rstrip=True)
     path = write_gguf(folder, tmp_path / "x.gguf").path
     assert "phi3" not in fields(path)["general.name"].lower()
+
+
+def test_added_tokens_past_the_embeddings_are_left_out(tmp_path, sources, caplog):
+    # Gemma 3 1B's tokenizer has <image_soft_token> at 262144, one past its 262144 embeddings: the GGUF
+    # leaves it out (as llama.cpp's converter does) instead of refusing the model
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    source = sources("gemma3")
+    folder = tmp_path / "gemma3"
+    shutil.copytree(source.folder, folder, ignore=shutil.ignore_patterns("*.gguf"))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<image_soft_token>"]}, replace_extra_special_tokens=False
+    )
+    tokenizer.save_pretrained(str(folder))
+    assert tokenizer.convert_tokens_to_ids("<image_soft_token>") == source.config.vocab_size
+    path = write_gguf(folder, tmp_path / "x.gguf", kind="f32").path
+    meta = fields(path)
+    assert len(meta["tokenizer.ggml.tokens"]) == source.config.vocab_size
+    assert "<image_soft_token>" not in meta["tokenizer.ggml.tokens"] and "<image_soft_token>" in caplog.text

@@ -155,13 +155,24 @@ def _tokenizer_json(folder: Path, tokenizer) -> dict:
 
 
 def _ids(tokenizer, vocab_size: int):
+    """(token by id, special ids, added ids) of the ids the model has embeddings for. Added tokens past
+    the embeddings (Gemma 3 1B's tokenizer has <image_soft_token> at 262144, its model 262144 rows) are
+    left out, as llama.cpp's converter leaves them out; a base-vocabulary token past them is refused."""
     by_id = {index: token for token, index in tokenizer.get_vocab().items()}
-    if max(by_id) >= vocab_size:
+    special = {int(i) for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    added = {int(i) for i in tokenizer.added_tokens_decoder}
+    beyond = sorted(i for i in by_id if i >= vocab_size)
+    if set(beyond) - added:
         raise ModelError(
             f"the tokenizer has ids up to {max(by_id)} but the model only {vocab_size} embeddings"
         )
-    special = {int(i) for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    added = {int(i) for i in tokenizer.added_tokens_decoder}
+    if beyond:
+        log.warning(
+            "GGUF: leaving out %d added token(s) the model has no embeddings for: %s",
+            len(beyond),
+            ", ".join(by_id[i] for i in beyond[:5]),
+        )
+        by_id = {i: token for i, token in by_id.items() if i < vocab_size}
     return by_id, special, added
 
 
@@ -650,11 +661,16 @@ def _write_vocabulary(writer, vocab: Vocabulary, tokenizer, chat_template) -> No
         (tokenizer.unk_token_id, writer.add_unk_token_id),
         (tokenizer.pad_token_id, writer.add_pad_token_id),
     ):
-        if token_id is not None:
+        if token_id is not None and token_id < len(vocab.tokens):
             add(token_id)
     writer.add_add_bos_token(adds_bos(tokenizer))
     writer.add_add_eos_token(False)
     eot = single_token_id(tokenizer, chat_template.end_of_turn)
+    if eot is not None and eot >= len(vocab.tokens):
+        raise ModelError(
+            f"the chat template's end of turn {chat_template.end_of_turn!r} is token {eot}, past the model's "
+            f"{len(vocab.tokens)} embeddings: the model cannot have learnt to end its turns with it"
+        )
     if eot is not None:
         writer.add_eot_token_id(eot)
     if chat_template.chat_template:
