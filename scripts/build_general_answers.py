@@ -6,7 +6,9 @@ base model is the embedded default (other models answer once and are cached in t
 Answers unfit to train on (tuner.data.answer_quality) are not kept whole: when their own first
 sentences (clauses in Chinese), up to where they loop, break or switch language, are fit
 (``usable_start``), that start is kept and the question is listed under "salvaged" with the reason the
-whole answer failed; otherwise the file lists the question under "rejected" with the reason.
+whole answer failed. An answer (or start) in another language than its question (SmolLM2 answers about
+half of the Chinese questions in English) is kept too and listed under "other_language": make_identity
+uses those only with other_language=True. Otherwise the file lists the question under "rejected".
 Run: python scripts/build_general_answers.py           (every answer generated anew)
      python scripts/build_general_answers.py --clean   (filter the file again; generate only what it lacks)
      python scripts/build_general_answers.py --clean --salvage   (also answer the rejected ones again,
@@ -26,14 +28,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tuner.chat.generate import GENERAL_MAX_NEW_TOKENS, greedy_answers, read_answers  # noqa: E402
 from tuner.chat.text import resolve_chat_template  # noqa: E402
 from tuner.core.io import write_text_atomic  # noqa: E402
-from tuner.data.answer_quality import answer_problem, usable_start  # noqa: E402
+from tuner.data.answer_quality import EMPTY, WRONG_LANGUAGE, answer_problem, usable_start  # noqa: E402
 from tuner.data.identity import GENERAL_QUESTIONS, GENERATION_SYSTEM, SHIPPED_ANSWERS  # noqa: E402
 from tuner.models.embedded import GGUF_FILE  # noqa: E402
 from tuner.models.load import load_model, load_tokenizer, release  # noqa: E402
 
 
-def answer(questions: list[str], max_new_tokens: int) -> dict[str, tuple[str, str | None]]:
-    """question -> (text to keep or "", None when kept whole, else the whole answer's problem)."""
+def classify(question: str, text: str, finished: bool) -> tuple[str, str | None, bool, bool]:
+    """(text to keep or "", the whole answer's problem or None, whether the kept text is in another
+    language than the question, whether it is only the answer's start). Whole and in the question's
+    language first; then its usable start; then the same in another language (the model's habit)."""
+    problem = answer_problem(question, text, finished=finished)
+    if not problem:
+        return text, None, False, False
+    start = usable_start(question, text)
+    if start:
+        return start, problem, False, True
+    if not answer_problem(question, text, finished=finished, other_language_ok=True):
+        return text, problem, True, False
+    start = usable_start(question, text, other_language_ok=True) or ""
+    return start, problem, True, True
+
+
+def answer(questions: list[str], max_new_tokens: int) -> dict[str, tuple[str, str | None, bool]]:
+    """question -> classify() of the embedded model's greedy answer."""
     tokenizer = load_tokenizer("default")
     loaded = load_model("default")
     try:
@@ -48,11 +66,22 @@ def answer(questions: list[str], max_new_tokens: int) -> dict[str, tuple[str, st
         )
     finally:
         release(loaded.model)
-    out = {}
-    for a in raw:
-        problem = answer_problem(a.prompt, a.text, finished=a.stop_id is not None)
-        out[a.prompt] = (a.text, None) if not problem else (usable_start(a.prompt, a.text) or "", problem)
-    return out
+    return {a.prompt: classify(a.prompt, a.text, a.stop_id is not None) for a in raw}
+
+
+def store(payload: dict, answers: dict[str, tuple[str, str | None, bool, bool]]) -> None:
+    """Put classify() results into the file's "answers", "salvaged", "other_language" and "rejected"."""
+    for question, (text, problem, other, cut) in answers.items():
+        for key in ("answers", "salvaged", "other_language", "rejected"):
+            payload[key].pop(question, None)
+        if not text:
+            payload["rejected"][question] = problem
+            continue
+        payload["answers"][question] = text
+        if cut:
+            payload["salvaged"][question] = problem
+        if other:
+            payload["other_language"][question] = WRONG_LANGUAGE
 
 
 def main(argv: list[str]) -> None:
@@ -70,49 +99,39 @@ def main(argv: list[str]) -> None:
     questions = [q for lang in sorted(GENERAL_QUESTIONS) for q in GENERAL_QUESTIONS[lang]]
     if args.clean:
         payload = read_answers(SHIPPED_ANSWERS)
-        payload.setdefault("salvaged", {})
+        for key in ("salvaged", "other_language"):
+            payload.setdefault(key, {})
         for question, text in list(payload["answers"].items()):
+            other = question in payload["other_language"]
             if question in payload["salvaged"]:  # a kept start: cut it again by today's rules
-                text = payload["answers"][question] = usable_start(question, text) or ""
-                if not text:
-                    del payload["answers"][question]
-                    payload["rejected"][question] = payload["salvaged"].pop(question)
-                    continue
-            problem = answer_problem(question, text)
+                text = usable_start(question, text, other_language_ok=other) or ""
+            problem = answer_problem(question, text, other_language_ok=other) if text else EMPTY
             if problem or question not in questions:
-                del payload["answers"][question]
-                payload["salvaged"].pop(question, None)
-                if problem and question in questions:
+                for key in ("answers", "salvaged", "other_language"):
+                    payload[key].pop(question, None)
+                if question in questions:
                     payload["rejected"][question] = problem
+            else:
+                payload["answers"][question] = text
         if args.salvage:
             payload["rejected"] = {}
         todo = [q for q in questions if q not in payload["answers"] and q not in payload["rejected"]]
     else:
-        payload = {
-            "model": GGUF_FILE,
-            "system": GENERATION_SYSTEM,
-            "decoding": "greedy",
-            "answers": {},
-            "rejected": {},
-        }
-        payload["salvaged"] = {}
+        payload = {"model": GGUF_FILE, "system": GENERATION_SYSTEM, "decoding": "greedy"}
+        payload.update(answers={}, rejected={}, salvaged={}, other_language={})
         todo = questions
     if todo:
-        for question, (text, problem) in answer(todo, args.max_new_tokens).items():
-            if text:
-                payload["answers"][question] = text
-                if problem:
-                    payload["salvaged"][question] = problem
-            else:
-                payload["rejected"][question] = problem
+        store(payload, answer(todo, args.max_new_tokens))
         payload.setdefault("runs", []).append({"questions": len(todo), "max_new_tokens": args.max_new_tokens})
     order = {q: i for i, q in enumerate(questions)}
-    for key in ("answers", "rejected", "salvaged"):
+    for key in ("answers", "rejected", "salvaged", "other_language"):
         payload[key] = dict(sorted(payload.get(key, {}).items(), key=lambda kv: order.get(kv[0], len(order))))
     write_text_atomic(SHIPPED_ANSWERS, json.dumps(payload, ensure_ascii=False, indent=1) + "\n")
     print(
         f"wrote {len(payload['answers'])} usable answers to {SHIPPED_ANSWERS} "
-        f"({len(payload['salvaged'])} of them the usable start of an unfit answer); rejected {len(payload['rejected'])}:"
+        f"({len(payload['salvaged'])} of them the usable start of an unfit answer, "
+        f"{len(payload['other_language'])} in another language than the question); "
+        f"rejected {len(payload['rejected'])}:"
     )
     for question, why in payload["rejected"].items():
         print(f"  {why}: {question}")

@@ -38,6 +38,9 @@ RECIPES = {
     "steps60": {"max_steps": 60},
     "lr7e-4-steps50": {"lr": 7e-4, "max_steps": 50},
     "lr2e-3-steps30": {"lr": 2e-3, "max_steps": 30},
+    # the base model's own answers in another language than the question (English to Chinese) kept
+    "other-lang": {"data": {"other_language": True}},
+    "other-lang-lr5e-4": {"lr": 5e-4, "data": {"other_language": True}},
 }
 
 

@@ -202,7 +202,13 @@ def test_shipped_answers_pass_the_filter_so_no_model_is_loaded(tmp_path, workspa
     shipped = json.loads(identity.SHIPPED_ANSWERS.read_text(encoding="utf-8"))
     every_question = [q for lang in identity.GENERAL_QUESTIONS for q in identity.GENERAL_QUESTIONS[lang]]
     assert set(every_question) <= set(shipped["answers"]) | set(shipped["rejected"])
-    assert [q for q, a in shipped["answers"].items() if answer_problem(q, a)] == []
+    other = shipped["other_language"]  # the model's own answers in another language than the question
+    assert [
+        q for q, a in shipped["answers"].items() if answer_problem(q, a, other_language_ok=q in other)
+    ] == []
+    assert {q for q, a in shipped["answers"].items() if answer_problem(q, a) == WRONG_LANGUAGE} == set(other)
+    # the usable start of an unfit answer is the start of the model's own answer, cut where it went wrong
+    assert set(shipped["salvaged"]) <= set(shipped["answers"])
 
     def no_model(*args, **kwargs):
         raise AssertionError("the embedded model must not be loaded when shipped answers cover the questions")
@@ -211,8 +217,16 @@ def test_shipped_answers_pass_the_filter_so_no_model_is_loaded(tmp_path, workspa
     result = identity.make_identity(
         tmp_path / "id.jsonl", "Ada", general_source=generate.general_answerer("default")
     )
-    assert result.rejected == {q: shipped["rejected"][q] for q in every_question if q in shipped["rejected"]}
+    left_out = {**shipped["rejected"], **{q: WRONG_LANGUAGE for q in other}}
+    assert result.rejected == {q: left_out[q] for q in every_question if q in left_out}
+    kept = identity.make_identity(
+        tmp_path / "other.jsonl",
+        "Ada",
+        general_source=generate.general_answerer("default"),
+        other_language=True,
+    )
+    assert kept.rejected == {q: shipped["rejected"][q] for q in every_question if q in shipped["rejected"]}
     outputs = {json.loads(line)["conversation"][0]["output"] for line in (tmp_path / "id.jsonl").open()}
     assert outputs & set(shipped["answers"].values()) == {
-        shipped["answers"][q] for q in every_question if q in shipped["answers"]
+        shipped["answers"][q] for q in every_question if q in shipped["answers"] and q not in other
     }

@@ -60,8 +60,12 @@ def repeated_line(text: str, times: int = 3) -> bool:
     return bool(lines) and max(lines.values()) >= times
 
 
-def answer_problem(question: str, answer: str, *, finished: bool = True) -> str | None:
+def answer_problem(
+    question: str, answer: str, *, finished: bool = True, other_language_ok: bool = False
+) -> str | None:
     """What makes ``answer`` unfit to train on as the answer to ``question``, or None.
+    ``other_language_ok``: an answer in another language than the question's is fit (the base model's
+    own habit, e.g. SmolLM2 answering half of the Chinese questions in English).
 
     Example:
         >>> answer_problem("中国的首都是哪里？", "中国是一个美丽的" + "美丽的" * 20)
@@ -80,6 +84,8 @@ def answer_problem(question: str, answer: str, *, finished: bool = True) -> str 
         return LOOP
     if not finished:
         return UNFINISHED
+    if other_language_ok:
+        return None
     if language_of(question) == "zh":
         # A Chinese answer is mostly Chinese characters (names and numbers in Latin script are fine).
         if len(CJK.findall(text)) < 2 * len(LATIN.findall(text)) or not CJK.search(text):
@@ -117,7 +123,9 @@ def _near_repeat(piece: str, earlier: list[str], zh: bool) -> bool:
     return False
 
 
-def usable_start(question: str, answer: str, *, min_chars: int = 6) -> str | None:
+def usable_start(
+    question: str, answer: str, *, min_chars: int = 6, other_language_ok: bool = False
+) -> str | None:
     """The answer's own first words, in whole sentences (whole clauses in Chinese), up to where it
     starts to repeat itself, switch language or break off; None when that start is too short, only
     echoes the question, or is itself unfit (``answer_problem``).
@@ -133,6 +141,8 @@ def usable_start(question: str, answer: str, *, min_chars: int = 6) -> str | Non
         True
     """
     zh = language_of(question) == "zh"
+    if other_language_ok and zh and len(CJK.findall(answer or "")) < len(LATIN.findall(answer or "")):
+        zh = False  # an English answer to a Chinese question: cut it as English
     pieces = [p for p in (CLAUSE_END if zh else SENTENCE_END).split(answer or "") if p.strip()]
     kept: list[str] = []
     seen: set[str] = set()
@@ -158,6 +168,10 @@ def usable_start(question: str, answer: str, *, min_chars: int = 6) -> str | Non
         return None
     asked, said = set(_units(question, zh)), _units(text, zh)
     echo = sum(u in asked for u in said) >= 0.8 * len(said)
-    if len(_bare(text)) < min_chars or echo or answer_problem(question, text):
+    if (
+        len(_bare(text)) < min_chars
+        or echo
+        or answer_problem(question, text, other_language_ok=other_language_ok)
+    ):
         return None
     return text

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # General conversations per identity conversation, in each language (None = this balance).
 GENERAL_PER_IDENTITY = 1
+# Keep general answers in another language than their question (make_identity's other_language).
+OTHER_LANGUAGE = False
 # Chat templates such as SmolLM2's insert their own system prompt ("...named SmolLM...") when none is
 # given; a neutral one keeps the base model's old name out of the general answers.
 GENERATION_SYSTEM = "You are a helpful assistant."
@@ -380,6 +382,7 @@ def make_identity(
     force: bool = False,
     general_source: Answerer | None = None,
     seed: int = 0,
+    other_language: bool = OTHER_LANGUAGE,
 ) -> IdentityResult:
     """Write an identity data set in the conversation format.
 
@@ -392,6 +395,10 @@ def make_identity(
             (tuner.chat.generate.general_answerer); needed unless mix_general is 0. Every built-in
             general question of the chosen languages is asked; unfit answers are left out
             (IdentityResult.rejected says why) and the usable ones are repeated to reach the mix.
+        other_language: keep general answers given in another language than their question (the
+            base model's habit: SmolLM2 answers about half of the Chinese questions in English); they
+            anchor that habit, so the tuned model does not drift into broken Chinese where the base
+            answered in English.
 
     Example:
         >>> # make_identity("id.jsonl", "Ada", mix_general=0) writes 136 records such as
@@ -431,7 +438,7 @@ def make_identity(
             )
         for question, answer in zip(questions, answers, strict=True):
             given = answer if isinstance(answer, GeneralAnswer) else GeneralAnswer(answer or "")
-            problem = given.problem or answer_problem(question, given.text)
+            problem = given.problem or answer_problem(question, given.text, other_language_ok=other_language)
             if problem:
                 rejected[question] = problem
             else:
