@@ -84,6 +84,7 @@ FAMILIES = {
         "<s>",
         "<|endoftext|>",
         ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+        gguf="logits",
     ),
     "phi4_mini": Family(
         "phi_4_mini_instruct_qlora_oasst1_2048_e3",
@@ -92,6 +93,7 @@ FAMILIES = {
         "<|endoftext|>",
         ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
         dict(partial_rotary_factor=0.75, tie_word_embeddings=True),
+        gguf="written",  # transformers' GGUF loader reads no partial rotary for phi3: the file is checked by GGUFReader
     ),
     "mistral": Family(
         "mistral_7b_instruct_v0_3_qlora_oasst1_2048_e3",

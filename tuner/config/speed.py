@@ -57,10 +57,13 @@ class SpeedSettings:
     cuda_graphs: bool = setting(
         True,
         "TUNER_CUDA_GRAPHS",
-        "where no layer is checkpointed (one CUDA process, no DeepSpeed, LoRA), the decoder layers replay "
-        "as CUDA graphs and packed batches are padded to full rows",
-        "+1% to +21% in all five same-process comparisons, e.g. Llama-2-7B QLoRA 4096 8,939 -> 10,851 "
-        "tok/s; ~1.2 GiB more peak (bench/results/2026-12-01-h200-graphs2.json)",
+        "one CUDA process, no DeepSpeed, LoRA: the decoder layers replay as CUDA graphs and packed batches "
+        "are padded to full rows; checkpointed layers too (rows up to 8,192 tokens) where the plan finds "
+        "the memory for their graphs",
+        "layers that keep their activations: +1% to +21% in all five same-process comparisons, e.g. "
+        "Llama-2-7B QLoRA 4096 8,939 -> 10,851 tok/s, ~1.2 GiB more peak (bench/results/2026-12-01-h200-"
+        "graphs2.json); every layer checkpointed, Llama-2-7B QLoRA 4096: 7,548 -> 9,200 tok/s at 12 GiB, "
+        "+0.55 GiB peak (2026-12-04-h200-checkpoint-graphs.json)",
     )
     liger: str = setting(
         "wide",

@@ -130,7 +130,7 @@ class LayerGraphs:
                 layer.forward = own
             layer.gradient_checkpointing = checkpointed
         self.eager, self._own, self.checkpointed = [], [], []
-        self.graphed, self.checkpoint_graphs = None, None
+        self.graphed, self.checkpoint_graphs, self.params, self._step = None, None, [], None
 
     def describe(self) -> str:
         if self.failed:

@@ -225,7 +225,7 @@ def train(
         if main_process:
             folder_lock.release(run_dir)
         raise
-    model = trainer = None
+    model = trainer = loaded = None
     facts: dict = {}
     try:
         events.emit("status", status="preparing", message=f"run folder {run_dir}", run_dir=str(run_dir))
@@ -385,7 +385,11 @@ def train(
         _detach_log_file(handler)
         if trainer is not None:
             trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
-        del trainer, model
+        if loaded is not None and loaded.layer_graphs is not None:
+            # the CUDA graphs' memory pools go with the graphs: drop them now, not when the collector
+            # finds the cycle through the layers' patched forward (the app trains again in this process)
+            loaded.layer_graphs.remove()
+        del trainer, model, loaded
         release()
 
 
