@@ -34,6 +34,15 @@ def test_a_planned_gpu_gets_the_estimate_and_its_longest_sample(workspace, capsy
     )
     assert code == 0
     assert out.startswith(f"{PRESET}: lora on default (RTX 4090, 24.0 GiB)\nFits: about ")
+    # which plan the card gets, and the throughput it should train at
+    planned = estimate(
+        load_config(find_preset(PRESET), overrides=["gradient_checkpointing=true"]),
+        model_shape("default"),
+        Hardware("cuda", "RTX 4090", 24.0, 2),
+        liger_installed=True,
+    )
+    assert f"\nPlan: {planned.plan}.\n" in out and "cuda, varlen attention, liger" in planned.plan
+    assert f"(about {planned.tokens_per_second:,.0f} tokens/s)." in out
     # A GPU planned for has the [gpu] extra's kernels (liger-kernel), installed here or not: Liger's loss holds
     # one chunk of logits, not the whole row's
     config = load_config(find_preset(PRESET), overrides=["gradient_checkpointing=true"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tuner.config.files import config_from_dict
@@ -271,6 +273,10 @@ def test_estimate_says_when_the_input_embedding_waits_in_cpu_memory(monkeypatch)
         monkeypatch.setattr(system, "hardware", lambda hardware=hardware: hardware)
         text = presets_tab.estimate_form(*values, "en")
         assert ("the input embedding waits in CPU memory" in text) is expected, text
+        # the plan the card gets and the throughput to expect, in both languages
+        assert ("Plan: cuda, " if device == "cuda" else "Plan: cpu, ") in text, text
+        assert re.search(r"\(about [\d,]+ tokens/s\)", text), text
+        assert re.search(r"运行计划：.+约每秒 [\d,]+ 个 token", presets_tab.estimate_form(*values, "zh"), re.S)
 
 
 def test_estimate_gives_the_longest_sample_a_gpu_fits(monkeypatch):

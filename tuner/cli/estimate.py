@@ -78,6 +78,7 @@ def estimate_cmd(args: argparse.Namespace) -> int:
     lines = [
         f"{config.name}: {config.method} on {config.model} ({where})",
         f"{verdict}: about {est.total_gib:.1f} GiB needed of {est.available_gib:.1f} GiB.",
+        f"Plan: {est.plan}.",
     ]
     label = "base weights" + (" (the input embedding waits in CPU memory)" if est.embedding_on_cpu else "")
     parts = [
@@ -90,7 +91,8 @@ def estimate_cmd(args: argparse.Namespace) -> int:
     width = max(len(name) for name, _ in parts)
     lines += [f"  {name:<{width}}  {gib:6.2f} GiB" for name, gib in parts]
     lines.append(
-        f"One optimizer step = {est.tokens_per_step:,} tokens ≈ {format_duration(est.seconds_per_step)}."
+        f"One optimizer step = {est.tokens_per_step:,} tokens ≈ {format_duration(est.seconds_per_step)}"
+        f" (about {est.tokens_per_second:,.0f} tokens/s)."
     )
     if est.total_seconds:
         lines.append(f"{est.total_steps} steps ≈ {format_duration(est.total_seconds)}.")

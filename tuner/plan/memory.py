@@ -148,7 +148,14 @@ class Estimate:
         False  # the input embedding's table in host memory (tuner.fast.embedding_offload)
     )
     layers: int = 0
+    plan: str = ""  # the run plan it priced (tuner.plan.decide.RunPlan.describe)
     advice: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Expected training throughput: the GPU time model is calibrated on H200 bench rows
+        (tests/plan/test_estimate.py keeps it within 25% of them) and scaled by the GPU's bf16 peak."""
+        return self.tokens_per_step / self.seconds_per_step if self.seconds_per_step > 0 else 0.0
 
 
 def _base_bits(method: str, quantization: str, device: str) -> float:
@@ -274,6 +281,7 @@ def price(get, plan: RunPlan, shape: ModelShape, hw: Hardware, dataset_tokens: i
         graphs=graphs and hw.device == "cuda",
         embedding_on_cpu=method != "full" and bool(embedding_on_cpu),
         layers=shape.layers,
+        plan=plan.describe(),
     )
 
 

@@ -149,6 +149,8 @@ def estimate_form(*values_and_lang):
         f"### {verdict}",
         tr(lang, "est.total", total=f"{est.total_gib:.1f}", avail=f"{est.available_gib:.1f}"),
         "",
+        tr(lang, "est.plan", plan=est.plan),
+        "",
         "| | GiB |",
         "| --- | --- |",
         f"| {tr(lang, 'est.weights_embedding_host' if est.embedding_on_cpu else 'est.weights')} | {est.weights_gib:.2f} |",
@@ -157,7 +159,13 @@ def estimate_form(*values_and_lang):
         f"| {tr(lang, 'est.logits')} | {est.logits_gib:.2f} |",
         f"| {tr(lang, 'est.overhead')} | {est.overhead_gib:.2f} |",
         "",
-        tr(lang, "est.time", tokens=f"{est.tokens_per_step:,}", sec=format_duration(est.seconds_per_step)),
+        tr(
+            lang,
+            "est.time",
+            tokens=f"{est.tokens_per_step:,}",
+            sec=format_duration(est.seconds_per_step),
+            rate=f"{est.tokens_per_second:,.0f}",
+        ),
     ]
     if est.total_seconds:
         lines.append(
