@@ -321,3 +321,25 @@ def test_longest_sample_is_the_longest_row_the_estimate_fits():
     assert longest_sample(config, llama3, H100, liger=False) < longest / 2
     small = Hardware(device="cuda", name="small", memory_gib=4, cpu_count=4)
     assert not fits(LONGEST_STEP, small) and longest_sample(config, llama3, small, liger=True) == 0
+
+
+def test_dora_counts_the_base_outputs_it_keeps_and_one_linear_s_full_weight_copies():
+    from tuner.plan.memory import dora_bytes
+
+    shape = shape_from_config(LLAMA2_7B)
+    # DoRA runs peft's own forward: no fused LoRA (so no dropout regeneration), no CUDA graphs
+    args = dict(liger=True, checkpointed_layers=32, offload=False, graphs=False)
+    plain = estimate(_qlora_4096(lora_dropout=0), shape, H100, **args)
+    dora = estimate(_qlora_4096(lora_dropout=0, use_dora=True), shape, H100, **args)
+    # every layer checkpointed: the one recomputed layer's 7 outputs (q, k, v, o: 4 x 4096; gate, up:
+    # 2 x 11008; down: 4096) in 16 bits, plus an 11008^2 identity and three 11008 x 4096 weights
+    per_layer = 4096 * (4 * 4096 + 2 * 11008 + 4096) * 2
+    transient = (11008**2 + 3 * 11008 * 4096) * 2
+    assert dora_bytes(shape, 4096, 1) == per_layer + transient
+    assert dora.allocated_gib - plain.allocated_gib == pytest.approx((per_layer + transient) / 2**30)
+    args = dict(args, checkpointed_layers=0)
+    kept = estimate(_qlora_4096(lora_dropout=0, use_dora=True), shape, H100, **args)
+    kept_plain = estimate(_qlora_4096(lora_dropout=0), shape, H100, **args)
+    assert kept.allocated_gib - kept_plain.allocated_gib == pytest.approx(
+        (32 * per_layer + transient) / 2**30
+    )

@@ -81,6 +81,13 @@ CHECKPOINT_GRAPH_MAX_TOKENS = 8192
 # their fp32 loss copies and gradients, not all alive at once); Liger's fused cross-entropy never
 # materialises them (chunks of a few thousand tokens: negligible).
 LOGIT_BYTES = 4.75
+# DoRA (peft's DoraLinearLayer, use_dora: true) keeps each adapted linear's 16-bit base output for the
+# magnitude's gradient (per token: the linears' output widths x 2 bytes per layer that keeps its
+# activations), and for one linear at a time builds an identity of its input width and its full weight
+# three times (dequantized, the LoRA product, their sum for the column norms). Counted from peft's
+# forward, not measured.
+DORA_OUTPUT_BYTES = 2
+DORA_WEIGHT_COPIES = 3
 BYTES_PER_TRAINABLE = 16  # fp32 weight + fp32 grad + AdamW m and v
 # bitsandbytes' paged AdamW keeps m and v (8 bytes) in unified memory, outside PyTorch's allocator.
 PAGED_OPTIMIZER_BYTES = 8
@@ -227,6 +234,8 @@ def price(get, plan: RunPlan, shape: ModelShape, hw: Hardware, dataset_tokens: i
         act += tokens * shape.hidden * (residual_bytes * kept_inputs + recompute)
     if graphs and hw.device == "cuda":
         act += tokens * shape.hidden * (shape.layers - checkpointed) * GRAPH_INPUT_BYTES
+    if method != "full" and get("use_dora", False):
+        act += dora_bytes(shape, tokens, shape.layers - checkpointed + (1 if checkpointed else 0))
     logits = 0 if liger else tokens * shape.vocab * LOGIT_BYTES
     if plan.wide_loss_chunks:
         # one wide chunk's logits, alive at the end of the forward, where the activations peak
@@ -283,6 +292,16 @@ def price(get, plan: RunPlan, shape: ModelShape, hw: Hardware, dataset_tokens: i
         layers=shape.layers,
         plan=plan.describe(),
     )
+
+
+def dora_bytes(shape: ModelShape, tokens: int, layers_alive: int) -> float:
+    """What DoRA adds (see DORA_OUTPUT_BYTES): the base outputs of ``layers_alive`` layers' linears
+    (those keeping their activations, plus the one being recomputed) and one linear's transient
+    identity and full-weight copies (the largest: the MLP's)."""
+    attention_out = (shape.heads + 2 * shape.kv_heads) * shape.head_dim + shape.hidden
+    outputs = attention_out + 2 * shape.intermediate + shape.hidden
+    transient = shape.intermediate**2 + DORA_WEIGHT_COPIES * shape.intermediate * shape.hidden
+    return DORA_OUTPUT_BYTES * (tokens * outputs * layers_alive + transient)
 
 
 # The transient logits of one wide chunk (16-bit): half a GiB, ~1% of what a roomy 8B run holds.
