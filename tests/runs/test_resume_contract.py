@@ -23,6 +23,7 @@ def run(tmp_path):
 
 def test_set_on_resume_changes_only_safe_keys_and_unknown_keys_get_a_did_you_mean(run):
     assert resume_overrides(run, ["save_steps=7", "logging_steps=3"]).save_steps == 7
+    assert resume_overrides(run, ["report_to=tensorboard"]).report_to == "tensorboard"
     with pytest.raises(TunerError, match="--set lr, data_path would change what it learns.*save_steps"):
         resume_overrides(run, ["lr=1e-3", "data_path=other.jsonl"])
     with pytest.raises(ConfigError, match="learning_rate: unknown key; did you mean 'lr'"):

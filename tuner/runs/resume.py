@@ -33,6 +33,7 @@ RESUME_SAFE_KEYS = (
     "gradient_checkpointing",
     "checkpoint_layers",
     "embedding_on_cpu",
+    "report_to",  # where the logged values also go (TensorBoard): not what the run learns
 )
 IGNORED_KEYS = ("output_dir",)  # a run's config.yaml leaves it empty: the run folder is the output
 
