@@ -69,8 +69,9 @@ def register(sub) -> None:
         description=(
             "Write SOURCE as a GGUF file: weights, tokenizer, the training chat template and its end-of-turn "
             "token. SOURCE is a merged model folder, or a run / adapter folder, which is merged into its "
-            "base first (in a temporary folder). Llama 3.x, Qwen2/2.5/3 and SmolLM2 (byte-level BPE "
-            "tokenizers); q4_k_m: write f16, then llama.cpp's llama-quantize."
+            "base first (in a temporary folder). Llama 3.x, SmolLM2, Qwen2/2.5/3, Mistral 7B v0.3, Gemma 2, "
+            "Gemma 3 (text), Phi-3.5-mini and Phi-4-mini; other families are refused with the reason. "
+            "q4_k_m: write f16, then llama.cpp's llama-quantize."
         ),
     )
     gguf.add_argument("source", help="merged model folder, run folder, checkpoint or adapter folder")
