@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     except TunerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`tuner list-presets | head`): nothing left to say, and no traceback
+        # when Python flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:
         # A full or read-only disk is the user's to fix, whichever library hit it: say so, no traceback.
         refused = storage_error(exc)

@@ -229,3 +229,19 @@ def test_header_memory_is_what_tuner_estimate_says(path, monkeypatch):
     found = LINE.search(path.read_text(encoding="utf-8"))
     assert found, f"{path.name}: its '# GPU memory:' line must state the estimate's figures"
     assert found["phrase"] == memory_phrase(path.stem), "run: python -m tests.config.preset_memory --write"
+
+
+def test_a_reader_that_goes_away_gets_no_traceback():
+    # `tuner list-presets | head -1`: the pipe closes before tuner writes; it exits quietly
+    import subprocess
+    import sys
+
+    reader_gone = subprocess.Popen(
+        [sys.executable, "-m", "tuner", "list-presets"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    reader_gone.stdout.close()  # the only read end, closed before the child has imported anything
+    err = reader_gone.stderr.read().decode()
+    assert reader_gone.wait(timeout=120) == 141 and "Traceback" not in err, err
