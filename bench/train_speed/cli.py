@@ -96,6 +96,8 @@ def child_argv(spec: Spec, opts, out: Path) -> list[str]:
     if opts.profile_syncs:
         argv.append("--profile-syncs")
     argv += ["--clock", opts.clock]
+    if opts.card_gib:
+        argv += ["--card-gib", f"{opts.card_gib:g}"]
     return argv
 
 
@@ -245,6 +247,15 @@ def parse_args(argv=None):
         type=float,
         default=LORA["dropout"],
         help=f"LoRA dropout of every tool's rows (default {LORA['dropout']}, the presets')",
+    )
+    p.add_argument(
+        "--card-gib",
+        type=float,
+        default=None,
+        metavar="N",
+        help="emulate a card of N GiB for every tool: the rest of the GPU is taken before the row starts\n"
+        "(raw device memory outside PyTorch), so the CUDA context, every allocator and managed memory\n"
+        "(paged optimizer state) share N GiB and page under pressure as on such a card",
     )
     p.add_argument("--report", metavar="JSON", help="print the markdown table of a results file and exit")
     p.add_argument(

@@ -272,8 +272,10 @@ def measure(spec: Spec, opts) -> dict:
         "host": platform.node(),
         "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         "lora_dropout": opts.lora_dropout,
-        # the memory the row is held to (tuner holds itself to it; the peers' rows only record it)
-        "budget_gib": _budget_gib({**os.environ, **env}.get("TUNER_GPU_MEMORY_GIB")),
+        # the memory the row is held to: an emulated card (--card-gib) holds every tool; otherwise tuner
+        # holds itself to TUNER_GPU_MEMORY_GIB and the peers' rows only record it
+        "budget_gib": opts.card_gib or _budget_gib({**os.environ, **env}.get("TUNER_GPU_MEMORY_GIB")),
+        "card_gib": opts.card_gib,
         **provenance(opts),
         "error": None,
     }
@@ -286,6 +288,10 @@ def measure(spec: Spec, opts) -> dict:
     if spec.sample_len and not tool.packs:
         row["error"] = f"--sample-len packs samples, which the {spec.tool} tool does not do"
         return row
+    if opts.card_gib and not torch.cuda.is_available():
+        row["error"] = "--card-gib emulates a smaller GPU: it needs a CUDA GPU"
+        return row
+    ballast = None
     if not torch.cuda.is_available():
         # CPU smoke runs only check the harness; one thread avoids oversubscribing a shared machine.
         torch.set_num_threads(1)
@@ -294,6 +300,13 @@ def measure(spec: Spec, opts) -> dict:
         # earlier rows left), which device_used_gib includes.
         free, total = torch.cuda.mem_get_info()
         row["device_before_gib"] = round((total - free) / GIB, 3)
+        if opts.card_gib:
+            try:
+                ballast = DeviceBallast(total - int(opts.card_gib * GIB))
+            except RuntimeError as exc:
+                row["error"] = f"--card-gib {opts.card_gib:g}: {exc}"
+                return row
+            row["ballast_gib"] = round(ballast.nbytes / GIB, 3)
     clock = StepClock(
         profile=(opts.warmup, opts.warmup + opts.steps) if opts.profile else None,
         cuda_profile="syncs" if opts.profile_syncs else opts.profile_cuda,
@@ -354,7 +367,8 @@ def measure(spec: Spec, opts) -> dict:
         if torch.cuda.is_available():
             row["peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 3)
             row["reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 3)
-            row["device_used_gib"] = round(clock.device_used / GIB, 3) if clock.device_used else None
+            held = ballast.nbytes if ballast is not None else 0  # not the row's: the emulated card's rest
+            row["device_used_gib"] = round((clock.device_used - held) / GIB, 3) if clock.device_used else None
             if clock.mem_get_info_s:
                 row["mem_get_info_ms"] = round(1000 * max(clock.mem_get_info_s), 3)
             row["loaded_gib"] = round(clock.loaded_bytes / GIB, 3) if clock.loaded_bytes else None
@@ -364,10 +378,36 @@ def measure(spec: Spec, opts) -> dict:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        if ballast is not None:
+            ballast.free()
         row["total_s"] = round(time.perf_counter() - started, 1)
         if row.get("budget_gib") and row.get("device_used_gib"):
             row["within_budget"] = row["device_used_gib"] <= row["budget_gib"]
     return row
+
+
+class DeviceBallast:
+    """``nbytes`` of device memory taken with the CUDA driver (cuMemAlloc, in the context PyTorch made
+    current), outside PyTorch's allocator: nothing the row measures counts it, and everything the row
+    allocates (PyTorch, bitsandbytes' managed memory, cuBLAS workspaces) competes for what is left,
+    as on a card that size. Freed by ``free``."""
+
+    def __init__(self, nbytes: int):
+        import ctypes
+
+        if nbytes <= 0:
+            raise RuntimeError("the GPU is not larger than the card to emulate")
+        self._driver = ctypes.CDLL("libcuda.so.1")
+        self._pointer = ctypes.c_uint64()
+        status = self._driver.cuMemAlloc_v2(ctypes.byref(self._pointer), ctypes.c_size_t(nbytes))
+        if status != 0:
+            raise RuntimeError(f"could not take {nbytes / GIB:.1f} GiB of the GPU (CUDA driver error {status})")
+        self.nbytes = nbytes
+
+    def free(self) -> None:
+        if self.nbytes:
+            self._driver.cuMemFree_v2(self._pointer)
+            self.nbytes = 0
 
 
 def _budget_gib(text: str | None) -> float | None:

@@ -122,6 +122,16 @@ def test_a_tool_is_one_function_the_row_times_through_the_step_clock(tmp_path, m
     assert row["tok_s"] > 0 and row["loss_last"] == 1.5 and row["lora_dropout"] == 0.0
     assert row["budget_gib"] == 8.0 and "TUNER_GPU_MEMORY_GIB" not in os.environ
     assert row["argv"][-1] == "0" and "speed_settings" not in row
+    # an emulated card holds every tool, and the child it runs in is told so; it needs a GPU
+    carded = cli.parse_args([*argv, "--card-gib", "12"])
+    assert cli.child_argv(measure.Spec("tiny", "lora", 32, "fake"), carded, tmp_path / "r.json")[-2:] == [
+        "--card-gib",
+        "12",
+    ]
+    carded.models_dir = opts.models_dir
+    row = measure.measure(measure.Spec("tiny", "lora", 32, "fake"), carded)
+    assert row["card_gib"] == row["budget_gib"] == 12.0 and len(calls) == 1
+    assert row["error"] == "--card-gib emulates a smaller GPU: it needs a CUDA GPU"
 
 
 def test_in_process_rows_leave_a_tool_that_patches_libraries_to_a_child(tmp_path, monkeypatch):
