@@ -41,6 +41,10 @@ RECIPES = {
     # the base model's own answers in another language than the question (English to Chinese) kept
     "other-lang": {"data": {"other_language": True}},
     "other-lang-lr5e-4": {"lr": 5e-4, "data": {"other_language": True}},
+    # twice as many general conversations as identity ones in each language
+    "other-lang-g2": {"data": {"other_language": True, "general_per_identity": 2}},
+    "other-lang-g2-steps60": {"max_steps": 60, "data": {"other_language": True, "general_per_identity": 2}},
+    "other-lang-r8": {"lora_r": 8, "lora_alpha": 16, "data": {"other_language": True}},
 }
 
 

@@ -383,6 +383,7 @@ def make_identity(
     general_source: Answerer | None = None,
     seed: int = 0,
     other_language: bool = OTHER_LANGUAGE,
+    general_per_identity: int = GENERAL_PER_IDENTITY,
 ) -> IdentityResult:
     """Write an identity data set in the conversation format.
 
@@ -395,6 +396,8 @@ def make_identity(
             (tuner.chat.generate.general_answerer); needed unless mix_general is 0. Every built-in
             general question of the chosen languages is asked; unfit answers are left out
             (IdentityResult.rejected says why) and the usable ones are repeated to reach the mix.
+        general_per_identity: with mix_general None, general conversations per identity conversation
+            in each language.
         other_language: keep general answers given in another language than their question (the
             base model's habit: SmolLM2 answers about half of the Chinese questions in English); they
             anchor that habit, so the tuned model does not drift into broken Chinese where the base
@@ -421,7 +424,7 @@ def make_identity(
     identity = {lang: identity_pairs(name, persona, lang) for lang in languages}
     records = [{"conversation": [{"input": q, "output": a}]} for lang in languages for q, a in identity[lang]]
     if mix_general is None:
-        counts = {lang: GENERAL_PER_IDENTITY * len(identity[lang]) for lang in languages}
+        counts = {lang: general_per_identity * len(identity[lang]) for lang in languages}
     else:
         counts = {
             lang: mix_general // len(languages) + (1 if i < mix_general % len(languages) else 0)
