@@ -32,6 +32,11 @@ class ModelShape:
         return self.vocab * self.hidden * (1 if self.tied else 2)
 
 
+# Model types whose config class ties the embedding and the LM head when config.json leaves
+# tie_word_embeddings out (Gemma's published config.json files do); the others' classes default to untied.
+TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3", "gemma3_text"}
+
+
 def shape_from_config(cfg: dict) -> ModelShape:
     """A ModelShape from a Hugging Face config dict (Llama/Qwen/Mistral-style keys).
 
@@ -50,7 +55,8 @@ def shape_from_config(cfg: dict) -> ModelShape:
     head_dim = int(cfg.get("head_dim") or hidden // heads)
     attn = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
     mlp = 3 * hidden * inter
-    embed = vocab * hidden * (1 if cfg.get("tie_word_embeddings") else 2)
+    tied = bool(cfg.get("tie_word_embeddings", cfg.get("model_type") in TIED_BY_DEFAULT))
+    embed = vocab * hidden * (1 if tied else 2)
     params = layers * (attn + mlp + 2 * hidden) + embed + hidden
     context = cfg.get("max_position_embeddings")
     return ModelShape(
@@ -62,7 +68,7 @@ def shape_from_config(cfg: dict) -> ModelShape:
         heads,
         kv_heads,
         head_dim,
-        bool(cfg.get("tie_word_embeddings")),
+        tied,
         int(context) if context else None,
     )
 
