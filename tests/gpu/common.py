@@ -57,3 +57,59 @@ def packed_cuda_batch(lengths, vocab: int) -> dict:
         rows.append({"input_ids": ids, "labels": [-100, *ids[1:]], "position_ids": list(range(n))})
     batch = PackedCollator(boundaries=True)(rows)
     return {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def relative_error(actual, expected) -> float:
+    """Largest absolute difference relative to the largest expected value."""
+    return (
+        (actual.float() - expected.float()).abs().max() / expected.float().abs().max().clamp_min(1e-6)
+    ).item()
+
+
+class GraphedAgainstEager:
+    """Training steps of a LoRA ``model`` whose layers tuner.fast.layer_graphs may replay: one with the
+    graphs paused (the eager layers, their checkpointing included) against one replaying them, from the
+    same CUDA seed, so that the dropout masks are the same draws. Its LoRA B matrices are drawn first, so
+    that every LoRA weight gets a gradient."""
+
+    def __init__(self, model, graphs, label: str = ""):
+        import torch
+
+        self.model, self.graphs, self.label = model, graphs, label
+        model.train()
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.02)
+        self.lora = [p for p in model.parameters() if p.requires_grad]
+
+    def step(self, batch, paused: bool, seed: int = 0):
+        """(loss, LoRA gradients) of one step."""
+        import torch
+
+        self.graphs.paused = paused
+        self.model.zero_grad(set_to_none=True)
+        torch.cuda.manual_seed(seed)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = self.model(**batch, use_cache=False).loss
+        loss.backward()
+        return loss.item(), [p.grad.float().clone() for p in self.lora]
+
+    def check(self, batch, what: str) -> None:
+        """The replayed step gives the eager step's loss (1%) and LoRA gradients (5%, bf16)."""
+        ref_loss, ref_grads = self.step(batch, paused=True)
+        loss, grads = self.step(batch, paused=False)
+        worst = max(relative_error(g, r) for g, r in zip(grads, ref_grads, strict=True))
+        print(
+            f"{self.label}{what}: loss eager {ref_loss:.5f} graphed {loss:.5f}; "
+            f"LoRA grads worst relative error {worst:.4f}"
+        )
+        assert abs(loss - ref_loss) < 1e-2 * abs(ref_loss) and worst < 5e-2
+
+    def move_weights(self) -> None:
+        """What the optimizer does, in place: the graphs must read the new weights."""
+        import torch
+
+        with torch.no_grad():
+            for p in self.lora:
+                p.add_(torch.randn_like(p) * 0.01)

@@ -10,20 +10,13 @@ import logging
 
 import pytest
 
-from tests.gpu.common import gpu_config, packed_cuda_batch, write_gpu_data
+from tests.gpu.common import GraphedAgainstEager, gpu_config, packed_cuda_batch, write_gpu_data
 
 pytestmark = pytest.mark.gpu
 
 
-def _rel(actual, expected) -> float:
-    return (
-        (actual.float() - expected.float()).abs().max() / expected.float().abs().max().clamp_min(1e-6)
-    ).item()
-
-
 @pytest.mark.parametrize("mode", ["all", "offload", "mixed"])
 def test_graphed_checkpointed_layers_equal_eager_checkpointing(workspace, small_llama_dir, monkeypatch, mode):
-    import torch
 
     from tuner.fast.layer_graphs import graph_layers
     from tuner.models.layers import decoder_layers
@@ -49,47 +42,21 @@ def test_graphed_checkpointed_layers_equal_eager_checkpointing(workspace, small_
             layer.gradient_checkpointing = False
         graphs = graph_layers(model, built.attention, max_checkpointed_tokens=8192)
         assert graphs.checkpointed == [True, True, False, False]
-    model.train()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.02)
-    lora = [p for p in model.parameters() if p.requires_grad]
+    steps = GraphedAgainstEager(model, graphs, label=f"{mode}, ")
     vocab = model.config.vocab_size
-
-    def step(batch, paused, seed=0):
-        graphs.paused = paused
-        model.zero_grad(set_to_none=True)
-        torch.cuda.manual_seed(seed)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(**batch, use_cache=False).loss
-        loss.backward()
-        return loss.item(), [p.grad.float().clone() for p in lora]
-
-    def check(batch, what):
-        ref_loss, ref_grads = step(batch, paused=True)
-        loss, grads = step(batch, paused=False)
-        worst = max(_rel(g, r) for g, r in zip(grads, ref_grads, strict=True))
-        print(
-            f"{mode}, {what}: loss eager {ref_loss:.5f} graphed {loss:.5f}; LoRA grads worst relative error {worst:.4f}"
-        )
-        assert abs(loss - ref_loss) < 1e-2 * abs(ref_loss) and worst < 5e-2
-
     try:
         three = packed_cuda_batch([300, 500, 224], vocab)
-        step(three, paused=False)  # first sight of the shape: eager
+        steps.step(three, paused=False)  # first sight of the shape: eager
         assert graphs.graphed is None
-        check(three, "3 samples, captured")
+        steps.check(three, "3 samples, captured")
         assert graphs.checkpoint_graphs is not None, graphs.failed or graphs.skipped
         assert graphs.replays == 1
-        check(packed_cuda_batch([100, 200, 300, 424], vocab), "4 samples, same graph")
-        with torch.no_grad():  # the optimizer changes the weights in place: the graphs must see it
-            for p in lora:
-                p.add_(torch.randn_like(p) * 0.01)
-        check(three, "after a weight update")
+        steps.check(packed_cuda_batch([100, 200, 300, 424], vocab), "4 samples, same graph")
+        steps.move_weights()
+        steps.check(three, "after a weight update")
         assert graphs.replays == 3
         # the masks are drawn, not fixed at capture: another seed, another loss
-        assert step(three, paused=False, seed=1)[0] != step(three, paused=False, seed=0)[0]
+        assert steps.step(three, paused=False, seed=1)[0] != steps.step(three, paused=False, seed=0)[0]
     finally:
         graphs.remove()
         release(model, built)

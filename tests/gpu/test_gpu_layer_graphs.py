@@ -9,15 +9,15 @@ import logging
 
 import pytest
 
-from tests.gpu.common import gpu_config, packed_cuda_batch, write_gpu_data
+from tests.gpu.common import (
+    GraphedAgainstEager,
+    gpu_config,
+    packed_cuda_batch,
+    relative_error,
+    write_gpu_data,
+)
 
 pytestmark = pytest.mark.gpu
-
-
-def _rel(actual, expected) -> float:
-    return (
-        (actual.float() - expected.float()).abs().max() / expected.float().abs().max().clamp_min(1e-6)
-    ).item()
 
 
 def test_varlen_kernel_skips_empty_samples():
@@ -43,13 +43,14 @@ def test_varlen_kernel_skips_empty_samples():
 
     out, grads = run(cu, 400)
     padded_out, padded_grads = run(pad_boundaries(cu, 8), 1000)  # 5 empty samples, an upper bound
-    errors = [_rel(padded_out, out)] + [_rel(a, b) for a, b in zip(padded_grads, grads, strict=True)]
+    errors = [relative_error(padded_out, out)] + [
+        relative_error(a, b) for a, b in zip(padded_grads, grads, strict=True)
+    ]
     print("varlen with empty samples: relative error of output, dq, dk, dv", [f"{e:.5f}" for e in errors])
     assert max(errors) < 1e-2
 
 
 def test_graphed_qlora_layers_equal_eager(workspace, small_llama_dir, monkeypatch):
-    import torch
 
     from tuner.models.load import release
     from tuner.train.model import build_model
@@ -65,46 +66,23 @@ def test_graphed_qlora_layers_equal_eager(workspace, small_llama_dir, monkeypatc
     model, loaded = build_model(config)
     graphs = loaded.layer_graphs
     assert graphs is not None and len(graphs.layers) == 4, loaded.describe()
-    model.train()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.02)
-    lora = [p for p in model.parameters() if p.requires_grad]
+    steps = GraphedAgainstEager(model, graphs)
     vocab = model.config.vocab_size
-
-    def step(batch, paused):
-        graphs.paused = paused
-        model.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(**batch, use_cache=False).loss
-        loss.backward()
-        return loss.item(), [p.grad.float().clone() for p in lora]
-
-    def check(batch, what):
-        ref_loss, ref_grads = step(batch, paused=True)
-        loss, grads = step(batch, paused=False)
-        worst = max(_rel(g, r) for g, r in zip(grads, ref_grads, strict=True))
-        print(
-            f"{what}: loss eager {ref_loss:.5f} graphed {loss:.5f}; LoRA grads worst relative error {worst:.4f}"
-        )
-        assert abs(loss - ref_loss) < 1e-2 * abs(ref_loss) and worst < 5e-2
-
     try:
         three = packed_cuda_batch([300, 500, 224], vocab)
-        step(three, paused=False)  # first sight of the shape: eager
+        steps.step(three, paused=False)  # first sight of the shape: eager
         assert graphs.graphed is None
-        check(three, "3 samples, captured")
+        steps.check(three, "3 samples, captured")
         assert graphs.graphed is not None, graphs.failed or graphs.skipped
         assert graphs.replays == 1
-        check(packed_cuda_batch([100, 200, 300, 424], vocab), "4 samples, same graph")
+        steps.check(packed_cuda_batch([100, 200, 300, 424], vocab), "4 samples, same graph")
         assert graphs.replays == 2
-        with torch.no_grad():  # the optimizer changes the weights in place: the graphs must see it
-            for p in lora:
-                p.add_(torch.randn_like(p) * 0.01)
-        check(three, "after a weight update")
+        steps.move_weights()
+        steps.check(three, "after a weight update")
         assert graphs.replays == 3
-        step(packed_cuda_batch([1000], vocab), paused=False)  # another row length: eager, no new capture
+        steps.step(
+            packed_cuda_batch([1000], vocab), paused=False
+        )  # another row length: eager, no new capture
         assert graphs.replays == 3
     finally:
         graphs.remove()
