@@ -78,6 +78,15 @@ def build_tokenizer(vocab_size: int = 600):
 
 
 # A model big enough for bitsandbytes' kernels and still trained in seconds on a GPU.
+# The sizes every family's tiny test model shares (tests/train/test_families.py, GGUF tests).
+TINY_FAMILY_SIZES = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
 SMALL_GPU_SIZES = dict(
     hidden_size=1024,
     intermediate_size=2816,
@@ -270,24 +279,10 @@ def build_sentencepiece_tokenizer(style: str = "llama", special=(), vocab_size: 
         vocab.setdefault(token, len(vocab))
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
     if style == "llama":
-        tokenizer = LlamaTokenizer(
-            vocab=vocab,
-            merges=merges,
-            unk_token="<unk>",
-            bos_token="<s>",
-            eos_token="</s>",
-            add_bos_token=True,
-        )
+        kind, specials = LlamaTokenizer, dict(bos_token="<s>", eos_token="</s>")
     else:
-        tokenizer = GemmaTokenizer(
-            vocab=vocab,
-            merges=merges,
-            unk_token="<unk>",
-            bos_token="<bos>",
-            eos_token="<eos>",
-            pad_token="<pad>",
-            add_bos_token=True,
-        )
+        kind, specials = GemmaTokenizer, dict(bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    tokenizer = kind(vocab=vocab, merges=merges, unk_token="<unk>", add_bos_token=True, **specials)
     if special:
         tokenizer.add_special_tokens(
             {"additional_special_tokens": list(special)}, replace_extra_special_tokens=False
@@ -412,15 +407,7 @@ def save_family_model(name: str, folder: Path, seed: int = 0, **options) -> Path
     if spec.get("pad"):
         tokenizer.pad_token = spec["pad"]
     tokenizer.chat_template = get_template(spec["template"], tokenizer).chat_template
-    sizes = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-    )
+    sizes = dict(TINY_FAMILY_SIZES, tie_word_embeddings=False)
     config = getattr(transformers, spec["config"])(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,

@@ -10,18 +10,11 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from tests.tiny import build_tokenizer, make_config, write_data
+from tests.tiny import TINY_FAMILY_SIZES, build_tokenizer, make_config, write_data
 from tuner.config.files import load_config
 from tuner.config.presets import find_preset
 
-SIZES = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-)
+SIZES = TINY_FAMILY_SIZES
 LLAMA3_ROPE = {
     "rope_type": "llama3",
     "rope_theta": 500000.0,
