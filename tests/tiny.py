@@ -77,7 +77,6 @@ def build_tokenizer(vocab_size: int = 600):
     return tokenizer
 
 
-# A model big enough for bitsandbytes' kernels and still trained in seconds on a GPU.
 # The sizes every family's tiny test model shares (tests/train/test_families.py, GGUF tests).
 TINY_FAMILY_SIZES = dict(
     hidden_size=64,
@@ -87,6 +86,7 @@ TINY_FAMILY_SIZES = dict(
     num_key_value_heads=2,
     max_position_embeddings=512,
 )
+# A model big enough for bitsandbytes' kernels and still trained in seconds on a GPU.
 SMALL_GPU_SIZES = dict(
     hidden_size=1024,
     intermediate_size=2816,
