@@ -42,6 +42,7 @@ RECIPES = {
     "other-lang": {"data": {"other_language": True}},
     "other-lang-lr5e-4": {"lr": 5e-4, "data": {"other_language": True}},
     # twice as many general conversations as identity ones in each language
+    "g2": {"data": {"general_per_identity": 2}},
     "other-lang-g2": {"data": {"other_language": True, "general_per_identity": 2}},
     "other-lang-g2-steps60": {"max_steps": 60, "data": {"other_language": True, "general_per_identity": 2}},
     "other-lang-r8": {"lora_r": 8, "lora_alpha": 16, "data": {"other_language": True}},
@@ -77,6 +78,11 @@ def measure(recipe: str, overrides: dict, root: Path) -> dict:
     result = train(config)
     train_s = time.time() - started
     load_after = os.getloadavg()
+    steps = []  # (step, elapsed seconds, tokens seen) from the run's log: the pace, whatever the load
+    for line in (Path(result.run_dir) / "events.jsonl").read_text(encoding="utf-8").splitlines():
+        event = json.loads(line)
+        if event.get("type") == "log" and "tokens_seen" in event:
+            steps.append([event["step"], event["elapsed_s"], event["tokens_seen"]])
     started = time.time()
     check = check_identity(result.run_dir, NAME)
     return {
@@ -87,6 +93,7 @@ def measure(recipe: str, overrides: dict, root: Path) -> dict:
         # 1-minute load average of the machine before and after training (others share the cores)
         "load_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         "check_seconds": round(time.time() - started, 1),
+        "steps": steps,
         "check": check.as_dict(),
     }
 
