@@ -141,7 +141,7 @@ def test_modelfile_keeps_a_bos_marker_the_tokenizer_does_not_add(tiny_tokenizer)
     import copy
 
     from tuner.data.templates import resolve_template
-    from tuner.export.gguf import adds_bos
+    from tuner.export.gguf_tokenizer import adds_bos
     from tuner.export.modelfile import ollama_modelfile
 
     smol_like = copy.deepcopy(tiny_tokenizer)

@@ -17,7 +17,8 @@ from tuner.chat.load import chat_tokenizer
 from tuner.chat.text import resolve_chat_template, single_token_id, stop_token_ids
 from tuner.core.errors import ModelError, TunerError
 from tuner.core.io import check_output, staging_folder
-from tuner.export.gguf import GGUF_NAME, adds_bos, check_type, write_gguf
+from tuner.export.gguf import GGUF_NAME, check_type, write_gguf
+from tuner.export.gguf_tokenizer import adds_bos
 from tuner.export.modelfile import ollama_modelfile
 from tuner.models.lazy_deepspeed import load_deepspeed_only_when_used
 from tuner.models.load import load_tokenizer, release, resolve_model_path

@@ -93,7 +93,7 @@ def ollama_template(gaps: dict[str, str]) -> str:
 def ollama_modelfile(chat_template, gguf_name: str = "model.gguf", bos_token: str | None = None) -> str:
     """An Ollama Modelfile: the chat template in Go-template form and the stop words.
 
-    ``bos_token``: give it only when the tokenizer adds BOS by itself (``tuner.export.gguf.adds_bos``;
+    ``bos_token``: give it only when the tokenizer adds BOS by itself (``tuner.export.gguf_tokenizer.adds_bos``;
     the GGUF then says so and llama.cpp adds it too): a leading BOS is then left out of the template,
     or it would be doubled. Tokenizers whose BOS text is also the template's first marker (SmolLM2:
     ``<|im_start|>``) but that add none must keep it, or the prompt loses its first ``<|im_start|>``.
