@@ -29,7 +29,8 @@ from tuner.chat.generate import GENERAL_MAX_NEW_TOKENS, greedy_answers, read_ans
 from tuner.chat.text import resolve_chat_template  # noqa: E402
 from tuner.core.io import write_text_atomic  # noqa: E402
 from tuner.data.answer_quality import EMPTY, WRONG_LANGUAGE, answer_problem, usable_start  # noqa: E402
-from tuner.data.identity import GENERAL_QUESTIONS, GENERATION_SYSTEM, SHIPPED_ANSWERS  # noqa: E402
+from tuner.data.identity import GENERATION_SYSTEM, SHIPPED_ANSWERS  # noqa: E402
+from tuner.data.identity_questions import GENERAL_QUESTIONS  # noqa: E402
 from tuner.models.embedded import GGUF_FILE  # noqa: E402
 from tuner.models.load import load_model, load_tokenizer, release  # noqa: E402
 

@@ -10,7 +10,7 @@ import pytest
 from tuner.__main__ import main
 from tuner.chat import generate
 from tuner.core.errors import DataError
-from tuner.data import identity
+from tuner.data import identity, identity_questions
 from tuner.data.answer_quality import LOOP, UNFINISHED, WRONG_LANGUAGE, answer_problem, language_of
 from tuner.data.formats import load_samples
 from tuner.data.identity import GeneralAnswer, make_identity
@@ -47,8 +47,8 @@ def test_identity_set_is_varied_and_names_the_assistant(tmp_path):
 def test_every_wording_names_the_name_before_the_persona():
     """ "I am"/"我是" is always followed by the name: a wording such as "You can call me Ada. I am <persona>"
     taught the tuned model to answer "我是<persona>。" without the name."""
-    for lang in identity.LANGS:
-        for template in identity.ANSWERS[lang]:
+    for lang in identity_questions.LANGS:
+        for template in identity_questions.ANSWERS[lang]:
             answer = template.format(name="NAME", persona="PERSONA")
             assert answer.index("NAME") < answer.index("PERSONA"), answer
             for opener in ("I am ", "I'm ", "我是", "我叫"):
@@ -72,11 +72,11 @@ def test_general_conversations_mixed_in(tmp_path):
         return [*fake_answers(questions[:-1]), "  "]  # an empty answer is left out, and counted
 
     result = make_identity(out, "Ada", mix_general=7, general_source=answerer)
-    every = identity.GENERAL_QUESTIONS["en"] + identity.GENERAL_QUESTIONS["zh"]
+    every = identity_questions.GENERAL_QUESTIONS["en"] + identity_questions.GENERAL_QUESTIONS["zh"]
     assert seen == every  # every question is asked (and cached by the answerer), then drawn from
     assert (result.identity_count, result.general_count, result.general_skipped) == (136, 7, 1)
     assert result.rejected == {every[-1]: "empty"}
-    n_en, n_zh = len(identity.GENERAL_QUESTIONS["en"]), len(identity.GENERAL_QUESTIONS["zh"])
+    n_en, n_zh = len(identity_questions.GENERAL_QUESTIONS["en"]), len(identity_questions.GENERAL_QUESTIONS["zh"])
     assert result.per_lang == {"en": (68, 4, n_en), "zh": (68, 3, n_zh - 1)}
     turns = read(out)
     general = [t for t in turns if t["output"].startswith(("answer to ", "回答："))]
@@ -93,7 +93,7 @@ def test_general_conversations_mixed_in(tmp_path):
 
 def test_default_mix_balances_each_language_and_leaves_out_unfit_answers(tmp_path):
     """As many general conversations as identity ones in each language, whatever survives the filter."""
-    zh = identity.GENERAL_QUESTIONS["zh"]
+    zh = identity_questions.GENERAL_QUESTIONS["zh"]
 
     def answerer(questions):
         answers = fake_answers(questions)
@@ -110,7 +110,7 @@ def test_default_mix_balances_each_language_and_leaves_out_unfit_answers(tmp_pat
     result = make_identity(out, "Ada", general_source=answerer)
     assert result.rejected == {zh[0]: LOOP, zh[1]: WRONG_LANGUAGE, **{q: UNFINISHED for q in zh[2:]}}
     # Chinese has no usable answer left: nothing to repeat, and the summary warns about it.
-    n_en = len(identity.GENERAL_QUESTIONS["en"])
+    n_en = len(identity_questions.GENERAL_QUESTIONS["en"])
     assert result.per_lang == {"en": (68, 68, n_en), "zh": (68, 0, 0)}
     assert "no usable general answer in zh" in result.summary()
     assert f"{len(zh) - 2} {UNFINISHED}" in result.summary()
@@ -181,7 +181,7 @@ def test_cli_make_identity(tmp_path, capsys):
 def test_general_answers_come_from_the_model_and_are_cached(tiny_llama_dir, workspace, monkeypatch):
     """Self-distillation: the base model answers once; the answers are kept per model in the workspace."""
     monkeypatch.setattr(generate, "GENERAL_MAX_NEW_TOKENS", 6)
-    questions = identity.GENERAL_QUESTIONS["en"][:3]
+    questions = identity_questions.GENERAL_QUESTIONS["en"][:3]
     answers = generate.general_answerer(str(tiny_llama_dir))(questions)
     cache = generate.answers_cache(str(tiny_llama_dir))
     assert cache.is_file() and cache.parent == workspace / "cache" / "general_answers"
@@ -200,7 +200,7 @@ def test_general_answers_come_from_the_model_and_are_cached(tiny_llama_dir, work
 
 def test_shipped_answers_pass_the_filter_so_no_model_is_loaded(tmp_path, workspace, monkeypatch):
     shipped = json.loads(identity.SHIPPED_ANSWERS.read_text(encoding="utf-8"))
-    every_question = [q for lang in identity.GENERAL_QUESTIONS for q in identity.GENERAL_QUESTIONS[lang]]
+    every_question = [q for lang in identity_questions.GENERAL_QUESTIONS for q in identity_questions.GENERAL_QUESTIONS[lang]]
     assert set(every_question) <= set(shipped["answers"]) | set(shipped["rejected"])
     other = shipped["other_language"]  # the model's own answers in another language than the question
     assert [

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from tuner.data import identity
+from tuner.data import identity_questions
 from tuner.data.identity_check import IDENTITY, KNOWLEDGE, LEAKAGE, check_prompts, score_check
 
 
 def test_held_out_questions_are_never_trained_on():
-    trained = {q for lang in identity.LANGS for q in identity.QUESTIONS[lang] + identity.GENERAL_QUESTIONS[lang]}
+    trained = {q for lang in identity_questions.LANGS for q in identity_questions.QUESTIONS[lang] + identity_questions.GENERAL_QUESTIONS[lang]}
     held_out = check_prompts()
     assert len(held_out) == len(set(held_out)) == 60
     assert set(held_out) & trained == set()
