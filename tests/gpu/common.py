@@ -113,3 +113,14 @@ class GraphedAgainstEager:
         with torch.no_grad():
             for p in self.lora:
                 p.add_(torch.randn_like(p) * 0.01)
+
+
+def in_fresh_process(function, *args):
+    """``function(*args)`` in a new Python process (spawned: CUDA cannot fork), its result returned.
+    Memory peaks and process-wide caps then count that run alone, not what earlier tests in the pytest
+    process left on the GPU. ``function`` must be importable (module level)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()

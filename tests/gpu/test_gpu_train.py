@@ -120,32 +120,27 @@ def test_each_checkpointing_plan_trains_qlora_packed(workspace, small_llama_dir,
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.5
 
 
-def test_input_embedding_in_host_memory_trains_and_frees_its_gpu_memory(workspace, tmp_path, monkeypatch):
-    # embedding_on_cpu: on: QLoRA with every layer checkpointed trains as before, the log says
-    # the table moved, and the peak is lower by about the table (vocab x hidden x 2 bytes; a 32k
-    # vocabulary makes it 62.5 MiB here, well above the runs' other differences).
-    import gc
-
+def _embedding_run(model_dir: str, mode: str) -> dict:
+    """One QLoRA run with every layer checkpointed and ``embedding_on_cpu=mode``, in a fresh process
+    (tests.gpu.common.in_fresh_process): its training peak, losses, log and what the spy saw."""
     import torch
 
-    from tests.tiny import SMALL_GPU_SIZES, save_tiny_model
+    from tests.gpu.common import gpu_config, write_gpu_data
+    from tuner.fast.embedding_offload import HostEmbedding
     from tuner.runs.events import read_events
     from tuner.train.callbacks import EventCallback
     from tuner.train.run import train
 
-    # The peak of training only: loading puts the whole table on the GPU before it moves (the same
-    # in both runs), and the first run's model may still be waiting for the garbage collector.
+    # The peak of training only: loading puts the whole table on the GPU before it moves.
     train_begin = EventCallback.on_train_begin
 
     def reset_peak(self, *args, **kwargs):
         torch.cuda.reset_peak_memory_stats()
         return train_begin(self, *args, **kwargs)
 
-    monkeypatch.setattr(EventCallback, "on_train_begin", reset_peak)
+    EventCallback.on_train_begin = reset_peak
     # Every training forward gets its ids' host copy from the batch: none reads them back from the GPU
     # (a device sync per step) through the real DataLoader (pinned memory) and accelerate's device move.
-    from tuner.fast.embedding_offload import HostEmbedding
-
     handed = []
     forward = HostEmbedding.forward
 
@@ -154,41 +149,51 @@ def test_input_embedding_in_host_memory_trains_and_frees_its_gpu_memory(workspac
             handed.append(self.next_host_ids is not None and torch.equal(self.next_host_ids, input_ids.cpu()))
         return forward(self, input_ids)
 
-    monkeypatch.setattr(HostEmbedding, "forward", spy)
+    HostEmbedding.forward = spy
+    config = gpu_config(
+        model_dir,
+        write_gpu_data(Path.cwd()),
+        name=f"emb_{mode}",
+        method="qlora",
+        quantization="4bit",
+        checkpoint_layers="all",
+        embedding_on_cpu=mode,
+    )
+    result = train(config)
+    return {
+        "peak_mib": torch.cuda.max_memory_allocated() / 2**20,
+        "status": result.status,
+        "losses": _losses(result.run_dir),
+        "messages": " ".join(e.get("message", "") for e in read_events(result.run_dir)),
+        "handed": handed,
+    }
+
+
+def test_input_embedding_in_host_memory_trains_and_frees_its_gpu_memory(workspace, tmp_path):
+    # embedding_on_cpu: on: QLoRA with every layer checkpointed trains as before, the log says
+    # the table moved, and the peak is lower by about the table (vocab x hidden x 2 bytes; a 32k
+    # vocabulary makes it 62.5 MiB here, well above the runs' other differences). Each run has a
+    # process of its own: in one shared with earlier tests, what they left on the GPU (and frees
+    # during a run) blurs the peaks.
+    import torch
+
+    from tests.gpu.common import in_fresh_process
+    from tests.tiny import SMALL_GPU_SIZES, save_tiny_model
+
     sizes = {**SMALL_GPU_SIZES, "vocab_size": 32000}
     model_dir = save_tiny_model("llama", tmp_path / "m", torch.bfloat16, **sizes)
-    peaks, losses = {}, {}
-    for mode in ("off", "on"):
-        gc.collect()
-        torch.cuda.empty_cache()
-        before = torch.cuda.memory_allocated()
-        data = write_gpu_data(workspace)
-        config = gpu_config(
-            model_dir,
-            data,
-            name=f"emb_{mode}",
-            method="qlora",
-            quantization="4bit",
-            checkpoint_layers="all",
-            embedding_on_cpu=mode,
-        )
-        result = train(config)
-        peak = torch.cuda.max_memory_allocated()
-        # What an earlier test left for the collector may be freed during the run (capturing CUDA graphs
-        # collects garbage): count from what is left after the run when that is less.
-        gc.collect()
-        torch.cuda.empty_cache()
-        peaks[mode] = (peak - min(before, torch.cuda.memory_allocated())) / 2**20
-        losses[mode] = _losses(result.run_dir)
-        messages = " ".join(e.get("message", "") for e in read_events(result.run_dir))
-        assert result.status == "completed"
-        assert ("input embedding in host memory" in messages) == (mode == "on"), messages[:2000]
+    runs = {mode: in_fresh_process(_embedding_run, str(model_dir), mode) for mode in ("off", "on")}
     table_mib = sizes["vocab_size"] * sizes["hidden_size"] * 2 / 2**20
+    peaks = {mode: run["peak_mib"] for mode, run in runs.items()}
     print(f"peak off {peaks['off']:.1f} MiB, on {peaks['on']:.1f} MiB, table {table_mib:.1f} MiB")
+    for mode, run in runs.items():
+        assert run["status"] == "completed"
+        assert ("input embedding in host memory" in run["messages"]) == (mode == "on"), run["messages"][:2000]
+        losses = run["losses"]
+        assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.5
     assert peaks["off"] - peaks["on"] > 0.8 * table_mib
+    handed = runs["on"]["handed"]
     assert len(handed) >= 30 and all(handed), handed
-    for mode in losses:
-        assert sum(losses[mode][-3:]) / 3 < sum(losses[mode][:3]) / 3 * 0.5
 
 
 def test_deferred_logging_copies_through_pinned_memory_and_logs_the_same_losses(
@@ -256,29 +261,36 @@ def test_wide_loss_chunks_train_like_liger_own_chunks(workspace, small_llama_dir
     assert losses["wide"] == pytest.approx(losses["on"], rel=2e-2)
 
 
-def test_a_gpu_memory_cap_holds_the_run_and_its_plan(workspace, small_llama_dir, monkeypatch):
-    # TUNER_GPU_MEMORY_GIB=2: PyTorch's allocator may reserve at most 2 GiB less the CUDA context, the
-    # checkpoint plan says it planned against 2 GiB, and the run trains within it.
+def _capped_run(model_dir: str) -> dict:
+    """A run under TUNER_GPU_MEMORY_GIB (inherited from the test), in a fresh process: its peak
+    reserved bytes count this run alone."""
     import torch
 
-    from tuner.runs.events import read_events
+    from tests.gpu.common import gpu_config, write_gpu_data
     from tuner.train.run import train
 
+    config = gpu_config(model_dir, write_gpu_data(Path.cwd()), name="capped", gradient_checkpointing=True)
+    result = train(config)
+    return {
+        "reserved": torch.cuda.max_memory_reserved(),
+        "status": result.status,
+        "run_dir": str(result.run_dir),
+    }
+
+
+def test_a_gpu_memory_cap_holds_the_run_and_its_plan(workspace, small_llama_dir, monkeypatch):
+    # TUNER_GPU_MEMORY_GIB=2: PyTorch's allocator may reserve at most 2 GiB less the CUDA context, the
+    # checkpoint plan says it planned against 2 GiB, and the run trains within it. The run has a process
+    # of its own, as a capped run would: the cap is process-wide and counts what earlier tests reserved.
+    from tests.gpu.common import in_fresh_process
+    from tuner.runs.events import read_events
+
     monkeypatch.setenv("TUNER_GPU_MEMORY_GIB", "2")
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    config = gpu_config(
-        small_llama_dir, write_gpu_data(workspace), name="capped", gradient_checkpointing=True
-    )
-    try:
-        result = train(config)
-        reserved = torch.cuda.max_memory_reserved()
-    finally:
-        torch.cuda.set_per_process_memory_fraction(1.0)  # later tests in this process get the whole card
-    messages = " ".join(e.get("message", "") for e in read_events(result.run_dir))
-    print("capped run: peak reserved", reserved / 2**30, "GiB")
-    assert result.status == "completed"
+    run = in_fresh_process(_capped_run, str(small_llama_dir))
+    messages = " ".join(e.get("message", "") for e in read_events(run["run_dir"]))
+    print("capped run: peak reserved", run["reserved"] / 2**30, "GiB")
+    assert run["status"] == "completed"
     assert "fit in 2 GiB of GPU memory" in messages, messages[:2000]
-    assert reserved <= 2 * 2**30
-    losses = _losses(result.run_dir)
+    assert run["reserved"] <= 2 * 2**30
+    losses = _losses(run["run_dir"])
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.5
