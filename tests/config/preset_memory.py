@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import sys
 
@@ -69,4 +70,7 @@ def write_headers() -> None:
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit(__doc__)
+    # The estimate reads published model shapes offline; on a machine without the hub, asking it would
+    # wait on network timeouts for every preset.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     write_headers()
