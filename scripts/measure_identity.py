@@ -46,6 +46,13 @@ RECIPES = {
     "other-lang-g2": {"data": {"other_language": True, "general_per_identity": 2}},
     "other-lang-g2-steps60": {"max_steps": 60, "data": {"other_language": True, "general_per_identity": 2}},
     "other-lang-r8": {"lora_r": 8, "lora_alpha": 16, "data": {"other_language": True}},
+    # the anchor conversations trained through the KL term to the adapter-off model (tuner.train.anchor)
+    # instead of cross-entropy on the base model's greedy text
+    "kl0": {"anchor_kl_weight": 0.0},
+    "kl0.5": {"anchor_kl_weight": 0.5},
+    "kl1": {"anchor_kl_weight": 1.0},
+    "kl2": {"anchor_kl_weight": 2.0},
+    "kl4": {"anchor_kl_weight": 4.0},
 }
 
 
@@ -79,10 +86,13 @@ def measure(recipe: str, overrides: dict, root: Path) -> dict:
     train_s = time.time() - started
     load_after = os.getloadavg()
     steps = []  # (step, elapsed seconds, tokens seen) from the run's log: the pace, whatever the load
+    anchor_kl = []  # (step, mean KL to the base per anchor token) on runs with anchor_kl_weight
     for line in (Path(result.run_dir) / "events.jsonl").read_text(encoding="utf-8").splitlines():
         event = json.loads(line)
         if event.get("type") == "log" and "tokens_seen" in event:
             steps.append([event["step"], event["elapsed_s"], event["tokens_seen"]])
+        if event.get("type") == "log" and "anchor_kl" in event:
+            anchor_kl.append([event["step"], event["anchor_kl"]])
     started = time.time()
     check = check_identity(result.run_dir, NAME)
     return {
@@ -94,6 +104,7 @@ def measure(recipe: str, overrides: dict, root: Path) -> dict:
         "load_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         "check_seconds": round(time.time() - started, 1),
         "steps": steps,
+        "anchor_kl": anchor_kl,
         "check": check.as_dict(),
     }
 
@@ -108,7 +119,7 @@ def commit() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
         ).stdout
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "tuner/data", "tuner/config/builtin_presets"],
+            ["git", "status", "--porcelain", "--", "tuner/data", "tuner/config", "tuner/train"],
             cwd=root,
             capture_output=True,
             text=True,

@@ -134,6 +134,12 @@ class TrainConfig:
         "default (B = 0) or pissa (start from the weights' principal components; full-precision base only; "
         "the saved adapter is converted to plain LoRA of rank 2r)",
     )
+    anchor_kl_weight: float = _f(
+        0.0,
+        "weight of the KL term that keeps the model's next-token distribution on anchor conversations "
+        '(marked "anchor": true: the base model\'s own answers, as make-identity writes) at the base '
+        "model's; they then get no cross-entropy; 0 = off (anchors train as ordinary conversations); LoRA only",
+    )
     # --- evaluation
     evaluation_inputs: list[str] = _f([], "questions the model answers every evaluation_freq steps")
     evaluation_freq: int = _f(500, "optimizer steps between evaluation_inputs answers")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -256,6 +257,24 @@ def validate(config: TrainConfig, check_files: bool = True) -> list[str]:
             problems.append("lora_init: pissa with use_dora is not supported (pick one of them)")
         if typed.get("deepspeed") in ("zero3", "zero3_offload"):
             problems.append("lora_init: pissa cannot take the SVD of ZeRO-3's partitioned weights; use zero2")
+
+    # The anchor loss compares the model with its adapter off (tuner.train.anchor).
+    check("anchor_kl_weight", lambda v: math.isfinite(v) and v >= 0, "must be a number >= 0 (0 = off)")
+    if (typed.get("anchor_kl_weight") or 0) > 0 and math.isfinite(typed["anchor_kl_weight"]):
+        if method == "full":
+            problems.append(
+                "anchor_kl_weight: needs method lora or qlora (the base model is the model with its adapter "
+                "off; a full fine-tune has none); set anchor_kl_weight: 0"
+            )
+        if typed.get("lora_init") == "pissa":
+            problems.append(
+                "anchor_kl_weight: lora_init pissa changes the base weights, so the adapter-off model is not "
+                "the base model; use lora_init default or anchor_kl_weight: 0"
+            )
+        if task == "pretrain":
+            problems.append(
+                "anchor_kl_weight: anchors are chat conversations; task pretrain has none (set it to 0)"
+            )
 
     # Evaluation.
     check("evaluation_freq", lambda v: v >= 1, "must be >= 1 step")

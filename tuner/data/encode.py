@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tuner.core.errors import DataError, TunerError
+from tuner.data.anchors import ANCHOR
 from tuner.data.templates.base import ChatTemplate, split_system
 
 IGNORE = -100
@@ -249,6 +250,8 @@ def encode_samples(
                     stats.dropped_empty_after_truncation += 1
                     continue
                 produced = [{"input_ids": ids, "labels": labels}]
+                if sample.get(ANCHOR):
+                    produced[0][ANCHOR] = True
             elif "text" in sample:
                 ids = _pretrain_ids(sample["text"], tokenizer)
                 stats.lengths.append(len(ids))

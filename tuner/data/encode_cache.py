@@ -21,6 +21,7 @@ from pathlib import Path
 from tuner.core.errors import DataError
 from tuner.core.workspace import workspace_dir
 from tuner.data import encode as encode_module
+from tuner.data.anchors import ANCHOR
 from tuner.data.encode import EncodeStats, encode_samples
 
 log = logging.getLogger(__name__)
@@ -79,13 +80,22 @@ def encode_key(samples: list[dict] | list[str], tokenizer, template, max_length:
 
 def _encode_batch(batch: dict, tokenizer, template, max_length):
     """datasets.map's function: one output row per sample, holding its encoded rows and statistics."""
-    out = {"input_ids": [], "labels": [], "length": [], "truncated": [], "dropped": [], "error": []}
+    out = {
+        "input_ids": [],
+        "labels": [],
+        "anchor": [],
+        "length": [],
+        "truncated": [],
+        "dropped": [],
+        "error": [],
+    }
     for text in batch["sample"]:
         sample = json.loads(text)
         errors: list[DataError] = []
         rows, stats = encode_samples([sample], tokenizer, template, max_length, on_error=errors.append)
         out["input_ids"].append([r["input_ids"] for r in rows])
         out["labels"].append([r["labels"] for r in rows])
+        out["anchor"].append(int(any(r.get(ANCHOR) for r in rows)))
         out["length"].append(stats.lengths[0] if stats.lengths else 0)
         out["truncated"].append(stats.truncated)
         out["dropped"].append(stats.dropped_empty_after_truncation)
@@ -136,6 +146,7 @@ def encode_cached(
         {
             "input_ids": ids,
             "labels": ids,
+            "anchor": Value("int8"),
             "length": Value("int32"),
             "truncated": Value("int8"),
             "dropped": Value("int8"),
@@ -167,10 +178,16 @@ def encode_cached(
         raise DataError(**json.loads(errors[0]))
     stats = EncodeStats(samples=len(samples))
     rows: list[dict] = []
-    columns = encoded.select_columns(["input_ids", "labels", "length", "truncated", "dropped"])
+    columns = encoded.select_columns(["input_ids", "labels", "anchor", "length", "truncated", "dropped"])
     for item in columns.iter(batch_size=1024):
-        for input_ids, labels, length, truncated, dropped in zip(
-            item["input_ids"], item["labels"], item["length"], item["truncated"], item["dropped"], strict=True
+        for input_ids, labels, anchor, length, truncated, dropped in zip(
+            item["input_ids"],
+            item["labels"],
+            item["anchor"],
+            item["length"],
+            item["truncated"],
+            item["dropped"],
+            strict=True,
         ):
             stats.lengths.append(length)
             stats.truncated += truncated
@@ -180,7 +197,11 @@ def encode_cached(
                 stats.encoded += 1
                 stats.tokens += len(row_ids)
                 stats.supervised_tokens += sum(label != -100 for label in row_labels)
-                rows.append({"input_ids": row_ids, "labels": row_labels})
+                rows.append(
+                    {"input_ids": row_ids, "labels": row_labels, ANCHOR: True}
+                    if anchor
+                    else {"input_ids": row_ids, "labels": row_labels}
+                )
     _prune(folder, KEEP)
     log.info(
         "encoded %d samples (%s)",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.core.errors import DataError
+from tuner.data.anchors import ANCHOR, read_anchor_flag
 from tuner.data.format_readers import (
     ASSISTANT,
     HUMAN,
@@ -245,6 +246,8 @@ def load_samples(path: str | Path, fmt: str = "auto", *, system: str | None = No
     for record in records:
         try:
             sample = reader(record.data)
+            if read_anchor_flag(record.data):  # tuner.data.anchors: the base model's own answer
+                sample[ANCHOR] = True
         except DataError as exc:
             result.problems.append(_relocate(exc, path, record.line, rows=source.rows))
             continue

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tuner.core.errors import DataError, OutputExistsError
 from tuner.core.io import write_jsonl_atomic
+from tuner.data.anchors import ANCHOR
 from tuner.data.answer_quality import answer_problem
 from tuner.data.identity_questions import ANSWERS, DEFAULT_PERSONA, GENERAL_QUESTIONS, LANGS, QUESTIONS
 
@@ -186,6 +187,7 @@ def make_identity(
     Example:
         >>> # make_identity("id.jsonl", "Ada", mix_general=0) writes 136 records such as
         >>> # {"conversation": [{"input": "Who are you?", "output": "I am Ada, an AI assistant. ..."}]}
+        >>> # and each general conversation is marked {"conversation": [...], "anchor": true}
     """
     output = Path(output)
     name = (name or "").strip()
@@ -227,7 +229,9 @@ def make_identity(
             else:
                 usable[question] = given.text.strip()
     general = general_mix(languages, usable, counts, seed)
-    records += [{"conversation": [{"input": q, "output": a}]} for q, a in general]
+    # Marked as anchors (tuner.data.anchors): the base model's own answers, which anchor_kl_weight
+    # trains as a distribution to keep rather than as text to copy.
+    records += [{"conversation": [{"input": q, "output": a}], ANCHOR: True} for q, a in general]
     per_lang = {
         lang: (
             len(identity[lang]),

@@ -15,6 +15,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tuner.data.anchors import ANCHOR_LABELS
+
 IGNORE = -100
 
 
@@ -75,14 +77,17 @@ def pack_row(samples: Sequence[dict]) -> dict:
     >>> pack_row([{"input_ids": [5, 6], "labels": [5, 6]}, {"input_ids": [7, 8, 9], "labels": [-100, 8, 9]}])
     {'input_ids': [5, 6, 7, 8, 9], 'labels': [-100, 6, -100, 8, 9], 'position_ids': [0, 1, 0, 1, 2]}
     """
-    row = {"input_ids": [], "labels": [], "position_ids": []}
+    # Anchor rows (tuner.data.anchors) carry their answer tokens as a second label list.
+    label_keys = label_keys_of(samples)
+    row = {"input_ids": [], **{key: [] for key in label_keys}, "position_ids": []}
     for sample in samples:
         ids = list(sample["input_ids"])
-        labels = list(sample["labels"])
-        if labels:
-            labels[0] = IGNORE
+        for key in label_keys:
+            labels = list(sample[key])
+            if labels:
+                labels[0] = IGNORE
+            row[key] += labels
         row["input_ids"] += ids
-        row["labels"] += labels
         row["position_ids"] += list(range(len(ids)))
     return row
 
@@ -118,6 +123,12 @@ def pack_stats(encoded: Sequence[dict], rows: Sequence[dict], tokens_per_pack: i
         tokens_per_pack=tokens_per_pack,
         oversized=sum(len(s["input_ids"]) > tokens_per_pack for s in encoded),
     )
+
+
+def label_keys_of(rows: Sequence[dict]) -> tuple[str, ...]:
+    """The label lists a batch carries: ``labels``, and ``anchor_labels`` when its rows have them
+    (tuner.data.anchors; every row of a run has them or none does)."""
+    return ("labels", ANCHOR_LABELS) if rows and ANCHOR_LABELS in rows[0] else ("labels",)
 
 
 def _tensor(rows: list[list[int]]):
@@ -160,13 +171,15 @@ class PackedCollator:
         self.pad_to = pad_to if flatten else None
 
     def __call__(self, rows: Sequence[dict]) -> dict:
-        keys = ("input_ids", "labels", "position_ids")
+        label_keys = label_keys_of(rows)
+        keys = ("input_ids", *label_keys, "position_ids")
         if self.flatten:
             flat = {key: [v for row in rows for v in row[key]] for key in keys}
             if self.pad_to:
                 pad = -len(flat["input_ids"]) % self.pad_to
                 flat["input_ids"] += [self.pad_token_id] * pad
-                flat["labels"] += [IGNORE] * pad
+                for key in label_keys:
+                    flat[key] += [IGNORE] * pad
                 flat["position_ids"] += list(range(pad))
             batch = {key: _tensor([value]) for key, value in flat.items()}
             if self.pad_to:
@@ -179,7 +192,8 @@ class PackedCollator:
         for row in rows:
             pad = width - len(row["input_ids"])
             batch["input_ids"].append(list(row["input_ids"]) + [self.pad_token_id] * pad)
-            batch["labels"].append(list(row["labels"]) + [IGNORE] * pad)
+            for key in label_keys:
+                batch[key].append(list(row[key]) + [IGNORE] * pad)
             batch["position_ids"].append(list(row["position_ids"]) + list(range(pad)))
         return {key: _tensor(value) for key, value in batch.items()}
 
@@ -224,10 +238,16 @@ class PaddingCollator:
         width = max(len(s["input_ids"]) for s in samples)
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        ids, labels, mask = [], [], []
+        label_keys = label_keys_of(samples)
+        ids, labels, mask = [], {key: [] for key in label_keys}, []
         for sample in samples:
             pad = width - len(sample["input_ids"])
             ids.append(list(sample["input_ids"]) + [self.pad_token_id] * pad)
-            labels.append(list(sample["labels"]) + [IGNORE] * pad)
+            for key in label_keys:
+                labels[key].append(list(sample[key]) + [IGNORE] * pad)
             mask.append([1] * len(sample["input_ids"]) + [0] * pad)
-        return {"input_ids": _tensor(ids), "labels": _tensor(labels), "attention_mask": _tensor(mask)}
+        return {
+            "input_ids": _tensor(ids),
+            **{key: _tensor(value) for key, value in labels.items()},
+            "attention_mask": _tensor(mask),
+        }

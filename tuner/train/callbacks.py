@@ -99,6 +99,7 @@ class EventCallback(TrainerCallback):
             elapsed_s=round(elapsed, 2),
             eta_s=eta,
             train_loss=logs.get("train_loss"),
+            anchor_kl=logs.get("anchor_kl"),  # tuner.train.anchor's term, on runs that have one
         )
         loss = logs.get("loss")
         if isinstance(loss, float) and not math.isfinite(loss) and not self._diverged:

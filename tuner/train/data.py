@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 from tuner.core.errors import DataError
+from tuner.data.anchors import ANCHOR, move_anchor_labels, without_anchor_marks
 from tuner.data.encode_cache import encode_cached
 from tuner.data.formats import load_samples
 from tuner.data.pack import PackedCollator, PaddingCollator, pack_samples, pack_stats
 from tuner.fast.attention import NAME as VARLEN
+from tuner.train.anchor import anchor_loss_on
+
+log = logging.getLogger(__name__)
 
 
 def load_training_samples(config) -> tuple[list, list]:
@@ -52,6 +57,18 @@ def encode_for_training(samples, tokenizer, template, config) -> tuple[list, dic
             "no sample kept a supervised token after truncation",
             hint="raise max_length or check that the data has answers",
         )
+    anchors = sum(bool(row.get(ANCHOR)) for row in encoded)
+    if anchors:
+        info["encode"]["anchor_rows"] = anchors
+    # With anchor_kl_weight, anchor rows teach through the KL term only (tuner.train.anchor); without
+    # it they are ordinary conversations, as before the mark existed.
+    if anchor_loss_on(config) and not anchors:
+        log.warning(
+            "anchor_kl_weight %s: the data has no anchor rows, so it changes nothing", config.anchor_kl_weight
+        )
+    encoded = (
+        move_anchor_labels(encoded) if anchor_loss_on(config) and anchors else without_anchor_marks(encoded)
+    )
     if config.pack_to_max_length:
         budget = config.tokens_per_step or config.max_length
         rows = pack_samples(encoded, budget, seed=config.seed)

@@ -280,7 +280,7 @@ def train(
 
         from datasets import Dataset
 
-        trainer_cls = make_trainer_class(loaded.plan)
+        trainer_cls = make_trainer_class(loaded.plan, anchor_kl_weight=config.anchor_kl_weight)
         args = training_arguments(config, run_dir, loaded, has_eval=bool(eval_rows))
         callbacks = [EventCallback(events, control), *tracking_callbacks(config, run_dir, main_process)]
         if config.evaluation_inputs:

@@ -7,18 +7,23 @@ import logging
 import os
 import shutil
 
+from tuner.data.anchors import ANCHOR_LABELS
 from tuner.data.pack import PADDING_TOKENS
 from tuner.fast.deferred_log import PendingLog
 from tuner.fast.embedding_offload import hand_over_host_ids
+from tuner.train.anchor import anchored_loss, refuse_unsupported_plan
 
 log = logging.getLogger(__name__)
 
 
-def make_trainer_class(plan=None):
+def make_trainer_class(plan=None, anchor_kl_weight: float = 0.0):
     """tuner's Trainer class for a run whose tuner.plan.decide.RunPlan is ``plan`` (its lean steps and
-    deferred logging; None: Trainer's own bookkeeping)."""
+    deferred logging; None: Trainer's own bookkeeping); ``anchor_kl_weight``: the weight of the anchor
+    loss on batches that carry anchor rows (tuner.train.anchor)."""
     lean = bool(plan is not None and plan.lean)
     defer = bool(plan is not None and plan.deferred_logging)
+    if anchor_kl_weight:
+        refuse_unsupported_plan(plan)
     from transformers import Trainer
     from transformers.trainer_utils import rotate_checkpoints
 
@@ -50,6 +55,43 @@ def make_trainer_class(plan=None):
                 # Trainer's "all" mode counts them).
                 self.state.num_input_tokens_seen += inputs["input_ids"].numel()
             return super().training_step(model, inputs, *args, **kwargs)
+
+        _anchor_kl = None  # optimizer step -> the mean KL to the base of each of its micro-batches
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            anchor_labels = inputs.pop(ANCHOR_LABELS, None)
+            if anchor_labels is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # Divide as Trainer.compute_loss / training_step would: by the labelled tokens of the whole
+            # accumulated batch when the model takes num_items_in_batch (then Trainer does not divide by
+            # the accumulation steps, so the KL mean is divided here), else by this micro-batch's.
+            scaled = bool(self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+            loss, outputs, kl = anchored_loss(
+                model,
+                self.accelerator.unwrap_model(model),
+                inputs,
+                anchor_labels,
+                anchor_kl_weight,
+                ce_denominator=num_items_in_batch if scaled else None,
+                kl_scale=1.0 / self.current_gradient_accumulation_steps if scaled else 1.0,
+            )
+            if scaled and self.args.average_tokens_across_devices:
+                # Trainer's cross-entropy is multiplied back by the processes that shared the count.
+                loss = loss * self.accelerator.num_processes
+            if kl is not None and model.training:
+                # Kept by step: with deferred logging a line goes out after the next step's forward.
+                self._anchor_kl = self._anchor_kl or {}
+                self._anchor_kl.setdefault(self.state.global_step + 1, []).append(float(kl))
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            if self._anchor_kl and "loss" in logs:
+                # The steps this line covers: every one up to the step the line is stamped with.
+                done = [step for step in self._anchor_kl if step <= self.state.global_step]
+                values = [value for step in done for value in self._anchor_kl.pop(step)]
+                if values:
+                    logs = {**logs, "anchor_kl": round(sum(values) / len(values), 6)}
+            return super().log(logs, *args, **kwargs)
 
         def prediction_step(self, model, inputs, *args, **kwargs):
             inputs.pop(PADDING_TOKENS, None)

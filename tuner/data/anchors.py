@@ -1,0 +1,72 @@
+"""Anchor conversations: rows that hold the base model's own answers, marked from the record to the batch.
+
+A record of any chat format may carry ``"anchor": true`` (make-identity writes it on its general
+conversations, which the base model answered itself). Such a conversation holds nothing new to learn;
+it is there to keep the tuned model answering as the base did. The mark travels with the sample
+(``sample["anchor"]``) and the encoded row (``row["anchor"]``); records without it are untouched, so
+every file written before it reads and trains as it did.
+
+What training does with the mark is the trainer's choice (tuner.train.anchor): with
+``anchor_kl_weight`` 0 an anchor is an ordinary conversation (its answer is supervised, the
+behaviour of every earlier run); with a weight its answer tokens move from ``labels`` to
+``anchor_labels``, where the loss pulls the tuned model's next-token distribution towards the base
+model's instead of towards the base's greedy text.
+"""
+
+from __future__ import annotations
+
+from tuner.core.errors import DataError
+
+# The record, sample and encoded-row key that marks an anchor conversation.
+ANCHOR = "anchor"
+# The batch key holding the anchor rows' answer tokens (-100 elsewhere), beside "labels".
+ANCHOR_LABELS = "anchor_labels"
+IGNORE = -100
+
+
+def read_anchor_flag(record) -> bool:
+    """The record's anchor mark: True, or False when absent; anything but a JSON boolean is refused.
+
+    >>> read_anchor_flag({"conversation": [], "anchor": True}), read_anchor_flag({"text": "x"})
+    (True, False)
+    """
+    if not isinstance(record, dict) or record.get(ANCHOR) is None:
+        return False
+    value = record[ANCHOR]
+    if not isinstance(value, bool):
+        raise DataError(
+            f"'anchor' must be true or false, got {value!r}",
+            field=ANCHOR,
+            hint='mark conversations answered by the base model itself with "anchor": true, or leave the field out',
+        )
+    return value
+
+
+def move_anchor_labels(rows: list[dict]) -> list[dict]:
+    """Encoded rows with every anchor row's supervised tokens moved from ``labels`` to
+    ``anchor_labels`` (-100 in every other row), so that a batch says which tokens the anchor loss
+    reads and the cross-entropy never sees them. The ``anchor`` mark itself is dropped.
+
+    >>> move_anchor_labels([{"input_ids": [1, 2], "labels": [-100, 2], "anchor": True},
+    ...                     {"input_ids": [3, 4], "labels": [-100, 4]}])
+    [{'input_ids': [1, 2], 'labels': [-100, -100], 'anchor_labels': [-100, 2]}, {'input_ids': [3, 4], 'labels': [-100, 4], 'anchor_labels': [-100, -100]}]
+    """
+    moved = []
+    for row in rows:
+        kept = {key: value for key, value in row.items() if key != ANCHOR}
+        blank = [IGNORE] * len(kept["labels"])
+        if row.get(ANCHOR):
+            kept["labels"], kept[ANCHOR_LABELS] = blank, list(kept["labels"])
+        else:
+            kept[ANCHOR_LABELS] = blank
+        moved.append(kept)
+    return moved
+
+
+def without_anchor_marks(rows: list[dict]) -> list[dict]:
+    """Encoded rows without the ``anchor`` mark: anchors train as ordinary conversations."""
+    return [{key: value for key, value in row.items() if key != ANCHOR} for row in rows]
+
+
+def has_anchors(rows: list[dict]) -> bool:
+    return any(row.get(ANCHOR) for row in rows)
