@@ -202,7 +202,10 @@ def run_tuner(job: Job) -> dict:
     trainer.remove_callback(PrinterCallback)
     try:
         trainer.train()
+        # TUNER_GPU_MEMORY_GIB where set; otherwise the row's own budget stands (an emulated card's, or none)
+        cap = {"budget_gib": settings.gpu_memory_gib} if settings.gpu_memory_gib else {}
         return dict(
+            **cap,
             load_s=load_s,
             precision=str(built.dtype).replace("torch.", ""),
             optimizer=str(getattr(args.optim, "value", args.optim)),
@@ -213,7 +216,6 @@ def run_tuner(job: Job) -> dict:
             checkpointed_layers=checkpointed_layers(model, getattr(built, "layer_graphs", None)),
             offloaded_layers=offloaded_layers(model),
             speed_settings=settings.as_dict(),
-            budget_gib=settings.gpu_memory_gib,
             checkpoint_layers=config.checkpoint_layers,
             embedding_policy=config.embedding_on_cpu,
             plan=plan.as_dict() if plan is not None else None,
