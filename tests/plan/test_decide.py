@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from tests.plan.test_estimate import SHAPES
@@ -41,10 +43,15 @@ def test_a_roomy_gpu_gets_every_mechanism_and_recomputes_nothing():
     assert "CUDA graphs" in roomy.describe() and "0 of 32 layers checkpointed" in roomy.describe()
 
 
-def test_a_small_card_checkpoints_everything_offloads_and_pages_the_optimizer():
+def test_a_small_card_checkpoints_everything_offloads_and_pages_the_optimizer_only_where_it_must():
     tight = plan(budget=8)
     assert (tight.checkpointed_layers, tight.offload_checkpoints) == (32, True)
-    assert tight.memory_tight and tight.embedding_on_cpu and tight.optimizer == "paged_adamw_32bit"
+    # priced at 7.85 GiB: the AdamW state fits on the device beside the rest, torch's fused AdamW runs
+    assert tight.memory_tight and tight.embedding_on_cpu and tight.optimizer == "adamw_torch_fused"
+    # half a GiB less: it does not, and paged AdamW's state may move to host memory
+    tighter = plan(budget=7.5)
+    assert tighter.page_optimizer_state and tighter.optimizer == "paged_adamw_32bit"
+    assert "paged_adamw_32bit" in tighter.describe()
     assert not tight.wide_loss_chunks  # only where nothing is checkpointed
     # the checkpointed layers' graphs cost memory that 8 GiB does not have: they stay eager there
     assert not tight.checkpoint_graphs and not tight.cuda_graphs
@@ -137,10 +144,12 @@ def test_checkpointing_every_layer_when_asked_or_not_decidable():
 def test_a_plan_with_another_count_stays_consistent():
     roomy = plan()
     tight = roomy.with_checkpointing(32, True)
-    assert tight.memory_tight and not tight.wide_loss_chunks and tight.optimizer == "paged_adamw_32bit"
+    assert tight.memory_tight and not tight.wide_loss_chunks and tight.optimizer == "adamw_torch_fused"
     assert not roomy.checkpoint_graphs and tight.checkpoint_graphs
     assert roomy.with_checkpointing(99, False).checkpointed_layers == 32
-    saved = tight.as_dict()
+    paging = replace(tight, page_optimizer_state=True)
+    assert paging.optimizer == "paged_adamw_32bit" and roomy.optimizer == "adamw_torch_fused"
+    saved = paging.as_dict()
     assert saved["checkpointed_layers"] == 32 and saved["optimizer"] == "paged_adamw_32bit"
     assert saved["checkpoint_graphs"] is True and saved["embedding_on_cpu"] is True
 

@@ -52,6 +52,9 @@ class RunPlan:
     # the checkpointed layers may replay as CUDA graphs (the planner says no where their memory does not fit)
     graph_checkpointed: bool = True
     row_tokens: int = 0  # tokens of a training row (tokens_per_step, else max_length); 0 unknown
+    # the optimizer's state must be able to page to host memory: even with every layer checkpointed the
+    # plan does not fit its budget with the state on the device (optimizer_state_overflows)
+    page_optimizer_state: bool = False
 
     @property
     def memory_tight(self) -> bool:
@@ -109,8 +112,9 @@ class RunPlan:
     def optimizer(self) -> str:
         """AdamW as ``optimizer: auto`` picks it. On a GPU: torch's fused AdamW (one kernel launch for
         all LoRA weights; bitsandbytes' paged AdamW launches one per weight, which the host cannot hide
-        behind short steps), except for a 4/8-bit base that needed every layer checkpointed to fit:
-        there paged AdamW's state can move to host memory when a long row spikes. Under DeepSpeed as
+        behind short steps), except for a 4/8-bit base whose state does not fit beside the rest even
+        with every layer checkpointed (``page_optimizer_state``): there paged AdamW's state moves to
+        host memory instead of the run failing. The two are the same 32-bit AdamW. Under DeepSpeed as
         before this choice existed (paged AdamW for 4/8-bit bases, else torch's unfused AdamW): its
         offload configs keep the optimizer state in host memory, where the fused kernel cannot run."""
         if self.optimizer_asked != "auto":
@@ -119,7 +123,7 @@ class RunPlan:
             return "adamw_torch"
         if self.deepspeed:
             return "paged_adamw_32bit" if self.quantized else "adamw_torch"
-        return "paged_adamw_32bit" if self.quantized and self.memory_tight else "adamw_torch_fused"
+        return "paged_adamw_32bit" if self.quantized and self.page_optimizer_state else "adamw_torch_fused"
 
     def with_checkpointing(self, layers: int, offload: bool, graphed: bool = True) -> RunPlan:
         return replace(
@@ -240,7 +244,21 @@ def plan_run(
         budget_gib=budget_gib,
         row_tokens=int(get("tokens_per_step", None) or get("max_length", 0) or 0),
     )
-    return plan.with_checkpointing(*checkpoint_plan(cfg, plan, shape, hw, budget_gib))
+    plan = plan.with_checkpointing(*checkpoint_plan(cfg, plan, shape, hw, budget_gib))
+    return replace(plan, page_optimizer_state=optimizer_state_overflows(cfg, plan, shape, hw, budget_gib))
+
+
+def optimizer_state_overflows(cfg, plan: RunPlan, shape: ModelShape, hw: Hardware, budget_gib: float) -> bool:
+    """Whether a 4/8-bit run that checkpoints every layer still prices above ``budget_gib`` with its
+    AdamW state on the device. Only there does paged AdamW pay: its state sits in unified memory, which
+    a full card pages to host memory and back every step. On an emulated 8 GiB card (Llama-2-7B QLoRA
+    at 4096 tokens, priced 7.85 GiB, 7.60-7.66 measured) torch's fused AdamW ran 8,750 tok/s and paged
+    AdamW 6,276 (bench/results/2026-12-04-h200-cards-short.json); Llama-3-8B, priced 9.12 GiB, keeps
+    paged AdamW on that card. The device total is the same with either optimizer: the state only
+    moves between PyTorch's allocator and unified memory."""
+    if hw.device != "cuda" or not plan.quantized or not plan.memory_tight or not budget_gib:
+        return False
+    return price(_getter(cfg), plan, shape, hw).total_gib > budget_gib
 
 
 def checkpoint_plan(
