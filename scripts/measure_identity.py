@@ -53,6 +53,12 @@ RECIPES = {
     "kl1": {"anchor_kl_weight": 1.0},
     "kl2": {"anchor_kl_weight": 2.0},
     "kl4": {"anchor_kl_weight": 4.0},
+    "kl8": {"anchor_kl_weight": 8.0},
+    "kl16": {"anchor_kl_weight": 16.0},
+    # the KL term reads the base model's distribution, not the answer's text: the base model's English
+    # answers to Chinese questions anchor those questions as well as any
+    "kl1-other-lang": {"anchor_kl_weight": 1.0, "data": {"other_language": True}},
+    "kl4-other-lang": {"anchor_kl_weight": 4.0, "data": {"other_language": True}},
 }
 
 

@@ -47,6 +47,11 @@ def refuse_unsupported_plan(plan) -> None:
             "anchor_kl_weight needs the model with its adapter switched off, which CUDA graphs of the "
             "layers cannot replay; turn the graphs off (TUNER_CUDA_GRAPHS=0) or set anchor_kl_weight: 0"
         )
+    if plan.embedding_on_cpu:
+        raise TunerError(
+            "anchor_kl_weight runs a second forward pass, and the input embedding in host memory reads "
+            "its ids once per batch; set embedding_on_cpu: off or anchor_kl_weight: 0"
+        )
 
 
 def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -69,7 +69,7 @@ def make_trainer_class(plan=None, anchor_kl_weight: float = 0.0):
             loss, outputs, kl = anchored_loss(
                 model,
                 self.accelerator.unwrap_model(model),
-                inputs,
+                dict(inputs),  # anchored_loss takes the labels out; Trainer's batch stays whole
                 anchor_labels,
                 anchor_kl_weight,
                 ce_denominator=num_items_in_batch if scaled else None,
