@@ -206,6 +206,10 @@ CURRENT_DEFAULTS = {
     "2026-12-04-h200-checkpoint-graphs.json",  # session 9: the checkpointed layers' graphs
     "2026-12-04-h200-budgets-llama2-graphs.json",
     "2026-12-04-h200-budgets-llama3.json",
+    "2026-12-04-h200-cards-llama2.json",  # emulated cards (--card-gib): the whole device held to the card
+    "2026-12-04-h200-cards-llama3.json",
+    "2026-12-04-h200-cards-short.json",
+    "2026-12-04-h200-cards-fused.json",  # fused AdamW where the state fits the card
 }
 
 

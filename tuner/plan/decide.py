@@ -250,12 +250,13 @@ def plan_run(
 
 def optimizer_state_overflows(cfg, plan: RunPlan, shape: ModelShape, hw: Hardware, budget_gib: float) -> bool:
     """Whether a 4/8-bit run that checkpoints every layer still prices above ``budget_gib`` with its
-    AdamW state on the device. Only there does paged AdamW pay: its state sits in unified memory, which
-    a full card pages to host memory and back every step. On an emulated 8 GiB card (Llama-2-7B QLoRA
-    at 4096 tokens, priced 7.85 GiB, 7.60-7.66 measured) torch's fused AdamW ran 8,750 tok/s and paged
-    AdamW 6,276 (bench/results/2026-12-04-h200-cards-short.json); Llama-3-8B, priced 9.12 GiB, keeps
-    paged AdamW on that card. The device total is the same with either optimizer: the state only
-    moves between PyTorch's allocator and unified memory."""
+    AdamW state on the device. Only there does paged AdamW pay: its state sits in unified memory that a
+    full card pages to host memory instead of failing, while its one launch per weight costs host time
+    on every step. Measured on emulated cards (bench/results/2026-12-04-h200-cards-*.json): Llama-3-8B
+    QLoRA at 4096 tokens on 12 GiB, 7,768 -> 8,844 tok/s (10.53 -> 10.25 GiB of the card); Llama-2-7B
+    on 8 GiB (priced 7.85 GiB, 7.60 used), 6,016-6,276 paged against 6,236 and 8,750 fused in two calls.
+    Llama-3-8B on 8 GiB (priced 9.12) keeps paged AdamW. The device total is the same with either: the
+    state only moves between PyTorch's allocator and unified memory."""
     if hw.device != "cuda" or not plan.quantized or not plan.memory_tight or not budget_gib:
         return False
     return price(_getter(cfg), plan, shape, hw).total_gib > budget_gib
