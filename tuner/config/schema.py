@@ -100,7 +100,7 @@ class TrainConfig:
     max_norm: float = _f(1.0, "gradient clipping norm; 0 = no clipping")
     optimizer: str = _f(
         "auto",
-        "auto = adamw_torch_fused on a GPU (paged_adamw_32bit for qlora when memory is tight or under deepspeed), adamw_torch on a CPU",
+        "auto = adamw_torch_fused on a GPU (paged_adamw_32bit for qlora whose optimizer state does not fit the card beside the rest, or under deepspeed), adamw_torch on a CPU",
     )
     precision: str = _f("auto", "auto, bf16, fp16 or fp32; auto = bf16 where supported, fp32 on CPU")
     gradient_checkpointing: bool = _f(
