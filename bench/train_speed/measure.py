@@ -168,6 +168,10 @@ def provenance(opts) -> dict:
     return {"argv": argv, "commit": commit(), "suite": os.environ.get(SUITE_ENV) or None}
 
 
+# torch.cuda.memory_stats() counters a row reports for its timed window (``window_allocator``)
+ALLOCATOR_COUNTERS = ("num_alloc_retries", "num_device_alloc", "num_device_free", "num_ooms")
+
+
 class StepClock:
     """Host time at the end of every step (after a device sync), peak device use, losses."""
 
@@ -185,6 +189,9 @@ class StepClock:
         # drivers take milliseconds for); None: every step's
         self.memory_steps = memory_steps
         self.mem_get_info_s: list[float] = []  # how long each of those samples took
+        # PyTorch allocator's counters at those step ends: on a full card, retries (free the cache, sync,
+        # cudaMalloc again) and cudaMalloc/cudaFree calls inside the window cost time that peaks do not show
+        self.allocator_counts: list[dict[str, int]] = []
         self.losses: list[float] = []
         self.device_used = 0
         self.loaded_bytes = None
@@ -216,6 +223,8 @@ class StepClock:
             free, total = torch.cuda.mem_get_info()
             self.mem_get_info_s.append(time.perf_counter() - asked)
             self.device_used = max(self.device_used, total - free)
+            stats = torch.cuda.memory_stats()
+            self.allocator_counts.append({name: int(stats.get(name, 0)) for name in ALLOCATOR_COUNTERS})
         self.ends.append(time.perf_counter())
         if self.profile and len(self.ends) == self.profile[0]:
             self.profiler = start_profiler(self.cuda_profile)
@@ -372,6 +381,9 @@ def measure(spec: Spec, opts) -> dict:
             if clock.mem_get_info_s:
                 row["mem_get_info_ms"] = round(1000 * max(clock.mem_get_info_s), 3)
             row["loaded_gib"] = round(clock.loaded_bytes / GIB, 3) if clock.loaded_bytes else None
+            if len(clock.allocator_counts) >= 2:  # the timed window: warm-up's end to the last step's
+                first, last = clock.allocator_counts[0], clock.allocator_counts[-1]
+                row["window_allocator"] = {name: last[name] - first[name] for name in ALLOCATOR_COUNTERS}
         if clock.profiler is not None:
             clock.profiler.disable()
             row["profile"] = str(write_profile(clock.profiler, Path(opts.profile), spec.label, opts.steps))
@@ -401,7 +413,9 @@ class DeviceBallast:
         self._pointer = ctypes.c_uint64()
         status = self._driver.cuMemAlloc_v2(ctypes.byref(self._pointer), ctypes.c_size_t(nbytes))
         if status != 0:
-            raise RuntimeError(f"could not take {nbytes / GIB:.1f} GiB of the GPU (CUDA driver error {status})")
+            raise RuntimeError(
+                f"could not take {nbytes / GIB:.1f} GiB of the GPU (CUDA driver error {status})"
+            )
         self.nbytes = nbytes
 
     def free(self) -> None:
