@@ -294,3 +294,34 @@ def test_a_gpu_memory_cap_holds_the_run_and_its_plan(workspace, small_llama_dir,
     assert run["reserved"] <= 2 * 2**30
     losses = _losses(run["run_dir"])
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.5
+
+
+def test_fused_adamw_trains_like_paged_adamw_on_the_small_card_plan(workspace, small_llama_dir):
+    # The plan gives a tight 4/8-bit run torch's fused AdamW wherever its state fits the card
+    # (tuner.plan.decide.optimizer_state_overflows) instead of bitsandbytes' paged AdamW: the same 32-bit
+    # AdamW, so the same seed and the small card's plan (QLoRA, every layer checkpointed, inputs
+    # offloaded, dropout on) must log the same losses step by step, to bf16 rounding.
+    from tuner.train.run import train
+
+    losses = {}
+    for optimizer in ("paged_adamw_32bit", "adamw_torch_fused"):
+        config = gpu_config(
+            small_llama_dir,
+            write_gpu_data(workspace),
+            name=f"opt_{optimizer}",
+            method="qlora",
+            quantization="4bit",
+            checkpoint_layers="offload",
+            lora_dropout=0.1,
+            optimizer=optimizer,
+            seed=7,
+        )
+        result = train(config)
+        assert result.status == "completed"
+        losses[optimizer] = _losses(result.run_dir)
+    paged, fused = losses["paged_adamw_32bit"], losses["adamw_torch_fused"]
+    print("paged", [round(v, 4) for v in paged[:5]], "fused", [round(v, 4) for v in fused[:5]])
+    assert len(paged) == len(fused) >= 30
+    assert fused[0] == pytest.approx(paged[0], rel=1e-3)  # before any update: the same model and batch
+    assert fused == pytest.approx(paged, rel=0.05, abs=0.02)
+    assert sum(fused[-3:]) / 3 < sum(fused[:3]) / 3 * 0.5
