@@ -122,6 +122,8 @@ def drive(specs: list[Spec], opts, out: Path) -> list[dict]:
     # A child's row records the command that made it (this driver's), and the commit when its
     # checkout cannot tell (no .git on the device): both pass through the environment.
     env = {**os.environ, ARGV_ENV: os.environ.get(ARGV_ENV) or json.dumps(opts.argv)}
+    if opts.alloc_conf:  # read when CUDA starts: a variant's env, set inside the child, comes too late
+        env["PYTORCH_CUDA_ALLOC_CONF"] = opts.alloc_conf
     known = commit()
     if known and not os.environ.get(COMMIT_ENV):
         env[COMMIT_ENV] = known
@@ -247,6 +249,12 @@ def parse_args(argv=None):
         type=float,
         default=LORA["dropout"],
         help=f"LoRA dropout of every tool's rows (default {LORA['dropout']}, the presets')",
+    )
+    p.add_argument(
+        "--alloc-conf",
+        default=None,
+        metavar="TEXT",
+        help="PYTORCH_CUDA_ALLOC_CONF for every child row (e.g. expandable_segments:True); rows record it",
     )
     p.add_argument(
         "--card-gib",
