@@ -94,23 +94,37 @@ def model_shape(model: str) -> ModelShape:
     else:
         path = Path(model) / "config.json"
         if not path.is_file():
-            from tuner.models.published import PUBLISHED
+            path = _hub_config(model)
+            if path is None:
+                from tuner.models.published import PUBLISHED
 
-            try:
-                from huggingface_hub import hf_hub_download
-
-                path = Path(hf_hub_download(model, "config.json"))
-            except Exception as exc:  # offline, unknown id: the presets' models' published sizes, else say so
-                if model in PUBLISHED:
-                    return shape_from_config(PUBLISHED[model])
-                raise ModelError(
-                    f"{model}: no config.json found locally (offline, or not a model id); cannot estimate "
-                    "its size. Download the model once (training does on first use) or set model to a "
-                    "local folder"
-                ) from exc
+                return shape_from_config(PUBLISHED[model])
     cfg = json.loads(Path(path).read_text(encoding="utf-8"))
     cfg = cfg.get("text_config", cfg)  # multimodal configs nest the language model
     return shape_from_config(cfg)
+
+
+def _hub_config(model: str) -> Path | None:
+    """A hub id's config.json: the cached copy; else None for the presets' models, whose published sizes
+    (tuner.models.published, the same numbers) need no network, where an unreachable hub made every
+    estimate wait out its timeouts (24 s each); else downloaded, or ModelError."""
+    from huggingface_hub import hf_hub_download
+
+    from tuner.models.published import PUBLISHED
+
+    try:
+        return Path(hf_hub_download(model, "config.json", local_files_only=True))
+    except Exception:  # not in the cache (or not a hub id)
+        if model in PUBLISHED:
+            return None
+    try:
+        return Path(hf_hub_download(model, "config.json"))
+    except Exception as exc:  # offline, unknown id
+        raise ModelError(
+            f"{model}: no config.json found locally (offline, or not a model id); cannot estimate "
+            "its size. Download the model once (training does on first use) or set model to a "
+            "local folder"
+        ) from exc
 
 
 def lora_params(shape: ModelShape, r: int, targets="all-linear") -> int:
