@@ -233,14 +233,14 @@ def test_estimate_verdict_and_advice():
     )
     assert 7.5e9 < shape.params < 8.5e9  # Llama-3-8B
     gpu12 = Hardware("cuda", "RTX 3060", 12.0, 8)
-    qlora_config = {"method": "qlora", "max_length": 512, "gradient_checkpointing": True}
+    qlora_config = {"method": "qlora", "max_length": 1024, "gradient_checkpointing": True}
     loaded = estimate(qlora_config, shape, gpu12, embedding_on_cpu=False)
     # 4-bit layers + 16-bit embedding and LM head + fp32 LoRA: 5.94 GiB measured after loading (H100 bench)
     assert loaded.fits and loaded.weights_gib + loaded.trainable_params * 4 / 2**30 == pytest.approx(
         5.94, abs=0.05
     )
-    # By default a 12 GB card checkpoints every layer, so the input embedding's table (128256 x 4096 x 2
-    # bytes) waits in host memory during training (TUNER_EMBEDDING_ON_CPU=auto)
+    # By default a 12 GB card checkpoints every layer of 1024-token rows, so the input embedding's table
+    # (128256 x 4096 x 2 bytes) waits in host memory during training (TUNER_EMBEDDING_ON_CPU=auto)
     qlora = estimate(qlora_config, shape, gpu12)
     assert qlora.fits and qlora.checkpointed_layers == 32
     assert loaded.weights_gib - qlora.weights_gib == pytest.approx(128256 * 4096 * 2 / 2**30)
