@@ -55,6 +55,9 @@ RECIPES = {
     "kl4": {"anchor_kl_weight": 4.0},
     "kl8": {"anchor_kl_weight": 8.0},
     "kl16": {"anchor_kl_weight": 16.0},
+    # a second training seed (LoRA init, batch order; same data) for the preset and the KL anchor
+    "seed1": {"seed": 1},
+    "kl4-seed1": {"anchor_kl_weight": 4.0, "seed": 1},
     # the KL term reads the base model's distribution, not the answer's text: the base model's English
     # answers to Chinese questions anchor those questions as well as any
     "kl1-other-lang": {"anchor_kl_weight": 1.0, "data": {"other_language": True}},
