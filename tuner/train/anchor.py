@@ -35,7 +35,8 @@ def anchor_loss_on(config) -> bool:
 
 def refuse_unsupported_plan(plan) -> None:
     """Raise TunerError when the run's plan (tuner.plan.decide.RunPlan) cannot run the adapter-off
-    forward pass: CUDA graphs replay the layers with the adapter as captured."""
+    forward pass: no adapter (a full fine-tune), CUDA graphs (they replay the layers with the adapter
+    as captured), the input embedding in host memory (it takes one batch's ids once)."""
     if plan is None:
         return
     if not plan.lora:
