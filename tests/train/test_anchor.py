@@ -185,3 +185,26 @@ def test_training_with_the_anchor_keeps_anchor_rows_closer_to_the_base(
         logged = [e["anchor_kl"] for e in events if e.get("type") == "log" and "anchor_kl" in e]
         assert bool(logged) == (weight > 0)  # the run log shows the term when it is on
     assert drift[1.0] < drift[0.0] / 2, drift
+
+
+@pytest.mark.parametrize(
+    "plan, says",
+    [
+        ({"lora": False, "cuda_graphs": False, "embedding_on_cpu": False}, "needs a LoRA run"),
+        ({"lora": True, "cuda_graphs": True, "embedding_on_cpu": False}, "TUNER_CUDA_GRAPHS=0"),
+        ({"lora": True, "cuda_graphs": False, "embedding_on_cpu": True}, "embedding_on_cpu: off"),
+    ],
+    ids=["full", "cuda-graphs", "host-embedding"],
+)
+def test_plans_that_cannot_turn_the_adapter_off_are_refused_with_what_to_do(plan, says):
+    from types import SimpleNamespace
+
+    from tuner.core.errors import TunerError
+    from tuner.train.anchor import refuse_unsupported_plan
+    from tuner.train.trainer import make_trainer_class
+
+    with pytest.raises(TunerError, match=says):
+        refuse_unsupported_plan(SimpleNamespace(**plan))
+    with pytest.raises(TunerError, match=says):
+        make_trainer_class(SimpleNamespace(**plan, lean=False, deferred_logging=False), anchor_kl_weight=1.0)
+    make_trainer_class(SimpleNamespace(**plan, lean=False, deferred_logging=False))  # off: nothing to refuse
