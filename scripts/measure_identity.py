@@ -58,6 +58,8 @@ RECIPES = {
     # a second training seed (LoRA init, batch order; same data) for the preset and the KL anchor
     "seed1": {"seed": 1},
     "kl4-seed1": {"anchor_kl_weight": 4.0, "seed": 1},
+    "seed2": {"seed": 2},
+    "kl4-seed2": {"anchor_kl_weight": 4.0, "seed": 2},
     # the KL term reads the base model's distribution, not the answer's text: the base model's English
     # answers to Chinese questions anchor those questions as well as any
     "kl1-other-lang": {"anchor_kl_weight": 1.0, "data": {"other_language": True}},
