@@ -165,3 +165,12 @@ def test_the_estimate_prices_the_plan_training_makes(budget):
         planned.offload_checkpoints and planned.checkpointed_layers > 0,
     )
     assert priced.graphs == planned.cuda_graphs and priced.embedding_on_cpu == planned.embedding_on_cpu
+
+
+def test_a_cpu_plan_does_not_say_the_embedding_moved_to_host_memory():
+    # Every layer checkpointed on a CPU: the embedding is asked into host memory (the mechanism then
+    # explains that it stays), but the plan's description does not claim a move that cannot happen.
+    cpu = plan(hw=CPU, budget=64, liger=False)
+    assert cpu.memory_tight and cpu.embedding_on_cpu
+    assert "embedding in host memory" not in cpu.describe()
+    assert "embedding in host memory" in plan(budget=8).describe()

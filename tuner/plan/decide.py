@@ -160,7 +160,7 @@ class RunPlan:
             parts.append(f"{self.checkpointed_layers} of {self.layers} layers checkpointed{where}")
         if self.cuda_graphs:
             parts.append("CUDA graphs" + (" (checkpointed layers too)" if self.checkpoint_graphs else ""))
-        if self.embedding_on_cpu:
+        if self.embedding_on_cpu and self.device == "cuda":  # on a CPU the table is in host memory anyway
             parts.append("embedding in host memory")
         parts.append(self.optimizer)
         if self.lean:
