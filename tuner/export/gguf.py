@@ -3,7 +3,8 @@
 What goes in: every weight (2-D weights in the chosen type, norms and biases in F32), the model's
 shape, the tokenizer (tokens, token types, merges or scores, special token ids, whether BOS is
 added) and the chat template that training used, with its end-of-turn token as llama.cpp's
-end-of-generation token. The tokenizer's part is tuner.export.gguf_tokenizer's.
+end-of-generation token. The tokenizer's part is tuner.export.gguf_tokenizer's, the rotary
+parameters' tuner.export.gguf_rope's.
 
 Facts about the format carried over from llama.cpp's own converter (convert_hf_to_gguf.py and
 gguf-py): the tensor names (through gguf-py's ``TensorNameMap``), the metadata keys, and the weight
@@ -28,6 +29,15 @@ from pathlib import Path
 
 from tuner.chat.text import resolve_chat_template
 from tuner.core.errors import ModelError, TunerError
+from tuner.export.gguf_rope import (
+    global_rope,
+    phi3_original_context,
+    phi3_rope,
+    rope_factors,
+    rope_kind,
+    rope_theta,
+    sliding_rope_theta,
+)
 from tuner.export.gguf_tokenizer import CONVERTER, gguf_name, vocabulary, write_vocabulary
 
 log = logging.getLogger(__name__)
@@ -227,101 +237,13 @@ def _runs_differently(config, family: Family) -> str | None:
         if family.arch == "gemma3":
             if getattr(config, "attn_logit_softcapping", None):
                 return "it caps attention logits, which llama.cpp's gemma3 does not do"
-            sliding = (_rope_parameters(config).get("sliding_attention") or {}).get("rope_theta", 10000.0)
-            if float(sliding) != 10000.0:
+            sliding = sliding_rope_theta(config)
+            if sliding != 10000.0:
                 return (
                     f"its sliding layers' rope theta is {sliding}; llama.cpp builds that predate the "
                     "rope.freq_base_swa key run Gemma 3's sliding layers at 10000 (all released Gemma 3 use 10000)"
                 )
     return None
-
-
-def _rope_parameters(config) -> dict:
-    # transformers 5 keeps them in rope_parameters; older configs as rope_theta + rope_scaling
-    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
-    if "full_attention" not in params:
-        params.setdefault("rope_theta", getattr(config, "rope_theta", None) or 10000.0)
-    return params
-
-
-def _global_rope(config) -> dict:
-    """The rope parameters of the full-attention layers (Gemma 3 keeps one set per layer type)."""
-    params = _rope_parameters(config)
-    return dict(params.get("full_attention") or params)
-
-
-def _rope_theta(config) -> float:
-    return _global_rope(config).get("rope_theta", 10000.0)
-
-
-def _rope_kind(params: dict) -> str:
-    return params.get("rope_type") or params.get("type") or "default"
-
-
-def rope_factors(config, head_dim: int):
-    """Per-frequency rope factors of Llama 3.1+'s rope scaling (rope_type llama3), as llama.cpp's
-    ``rope_freqs`` tensor holds them; None for plain rope. Other scalings are refused."""
-    import math
-
-    import numpy as np
-
-    params = _global_rope(config)
-    kind = _rope_kind(params)
-    if kind == "default":
-        return None
-    if kind != "llama3":
-        raise ModelError(
-            f"GGUF export: rope scaling {kind!r} is not supported for {config.model_type}; use {CONVERTER}"
-        )
-    factor, low, high = params["factor"], params["low_freq_factor"], params["high_freq_factor"]
-    old_context = params["original_max_position_embeddings"]
-    freqs = 1.0 / (params["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-    out = []
-    for freq in freqs:
-        wavelen = 2 * math.pi / freq
-        if wavelen < old_context / high:
-            out.append(1.0)
-        elif wavelen > old_context / low:
-            out.append(factor)
-        else:
-            smooth = (old_context / wavelen - low) / (high - low)
-            out.append(1 / ((1 - smooth) / factor + smooth))
-    return np.array(out, dtype=np.float32)
-
-
-def phi3_rope(config, rope_dims: int):
-    """(attention factor, long factors, short factors) of Phi-3's long-context rope (longrope, also
-    spelled su), as llama.cpp's converter writes them; None for plain rope."""
-    import math
-
-    import numpy as np
-
-    params = _global_rope(config)
-    kind = _rope_kind(params).lower()
-    if kind == "default" or not params.get("long_factor"):
-        if kind not in ("default", "longrope", "su"):
-            raise ModelError(f"GGUF export: Phi-3 rope scaling {kind!r} is not supported; use {CONVERTER}")
-        return None
-    if kind not in ("longrope", "su"):
-        raise ModelError(f"GGUF export: Phi-3 rope scaling {kind!r} is not supported; use {CONVERTER}")
-    long, short = params.get("long_factor"), params.get("short_factor")
-    if not short or len(long) != len(short) or len(long) != rope_dims // 2:
-        raise ModelError(
-            f"GGUF export: Phi-3's rope long/short factors must both have {rope_dims // 2} values "
-            f"(got {len(long)} and {len(short or [])})"
-        )
-    original = _phi3_original_context(config)
-    scale = config.max_position_embeddings / original
-    attn_factor = math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1.0 else 1.0
-    return attn_factor, np.array(long, dtype=np.float32), np.array(short, dtype=np.float32)
-
-
-def _phi3_original_context(config) -> int:
-    return int(
-        getattr(config, "original_max_position_embeddings", None)
-        or _global_rope(config).get("original_max_position_embeddings")
-        or config.max_position_embeddings
-    )
 
 
 def _write_shape(writer, config, family: Family, head_dim: int) -> list:
@@ -337,7 +259,7 @@ def _write_shape(writer, config, family: Family, head_dim: int) -> list:
     writer.add_head_count(heads)
     writer.add_head_count_kv(config.num_key_value_heads or heads)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_rope_freq_base(float(_rope_theta(config)))
+    writer.add_rope_freq_base(float(rope_theta(config)))
     writer.add_vocab_size(config.vocab_size)
     if family.arch in ("gemma2", "gemma3"):
         writer.add_key_length(head_dim)
@@ -353,10 +275,9 @@ def _write_shape(writer, config, family: Family, head_dim: int) -> list:
                 writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
             if window:
                 writer.add_sliding_window(int(window))
-                sliding = (_rope_parameters(config).get("sliding_attention") or {}).get("rope_theta", 10000.0)
-                writer.add_rope_freq_base_swa(float(sliding))
-            params = _global_rope(config)
-            kind = _rope_kind(params)
+                writer.add_rope_freq_base_swa(sliding_rope_theta(config))
+            params = global_rope(config)
+            kind = rope_kind(params)
             if kind == "linear":
                 writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
                 writer.add_rope_scaling_factor(float(params["factor"]))
@@ -366,12 +287,12 @@ def _write_shape(writer, config, family: Family, head_dim: int) -> list:
                 )
         return extra
     if family.arch == "phi3":
-        partial = getattr(config, "partial_rotary_factor", None) or _global_rope(config).get(
+        partial = getattr(config, "partial_rotary_factor", None) or global_rope(config).get(
             "partial_rotary_factor", 1.0
         )
         rope_dims = int(partial * config.hidden_size) // heads
         writer.add_rope_dimension_count(rope_dims)
-        writer.add_rope_scaling_orig_ctx_len(_phi3_original_context(config))
+        writer.add_rope_scaling_orig_ctx_len(phi3_original_context(config))
         # llama.cpp tells Phi-4-mini (no window) from Phi-3 by a zero window
         writer.add_sliding_window(int(getattr(config, "sliding_window", None) or 0))
         longrope = phi3_rope(config, rope_dims)
