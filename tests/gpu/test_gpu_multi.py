@@ -14,8 +14,13 @@ pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("deepspeed", ["zero3", None])
-def test_torchrun_two_gpus_one_run_folder_and_loss_down(workspace, small_llama_dir, deepspeed):
+@pytest.mark.parametrize(
+    "deepspeed, method",
+    [("zero3", "lora"), (None, "lora"), ("zero3", "qlora"), (None, "qlora")],
+)
+def test_torchrun_two_gpus_one_run_folder_and_loss_down(workspace, small_llama_dir, deepspeed, method):
+    """Each rank trains on its own GPU (a 4-bit base goes to the GPU of its LOCAL_RANK; under ZeRO-3 its
+    packed weights are stored as bf16 so that DeepSpeed can split them), one run folder, loss falling."""
     import torch
 
     from tests.gpu.common import gpu_config, write_gpu_data
@@ -36,6 +41,7 @@ def test_torchrun_two_gpus_one_run_folder_and_loss_down(workspace, small_llama_d
         evaluation_inputs=["Who are you?"],
         evaluation_freq=10,
         evaluation_max_new_tokens=8,
+        **({"method": "qlora", "quantization": "4bit"} if method == "qlora" else {}),
     )
     save_config(config, workspace / "multi.yaml", force=True)
     cmd = [
@@ -60,6 +66,6 @@ def test_torchrun_two_gpus_one_run_folder_and_loss_down(workspace, small_llama_d
     run = runs[0]
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     losses = [e["loss"] for e in read_events(run) if e["type"] == "log" and "loss" in e]
-    print(deepspeed, "losses", [round(x, 3) for x in losses])
+    print(deepspeed, method, "losses", [round(x, 3) for x in losses])
     assert len(losses) == 20 and sum(losses[-3:]) < sum(losses[:3]) * 0.5
     assert [e["step"] for e in read_events(run) if e["type"] == "sample"] == [0, 10, 20]

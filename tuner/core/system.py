@@ -33,6 +33,21 @@ def parse_gpu_memory_cap(text: str) -> float:
     return cap
 
 
+def use_local_gpu() -> int | None:
+    """Under torchrun every process trains on the GPU of its LOCAL_RANK: make that GPU the current one
+    before anything is put on "cuda" (a 4-bit base goes to the current GPU, and without this every rank
+    would load onto GPU 0). Returns the GPU's index, or None without CUDA or outside torchrun."""
+    rank = os.environ.get("LOCAL_RANK", "").strip()
+    if not rank.isdigit():
+        return None
+    import torch
+
+    if not torch.cuda.is_available() or int(rank) >= torch.cuda.device_count():
+        return None
+    torch.cuda.set_device(int(rank))
+    return int(rank)
+
+
 def limit_gpu_memory() -> float | None:
     """Hold PyTorch's allocator to TUNER_GPU_MEMORY_GIB (less the CUDA context, which it does not
     count) on GPU 0; returns the cap in GiB, or None when there is none or no GPU."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.core.errors import ModelError
-from tuner.core.system import limit_gpu_memory
+from tuner.core.system import limit_gpu_memory, use_local_gpu
 from tuner.core.workspace import DEFAULT_MODEL_NAME
 from tuner.models.lazy_deepspeed import load_deepspeed_only_when_used
 
@@ -122,8 +122,11 @@ def pick_attention(requested: str = "auto") -> tuple[str, str]:
     return "flash_attention_2", "flash-attn is installed and the GPU supports it"
 
 
-def quantization_config(bits: int | None, compute_dtype):
-    """A BitsAndBytesConfig for 4-bit NF4 with double quantization, or 8-bit; None for full precision."""
+def quantization_config(bits: int | None, compute_dtype, *, partitioned: bool = False):
+    """A BitsAndBytesConfig for 4-bit NF4 with double quantization, or 8-bit; None for full precision.
+    ``partitioned``: DeepSpeed ZeRO-3 will split the weights across GPUs. It flattens every weight into
+    one buffer of the compute dtype, so the packed 4-bit values are stored as that dtype instead of
+    uint8 (the same bytes; peft's QLoRA + ZeRO-3 recipe)."""
     if not bits:
         return None
     if bits not in (4, 8):
@@ -139,11 +142,13 @@ def quantization_config(bits: int | None, compute_dtype):
 
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
+    storage = {"bnb_4bit_quant_storage": compute_dtype} if partitioned else {}
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype,
+        **storage,
     )
 
 
@@ -170,20 +175,23 @@ def load_model(
     attention: str = "auto",
     trust_remote_code: bool = False,
     device: str | None = None,
+    partitioned: bool = False,
 ) -> LoadedModel:
     """Load a causal LM for training or chat.
 
-    Quantized models go where bitsandbytes puts them (the current GPU); others are moved to
-    ``device`` (default: cuda when available, else cpu).
+    Quantized models go where bitsandbytes puts them (the current GPU: under torchrun the GPU of this
+    process's LOCAL_RANK); others are moved to ``device`` (default: cuda when available, else cpu).
+    ``partitioned``: DeepSpeed ZeRO-3 will split the weights (see quantization_config).
     """
     import torch
     from transformers import AutoModelForCausalLM
 
 
+    use_local_gpu()  # first: the cap below and the weights belong to this process's GPU
     limit_gpu_memory()  # before the weights: they count against TUNER_GPU_MEMORY_GIB too
     load_deepspeed_only_when_used()  # not on every save of a run without DeepSpeed
     dtype = resolve_dtype(precision)
-    quant = quantization_config(bits, dtype)
+    quant = quantization_config(bits, dtype, partitioned=partitioned)
     attn, why = pick_attention(attention)
     path = resolve_model_path(name)
     device = device or ("cuda" if cuda_available() else "cpu")

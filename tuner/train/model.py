@@ -8,6 +8,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from tuner.config.deepspeed import partitions_weights
 from tuner.config.schema import method_bits
 from tuner.config.speed import SpeedSettings
 from tuner.core import system
@@ -72,7 +73,11 @@ def build_model(config, settings: SpeedSettings | None = None):
     hw = system.hardware()
     bits = method_bits(config)
     loaded = load_model(
-        config.model, bits=bits, precision=config.precision, trust_remote_code=config.trust_remote_code
+        config.model,
+        bits=bits,
+        precision=config.precision,
+        trust_remote_code=config.trust_remote_code,
+        partitioned=partitions_weights(config.deepspeed),
     )
     model = loaded.model
     model.config.use_cache = False  # caches are useless in training and break position-id packing
