@@ -77,8 +77,11 @@ def test_deepspeed_and_several_processes_turn_off_what_was_measured_on_one():
     zero2 = plan(qlora(deepspeed="zero2"))
     assert not zero2.fused_lora and not zero2.cuda_graphs and not zero2.deferred_logging
     assert not zero2.async_batch_copy and zero2.checkpointed_layers == 32  # free memory cannot be planned
-    two = plan(processes=2)
-    assert not two.lean and not two.cuda_graphs and two.checkpointed_layers == 32
+    two = plan(processes=2)  # DDP: each GPU holds the whole model, so it prices like one process
+    assert not two.lean and not two.cuda_graphs and two.checkpointed_layers == plan().checkpointed_layers < 32
+    two_tight = plan(processes=2, budget=8)  # offloaded checkpoints were measured in one process only
+    assert two_tight.checkpointed_layers == 32 and not two_tight.offload_checkpoints
+    assert plan(budget=8).offload_checkpoints
     full = plan(qlora(method="full", quantization="none"))
     assert not full.fused_lora and not full.cuda_graphs and not full.embedding_on_cpu
     dora = plan(qlora(use_dora=True))  # peft's own forward; its graphs are not measured
@@ -120,10 +123,11 @@ def test_the_embedding_policy_of_the_config():
 def test_checkpointing_every_layer_when_asked_or_not_decidable():
     base = plan()
     assert checkpoint_plan(qlora(gradient_checkpointing=False), base, LLAMA2_7B, H100, 4)[:2] == (0, False)
-    # no CUDA, DeepSpeed, several processes: the free memory cannot be planned against
+    # no CUDA, DeepSpeed (its stages split what a GPU holds): the free memory cannot be planned against
     assert checkpoint_plan(qlora(method="lora"), plan(hw=CPU), LLAMA2_7B, CPU, 4)[:2] == (32, False)
     assert checkpoint_plan(qlora(), plan(qlora(deepspeed="zero2")), LLAMA2_7B, H100, 79.2)[:2] == (32, False)
-    assert checkpoint_plan(qlora(), plan(processes=2), LLAMA2_7B, H100, 79.2)[:2] == (32, False)
+    # several processes without DeepSpeed (DDP) plan like one, without offloading
+    assert checkpoint_plan(qlora(), plan(processes=2), LLAMA2_7B, H100, 79.2)[:2] == (0, False)
     assert checkpoint_plan(qlora(checkpoint_layers="all"), base, LLAMA2_7B, H100, 79.2) == (32, False, True)
     assert checkpoint_plan(qlora(checkpoint_layers="offload"), base, LLAMA2_7B, H100, 79.2) == (
         32,

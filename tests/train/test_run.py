@@ -444,6 +444,7 @@ def test_gpu_memory_cap_holds_the_allocator_and_the_estimate_to_it(monkeypatch):
     props = SimpleNamespace(name="NVIDIA H200", total_memory=140 * 1024**3)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f: fractions.append(f))
     monkeypatch.delenv("TUNER_GPU_MEMORY_GIB", raising=False)
     assert limit_gpu_memory() is None and fractions == [] and hardware().memory_gib == 140

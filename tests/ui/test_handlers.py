@@ -331,6 +331,7 @@ def test_environment_panel(monkeypatch):
     props = SimpleNamespace(name="NVIDIA H200", total_memory=140 * 1024**3)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setenv("TUNER_GPU_MEMORY_GIB", "24")
     assert "| VRAM | 24.0 GiB (held to this by TUNER_GPU_MEMORY_GIB) |" in environment_markdown("en")
     monkeypatch.delenv("TUNER_GPU_MEMORY_GIB")

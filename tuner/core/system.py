@@ -1,4 +1,4 @@
-"""What this machine has: GPU 0 or the CPU and its memory, and the versions the environment panel shows."""
+"""What this machine has: its GPU (under torchrun the rank's own) or the CPU and its memory, and the versions the environment panel shows."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def use_local_gpu() -> int | None:
 
 def limit_gpu_memory() -> float | None:
     """Hold PyTorch's allocator to TUNER_GPU_MEMORY_GIB (less the CUDA context, which it does not
-    count) on GPU 0; returns the cap in GiB, or None when there is none or no GPU."""
+    count) on the current GPU; returns the cap in GiB, or None when there is none or no GPU."""
     cap = gpu_memory_cap_gib()
     if cap is None:
         return None
@@ -58,7 +58,7 @@ def limit_gpu_memory() -> float | None:
 
     if not torch.cuda.is_available():
         return None
-    total = torch.cuda.get_device_properties(0).total_memory / GIB
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GIB
     torch.cuda.set_per_process_memory_fraction(min(1.0, (cap - CUDA_CONTEXT_GIB) / total))
     return cap
 
@@ -86,19 +86,19 @@ def expandable_segments_on() -> bool:
 class Hardware:
     device: str  # "cuda" or "cpu"
     name: str
-    memory_gib: float  # total VRAM of GPU 0, or total RAM on a CPU
+    memory_gib: float  # total VRAM of the current GPU (GPU 0 outside torchrun), or total RAM on a CPU
     cpu_count: int
 
 
 def hardware() -> Hardware:
-    """GPU 0 when CUDA is available (its memory held to TUNER_GPU_MEMORY_GIB), else the CPU and its RAM."""
+    """The current GPU (GPU 0, or under torchrun the rank's GPU once use_local_gpu ran) when CUDA is available (its memory held to TUNER_GPU_MEMORY_GIB), else the CPU and its RAM."""
     cpu_count = os.cpu_count() or 1
     cap = gpu_memory_cap_gib()  # a bad value is the user's to fix, not a reason to report a CPU
     try:
         import torch
 
         if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
+            props = torch.cuda.get_device_properties(torch.cuda.current_device())  # torchrun: this rank's
             memory = props.total_memory / GIB
             return Hardware("cuda", props.name, memory if cap is None else min(memory, cap), cpu_count)
     except Exception:  # a broken CUDA install must not break the estimate

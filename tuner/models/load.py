@@ -186,7 +186,6 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM
 
-
     use_local_gpu()  # first: the cap below and the weights belong to this process's GPU
     limit_gpu_memory()  # before the weights: they count against TUNER_GPU_MEMORY_GIB too
     load_deepspeed_only_when_used()  # not on every save of a run without DeepSpeed
