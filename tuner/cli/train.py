@@ -155,6 +155,17 @@ def session_start(run_dir) -> int:
     return starts[-1] if starts else 0
 
 
+def _leave_process_group() -> None:
+    """Under torchrun, close the process group the Trainer opened (NCCL warns of leaked resources at
+    exit otherwise, seen on 2 x H200)."""
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run(args) -> int:
     import signal
 
@@ -181,6 +192,7 @@ def run(args) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         printer.close()
+        _leave_process_group()
     if is_main:
         loss = ""
         if result.train_loss is not None:
