@@ -193,6 +193,11 @@ class StepClock:
         # cudaMalloc again) and cudaMalloc/cudaFree calls inside the window cost time that peaks do not show
         self.allocator_counts: list[dict[str, int]] = []
         self.losses: list[float] = []
+        # Python's garbage collections (start, seconds, generation) from begin() on: a full collection
+        # walks every tracked object of the model, and is one suspect for the steps that take 1.5x the
+        # median on an 8 GiB card (bench/results/2026-12-04-h200-cards-8-pair.json)
+        self.collections: list[tuple[float, float, int]] = []
+        self._collection_started = 0.0
         self.device_used = 0
         self.loaded_bytes = None
         self.started = None
@@ -209,7 +214,27 @@ class StepClock:
         if torch.cuda.is_available():
             self.loaded_bytes = torch.cuda.memory_allocated()  # weights (+ LoRA) before the first step
             torch.cuda.reset_peak_memory_stats()
+        gc.callbacks.append(self._on_collection)
         self.started = time.perf_counter()
+
+    def _on_collection(self, phase: str, info: dict) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._collection_started = now
+        else:
+            self.collections.append(
+                (self._collection_started, now - self._collection_started, info["generation"])
+            )
+
+    def collections_between(self, start: float, end: float) -> dict:
+        """How many collections of each generation began in [start, end], and their seconds in all."""
+        inside = [(s, g) for at, s, g in self.collections if start <= at <= end]
+        return {
+            "gen0": sum(g == 0 for _, g in inside),
+            "gen1": sum(g == 1 for _, g in inside),
+            "gen2": sum(g == 2 for _, g in inside),
+            "seconds": round(sum(s for s, _ in inside), 4),
+        }
 
     def step_end(self) -> None:
         import torch
@@ -338,7 +363,11 @@ def measure(spec: Spec, opts) -> dict:
             job = Job(spec, model_dir, rows, clock, Path(work), lora, plain_precision=opts.plain_precision)
             if overrides:
                 job.overrides = overrides
-            info = tool.run(job)
+            try:
+                info = tool.run(job)
+            finally:
+                if clock._on_collection in gc.callbacks:  # --in-process runs measure again
+                    gc.callbacks.remove(clock._on_collection)
         row["liger"] = row["liger"] or info.pop("tuner_liger", False)
         row.update(info)
         row["load_s"] = round(info["load_s"], 1)
@@ -355,6 +384,8 @@ def measure(spec: Spec, opts) -> dict:
             step_s_median=round(statistics.median(per_step), 4),
             step_s_min=round(min(per_step), 4),
             step_s_max=round(max(per_step), 4),
+            step_s_each=[round(x, 4) for x in per_step],
+            window_gc=clock.collections_between(timed[0], timed[-1]),
             first_step_s=round(clock.ends[0] - clock.started, 3),
             model_tflops=round(achieved / 1e12, 1),
             peak_tflops=peak["tflops"],

@@ -7,6 +7,7 @@ what makes it again (command, commit, speed settings), and the arithmetic of MFU
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import tarfile
@@ -95,8 +96,10 @@ def test_a_tool_is_one_function_the_row_times_through_the_step_clock(tmp_path, m
         assert job.lora["dropout"] == 0.0 and len(job.rows) == 3 and len(job.rows[0]) == 32
         assert os.environ["TUNER_GPU_MEMORY_GIB"] == "8"  # the variant's variables, while it runs
         job.clock.begin()
-        for _ in job.rows:
+        for step, _ in enumerate(job.rows):
             job.clock.loss(1.5)
+            if step == 1:  # inside the timed window (after the warm-up step)
+                gc.collect()
             job.clock.step_end()
         calls.append(job.spec.label)
         return {"load_s": 0.0, "precision": "float32", "optimizer": "none"}
@@ -122,6 +125,10 @@ def test_a_tool_is_one_function_the_row_times_through_the_step_clock(tmp_path, m
     assert row["tok_s"] > 0 and row["loss_last"] == 1.5 and row["lora_dropout"] == 0.0
     assert row["budget_gib"] == 8.0 and "TUNER_GPU_MEMORY_GIB" not in os.environ
     assert row["argv"][-1] == "0" and "speed_settings" not in row
+    # each timed step, and the garbage collections inside them (the forced full one at least)
+    assert len(row["step_s_each"]) == 2 and max(row["step_s_each"]) == row["step_s_max"]
+    assert row["window_gc"]["gen2"] >= 1 and row["window_gc"]["seconds"] > 0
+    assert not any(isinstance(getattr(c, "__self__", None), measure.StepClock) for c in gc.callbacks)
     # an emulated card holds every tool, and the child it runs in is told so; it needs a GPU
     carded = cli.parse_args([*argv, "--card-gib", "12"])
     assert cli.child_argv(measure.Spec("tiny", "lora", 32, "fake"), carded, tmp_path / "r.json")[-2:] == [
