@@ -11,6 +11,7 @@ from tuner.config.speed import SpeedSettings
 from tuner.core.system import Hardware
 from tuner.models.shape import shape_from_config
 from tuner.plan.decide import checkpoint_plan, liger_applies, plan_run
+from tuner.plan.memory import price
 
 H100 = Hardware(device="cuda", name="NVIDIA H100 80GB HBM3", memory_gib=79.2, cpu_count=16)
 CPU = Hardware(device="cpu", name="CPU", memory_gib=64, cpu_count=2)
@@ -79,6 +80,12 @@ def test_deepspeed_and_several_processes_turn_off_what_was_measured_on_one():
     assert not zero2.async_batch_copy and zero2.checkpointed_layers == 32  # free memory cannot be planned
     two = plan(processes=2)  # DDP: each GPU holds the whole model, so it prices like one process
     assert not two.lean and not two.cuda_graphs and two.checkpointed_layers == plan().checkpointed_layers < 32
+    one, get = plan(), qlora().get
+    ddp_extra = (
+        price(get, replace(one, processes=2), LLAMA2_7B, H100).total_gib
+        - price(get, one, LLAMA2_7B, H100).total_gib
+    )
+    assert abs(ddp_extra - 159_907_840 * 4 / 2**30) < 0.01  # DDP's fp32 gradient buckets (Llama-2-7B r64)
     two_tight = plan(processes=2, budget=8)  # offloaded checkpoints were measured in one process only
     assert two_tight.checkpointed_layers == 32 and not two_tight.offload_checkpoints
     assert plan(budget=8).offload_checkpoints

@@ -293,7 +293,7 @@ def checkpoint_plan(
     # Several processes without DeepSpeed (torchrun DDP) hold the whole model on every GPU, so each
     # prices like one process. Before, they checkpointed every layer: on 2 x H200, Llama-2-7B QLoRA at
     # 4096 tokens trained at 11,740 tok/s on both GPUs together against 14,679 on one GPU with the auto
-    # plan (bench/results/2026-12-04-h200x2-two-gpus-7b.json). Their inputs stay on the GPU: offloaded
+    # plan (bench/results/multi-gpu/2026-12-04-h200x2-two-gpus-7b.json). Their inputs stay on the GPU: offloaded
     # checkpoints were measured in one process only.
     offload_allowed = plan.processes <= 1
     for graphed in (True, False):

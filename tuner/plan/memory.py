@@ -89,6 +89,7 @@ LOGIT_BYTES = 4.75
 DORA_OUTPUT_BYTES = 2
 DORA_WEIGHT_COPIES = 3
 BYTES_PER_TRAINABLE = 16  # fp32 weight + fp32 grad + AdamW m and v
+DDP_BUCKET_BYTES = 4  # DDP's fp32 gradient bucket per trainable parameter
 # bitsandbytes' paged AdamW keeps m and v (8 bytes) in unified memory, outside PyTorch's allocator.
 PAGED_OPTIMIZER_BYTES = 8
 GPU_OVERHEAD_GIB = 1.4  # CUDA context and allocator fragmentation: on the device, not allocated
@@ -218,6 +219,10 @@ def price(get, plan: RunPlan, shape: ModelShape, hw: Hardware, dataset_tokens: i
             # the frozen input embedding's table waits in host memory (tuner.fast.embedding_offload)
             weights -= shape.vocab * shape.hidden * (kept_bytes if quantized else bits / 8)
     trainable_bytes = trainable * BYTES_PER_TRAINABLE
+    if plan.processes > 1 and not plan.deepspeed and hw.device == "cuda":
+        # torchrun DDP: its gradient buckets hold a second copy of every trainable gradient (fp32 for
+        # LoRA; accelerate does not ask for gradient_as_bucket_view), 0.6 GiB for a 7B model at r64
+        trainable_bytes += trainable * DDP_BUCKET_BYTES
     # Paged AdamW keeps its state in device memory PyTorch does not count (the plan picks it for a
     # quantized base that needs every layer checkpointed, or asked for by name).
     paged = hw.device == "cuda" and plan.optimizer.startswith("paged_")
