@@ -138,6 +138,7 @@ def run_tuner(job: Job) -> dict:
     from tuner.runs.events import EventLog
     from tuner.train.args import training_arguments
     from tuner.train.callbacks import EventCallback, RunControl
+    from tuner.train.collector import long_lived_objects_frozen
     from tuner.train.data import training_collator
     from tuner.train.model import build_model
     from tuner.train.trainer import make_trainer_class
@@ -201,7 +202,8 @@ def run_tuner(job: Job) -> dict:
     )
     trainer.remove_callback(PrinterCallback)
     try:
-        trainer.train()
+        with long_lived_objects_frozen():  # as tuner.train.run trains
+            trainer.train()
         # TUNER_GPU_MEMORY_GIB where set; otherwise the row's own budget stands (an emulated card's, or none)
         cap = {"budget_gib": settings.gpu_memory_gib} if settings.gpu_memory_gib else {}
         return dict(

@@ -42,6 +42,7 @@ def test_run_folder_has_everything_and_loss_goes_down(workspace, tiny_llama_dir)
     run = result.run_dir
     assert run.parent == workspace / "work_dirs" / "tiny_test"
     assert result.status == "completed" and result.steps == 24
+    assert gc.get_freeze_count() == 0  # the objects frozen for the run were handed back (tuner.train.collector)
     for name in ("config.yaml", "events.jsonl", "train.log", "eval_samples.jsonl", "status.json"):
         assert (run / name).is_file(), name
     assert (run / "adapter" / "adapter_model.safetensors").is_file()

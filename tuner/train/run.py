@@ -44,6 +44,7 @@ from tuner.runs.resume import hold_for_resume
 from tuner.train import data as train_data
 from tuner.train.args import training_arguments
 from tuner.train.callbacks import EvaluationAnswersCallback, EventCallback, RunControl
+from tuner.train.collector import long_lived_objects_frozen
 from tuner.train.data import encode_for_training, load_training_samples, training_collator, truncation_warning
 from tuner.train.model import build_model
 from tuner.train.tracking import tracking_callbacks
@@ -323,7 +324,8 @@ def train(
             return RunResult(run_dir, "cancelled", None, 0, None)
         _write_status(run_dir, **facts, status="running", started=time.time())
         try:
-            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            with long_lived_objects_frozen():
+                result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except torch.cuda.OutOfMemoryError as exc:
             raise TunerError(oom_advice(loaded)) from exc
 
