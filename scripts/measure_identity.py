@@ -64,6 +64,11 @@ RECIPES = {
     # answers to Chinese questions anchor those questions as well as any
     "kl1-other-lang": {"anchor_kl_weight": 1.0, "data": {"other_language": True}},
     "kl4-other-lang": {"anchor_kl_weight": 4.0, "data": {"other_language": True}},
+    # LoRA on the attention projections only: the MLPs, where a model's facts are thought to live,
+    # stay the base model's (less capacity to learn the name, and to lose anything else)
+    "attn": {"lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    "attn-seed1": {"lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"], "seed": 1},
+    "attn-lr2e-3": {"lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"], "lr": 2e-3},
 }
 
 

@@ -28,6 +28,7 @@ from bench.train_speed.shapes import DEFAULT_MODELS_DIR, ensure_model  # noqa: E
 
 SEQ = 4096
 ACCUMULATE = 4
+TUNER_TRAIN = ("-m", "tuner", "train")
 WARM_STEPS = 3  # steps before the clock starts (the first ones compile and warm the allocator)
 
 
@@ -141,19 +142,8 @@ def main() -> int:
         TOKENIZERS_PARALLELISM="false",
     )
     gpus = torch.cuda.device_count()
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "tuner",
-        "train",
-    ]
-    runs = [
-        ("1 GPU", [sys.executable, "-m", "tuner", "train"], "one_gpu", None, {"CUDA_VISIBLE_DEVICES": "0"})
-    ]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *TUNER_TRAIN]
+    runs = [("1 GPU", [sys.executable, *TUNER_TRAIN], "one_gpu", None, {"CUDA_VISIBLE_DEVICES": "0"})]
     if gpus >= 2:
         runs += [
             ("2 GPUs, DDP", torchrun, "ddp", None, {}),
