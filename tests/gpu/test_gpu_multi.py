@@ -28,7 +28,7 @@ def test_torchrun_two_gpus_one_run_folder_and_loss_down(workspace, small_llama_d
     from tuner.runs.events import read_events
 
     if torch.cuda.device_count() < 2:
-        pytest.skip("needs 2 GPUs (device kind nvidia-h100-x2)")
+        pytest.skip("needs 2 GPUs (device kind nvidia-h200-x2)")
     pytest.importorskip("deepspeed")
     data = write_gpu_data(workspace, repeat=16)
     config = gpu_config(
