@@ -37,3 +37,14 @@ def test_a_failing_run_unfreezes_too():
     with pytest.raises(RuntimeError, match="out of memory"), long_lived_objects_frozen():
         raise RuntimeError("CUDA out of memory")
     assert gc.get_freeze_count() == 0
+
+
+def test_without_the_first_collection_garbage_waits_for_the_end_of_the_run():
+    garbage = Node()
+    dead = weakref.ref(garbage)
+    del garbage
+    with long_lived_objects_frozen(collect_first=False):  # a CPU run skips the full collection
+        gc.collect()
+        assert dead() is not None  # frozen with the rest
+    gc.collect()
+    assert dead() is None

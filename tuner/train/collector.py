@@ -18,9 +18,15 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def long_lived_objects_frozen() -> Iterator[None]:
-    """Freeze what exists now (the model, the data, the libraries) for the duration of the block."""
-    gc.collect()  # garbage made while loading is freed now, not kept frozen for the whole run
+def long_lived_objects_frozen(collect_first: bool = True) -> Iterator[None]:
+    """Freeze what exists now (the model, the data, the libraries) for the duration of the block.
+
+    ``collect_first``: free the garbage made while loading before it is frozen for the whole run. On a
+    GPU it may hold device memory (a cycle around a tensor of the packing check). It costs one full
+    collection, 0.3-1 s in a large process, so training on a CPU skips it: there the garbage holds host
+    memory the run holds anyway, and the test suite's hundreds of short runs would pay it each time."""
+    if collect_first:
+        gc.collect()
     gc.freeze()
     try:
         yield
