@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.core.errors import ModelError
-from tuner.core.system import limit_gpu_memory, use_local_gpu
+from tuner.core.system import limit_gpu_memory
 from tuner.core.workspace import DEFAULT_MODEL_NAME
 from tuner.models.lazy_deepspeed import load_deepspeed_only_when_used
 
@@ -179,14 +179,13 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM for training or chat.
 
-    Quantized models go where bitsandbytes puts them (the current GPU: under torchrun the GPU of this
-    process's LOCAL_RANK); others are moved to ``device`` (default: cuda when available, else cpu).
+    Quantized models go where bitsandbytes puts them (the current GPU: under torchrun the rank's own, which
+    tuner.train.model makes current before it plans and loads); others are moved to ``device`` (default: cuda when available, else cpu).
     ``partitioned``: DeepSpeed ZeRO-3 will split the weights (see quantization_config).
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    use_local_gpu()  # first: the cap below and the weights belong to this process's GPU
     limit_gpu_memory()  # before the weights: they count against TUNER_GPU_MEMORY_GIB too
     load_deepspeed_only_when_used()  # not on every save of a run without DeepSpeed
     dtype = resolve_dtype(precision)

@@ -70,7 +70,7 @@ def build_model(config, settings: SpeedSettings | None = None):
     """Base model (+ LoRA unless full fine-tuning) with the run's plan executed on it. Returns
     (model, BuiltModel). ``settings``: the run's speed settings (default: this environment's)."""
     settings = settings or SpeedSettings.from_env(os.environ)
-    system.use_local_gpu()  # under torchrun the plan prices this rank's GPU
+    system.use_local_gpu()  # under torchrun: the plan prices, and the weights go to, this rank's GPU
     hw = system.hardware()
     bits = method_bits(config)
     loaded = load_model(
