@@ -61,3 +61,54 @@ def test_offloaded_inputs_leave_the_gpu_and_keep_the_gradients():
         assert error < 2e-2, (name, error.item())
     # 8 inputs checkpointed; offloaded, at most the ones in flight stay (2 in the estimate)
     assert peak - off_peak >= 5 * one_input, (peak, off_peak)
+
+
+def test_sent_inputs_come_back_unchanged_and_the_one_before_is_fetched_early():
+    import torch
+
+    from tuner.fast import host_copies
+
+    originals = [torch.randn(1024, 1024, device="cuda") + i for i in range(4)]
+    expected = [t.clone() for t in originals]
+    sent = [host_copies.send(t) for t in originals]
+    del originals
+    # The freed memory is handed out again and overwritten at once; the copies still read the inputs
+    # as they were (the allocator waits for the copy stream).
+    overwritten = [torch.full((1024, 1024), -1.0, device="cuda") for _ in range(4)]
+    taken = []
+    for position in reversed(range(4)):
+        taken.append(host_copies.take(sent[position]))
+        if position > 0:  # the tensor sent before is on its way back already
+            assert sent[position - 1].fetched is not None
+    for tensor, want in zip(reversed(taken), expected, strict=True):
+        torch.testing.assert_close(tensor, want, rtol=0, atol=0)
+    # a retained graph's second backward takes the same tensor again
+    torch.testing.assert_close(host_copies.take(sent[2]), expected[2], rtol=0, atol=0)
+    del overwritten
+
+
+def test_offload_copies_run_beside_the_compute_stream(tmp_path):
+    """The step's host copies are on a stream of their own, not on the stream of its matrix products."""
+    import json
+
+    import torch
+
+    ids = torch.randint(0, 500, (1, 4096), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    _step(True, ids)  # warm up: kernels chosen, pinned memory cached
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as profile:
+        _step(True, ids)
+    trace = tmp_path / "trace.json"
+    profile.export_chrome_trace(str(trace))
+    events = json.loads(trace.read_text())["traceEvents"]
+    copies = [e for e in events if e.get("cat") == "gpu_memcpy" and "Pinned" in e.get("name", "")]
+    kernels = [e for e in events if e.get("cat") == "kernel"]
+    copy_streams = {e["args"]["stream"] for e in copies}
+    kernel_streams = {e["args"]["stream"] for e in kernels}
+    to_host = [e for e in copies if "DtoH" in e["name"]]
+    to_device = [e for e in copies if "HtoD" in e["name"]]
+    print(
+        f"copies: {len(to_host)} to host, {len(to_device)} back; streams {copy_streams}, kernels {kernel_streams}"
+    )
+    assert len(to_host) >= 8 and len(to_device) >= 8  # 8 checkpointed layers
+    assert copy_streams.isdisjoint(kernel_streams)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import torch
 
+from tuner.fast import host_copies
 from tuner.fast.graph_capture import LayerCall
 
 
@@ -119,11 +120,8 @@ class _Replay(torch.autograd.Function):
         ctx.offset = graphs.generator.get_offset()
         graphs.hidden_in.copy_(hidden)
         graphs.forward_graphs[position].replay()
-        if graphs.offload:
-            # Both copies run on the compute stream: stream order keeps the GPU memory read here
-            # from being reused before the copy ends, and the copy back before the replay reads it.
-            ctx.host = torch.empty(hidden.shape, dtype=hidden.dtype, pin_memory=True)
-            ctx.host.copy_(hidden, non_blocking=True)
+        if graphs.offload:  # copied beside the replays (tuner.fast.host_copies)
+            ctx.sent = host_copies.send(hidden)
         else:
             ctx.save_for_backward(hidden)
         return graphs.result.clone()
@@ -132,8 +130,8 @@ class _Replay(torch.autograd.Function):
     def backward(ctx, grad):
         graphs, position = ctx.graphs, ctx.position
         if graphs.offload:
-            graphs.hidden_in.copy_(ctx.host, non_blocking=True)
-            ctx.host = None
+            graphs.hidden_in.copy_(host_copies.take(ctx.sent))
+            ctx.sent = None
         else:
             (hidden,) = ctx.saved_tensors
             graphs.hidden_in.copy_(hidden)
