@@ -60,6 +60,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tuner.fast.dropout_grad import add_masked_
+from tuner.fast.kbit_dequant import dequantize_4bit
 
 _UNFUSED = "_lora_unfused_forward"  # the instance's own forward before fusing; None: its class's
 
@@ -78,8 +79,6 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _weight(weight: torch.Tensor, quant_state, dtype: torch.dtype) -> torch.Tensor:
     if quant_state is None:
         return _cast(weight, dtype)
-    from bitsandbytes.functional import dequantize_4bit
-
     return _cast(dequantize_4bit(weight, quant_state), dtype)
 
 
