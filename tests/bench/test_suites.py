@@ -71,7 +71,8 @@ def test_no_removed_switch_is_named():
     text = (REPO / "bench" / "suites.toml").read_text()
     removed = ["TUNER_VARLEN", "TUNER_CUDNN_ATTENTION", "TUNER_LOSS_CHUNKS", "TUNER_DROPOUT_GRAD_KERNEL",
                "TUNER_STEP_OVERHEAD", "TUNER_DEFERRED_LOGGING", "TUNER_ASYNC_BATCH_COPY", "TUNER_SKIP_PACKED_SCAN",
-               "TUNER_LORA_DROPOUT_KERNEL", "TUNER_CHECKPOINTING", "TUNER_CHECKPOINT_LAYERS", "TUNER_EMBEDDING_ON_CPU"]  # fmt: skip
+               "TUNER_LORA_DROPOUT_KERNEL", "TUNER_CHECKPOINTING", "TUNER_CHECKPOINT_LAYERS", "TUNER_EMBEDDING_ON_CPU",
+               "TUNER_OFFLOAD_COPY_STREAM", "TUNER_DIRECT_DEQUANT"]  # fmt: skip
     assert [name for name in removed if name in text] == []
 
 

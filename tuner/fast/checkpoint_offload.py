@@ -32,27 +32,15 @@ from tuner.fast import host_copies
 MIN_OFFLOAD_BYTES = 1 << 20
 
 
-import os  # noqa: E402  TEMPORARY A/B switch for one device call; removed after it
-
-_AB_COMPUTE_STREAM = os.environ.get("TUNER_OFFLOAD_COPY_STREAM") == "off"
-
-
 def _to_host(tensor: torch.Tensor):
     if tensor.device.type != "cuda" or tensor.numel() * tensor.element_size() < MIN_OFFLOAD_BYTES:
         return tensor
-    if _AB_COMPUTE_STREAM:
-        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        host.copy_(tensor, non_blocking=True)
-        return tensor.device, tensor.requires_grad, host
     return tensor.requires_grad, host_copies.send(tensor)
 
 
 def _to_device(packed):
     if isinstance(packed, torch.Tensor):
         return packed
-    if len(packed) == 3:
-        device, requires_grad, host = packed
-        return host.to(device, non_blocking=True).requires_grad_(requires_grad)
     requires_grad, sent = packed
     return host_copies.take(sent).requires_grad_(requires_grad)
 

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os  # noqa: E402  TEMPORARY A/B switch for one device call; removed after it
 
 import torch
 
-_AB_OFF = os.environ.get("TUNER_DIRECT_DEQUANT") == "off"
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
@@ -78,7 +76,7 @@ def _direct_kernels(weight: torch.Tensor, state):
 
 def dequantize_4bit(weight: torch.Tensor, state) -> torch.Tensor:
     """The 16/32-bit weight (``state.shape``, ``state.dtype``) of a bitsandbytes 4-bit ``weight``."""
-    kernels = None if _AB_OFF else _direct_kernels(weight, state)
+    kernels = _direct_kernels(weight, state)
     if kernels is None:
         from bitsandbytes.functional import dequantize_4bit as dequantize
 
