@@ -31,7 +31,7 @@ import weakref
 import torch
 
 _COPY_STREAMS: dict[int, torch.cuda.Stream] = {}
-_latest = None  # weakref to the _Sent sent last, in any forward pass
+_latest = None  # weakref to the Sent sent last, in any forward pass
 
 
 def _copy_stream(device: torch.device) -> torch.cuda.Stream:

@@ -15,7 +15,8 @@ inputs, same kernels, so the weight is bit for bit bitsandbytes' (tests/gpu/test
 
 Where the layout is not the plain one the kernels take, bitsandbytes' function runs instead: another
 device than the current one, a weight packed transposed (``shape[0] == 1``) or for its CPU kernel, a
-dtype or quant type those kernels do not cover, or a bitsandbytes without these C functions.
+dtype or quant type those kernels do not cover, a weight of 2**31 elements or more (the kernels count
+in 32 bits), or a bitsandbytes without these C functions.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def _direct_kernels(weight: torch.Tensor, state):
     if weight.shape[0] == 1 or getattr(state, "packing_format_for_cpu", False) or weight.dtype != torch.uint8:
         return None
     if not weight.is_contiguous() or state.absmax.device != weight.device:
+        return None
+    if weight.numel() * 2 >= 2**31:  # the kernels count elements in 32 bits
         return None
     dtype_name = _DTYPE_NAMES.get(state.dtype)
     if dtype_name is None or state.quant_type not in ("nf4", "fp4"):
