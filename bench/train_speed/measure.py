@@ -172,6 +172,31 @@ def provenance(opts) -> dict:
 ALLOCATOR_COUNTERS = ("num_alloc_retries", "num_device_alloc", "num_device_free", "num_ooms")
 
 
+class HostMark(tuple):
+    """(thread CPU s, process CPU s, voluntary switches, involuntary switches) of the calling thread now.
+    The switch counts come from getrusage(RUSAGE_THREAD) (Linux; 0 elsewhere). CUDA's synchronizations
+    spin by default, so a wait for the GPU inside a step counts as CPU time; the window clock syncs only at
+    the window's ends."""
+
+    @classmethod
+    def now(cls) -> HostMark:
+        import resource
+
+        who = getattr(resource, "RUSAGE_THREAD", None)
+        usage = resource.getrusage(who) if who is not None else None
+        voluntary, involuntary = (usage.ru_nvcsw, usage.ru_nivcsw) if usage else (0, 0)
+        return cls((time.thread_time(), time.process_time(), voluntary, involuntary))
+
+    @staticmethod
+    def between(start: HostMark, end: HostMark) -> dict:
+        return {
+            "thread_cpu_s": round(end[0] - start[0], 4),
+            "process_cpu_s": round(end[1] - start[1], 4),
+            "voluntary_switches": end[2] - start[2],
+            "involuntary_switches": end[3] - start[3],
+        }
+
+
 class StepClock:
     """Host time at the end of every step (after a device sync), peak device use, losses."""
 
@@ -198,6 +223,11 @@ class StepClock:
         # median on an 8 GiB card (bench/results/2026-12-04-h200-cards-8-pair.json)
         self.collections: list[tuple[float, float, int]] = []
         self._collection_started = 0.0
+        # The training thread's host side at begin() and at each step end (HostMark): its CPU seconds and
+        # how often the OS switched it out. Where a slow step spent no more CPU than a fast one, the thread
+        # waited (on the GPU, a lock, the GIL or the scheduler); where it spent more, the host did more work.
+        # Session 12: tuner's steps on an 8 GiB card vary 0.41-0.89 s within a row, Unsloth's 0.47-0.51.
+        self.host_marks: list[HostMark] = []
         self.device_used = 0
         self.loaded_bytes = None
         self.started = None
@@ -215,6 +245,7 @@ class StepClock:
             self.loaded_bytes = torch.cuda.memory_allocated()  # weights (+ LoRA) before the first step
             torch.cuda.reset_peak_memory_stats()
         gc.callbacks.append(self._on_collection)
+        self.host_marks.append(HostMark.now())
         self.started = time.perf_counter()
 
     def _on_collection(self, phase: str, info: dict) -> None:
@@ -251,6 +282,7 @@ class StepClock:
             stats = torch.cuda.memory_stats()
             self.allocator_counts.append({name: int(stats.get(name, 0)) for name in ALLOCATOR_COUNTERS})
         self.ends.append(time.perf_counter())
+        self.host_marks.append(HostMark.now())
         if self.profile and len(self.ends) == self.profile[0]:
             self.profiler = start_profiler(self.cuda_profile)
         elif self.profiler is not None and len(self.ends) == self.profile[1]:
@@ -375,6 +407,8 @@ def measure(spec: Spec, opts) -> dict:
         if len(clock.ends) != opts.warmup + opts.steps or len(timed) < 2:
             raise RuntimeError(f"expected {opts.warmup + opts.steps} steps, timed {len(clock.ends)}")
         per_step = [b - a for a, b in itertools.pairwise(timed)]
+        # host_marks[0] is begin()'s and host_marks[k] step k's end: the marks at the ends in ``timed``
+        host_marks = clock.host_marks[opts.warmup :]
         step_s = (timed[-1] - timed[0]) / len(per_step)
         flops = flops_per_token(dims, sample_lengths(spec))
         achieved = spec.seq / step_s * flops
@@ -386,6 +420,8 @@ def measure(spec: Spec, opts) -> dict:
             step_s_max=round(max(per_step), 4),
             step_s_each=[round(x, 4) for x in per_step],
             window_gc=clock.collections_between(timed[0], timed[-1]),
+            step_cpu_s_each=[round(b[0] - a[0], 4) for a, b in itertools.pairwise(host_marks)],
+            window_host=HostMark.between(host_marks[0], host_marks[-1]),
             first_step_s=round(clock.ends[0] - clock.started, 3),
             model_tflops=round(achieved / 1e12, 1),
             peak_tflops=peak["tflops"],

@@ -45,6 +45,9 @@ REQUIRED = {
     "commit",
     "suite",
     "error",
+    "step_s_each",
+    "step_cpu_s_each",
+    "window_host",
 }
 
 
@@ -128,6 +131,11 @@ def test_a_tool_is_one_function_the_row_times_through_the_step_clock(tmp_path, m
     # each timed step, and the garbage collections inside them (the forced full one at least)
     assert len(row["step_s_each"]) == 2 and max(row["step_s_each"]) == row["step_s_max"]
     assert row["window_gc"]["gen2"] >= 1 and row["window_gc"]["seconds"] > 0
+    # the training thread's CPU time per timed step: the first holds the forced collection
+    host = row["window_host"]
+    assert len(row["step_cpu_s_each"]) == 2 and row["step_cpu_s_each"][0] >= 0.5 * row["window_gc"]["seconds"]
+    assert sum(row["step_cpu_s_each"]) == pytest.approx(host["thread_cpu_s"], abs=1e-3)
+    assert host["thread_cpu_s"] <= host["process_cpu_s"] + 1e-3 and host["voluntary_switches"] >= 0
     assert not any(isinstance(getattr(c, "__self__", None), measure.StepClock) for c in gc.callbacks)
     # an emulated card holds every tool, and the child it runs in is told so; it needs a GPU
     carded = cli.parse_args([*argv, "--card-gib", "12"])
