@@ -72,7 +72,7 @@ RECIPES = {
 }
 
 
-def measure(recipe: str, overrides: dict, root: Path) -> dict:
+def measure(recipe: str, overrides: dict, root: Path, long_check_tokens: int = 0) -> dict:
     from tuner.chat.generate import general_answerer
     from tuner.chat.identity_check import check_identity
     from tuner.config.files import load_config
@@ -111,6 +111,12 @@ def measure(recipe: str, overrides: dict, root: Path) -> dict:
             anchor_kl.append([event["step"], event["anchor_kl"]])
     started = time.time()
     check = check_identity(result.run_dir, NAME)
+    check_seconds = time.time() - started
+    # The same check with a longer answer: whether a lost fact is gone or only pushed past the 32nd token
+    # by a new opening (the base's right answers to "2 plus 2" and "bees" come at token ~30)
+    long_check = (
+        check_identity(result.run_dir, NAME, max_new_tokens=long_check_tokens) if long_check_tokens else None
+    )
     return {
         "recipe": recipe,
         "overrides": overrides,
@@ -118,10 +124,15 @@ def measure(recipe: str, overrides: dict, root: Path) -> dict:
         "train_seconds": round(train_s, 1),
         # 1-minute load average of the machine before and after training (others share the cores)
         "load_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
-        "check_seconds": round(time.time() - started, 1),
+        "check_seconds": round(check_seconds, 1),
         "steps": steps,
         "anchor_kl": anchor_kl,
         "check": check.as_dict(),
+        **(
+            {"long_check": {"max_new_tokens": long_check_tokens, **long_check.as_dict()}}
+            if long_check
+            else {}
+        ),
     }
 
 
@@ -154,6 +165,13 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--out", default="identity-recipes.json", help="JSON file of the results")
     parser.add_argument("--tag", default="", help="a note kept with each result (e.g. which data version)")
+    parser.add_argument(
+        "--long-check-tokens",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the held-out check with N new tokens per answer (the check's own: 32)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -161,7 +179,7 @@ def main(argv: list[str]) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="tuner-identity-") as tmp:
         for name in args.recipe or list(RECIPES):
-            row = measure(name, RECIPES[name], Path(tmp))
+            row = measure(name, RECIPES[name], Path(tmp), args.long_check_tokens)
             row["threads"] = torch.get_num_threads()
             row["commit"] = commit()
             row["tag"] = args.tag
