@@ -69,6 +69,11 @@ RECIPES = {
     "attn": {"lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
     "attn-seed1": {"lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"], "seed": 1},
     "attn-lr2e-3": {"lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"], "lr": 2e-3},
+    # Which half of the data moves the near-tie answers: the identity conversations alone (no general
+    # ones), and the general conversations alone (no identity ones; "anchors_only" is this script's own
+    # data option: the built file keeps only the records make-identity marked as anchors)
+    "identity-only": {"data": {"mix_general": 0}},
+    "anchors-only": {"data": {"anchors_only": True}},
 }
 
 
@@ -84,7 +89,8 @@ def measure(recipe: str, overrides: dict, root: Path, long_check_tokens: int = 0
     (workspace / "data").mkdir(parents=True, exist_ok=True)
     os.environ["TUNER_WORKSPACE"] = str(workspace)
     os.chdir(workspace)
-    data_options = overrides.get("data", {})
+    data_options = dict(overrides.get("data", {}))
+    anchors_only = data_options.pop("anchors_only", False)
     data = make_identity(
         workspace / "data" / "identity.jsonl",
         NAME,
@@ -93,6 +99,10 @@ def measure(recipe: str, overrides: dict, root: Path, long_check_tokens: int = 0
         general_source=general_answerer(),
         **data_options,
     )
+    if anchors_only:
+        records = data.output.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in records if json.loads(line).get("anchor")]
+        data.output.write_text("\n".join(kept) + "\n", encoding="utf-8")
     preset_overrides = {k: v for k, v in overrides.items() if k != "data"}
     settings = {**preset_overrides, "data_path": data.output, "output_dir": workspace / "run"}
     config = load_config(find_preset(PRESET), overrides=[f"{k}={v}" for k, v in settings.items()])
