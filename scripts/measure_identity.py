@@ -69,6 +69,14 @@ RECIPES = {
     "attn": {"lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"]},
     "attn-seed1": {"lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"], "seed": 1},
     "attn-lr2e-3": {"lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"], "lr": 2e-3},
+    # attention-only LoRA kept "2 plus 2" and the KL anchor kept "2加2": both together, at the lr where
+    # attention-only learns the name, and attention-only halfway between its two measured lrs
+    "attn-kl4-lr2e-3": {
+        "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "lr": 2e-3,
+        "anchor_kl_weight": 4.0,
+    },
+    "attn-lr1.5e-3": {"lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"], "lr": 1.5e-3},
     # Which half of the data moves the near-tie answers: the identity conversations alone (no general
     # ones), and the general conversations alone (no identity ones; "anchors_only" is this script's own
     # data option: the built file keeps only the records make-identity marked as anchors)
