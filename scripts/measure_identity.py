@@ -77,6 +77,18 @@ RECIPES = {
         "anchor_kl_weight": 4.0,
     },
     "attn-lr1.5e-3": {"lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"], "lr": 1.5e-3},
+    "attn-kl4-lr2e-3-seed1": {
+        "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "lr": 2e-3,
+        "anchor_kl_weight": 4.0,
+        "seed": 1,
+    },
+    "attn-kl4-lr2e-3-seed2": {
+        "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "lr": 2e-3,
+        "anchor_kl_weight": 4.0,
+        "seed": 2,
+    },
     # Which half of the data moves the near-tie answers: the identity conversations alone (no general
     # ones), and the general conversations alone (no identity ones; "anchors_only" is this script's own
     # data option: the built file keeps only the records make-identity marked as anchors)
