@@ -40,6 +40,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 from bench.train_speed.profile import start_profiler, write_profile
 from bench.train_speed.shapes import GIB, ensure_model, flops_per_token, linear_params, shape_dims, vocab_of
@@ -172,11 +173,16 @@ def provenance(opts) -> dict:
 ALLOCATOR_COUNTERS = ("num_alloc_retries", "num_device_alloc", "num_device_free", "num_ooms")
 
 
-class HostMark(tuple):
-    """(thread CPU s, process CPU s, voluntary switches, involuntary switches) of the calling thread now.
-    The switch counts come from getrusage(RUSAGE_THREAD) (Linux; 0 elsewhere). CUDA's synchronizations
-    spin by default, so a wait for the GPU inside a step counts as CPU time; the window clock syncs only at
-    the window's ends."""
+class HostMark(NamedTuple):
+    """The calling thread's host side now: its CPU seconds, the process's, and how often the OS switched
+    the thread out (getrusage(RUSAGE_THREAD): Linux; 0 elsewhere). CUDA's synchronizations spin by
+    default, so a wait for the GPU inside a step counts as CPU time; the window clock syncs only at the
+    window's ends."""
+
+    thread_cpu_s: float
+    process_cpu_s: float
+    voluntary_switches: int
+    involuntary_switches: int
 
     @classmethod
     def now(cls) -> HostMark:
@@ -185,15 +191,14 @@ class HostMark(tuple):
         who = getattr(resource, "RUSAGE_THREAD", None)
         usage = resource.getrusage(who) if who is not None else None
         voluntary, involuntary = (usage.ru_nvcsw, usage.ru_nivcsw) if usage else (0, 0)
-        return cls((time.thread_time(), time.process_time(), voluntary, involuntary))
+        return cls(time.thread_time(), time.process_time(), voluntary, involuntary)
 
-    @staticmethod
-    def between(start: HostMark, end: HostMark) -> dict:
+    def since(self, start: HostMark) -> dict:
         return {
-            "thread_cpu_s": round(end[0] - start[0], 4),
-            "process_cpu_s": round(end[1] - start[1], 4),
-            "voluntary_switches": end[2] - start[2],
-            "involuntary_switches": end[3] - start[3],
+            "thread_cpu_s": round(self.thread_cpu_s - start.thread_cpu_s, 4),
+            "process_cpu_s": round(self.process_cpu_s - start.process_cpu_s, 4),
+            "voluntary_switches": self.voluntary_switches - start.voluntary_switches,
+            "involuntary_switches": self.involuntary_switches - start.involuntary_switches,
         }
 
 
@@ -420,8 +425,10 @@ def measure(spec: Spec, opts) -> dict:
             step_s_max=round(max(per_step), 4),
             step_s_each=[round(x, 4) for x in per_step],
             window_gc=clock.collections_between(timed[0], timed[-1]),
-            step_cpu_s_each=[round(b[0] - a[0], 4) for a, b in itertools.pairwise(host_marks)],
-            window_host=HostMark.between(host_marks[0], host_marks[-1]),
+            step_cpu_s_each=[
+                round(b.thread_cpu_s - a.thread_cpu_s, 4) for a, b in itertools.pairwise(host_marks)
+            ],
+            window_host=host_marks[-1].since(host_marks[0]),
             first_step_s=round(clock.ends[0] - clock.started, 3),
             model_tflops=round(achieved / 1e12, 1),
             peak_tflops=peak["tflops"],

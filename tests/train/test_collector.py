@@ -23,7 +23,7 @@ def test_what_exists_at_the_start_is_not_walked_during_the_run_and_is_freed_afte
     del garbage  # unreachable before the run: freed by the collection that precedes the freeze
     model = Node()
     kept = weakref.ref(model)
-    with long_lived_objects_frozen():
+    with long_lived_objects_frozen(collect_first=True):
         assert dead_before() is None and gc.get_freeze_count() > 0
         del model  # the run ends with the model unreachable (the app's next run builds its own)
         gc.collect()
@@ -46,5 +46,19 @@ def test_without_the_first_collection_garbage_waits_for_the_end_of_the_run():
     with long_lived_objects_frozen(collect_first=False):  # a CPU run skips the full collection
         gc.collect()
         assert dead() is not None  # frozen with the rest
+    gc.collect()
+    assert dead() is None
+
+
+@pytest.mark.parametrize("cuda", [True, False], ids=["cuda", "no-cuda"])
+def test_by_default_the_first_collection_runs_where_a_gpu_is(monkeypatch, cuda):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    garbage = Node()
+    dead = weakref.ref(garbage)
+    del garbage
+    with long_lived_objects_frozen():
+        assert (dead() is None) is cuda
     gc.collect()
     assert dead() is None

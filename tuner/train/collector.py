@@ -18,13 +18,18 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def long_lived_objects_frozen(collect_first: bool = True) -> Iterator[None]:
+def long_lived_objects_frozen(collect_first: bool | None = None) -> Iterator[None]:
     """Freeze what exists now (the model, the data, the libraries) for the duration of the block.
 
-    ``collect_first``: free the garbage made while loading before it is frozen for the whole run. On a
-    GPU it may hold device memory (a cycle around a tensor of the packing check). It costs one full
-    collection, 0.3-1 s in a large process, so training on a CPU skips it: there the garbage holds host
-    memory the run holds anyway, and the test suite's hundreds of short runs would pay it each time."""
+    ``collect_first``: free the garbage made while loading before it is frozen for the whole run; None
+    (every training path): only where a GPU is, since there the garbage may hold device memory (a cycle
+    around a tensor of the packing check). It costs one full collection, 0.3-1 s in a large process, so
+    training on a CPU skips it: there the garbage holds host memory the run holds anyway, and the test
+    suite's hundreds of short runs would pay it each time."""
+    if collect_first is None:
+        import torch
+
+        collect_first = torch.cuda.is_available()
     if collect_first:
         gc.collect()
     gc.freeze()

@@ -324,7 +324,7 @@ def train(
             return RunResult(run_dir, "cancelled", None, 0, None)
         _write_status(run_dir, **facts, status="running", started=time.time())
         try:
-            with long_lived_objects_frozen(collect_first=torch.cuda.is_available()):
+            with long_lived_objects_frozen():
                 result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except torch.cuda.OutOfMemoryError as exc:
             raise TunerError(oom_advice(loaded)) from exc
