@@ -23,8 +23,14 @@ from tuner.chat.text import resolve_chat_template, stop_token_ids
 from tuner.core.errors import TunerError
 from tuner.core.io import write_text_atomic
 from tuner.core.workspace import workspace_dir
-from tuner.data.answer_quality import answer_problem
-from tuner.data.identity import GENERATION_SYSTEM, SHIPPED_ANSWERS, Answerer, GeneralAnswer
+from tuner.data.answer_quality import EMPTY, answer_problem
+from tuner.data.identity import (
+    GENERATION_SYSTEM,
+    SHIPPED_ANSWERS,
+    SHIPPED_PROBE_ANSWERS,
+    Answerer,
+    GeneralAnswer,
+)
 from tuner.models.load import load_model, load_tokenizer, release, with_pad_token
 
 log = logging.getLogger(__name__)
@@ -133,10 +139,15 @@ def stopping_criterion(tokenizer, prompt_len: int, stops: list[str], cancel: thr
 # Longest general answer generated for identity data: long enough for a few-paragraph answer to
 # finish; an answer still going at this length is left out as unfinished.
 GENERAL_MAX_NEW_TOKENS = 256
+# Tokens of the base model's answer a KL probe keeps: the opening, where identity tuning moved the
+# answers it should have left alone (docs/identity.md).
+PROBE_NEW_TOKENS = 32
 
 
-def answers_cache(model_name: str) -> Path:
-    """Where the general answers of ``model_name`` are kept: one JSON file per model in the workspace.
+def answers_cache(model_name: str, kind: str = "general_answers") -> Path:
+    """Where the answers of ``model_name`` are kept: one JSON file per model and ``kind``
+    ("general_answers": whole answers to the general questions; "probe_answers": openings of answers
+    to the KL probe questions) in the workspace.
 
     >>> answers_cache("Qwen/Qwen2.5-0.5B-Instruct").name
     'Qwen--Qwen2.5-0.5B-Instruct.json'
@@ -146,7 +157,7 @@ def answers_cache(model_name: str) -> Path:
         slug = "default"
     else:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "--", str(model_name).strip("/")).strip("-.") or "model"
-    return workspace_dir() / "cache" / "general_answers" / f"{slug}.json"
+    return workspace_dir() / "cache" / kind / f"{slug}.json"
 
 
 def read_answers(path: Path) -> dict:
@@ -158,27 +169,47 @@ def read_answers(path: Path) -> dict:
     return {**payload, "answers": payload.get("answers", {}), "rejected": payload.get("rejected", {})}
 
 
-def generate_general_answers(
-    model_name: str, questions: list[str], *, trust_remote_code: bool = False, batch_size: int = 8
-) -> dict:
-    """The base model's own greedy answers to ``questions`` (on the GPU when there is one), sorted
-    into usable answers and rejected ones with the reason (tuner.data.answer_quality)."""
+def model_answers(
+    model_name: str,
+    questions: list[str],
+    *,
+    max_new_tokens: int,
+    trust_remote_code: bool = False,
+    batch_size: int = 8,
+) -> list[Answer]:
+    """``model_name``'s greedy answers to ``questions`` under the neutral GENERATION_SYSTEM prompt
+    (on the GPU when there is one); the model is loaded for the call and released after it."""
 
     tokenizer = load_tokenizer(model_name, trust_remote_code=trust_remote_code)
     loaded = load_model(model_name, trust_remote_code=trust_remote_code)
-    log.info("answering %d general questions with %s (%s)", len(questions), model_name, loaded.device)
+    log.info("answering %d questions with %s (%s)", len(questions), model_name, loaded.device)
     try:
-        answers = greedy_answers(
+        return greedy_answers(
             loaded.model,
             tokenizer,
             resolve_chat_template(tokenizer),
             questions,
             system=GENERATION_SYSTEM,
-            max_new_tokens=GENERAL_MAX_NEW_TOKENS,
+            max_new_tokens=max_new_tokens,
             batch_size=batch_size,
         )
     finally:
         release(loaded.model)
+
+
+def generate_general_answers(
+    model_name: str, questions: list[str], *, trust_remote_code: bool = False, batch_size: int = 8
+) -> dict:
+    """The base model's own greedy answers to ``questions``, sorted into usable answers and rejected
+    ones with the reason (tuner.data.answer_quality)."""
+
+    answers = model_answers(
+        model_name,
+        questions,
+        max_new_tokens=GENERAL_MAX_NEW_TOKENS,
+        trust_remote_code=trust_remote_code,
+        batch_size=batch_size,
+    )
     usable, rejected = {}, {}
     for a in answers:
         problem = answer_problem(a.prompt, a.text, finished=a.finished)
@@ -196,6 +227,30 @@ def generate_general_answers(
     }
 
 
+def generate_probe_answers(
+    model_name: str, questions: list[str], *, trust_remote_code: bool = False, batch_size: int = 16
+) -> dict:
+    """The base model's greedy openings (PROBE_NEW_TOKENS tokens) to the KL probe ``questions``, kept
+    as written: a probe needs a prefix the base model would write, not a good answer (the KL term
+    pulls towards the base's distribution there, loops included). Only empty openings are refused."""
+
+    answers = model_answers(
+        model_name,
+        questions,
+        max_new_tokens=PROBE_NEW_TOKENS,
+        trust_remote_code=trust_remote_code,
+        batch_size=batch_size,
+    )
+    return {
+        "model": str(model_name),
+        "system": GENERATION_SYSTEM,
+        "max_new_tokens": PROBE_NEW_TOKENS,
+        "decoding": "greedy",
+        "answers": {a.prompt: a.text for a in answers if a.text},
+        "rejected": {a.prompt: EMPTY for a in answers if not a.text},
+    }
+
+
 def general_answerer(model_name: str = "default", *, trust_remote_code: bool = False) -> Answerer:
     """The general-answer source of make_identity: ``model_name``'s own answers (self-distillation).
 
@@ -204,25 +259,42 @@ def general_answerer(model_name: str = "default", *, trust_remote_code: bool = F
     holds are answered by the model once, and the cache is updated (written atomically). Rejected
     answers come back as GeneralAnswer with the reason, so make_identity reports them.
     """
+    return _cached_answerer(
+        model_name, "general_answers", SHIPPED_ANSWERS, generate_general_answers, trust_remote_code
+    )
 
+
+def probe_answerer(model_name: str = "default", *, trust_remote_code: bool = False) -> Answerer:
+    """The probe source of make_identity: ``model_name``'s greedy openings to the KL probe questions,
+    cached as general_answerer caches (the embedded model's ship in
+    tuner/data/probe_answers_smollm2.json)."""
+    return _cached_answerer(
+        model_name, "probe_answers", SHIPPED_PROBE_ANSWERS, generate_probe_answers, trust_remote_code
+    )
+
+
+def _cached_answerer(
+    model_name: str, kind: str, shipped_file: Path, generate, trust_remote_code: bool
+) -> Answerer:
     def answer(questions: list[str]) -> list[GeneralAnswer]:
-
-        cache = answers_cache(model_name)
+        cache = answers_cache(model_name, kind)
         known = read_answers(cache)
-        if model_name in ("", "default") and SHIPPED_ANSWERS.is_file():
-            shipped = read_answers(SHIPPED_ANSWERS)
+        if model_name in ("", "default") and shipped_file.is_file():
+            shipped = read_answers(shipped_file)
             known["answers"] = {**shipped["answers"], **known["answers"]}
             known["rejected"] = {**shipped["rejected"], **known["rejected"]}
         missing = [q for q in questions if q not in known["answers"] and q not in known["rejected"]]
         if missing:
-            fresh = generate_general_answers(model_name, missing, trust_remote_code=trust_remote_code)
+            fresh = generate(model_name, missing, trust_remote_code=trust_remote_code)
             known["answers"].update(fresh["answers"])
             known["rejected"].update(fresh["rejected"])
             payload = {**fresh, "answers": known["answers"], "rejected": known["rejected"]}
             cache.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(cache, json.dumps(payload, ensure_ascii=False, indent=1) + "\n")
         return [
-            GeneralAnswer(known["answers"][q]) if q in known["answers"] else GeneralAnswer("", known["rejected"][q])
+            GeneralAnswer(known["answers"][q])
+            if q in known["answers"]
+            else GeneralAnswer("", known["rejected"][q])
             for q in questions
         ]
 
@@ -266,7 +338,6 @@ def greedy_answers(
     """
     import torch
     from transformers import GenerationConfig
-
 
     stops = stop_token_ids(tokenizer, template)
     pad_id = with_pad_token(tokenizer).pad_token_id

@@ -52,6 +52,9 @@ Answerer = Callable[[list[str]], list]
 # The embedded model's own greedy answers to GENERAL_QUESTIONS, generated once by
 # scripts/build_general_answers.py: generating them takes minutes on a CPU, reading them takes nothing.
 SHIPPED_ANSWERS = Path(__file__).with_name("general_answers_smollm2.json")
+# The embedded model's greedy openings to the KL probe questions (tuner.data.probe_questions), generated
+# once by scripts/build_probe_answers.py.
+SHIPPED_PROBE_ANSWERS = Path(__file__).with_name("probe_answers_smollm2.json")
 
 
 @dataclass
