@@ -102,6 +102,10 @@ RECIPES = {
     "ce-probes160-kl4": {"anchor_kl_weight": 4.0, "data": {"probes": 160, "general_ce": True}},
     "ce-probes160-kl1": {"anchor_kl_weight": 1.0, "data": {"probes": 160, "general_ce": True}},
     "ce-probes80-kl4": {"anchor_kl_weight": 4.0, "data": {"probes": 80, "general_ce": True}},
+    # the probes dilute the identity conversations (136 of 592 instead of 272): more steps to see them
+    # as often as the preset does, or a stronger pull on the Chinese leaks
+    "ce-probes160-kl4-steps60": {"anchor_kl_weight": 4.0, "max_steps": 60, "data": {"probes": 160, "general_ce": True}},
+    "probes160-kl8": {"anchor_kl_weight": 8.0, "data": {"probes": 160}},
 }
 
 

@@ -1,5 +1,6 @@
-"""Anchor marks (tuner.data.anchors): "anchor": true on a record survives reading, encoding (cached
-or not), packing and batching; records without it read exactly as before; a wrong value is named."""
+"""Anchor marks (tuner.data.anchors): "anchor": true (a whole answer) or "kl" (a KL probe) on a record
+survives reading, encoding (cached or not), packing and batching; records without it read exactly as
+before; a wrong value is named; a probe never reaches the cross-entropy."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import json
 import pytest
 
 from tests.tiny import QA
-from tuner.data.anchors import ANCHOR, ANCHOR_LABELS, IGNORE, move_anchor_labels
+from tuner.data.anchors import (
+    ANCHOR,
+    ANCHOR_LABELS,
+    IGNORE,
+    KL_ONLY,
+    move_anchor_labels,
+    without_anchor_marks,
+)
 from tuner.data.answer_quality import language_of
 from tuner.data.encode import encode_samples
 from tuner.data.encode_cache import encode_cached
@@ -50,11 +58,11 @@ def _conversation(question, answer, **extra):
 )
 def test_the_mark_reaches_the_sample_in_every_chat_format(tmp_path, fmt, record):
     plain = {key: value for key, value in record.items() if key != ANCHOR}
-    path = _write(tmp_path / "d.jsonl", [record, plain, {**plain, ANCHOR: False}])
+    path = _write(tmp_path / "d.jsonl", [record, plain, {**plain, ANCHOR: False}, {**plain, ANCHOR: KL_ONLY}])
     result = load_samples(path, "auto")
     assert result.format == fmt and not result.problems
-    marked, unmarked, false = result.samples
-    assert marked[ANCHOR] is True
+    marked, unmarked, false, probe = result.samples
+    assert marked[ANCHOR] is True and probe[ANCHOR] == KL_ONLY
     assert ANCHOR not in unmarked and ANCHOR not in false  # files without the mark read as before
     assert marked["messages"] == unmarked["messages"]
 
@@ -64,32 +72,47 @@ def test_a_mark_that_is_not_a_boolean_is_named_with_its_line(tmp_path):
     result = load_samples(path, "conversation")
     assert len(result.samples) == 1
     (problem,) = result.problems
-    assert problem.line == 2 and problem.field == ANCHOR and "true or false" in str(problem)
+    assert problem.line == 2 and problem.field == ANCHOR and 'true, false or "kl"' in str(problem)
 
 
 def test_the_mark_survives_encoding_cached_or_not(workspace, tiny_tokenizer):
     samples = [
         {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in QA[:4]
     ]
-    samples[1][ANCHOR] = samples[3][ANCHOR] = True
+    samples[1][ANCHOR] = True
+    samples[3][ANCHOR] = KL_ONLY
     template = get_template("chatml")
     plain, _ = encode_samples(samples, tiny_tokenizer, template, 64)
     cached, _, reused = encode_cached(samples, tiny_tokenizer, template, 64)
     again, _, reused_again = encode_cached(samples, tiny_tokenizer, template, 64)
     assert not reused and reused_again
     assert plain == cached == again
-    assert [bool(row.get(ANCHOR)) for row in cached] == [False, True, False, True]
+    assert [row.get(ANCHOR) for row in cached] == [None, True, None, KL_ONLY]
     # Rows of unmarked samples have no extra key: every earlier data set encodes to what it did.
     assert set(cached[0]) == {"input_ids", "labels"}
 
 
-def _rows(tiny_tokenizer):
+def _rows(tiny_tokenizer, probe=False):
     samples = [
         {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in QA[:4]
     ]
     samples[1][ANCHOR] = True
+    if probe:
+        samples[2][ANCHOR] = KL_ONLY
     rows, _ = encode_samples(samples, tiny_tokenizer, get_template("chatml"), 64)
     return rows
+
+
+def test_a_probe_trains_only_through_the_kl_term(tiny_tokenizer):
+    rows = _rows(tiny_tokenizer, probe=True)
+    moved = move_anchor_labels(rows)
+    assert moved[2][ANCHOR_LABELS] == rows[2]["labels"] and set(moved[2]["labels"]) == {IGNORE}
+    # Without the KL term a whole-answer anchor is an ordinary conversation; a probe is left out.
+    kept, left_out = without_anchor_marks(rows)
+    assert left_out == 1
+    assert kept == [
+        {"input_ids": r["input_ids"], "labels": r["labels"]} for i, r in enumerate(rows) if i != 2
+    ]
 
 
 def test_moving_the_labels_leaves_anchor_tokens_out_of_the_cross_entropy(tiny_tokenizer):

@@ -208,3 +208,41 @@ def test_plans_that_cannot_turn_the_adapter_off_are_refused_with_what_to_do(plan
     with pytest.raises(TunerError, match=says):
         make_trainer_class(SimpleNamespace(**plan, lean=False, deferred_logging=False), anchor_kl_weight=1.0)
     make_trainer_class(SimpleNamespace(**plan, lean=False, deferred_logging=False))  # off: nothing to refuse
+
+
+def test_kl_probes_are_left_out_without_the_kl_term_and_refused_alone(workspace, tiny_tokenizer):
+    from types import SimpleNamespace
+
+    from tuner.core.errors import DataError
+    from tuner.data.anchors import ANCHOR, ANCHOR_LABELS, KL_ONLY
+    from tuner.data.templates import get_template
+    from tuner.train.data import encode_for_training
+
+    def sample(question, answer, mark=None):
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        return {"messages": messages, **({ANCHOR: mark} if mark else {})}
+
+    samples = [sample(*QA[0]), sample(*QA[1], True), sample(*QA[2], KL_ONLY), sample(*QA[3], KL_ONLY)]
+    template = get_template("chatml")
+
+    def config(weight):
+        return SimpleNamespace(
+            task="sft",
+            anchor_kl_weight=weight,
+            max_length=64,
+            pack_to_max_length=False,
+            tokens_per_step=None,
+            seed=0,
+        )
+
+    rows, info = encode_for_training(samples, tiny_tokenizer, template, config(0.0))
+    # The conversation and the whole-answer anchor train as text; the probes (answers cut short) do not.
+    assert len(rows) == 2 and all(set(row) == {"input_ids", "labels"} for row in rows)
+    assert info["encode"]["kl_probes_left_out"] == 2
+    rows, info = encode_for_training(samples, tiny_tokenizer, template, config(1.0))
+    assert len(rows) == 4 and "kl_probes_left_out" not in info["encode"]
+    assert [any(label != IGNORE for label in row["labels"]) for row in rows] == [True, False, False, False]
+    assert [any(label != IGNORE for label in row[ANCHOR_LABELS]) for row in rows] == [False, True, True, True]
+    with pytest.raises(DataError, match="only KL probes") as raised:
+        encode_for_training(samples[2:], tiny_tokenizer, template, config(0.0))
+    assert "anchor_kl_weight" in raised.value.hint

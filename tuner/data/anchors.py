@@ -6,11 +6,15 @@ it is there to keep the tuned model answering as the base did. The mark travels 
 (``sample["anchor"]``) and the encoded row (``row["anchor"]``); records without it are untouched, so
 every file written before it reads and trains as it did.
 
-What training does with the mark is the trainer's choice (tuner.train.anchor): with
-``anchor_kl_weight`` 0 an anchor is an ordinary conversation (its answer is supervised, the
-behaviour of every earlier run); with a weight its answer tokens move from ``labels`` to
-``anchor_labels``, where the loss pulls the tuned model's next-token distribution towards the base
-model's instead of towards the base's greedy text.
+The mark has two values:
+- ``true``: the base model's whole answer. With ``anchor_kl_weight`` 0 it is an ordinary conversation
+  (its answer is supervised, the behaviour of every earlier run); with a weight its answer tokens move
+  from ``labels`` to ``anchor_labels``, where the loss pulls the tuned model's next-token distribution
+  towards the base model's instead of towards the base's greedy text.
+- ``"kl"``: a KL probe (make-identity's ``kl_probes``): the opening of the base model's answer, cut
+  after a few dozen tokens. It is a prefix to hold the base's distribution on, not text to learn (as
+  text it would teach answers that stop mid-sentence), so it trains only through the KL term: its
+  tokens always go to ``anchor_labels``, and with ``anchor_kl_weight`` 0 it is left out of training.
 """
 
 from __future__ import annotations
@@ -19,25 +23,32 @@ from tuner.core.errors import DataError
 
 # The record, sample and encoded-row key that marks an anchor conversation.
 ANCHOR = "anchor"
+# Its value on a KL probe (true on a whole answer).
+KL_ONLY = "kl"
 # The batch key holding the anchor rows' answer tokens (-100 elsewhere), beside "labels".
 ANCHOR_LABELS = "anchor_labels"
 IGNORE = -100
 
 
-def read_anchor_flag(record) -> bool:
-    """The record's anchor mark: True, or False when absent; anything but a JSON boolean is refused.
+def read_anchor_mark(record) -> bool | str:
+    """The record's anchor mark: True (a whole answer), KL_ONLY (a KL probe), or False when absent;
+    any other value is refused.
 
-    >>> read_anchor_flag({"conversation": [], "anchor": True}), read_anchor_flag({"text": "x"})
+    >>> read_anchor_mark({"conversation": [], "anchor": True}), read_anchor_mark({"text": "x"})
     (True, False)
+    >>> read_anchor_mark({"conversation": [], "anchor": "kl"})
+    'kl'
     """
     if not isinstance(record, dict) or record.get(ANCHOR) is None:
         return False
     value = record[ANCHOR]
-    if not isinstance(value, bool):
+    if not isinstance(value, bool) and value != KL_ONLY:
         raise DataError(
-            f"'anchor' must be true or false, got {value!r}",
+            f"'anchor' must be true, false or \"{KL_ONLY}\", got {value!r}",
             field=ANCHOR,
-            hint='mark conversations answered by the base model itself with "anchor": true, or leave the field out',
+            hint='mark conversations answered by the base model itself with "anchor": true (or "kl" for '
+            "a KL probe, an answer's opening that trains only through anchor_kl_weight), or leave the "
+            "field out",
         )
     return value
 
@@ -63,10 +74,12 @@ def move_anchor_labels(rows: list[dict]) -> list[dict]:
     return moved
 
 
-def without_anchor_marks(rows: list[dict]) -> list[dict]:
-    """Encoded rows without the ``anchor`` mark: anchors train as ordinary conversations."""
-    return [{key: value for key, value in row.items() if key != ANCHOR} for row in rows]
-
-
-def has_anchors(rows: list[dict]) -> bool:
-    return any(row.get(ANCHOR) for row in rows)
+def without_anchor_marks(rows: list[dict]) -> tuple[list[dict], int]:
+    """(encoded rows without the ``anchor`` mark, how many KL probes were left out): whole-answer
+    anchors train as ordinary conversations; a KL probe, an answer cut short, is no text to learn."""
+    kept = [
+        {key: value for key, value in row.items() if key != ANCHOR}
+        for row in rows
+        if row.get(ANCHOR) != KL_ONLY
+    ]
+    return kept, len(rows) - len(kept)

@@ -251,7 +251,7 @@ def encode_samples(
                     continue
                 produced = [{"input_ids": ids, "labels": labels}]
                 if sample.get(ANCHOR):
-                    produced[0][ANCHOR] = True
+                    produced[0][ANCHOR] = sample[ANCHOR]
             elif "text" in sample:
                 ids = _pretrain_ids(sample["text"], tokenizer)
                 stats.lengths.append(len(ids))

@@ -21,7 +21,7 @@ from pathlib import Path
 from tuner.core.errors import DataError
 from tuner.core.workspace import workspace_dir
 from tuner.data import encode as encode_module
-from tuner.data.anchors import ANCHOR
+from tuner.data.anchors import ANCHOR, KL_ONLY
 from tuner.data.encode import EncodeStats, encode_samples
 
 log = logging.getLogger(__name__)
@@ -95,12 +95,18 @@ def _encode_batch(batch: dict, tokenizer, template, max_length):
         rows, stats = encode_samples([sample], tokenizer, template, max_length, on_error=errors.append)
         out["input_ids"].append([r["input_ids"] for r in rows])
         out["labels"].append([r["labels"] for r in rows])
-        out["anchor"].append(int(any(r.get(ANCHOR) for r in rows)))
+        out["anchor"].append(_ANCHOR_CODES[next((r[ANCHOR] for r in rows if r.get(ANCHOR)), False)])
         out["length"].append(stats.lengths[0] if stats.lengths else 0)
         out["truncated"].append(stats.truncated)
         out["dropped"].append(stats.dropped_empty_after_truncation)
         out["error"].append(json.dumps(_error_fields(errors[0])) if errors else "")
     return out
+
+
+# The anchor mark (tuner.data.anchors) as the cache's int8 column: 0 none, 1 a whole answer (the only
+# value caches written before KL probes hold), 2 a KL probe.
+_ANCHOR_CODES = {False: 0, True: 1, KL_ONLY: 2}
+_ANCHOR_MARKS = {code: mark for mark, code in _ANCHOR_CODES.items()}
 
 
 def _error_fields(error: DataError) -> dict:
@@ -198,7 +204,7 @@ def encode_cached(
                 stats.tokens += len(row_ids)
                 stats.supervised_tokens += sum(label != -100 for label in row_labels)
                 rows.append(
-                    {"input_ids": row_ids, "labels": row_labels, ANCHOR: True}
+                    {"input_ids": row_ids, "labels": row_labels, ANCHOR: _ANCHOR_MARKS[anchor]}
                     if anchor
                     else {"input_ids": row_ids, "labels": row_labels}
                 )

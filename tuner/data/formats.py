@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.core.errors import DataError
-from tuner.data.anchors import ANCHOR, read_anchor_flag
+from tuner.data.anchors import ANCHOR, read_anchor_mark
 from tuner.data.format_readers import (
     ASSISTANT,
     HUMAN,
@@ -246,8 +246,9 @@ def load_samples(path: str | Path, fmt: str = "auto", *, system: str | None = No
     for record in records:
         try:
             sample = reader(record.data)
-            if read_anchor_flag(record.data):  # tuner.data.anchors: the base model's own answer
-                sample[ANCHOR] = True
+            mark = read_anchor_mark(record.data)  # tuner.data.anchors: the base model's own answer
+            if mark:
+                sample[ANCHOR] = mark
         except DataError as exc:
             result.problems.append(_relocate(exc, path, record.line, rows=source.rows))
             continue

@@ -66,9 +66,22 @@ def encode_for_training(samples, tokenizer, template, config) -> tuple[list, dic
         log.warning(
             "anchor_kl_weight %s: the data has no anchor rows, so it changes nothing", config.anchor_kl_weight
         )
-    encoded = (
-        move_anchor_labels(encoded) if anchor_loss_on(config) and anchors else without_anchor_marks(encoded)
-    )
+    if anchor_loss_on(config) and anchors:
+        encoded = move_anchor_labels(encoded)
+    else:
+        encoded, probes = without_anchor_marks(encoded)
+        if probes:
+            info["encode"]["kl_probes_left_out"] = probes
+            log.warning(
+                '%d KL probe rows ("anchor": "kl") left out: they train only through the KL term, '
+                "and anchor_kl_weight is 0",
+                probes,
+            )
+            if len(encoded) == 0:
+                raise DataError(
+                    "the data holds only KL probes, which train only through the KL term",
+                    hint="set anchor_kl_weight above 0, or add conversations to learn from",
+                )
     if config.pack_to_max_length:
         budget = config.tokens_per_step or config.max_length
         rows = pack_samples(encoded, budget, seed=config.seed)
