@@ -98,19 +98,23 @@ RECIPES = {
     # conversations, self-written questions kept apart from the held-out check; with every anchor
     # through the KL term, or with the general conversations through cross-entropy (which kept the
     # name out of general answers) and only the probes through the KL term
-    "probes160-kl4": {"anchor_kl_weight": 4.0, "data": {"probes": 160}},
-    "ce-probes160-kl4": {"anchor_kl_weight": 4.0, "data": {"probes": 160, "general_ce": True}},
-    "ce-probes160-kl1": {"anchor_kl_weight": 1.0, "data": {"probes": 160, "general_ce": True}},
-    "ce-probes80-kl4": {"anchor_kl_weight": 4.0, "data": {"probes": 80, "general_ce": True}},
+    "probes160-kl4": {"anchor_kl_weight": 4.0, "data": {"kl_probes": 160}},
+    "ce-probes160-kl4": {"anchor_kl_weight": 4.0, "data": {"kl_probes": 160, "general_anchors": False}},
+    "ce-probes160-kl1": {"anchor_kl_weight": 1.0, "data": {"kl_probes": 160, "general_anchors": False}},
+    "ce-probes80-kl4": {"anchor_kl_weight": 4.0, "data": {"kl_probes": 80, "general_anchors": False}},
     # the probes dilute the identity conversations (136 of 592 instead of 272): more steps to see them
     # as often as the preset does, or a stronger pull on the Chinese leaks
-    "ce-probes160-kl4-steps60": {"anchor_kl_weight": 4.0, "max_steps": 60, "data": {"probes": 160, "general_ce": True}},
-    "probes160-kl8": {"anchor_kl_weight": 8.0, "data": {"probes": 160}},
+    "ce-probes160-kl4-steps60": {
+        "anchor_kl_weight": 4.0,
+        "max_steps": 60,
+        "data": {"kl_probes": 160, "general_anchors": False},
+    },
+    "probes160-kl8": {"anchor_kl_weight": 8.0, "data": {"kl_probes": 160}},
 }
 
 
 def measure(recipe: str, overrides: dict, root: Path, long_check_tokens: int = 0) -> dict:
-    from tuner.chat.generate import general_answerer
+    from tuner.chat.generate import general_answerer, probe_answerer
     from tuner.chat.identity_check import check_identity
     from tuner.config.files import load_config
     from tuner.config.presets import find_preset
@@ -123,22 +127,19 @@ def measure(recipe: str, overrides: dict, root: Path, long_check_tokens: int = 0
     os.chdir(workspace)
     data_options = dict(overrides.get("data", {}))
     anchors_only = data_options.pop("anchors_only", False)
-    probes = data_options.pop("probes", 0)
-    general_ce = data_options.pop("general_ce", False)
     data = make_identity(
         workspace / "data" / "identity.jsonl",
         NAME,
         PERSONA,
         langs="en,zh",
         general_source=general_answerer(),
+        probe_source=probe_answerer(),
         **data_options,
     )
     if anchors_only:
         records = data.output.read_text(encoding="utf-8").splitlines()
         kept = [line for line in records if json.loads(line).get("anchor")]
         data.output.write_text("\n".join(kept) + "\n", encoding="utf-8")
-    if probes or general_ce:
-        write_probes(data.output, probes, general_ce)
     preset_overrides = {k: v for k, v in overrides.items() if k != "data"}
     settings = {**preset_overrides, "data_path": data.output, "output_dir": workspace / "run"}
     config = load_config(find_preset(PRESET), overrides=[f"{k}={v}" for k, v in settings.items()])
@@ -180,31 +181,6 @@ def measure(recipe: str, overrides: dict, root: Path, long_check_tokens: int = 0
             else {}
         ),
     }
-
-
-def write_probes(path: Path, per_lang: int, general_ce: bool) -> None:
-    """Experiment data options: ``per_lang`` KL probes per language (the base model's greedy openings
-    to questions of tuner.data.probe_questions, marked as anchors: they train only through the KL
-    term) added to the file, and with ``general_ce`` the general conversations' anchor mark dropped
-    (they train through cross-entropy whatever anchor_kl_weight is)."""
-    import random
-
-    from tuner.chat.generate import probe_answerer
-    from tuner.data.probe_questions import PROBE_QUESTIONS
-
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    if general_ce:
-        for record in records:
-            record.pop("anchor", None)
-    questions = [q for lang in sorted(PROBE_QUESTIONS) for q in PROBE_QUESTIONS[lang][:per_lang]]
-    answers = probe_answerer()(questions)
-    records += [
-        {"conversation": [{"input": q, "output": a.text}], "anchor": True}
-        for q, a in zip(questions, answers, strict=True)
-        if a.text
-    ]
-    random.Random(0).shuffle(records)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
 
 
 def commit() -> str:

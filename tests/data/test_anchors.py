@@ -160,3 +160,36 @@ def test_make_identity_marks_its_general_conversations_only(tmp_path):
     assert all("Ada" in r["conversation"][0]["output"] for r in records if not r.get(ANCHOR))
     samples = load_samples(out, "auto").samples
     assert sum(bool(s.get(ANCHOR)) for s in samples) == 136
+
+
+def test_make_identity_adds_kl_probes_marked_kl(tmp_path):
+    from tuner.data.identity import GeneralAnswer
+    from tuner.data.probe_questions import PROBE_QUESTIONS
+
+    asked = []
+
+    def openings(questions):
+        asked.extend(questions)
+        # one opening comes back empty: that probe is skipped, not written blank
+        return [GeneralAnswer("" if i == 0 else f"opening of {q}") for i, q in enumerate(questions)]
+
+    out = tmp_path / "id.jsonl"
+    result = make_identity(
+        out,
+        "Ada",
+        general_source=lambda qs: [f"回答：{q}" if language_of(q) == "zh" else f"answer to {q}" for q in qs],
+        kl_probes=5,
+        probe_source=openings,
+        general_anchors=False,
+    )
+    assert asked == PROBE_QUESTIONS["en"][:5] + PROBE_QUESTIONS["zh"][:5]
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    probes = [r for r in records if r.get(ANCHOR) == KL_ONLY]
+    assert result.probe_count == len(probes) == 9 and len(records) == result.total == 272 + 9
+    assert {r["conversation"][0]["input"] for r in probes} == set(asked[1:])
+    assert all(r["conversation"][0]["output"] == "opening of " + r["conversation"][0]["input"] for r in probes)
+    # general_anchors=False: the general conversations are plain conversations, trained as text
+    assert not any(r.get(ANCHOR) is True for r in records)
+    assert "9 KL probes" in result.summary()
+    samples = load_samples(out, "auto").samples
+    assert sum(s.get(ANCHOR) == KL_ONLY for s in samples) == 9

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from tuner.cli.options import whole_number
+from tuner.data.identity import KL_PROBES
+
 
 def _ratio(text: str) -> float:
     try:
@@ -45,11 +48,13 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_make_identity(args: argparse.Namespace) -> int:
-    from tuner.chat.generate import general_answerer
+    from tuner.chat.generate import general_answerer, probe_answerer
     from tuner.data.identity import make_identity
 
     if args.mix_general != 0:
         print(f"mixing in general conversations: {args.model}'s own answers (cached in the workspace)...")
+    if args.kl_probes:
+        print(f"adding KL probes: {args.model}'s own answer openings (cached in the workspace)...")
     result = make_identity(
         args.output,
         args.name,
@@ -60,6 +65,11 @@ def cmd_make_identity(args: argparse.Namespace) -> int:
         general_source=general_answerer(args.model, trust_remote_code=args.trust_remote_code)
         if args.mix_general != 0
         else None,
+        kl_probes=args.kl_probes,
+        probe_source=probe_answerer(args.model, trust_remote_code=args.trust_remote_code)
+        if args.kl_probes
+        else None,
+        general_anchors=not args.general_as_text,
     )
     print(result.summary())
     return 0
@@ -128,11 +138,28 @@ def register(subparsers) -> None:
         "language as identity conversations; 0 = none)",
     )
     identity.add_argument(
+        "--kl-probes",
+        metavar="N",
+        type=whole_number(0),
+        default=KL_PROBES,
+        help="KL probes per language (at most 160): everyday questions with the opening of the base model's "
+        "answer, which train only through the KL term to the base model (the preset's anchor_kl_weight) "
+        f"and hold its answers on many more prompts (default: {KL_PROBES}; 0 = none)",
+    )
+    identity.add_argument(
+        "--general-as-text",
+        action="store_true",
+        help="write the general conversations without the anchor mark: trained as text even with "
+        "anchor_kl_weight (only the KL probes then hold the base model's distribution)",
+    )
+    identity.add_argument(
         "--model",
         default="default",
         help="the base model you will tune: it answers the general questions itself (default: the embedded model)",
     )
-    identity.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
+    identity.add_argument(
+        "--trust-remote-code", action="store_true", help="run the model repository's own code"
+    )
     identity.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     identity.set_defaults(func=cmd_make_identity)
 

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from tuner.core.errors import DataError, OutputExistsError
 from tuner.core.io import write_jsonl_atomic
-from tuner.data.anchors import ANCHOR
+from tuner.data.anchors import ANCHOR, KL_ONLY
 from tuner.data.answer_quality import answer_problem
 from tuner.data.identity_questions import ANSWERS, DEFAULT_PERSONA, GENERAL_QUESTIONS, LANGS, QUESTIONS
+from tuner.data.probe_questions import PROBE_QUESTIONS
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,12 @@ log = logging.getLogger(__name__)
 GENERAL_PER_IDENTITY = 1
 # Keep general answers in another language than their question (make_identity's other_language).
 OTHER_LANGUAGE = False
+# KL probes per language (make_identity's kl_probes; at most the bank's 160): the base model's openings
+# to self-written everyday questions, which hold its distribution on many more prompts than the general
+# conversations cover (docs/identity.md, "KL probes").
+KL_PROBES = 0
+# Mark the general conversations as anchors (make_identity's general_anchors).
+GENERAL_ANCHORS = True
 # Chat templates such as SmolLM2's insert their own system prompt ("...named SmolLM...") when none is
 # given; a neutral one keeps the base model's old name out of the general answers.
 GENERATION_SYSTEM = "You are a helpful assistant."
@@ -68,10 +75,12 @@ class IdentityResult:
     rejected: dict[str, str] = field(default_factory=dict)
     # per language: (identity conversations, general conversations, distinct general answers)
     per_lang: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    # KL probes written (tuner.data.anchors: they train only through anchor_kl_weight's KL term)
+    probe_count: int = 0
 
     @property
     def total(self) -> int:
-        return self.identity_count + self.general_count
+        return self.identity_count + self.general_count + self.probe_count
 
     @property
     def general_skipped(self) -> int:
@@ -81,6 +90,7 @@ class IdentityResult:
         text = (
             f"wrote {self.total} conversations to {self.output}: "
             f"{self.identity_count} identity, {self.general_count} general"
+            + (f", {self.probe_count} KL probes" if self.probe_count else "")
         )
         if self.general_count:
             text += (
@@ -168,6 +178,9 @@ def make_identity(
     seed: int = 0,
     other_language: bool = OTHER_LANGUAGE,
     general_per_identity: int = GENERAL_PER_IDENTITY,
+    kl_probes: int = KL_PROBES,
+    probe_source: Answerer | None = None,
+    general_anchors: bool = GENERAL_ANCHORS,
 ) -> IdentityResult:
     """Write an identity data set in the conversation format.
 
@@ -186,6 +199,15 @@ def make_identity(
             base model's habit: SmolLM2 answers about half of the Chinese questions in English); they
             anchor that habit, so the tuned model does not drift into broken Chinese where the base
             answered in English.
+        kl_probes: KL probes per language (at most the 160 of tuner.data.probe_questions): each a
+            self-written everyday question with the opening of the base model's answer, marked
+            ``"anchor": "kl"``; they train only through the KL term to the base model
+            (``anchor_kl_weight`` > 0; without it training leaves them out).
+        probe_source: callable questions -> openings (tuner.chat.generate.probe_answerer); needed
+            when kl_probes > 0.
+        general_anchors: mark the general conversations ``"anchor": true`` (with anchor_kl_weight
+            they then train through the KL term as well); False: they are plain conversations, trained
+            as text at any weight, and only the probes hold the base model's distribution.
 
     Example:
         >>> # make_identity("id.jsonl", "Ada", mix_general=0) writes 136 records such as
@@ -202,6 +224,10 @@ def make_identity(
         raise TypeError(
             "make_identity: mixing general conversations needs a general_source (questions -> answers)"
         )
+    if kl_probes < 0:
+        raise DataError(f"--kl-probes must be 0 or more, got {kl_probes}")
+    if kl_probes and probe_source is None:
+        raise TypeError("make_identity: KL probes need a probe_source (questions -> openings)")
     languages = parse_langs(langs)
     # Refuse before the (slow) model generation rather than after it.
     if output.exists() and not force:
@@ -234,7 +260,10 @@ def make_identity(
     general = general_mix(languages, usable, counts, seed)
     # Marked as anchors (tuner.data.anchors): the base model's own answers, which anchor_kl_weight
     # trains as a distribution to keep rather than as text to copy.
-    records += [{"conversation": [{"input": q, "output": a}], ANCHOR: True} for q, a in general]
+    mark = {ANCHOR: True} if general_anchors else {}
+    records += [{"conversation": [{"input": q, "output": a}], **mark} for q, a in general]
+    probes = probe_pairs(languages, kl_probes, probe_source) if kl_probes else []
+    records += [{"conversation": [{"input": q, "output": a}], ANCHOR: KL_ONLY} for q, a in probes]
     per_lang = {
         lang: (
             len(identity[lang]),
@@ -245,5 +274,19 @@ def make_identity(
     }
     random.Random(seed).shuffle(records)
     write_jsonl_atomic(output, records, force=force)
-    result = IdentityResult(output, sum(len(p) for p in identity.values()), len(general), rejected, per_lang)
-    return result
+    return IdentityResult(
+        output, sum(len(p) for p in identity.values()), len(general), rejected, per_lang, len(probes)
+    )
+
+
+def probe_pairs(languages: Sequence[str], per_lang: int, probe_source: Answerer) -> list[tuple[str, str]]:
+    """(question, the base model's opening) for the first ``per_lang`` probe questions of each language;
+    a question whose opening came back empty is skipped."""
+    questions = [q for lang in languages for q in PROBE_QUESTIONS[lang][:per_lang]]
+    openings = probe_source(questions)
+    if len(openings) != len(questions):
+        raise DataError(
+            f"the probe generator returned {len(openings)} openings for {len(questions)} questions"
+        )
+    texts = [(o.text if isinstance(o, GeneralAnswer) else o or "").strip() for o in openings]
+    return [(q, text) for q, text in zip(questions, texts, strict=True) if text]
