@@ -110,6 +110,11 @@ RECIPES = {
         "data": {"kl_probes": 160, "general_anchors": False},
     },
     "probes160-kl8": {"anchor_kl_weight": 8.0, "data": {"kl_probes": 160}},
+    # kl8 lost nothing but learned the Chinese name in 6 of 10: the identity conversations are 136 of
+    # 592 records, so 40 steps show each about a quarter of the times the preset does
+    "probes160-kl8-seed1": {"anchor_kl_weight": 8.0, "seed": 1, "data": {"kl_probes": 160}},
+    "probes160-kl8-steps60": {"anchor_kl_weight": 8.0, "max_steps": 60, "data": {"kl_probes": 160}},
+    "probes160-kl8-lr1.5e-3": {"anchor_kl_weight": 8.0, "lr": 1.5e-3, "data": {"kl_probes": 160}},
 }
 
 

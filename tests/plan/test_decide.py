@@ -95,6 +95,17 @@ def test_deepspeed_and_several_processes_turn_off_what_was_measured_on_one():
     assert not dora.fused_lora and not dora.cuda_graphs and plan(qlora(use_rslora=True)).fused_lora
 
 
+def test_the_anchor_loss_gets_a_plan_that_can_run_the_model_with_its_adapter_off():
+    # the second, adapter-off forward pass cannot replay CUDA graphs captured with the adapter on, nor
+    # read the ids of a host-memory embedding twice: the planner leaves both out (training would refuse)
+    roomy, tight = plan(qlora(anchor_kl_weight=4.0)), plan(qlora(anchor_kl_weight=4.0), budget=8)
+    assert plan().cuda_graphs and not roomy.cuda_graphs and roomy.fused_lora
+    assert plan(budget=8).embedding_on_cpu and not tight.embedding_on_cpu and tight.memory_tight
+    assert plan(qlora(anchor_kl_weight=4.0, embedding_on_cpu="on"), budget=8).embedding_on_cpu  # asked for
+    assert plan(qlora(anchor_kl_weight=0.0)).cuda_graphs
+    assert plan(qlora(anchor_kl_weight=4.0, task="pretrain")).cuda_graphs  # no anchor loss in pretraining
+
+
 def test_each_setting_turns_its_mechanism_off():
     off = SpeedSettings(attention="sdpa", fused_lora=False, cuda_graphs=False, liger="on", lean_steps=False)
     plain = plan(settings=off)

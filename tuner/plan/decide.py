@@ -214,6 +214,13 @@ def plan_run(
     # DoRA recomputes each layer's full weight in peft's own forward: the fused LoRA path does not
     # apply to it, and CUDA graphs of its layers are not measured
     dora = bool(get("use_dora", False))
+    # The anchor loss (tuner.train.anchor) runs the layers a second time with the adapter off: CUDA
+    # graphs would replay them as captured, adapter on, and the embedding in host memory reads a
+    # batch's ids once. The planner leaves both out rather than have training refuse the run.
+    anchor_kl = (get("task", "sft") or "sft") == "sft" and float(get("anchor_kl_weight", 0) or 0) > 0
+    embedding_policy = get("embedding_on_cpu", "auto") or "auto"
+    if anchor_kl and embedding_policy == "auto":
+        embedding_policy = "off"
     if liger is None:
         liger = liger_applies(cfg, settings, hw, installed=liger_installed)
     if budget_gib is None:
@@ -235,8 +242,9 @@ def plan_run(
         and lora
         and not dora
         and not deepspeed
-        and processes <= 1,
-        embedding_policy=get("embedding_on_cpu", "auto") or "auto",
+        and processes <= 1
+        and not anchor_kl,
+        embedding_policy=embedding_policy,
         lean=settings.lean_steps and processes <= 1,
         optimizer_asked=get("optimizer", "auto") or "auto",
         checkpointed_layers=0,
