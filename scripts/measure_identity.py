@@ -115,6 +115,18 @@ RECIPES = {
     "probes160-kl8-seed1": {"anchor_kl_weight": 8.0, "seed": 1, "data": {"kl_probes": 160}},
     "probes160-kl8-steps60": {"anchor_kl_weight": 8.0, "max_steps": 60, "data": {"kl_probes": 160}},
     "probes160-kl8-lr1.5e-3": {"anchor_kl_weight": 8.0, "lr": 1.5e-3, "data": {"kl_probes": 160}},
+    "probes160-kl8-steps60-seed1": {
+        "anchor_kl_weight": 8.0,
+        "max_steps": 60,
+        "seed": 1,
+        "data": {"kl_probes": 160},
+    },
+    "probes160-kl8-steps60-seed2": {
+        "anchor_kl_weight": 8.0,
+        "max_steps": 60,
+        "seed": 2,
+        "data": {"kl_probes": 160},
+    },
 }
 
 

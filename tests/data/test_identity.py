@@ -76,7 +76,10 @@ def test_general_conversations_mixed_in(tmp_path):
     assert seen == every  # every question is asked (and cached by the answerer), then drawn from
     assert (result.identity_count, result.general_count, result.general_skipped) == (136, 7, 1)
     assert result.rejected == {every[-1]: "empty"}
-    n_en, n_zh = len(identity_questions.GENERAL_QUESTIONS["en"]), len(identity_questions.GENERAL_QUESTIONS["zh"])
+    n_en, n_zh = (
+        len(identity_questions.GENERAL_QUESTIONS["en"]),
+        len(identity_questions.GENERAL_QUESTIONS["zh"]),
+    )
     assert result.per_lang == {"en": (68, 4, n_en), "zh": (68, 3, n_zh - 1)}
     turns = read(out)
     general = [t for t in turns if t["output"].startswith(("answer to ", "回答："))]
@@ -168,7 +171,19 @@ def test_bad_arguments(tmp_path):
 
 def test_cli_make_identity(tmp_path, capsys):
     out = tmp_path / "id.jsonl"
-    assert main(["make-identity", str(out), "--name", "Ada", "--lang", "en", "--mix-general", "0"]) == 0
+    args = [
+        "make-identity",
+        str(out),
+        "--name",
+        "Ada",
+        "--lang",
+        "en",
+        "--mix-general",
+        "0",
+        "--kl-probes",
+        "0",
+    ]
+    assert main(args) == 0
     assert capsys.readouterr().out == f"wrote 68 conversations to {out}: 68 identity, 0 general\n"
     before = out.read_bytes()
     assert main(["make-identity", str(out), "--name", "Eve", "--mix-general", "0"]) == 2
@@ -200,7 +215,9 @@ def test_general_answers_come_from_the_model_and_are_cached(tiny_llama_dir, work
 
 def test_shipped_answers_pass_the_filter_so_no_model_is_loaded(tmp_path, workspace, monkeypatch):
     shipped = json.loads(identity.SHIPPED_ANSWERS.read_text(encoding="utf-8"))
-    every_question = [q for lang in identity_questions.GENERAL_QUESTIONS for q in identity_questions.GENERAL_QUESTIONS[lang]]
+    every_question = [
+        q for lang in identity_questions.GENERAL_QUESTIONS for q in identity_questions.GENERAL_QUESTIONS[lang]
+    ]
     assert set(every_question) <= set(shipped["answers"]) | set(shipped["rejected"])
     other = shipped["other_language"]  # the model's own answers in another language than the question
     assert [
@@ -230,3 +247,50 @@ def test_shipped_answers_pass_the_filter_so_no_model_is_loaded(tmp_path, workspa
     assert outputs & set(shipped["answers"].values()) == {
         shipped["answers"][q] for q in every_question if q in shipped["answers"] and q not in other
     }
+
+
+def test_probe_openings_come_from_the_model_are_cut_short_and_cached(tiny_llama_dir, workspace, monkeypatch):
+    """KL probes: the base model's greedy openings (PROBE_NEW_TOKENS tokens), kept as written, cached
+    per model apart from the general answers."""
+    from tuner.data.probe_questions import PROBE_QUESTIONS
+
+    monkeypatch.setattr(generate, "PROBE_NEW_TOKENS", 4)
+    questions = PROBE_QUESTIONS["en"][:3]
+    openings = generate.probe_answerer(str(tiny_llama_dir))(questions)
+    cache = generate.answers_cache(str(tiny_llama_dir), "probe_answers")
+    assert cache.is_file() and cache.parent == workspace / "cache" / "probe_answers"
+    saved = json.loads(cache.read_text(encoding="utf-8"))
+    assert saved["max_new_tokens"] == 4
+    # A random tiny model writes broken bytes: a general answer would be rejected, an opening is kept.
+    assert [o.text for o in openings] == [saved["answers"][q] for q in questions] and all(
+        o.text for o in openings
+    )
+    assert all(o.problem is None for o in openings)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("cached openings must not load the model again")
+
+    monkeypatch.setattr(generate, "generate_probe_answers", no_model)
+    assert generate.probe_answerer(str(tiny_llama_dir))(questions) == openings
+
+
+def test_shipped_probe_openings_cover_every_probe_question(tmp_path, workspace, monkeypatch):
+    from tuner.data.probe_questions import PROBE_QUESTIONS
+
+    shipped = json.loads(identity.SHIPPED_PROBE_ANSWERS.read_text(encoding="utf-8"))
+    every_question = [q for lang in PROBE_QUESTIONS for q in PROBE_QUESTIONS[lang]]
+    assert set(shipped["answers"]) | set(shipped["rejected"]) == set(every_question)
+    assert shipped["max_new_tokens"] == generate.PROBE_NEW_TOKENS and shipped["decoding"] == "greedy"
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the embedded model must not be loaded when shipped openings cover the probes")
+
+    monkeypatch.setattr(generate, "generate_probe_answers", no_model)
+    result = identity.make_identity(
+        tmp_path / "id.jsonl",
+        "Ada",
+        mix_general=0,
+        kl_probes=160,
+        probe_source=generate.probe_answerer("default"),
+    )
+    assert result.probe_count == len(shipped["answers"]) and result.identity_count == 136

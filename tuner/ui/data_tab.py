@@ -190,13 +190,13 @@ def build_identity(
     """Write identity data ("who are you?" answered with the new name); returns (status, path, preview).
 
     ``mix_general``: mix in the base model's own general answers, as many per language as identity
-    conversations (off: none).
+    conversations, and make-identity's default KL probes (off: neither).
     """
     import pandas as pd
 
-    from tuner.chat.generate import general_answerer
+    from tuner.chat.generate import general_answerer, probe_answerer
     from tuner.data.formats import load_samples
-    from tuner.data.identity import make_identity
+    from tuner.data.identity import KL_PROBES, make_identity
 
     target = data_output(out)
     result = make_identity(
@@ -207,6 +207,8 @@ def build_identity(
         mix_general=None if mix_general else 0,
         force=bool(overwrite),
         general_source=general_answerer(model_ref(model)) if mix_general else None,
+        kl_probes=KL_PROBES if mix_general else 0,
+        probe_source=probe_answerer(model_ref(model)) if mix_general and KL_PROBES else None,
     )
     samples = load_samples(target).samples
     rows = [
@@ -216,6 +218,8 @@ def build_identity(
     status = tr(
         lang, "data.identity_done", n=result.identity_count, general=result.general_count, path=rel(target)
     )
+    if result.probe_count:
+        status += "\n" + tr(lang, "data.identity_probes", n=result.probe_count)
     if result.rejected:
         # which general answers were unfit to train on, and why (the summary's later lines)
         status += "\n" + "\n".join(result.summary().splitlines()[1:])

@@ -72,6 +72,7 @@ STRINGS = {
     "data.uploaded": "Uploaded to {path}",
     "data.inspected": "{columns} columns, {sheets} sheets",
     "data.identity_done": "✅ wrote {n} identity and {general} general conversations to {path}",
+    "data.identity_probes": "+ {n} KL probes: the base model's answer openings to everyday questions, held to the base through the preset's anchor_kl_weight (never trained on as text)",
     "data.use_nothing": "Nothing to use: validate or build a file first",
     "data.used": "✅ {path} is now the training data in the Presets tab",
     # --- presets

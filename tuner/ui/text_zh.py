@@ -69,6 +69,7 @@ STRINGS = {
     "data.uploaded": "已上传到 {path}",
     "data.inspected": "{columns} 列，{sheets} 个工作表",
     "data.identity_done": "✅ 已写入 {n} 条自我认知对话和 {general} 条通用对话：{path}",
+    "data.identity_probes": "+ {n} 条 KL 探针：基础模型对日常问题回答的开头，通过预设的 anchor_kl_weight 保持与基础模型一致（不会作为文本训练）",
     "data.use_nothing": "没有可用的文件：请先校验或生成文件",
     "data.used": "✅ {path} 已设为“预设”页的训练数据",
     "presets.filter": "筛选",
