@@ -127,6 +127,26 @@ RECIPES = {
         "seed": 2,
         "data": {"kl_probes": 160},
     },
+    # the probes as the only anchors (no general conversations): the identity conversations are then 136
+    # of 456 records instead of 592, and a step's rows are short; and a weaker pull
+    "probes-only-kl8-steps60": {
+        "anchor_kl_weight": 8.0,
+        "max_steps": 60,
+        "data": {"kl_probes": 160, "mix_general": 0},
+    },
+    "probes160-kl6-steps60": {"anchor_kl_weight": 6.0, "max_steps": 60, "data": {"kl_probes": 160}},
+    "probes-only-kl8-steps60-seed1": {
+        "anchor_kl_weight": 8.0,
+        "max_steps": 60,
+        "seed": 1,
+        "data": {"kl_probes": 160, "mix_general": 0},
+    },
+    "probes-only-kl8-steps60-seed2": {
+        "anchor_kl_weight": 8.0,
+        "max_steps": 60,
+        "seed": 2,
+        "data": {"kl_probes": 160, "mix_general": 0},
+    },
 }
 
 
