@@ -54,3 +54,14 @@ def test_the_key_reads_from_yaml_and_overrides(tmp_path):
     path.write_text("data_path: d.jsonl\nanchor_kl_weight: 0.5\n", encoding="utf-8")
     assert load_config(path).anchor_kl_weight == 0.5
     assert load_config(path, overrides=["anchor_kl_weight=2"]).anchor_kl_weight == 2
+
+
+def test_anchor_answers_is_one_of_its_modes_and_kl_needs_the_weight():
+    assert TrainConfig().anchor_answers == "auto"
+    for how in ("auto", "text", "off"):
+        assert problems(anchor_answers=how) == []
+    assert problems(anchor_answers="kl", anchor_kl_weight=2.0) == []
+    (problem,) = problems(anchor_answers="kl")
+    assert problem == "anchor_answers: kl needs anchor_kl_weight > 0 (the weight of the KL term)"
+    (problem,) = problems(anchor_answers="of")
+    assert problem.startswith("anchor_answers: 'of' is not one of auto, text, kl, off") and "off" in problem

@@ -210,7 +210,7 @@ def test_plans_that_cannot_turn_the_adapter_off_are_refused_with_what_to_do(plan
     make_trainer_class(SimpleNamespace(**plan, lean=False, deferred_logging=False))  # off: nothing to refuse
 
 
-def test_kl_probes_are_left_out_without_the_kl_term_and_refused_alone(workspace, tiny_tokenizer):
+def test_kl_probes_and_whole_answers_train_as_the_config_says(workspace, tiny_tokenizer):
     from types import SimpleNamespace
 
     from tuner.core.errors import DataError
@@ -225,10 +225,11 @@ def test_kl_probes_are_left_out_without_the_kl_term_and_refused_alone(workspace,
     samples = [sample(*QA[0]), sample(*QA[1], True), sample(*QA[2], KL_ONLY), sample(*QA[3], KL_ONLY)]
     template = get_template("chatml")
 
-    def config(weight):
+    def config(weight, answers="auto"):
         return SimpleNamespace(
             task="sft",
             anchor_kl_weight=weight,
+            anchor_answers=answers,
             max_length=64,
             pack_to_max_length=False,
             tokens_per_step=None,
@@ -243,6 +244,20 @@ def test_kl_probes_are_left_out_without_the_kl_term_and_refused_alone(workspace,
     assert len(rows) == 4 and "kl_probes_left_out" not in info["encode"]
     assert [any(label != IGNORE for label in row["labels"]) for row in rows] == [True, False, False, False]
     assert [any(label != IGNORE for label in row[ANCHOR_LABELS]) for row in rows] == [False, True, True, True]
-    with pytest.raises(DataError, match="only KL probes") as raised:
+    with pytest.raises(DataError, match="no row is left to train on") as raised:
         encode_for_training(samples[2:], tiny_tokenizer, template, config(0.0))
     assert "anchor_kl_weight" in raised.value.hint
+    # anchor_answers says how the whole-answer anchor (row 1) trains; the probes stay with the KL term
+    rows, info = encode_for_training(samples, tiny_tokenizer, template, config(1.0, "text"))
+    assert [any(label != IGNORE for label in row["labels"]) for row in rows] == [True, True, False, False]
+    assert [any(label != IGNORE for label in row[ANCHOR_LABELS]) for row in rows] == [
+        False,
+        False,
+        True,
+        True,
+    ]
+    rows, info = encode_for_training(samples, tiny_tokenizer, template, config(1.0, "off"))
+    assert info["encode"]["anchor_answers_left_out"] == 1 and len(rows) == 3
+    assert [any(label != IGNORE for label in row[ANCHOR_LABELS]) for row in rows] == [False, True, True]
+    rows, info = encode_for_training(samples, tiny_tokenizer, template, config(0.0, "off"))
+    assert len(rows) == 1 and info["encode"]["kl_probes_left_out"] == 2  # the one plain conversation

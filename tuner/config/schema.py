@@ -25,6 +25,8 @@ from typing import Any
 
 TASKS = ("sft", "pretrain")
 METHODS = ("lora", "qlora", "full")
+# How the anchors' whole answers (rows marked "anchor": true) train (tuner.data.anchors).
+ANCHOR_ANSWERS = ("auto", "text", "kl", "off")
 QUANTIZATIONS = ("none", "8bit", "4bit")
 DATA_FORMATS = ("auto", "conversation", "alpaca", "openai", "sharegpt", "guanaco", "pretrain", "msagent")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
@@ -128,7 +130,9 @@ class TrainConfig:
         "DoRA: LoRA on the direction, a trained magnitude per output; can beat LoRA at low rank; slower "
         "(tuner's fused LoRA path does not apply)",
     )
-    use_rslora: bool = _f(False, "rsLoRA: scale = alpha / sqrt(r) instead of alpha / r (steadier at high rank)")
+    use_rslora: bool = _f(
+        False, "rsLoRA: scale = alpha / sqrt(r) instead of alpha / r (steadier at high rank)"
+    )
     lora_init: str = _f(
         "default",
         "default (B = 0) or pissa (start from the weights' principal components; full-precision base only; "
@@ -139,6 +143,13 @@ class TrainConfig:
         "weight of the KL term that keeps the model's next-token distribution on anchor conversations "
         '(marked "anchor": true: the base model\'s own answers, as make-identity writes) at the base '
         "model's; they then get no cross-entropy; 0 = off (anchors train as ordinary conversations); LoRA only",
+    )
+    anchor_answers: str = _f(
+        "auto",
+        'how anchor conversations (marked "anchor": true) train: text (cross-entropy, as ordinary '
+        "conversations), kl (through the KL term), off (left out: the KL probes alone hold the base "
+        'model); auto = kl with anchor_kl_weight > 0, else text. KL probes ("anchor": "kl") always '
+        "train through the KL term",
     )
     # --- evaluation
     evaluation_inputs: list[str] = _f([], "questions the model answers every evaluation_freq steps")

@@ -17,6 +17,7 @@ from typing import Any, Union
 
 from tuner.config.schema import (
     ALL_LINEAR,
+    ANCHOR_ANSWERS,
     CHECKPOINT_LAYERS,
     DATA_FORMATS,
     DEEPSPEED_PRESETS,
@@ -276,6 +277,10 @@ def validate(config: TrainConfig, check_files: bool = True) -> list[str]:
                 "anchor_kl_weight: anchors are chat conversations; task pretrain has none (set it to 0)"
             )
 
+    choice("anchor_answers", ANCHOR_ANSWERS)
+    if typed.get("anchor_answers") == "kl" and not (typed.get("anchor_kl_weight") or 0) > 0:
+        problems.append("anchor_answers: kl needs anchor_kl_weight > 0 (the weight of the KL term)")
+
     # Evaluation.
     check("evaluation_freq", lambda v: v >= 1, "must be >= 1 step")
     check("evaluation_max_new_tokens", lambda v: v >= 1, "must be >= 1")
@@ -306,7 +311,9 @@ def validate(config: TrainConfig, check_files: bool = True) -> list[str]:
     report_to = typed.get("report_to")
     for name in tracker_names(report_to) if isinstance(report_to, (str, list)) else []:
         if name not in TRACKERS:
-            problems.append(f"report_to: unknown tracker {name!r}{suggest(name, TRACKERS)} (one of {', '.join(TRACKERS)})")
+            problems.append(
+                f"report_to: unknown tracker {name!r}{suggest(name, TRACKERS)} (one of {', '.join(TRACKERS)})"
+            )
 
     if check_files:
         for key in ("data_path", "eval_data_path"):

@@ -83,3 +83,19 @@ def without_anchor_marks(rows: list[dict]) -> tuple[list[dict], int]:
         if row.get(ANCHOR) != KL_ONLY
     ]
     return kept, len(rows) - len(kept)
+
+
+def settle_whole_answers(rows: list[dict], how: str) -> tuple[list[dict], int]:
+    """(encoded rows with the whole-answer anchors (mark ``true``) as ``how`` says, how many rows were
+    left out): "kl" keeps their mark (the KL term reads them), "text" drops it (they train as ordinary
+    conversations), "off" leaves those rows out (the KL probes alone hold the base model). KL probes
+    keep their mark in every case."""
+    if how == "kl":
+        return rows, 0
+    if how == "off":
+        kept = [row for row in rows if row.get(ANCHOR) is not True]
+        return kept, len(rows) - len(kept)
+    return [
+        {key: value for key, value in row.items() if key != ANCHOR} if row.get(ANCHOR) is True else row
+        for row in rows
+    ], 0

@@ -33,6 +33,15 @@ def anchor_loss_on(config) -> bool:
     return bool(config.task == "sft" and (config.anchor_kl_weight or 0) > 0)
 
 
+def whole_answers_mode(config) -> str:
+    """How the anchors' whole answers train (config key ``anchor_answers``): "text", "kl" or "off";
+    auto is "kl" when the KL term is on, else "text" (the behaviour before the key existed)."""
+    how = getattr(config, "anchor_answers", "auto") or "auto"
+    if how == "auto":
+        return "kl" if anchor_loss_on(config) else "text"
+    return how
+
+
 def refuse_unsupported_plan(plan) -> None:
     """Raise TunerError when the run's plan (tuner.plan.decide.RunPlan) cannot run the adapter-off
     forward pass: no adapter (a full fine-tune), CUDA graphs (they replay the layers with the adapter

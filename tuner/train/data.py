@@ -6,12 +6,12 @@ import logging
 import random
 
 from tuner.core.errors import DataError
-from tuner.data.anchors import ANCHOR, move_anchor_labels, without_anchor_marks
+from tuner.data.anchors import ANCHOR, move_anchor_labels, settle_whole_answers, without_anchor_marks
 from tuner.data.encode_cache import encode_cached
 from tuner.data.formats import load_samples
 from tuner.data.pack import PackedCollator, PaddingCollator, pack_samples, pack_stats
 from tuner.fast.attention import NAME as VARLEN
-from tuner.train.anchor import anchor_loss_on
+from tuner.train.anchor import anchor_loss_on, whole_answers_mode
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,17 @@ def encode_for_training(samples, tokenizer, template, config) -> tuple[list, dic
     if anchors:
         info["encode"]["anchor_rows"] = anchors
     # With anchor_kl_weight, anchor rows teach through the KL term only (tuner.train.anchor); without
-    # it they are ordinary conversations, as before the mark existed.
+    # it they are ordinary conversations, as before the mark existed. anchor_answers may say otherwise
+    # for the whole answers ("anchor": true); KL probes never train as text.
     if anchor_loss_on(config) and not anchors:
         log.warning(
             "anchor_kl_weight %s: the data has no anchor rows, so it changes nothing", config.anchor_kl_weight
         )
-    if anchor_loss_on(config) and anchors:
+    encoded, whole_left_out = settle_whole_answers(encoded, whole_answers_mode(config))
+    if whole_left_out:
+        info["encode"]["anchor_answers_left_out"] = whole_left_out
+        log.info("%d anchor conversations left out (anchor_answers: off)", whole_left_out)
+    if anchor_loss_on(config) and any(row.get(ANCHOR) for row in encoded):
         encoded = move_anchor_labels(encoded)
     else:
         encoded, probes = without_anchor_marks(encoded)
@@ -77,11 +82,12 @@ def encode_for_training(samples, tokenizer, template, config) -> tuple[list, dic
                 "and anchor_kl_weight is 0",
                 probes,
             )
-            if len(encoded) == 0:
-                raise DataError(
-                    "the data holds only KL probes, which train only through the KL term",
-                    hint="set anchor_kl_weight above 0, or add conversations to learn from",
-                )
+    if not encoded:
+        raise DataError(
+            "no row is left to train on: the data holds only anchor rows that this config leaves out",
+            hint="KL probes need anchor_kl_weight above 0; anchor_answers: off leaves out the "
+            "whole-answer anchors; add conversations to learn from",
+        )
     if config.pack_to_max_length:
         budget = config.tokens_per_step or config.max_length
         rows = pack_samples(encoded, budget, seed=config.seed)

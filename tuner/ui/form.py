@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from tuner.config.files import config_from_dict
 from tuner.config.schema import (
+    ANCHOR_ANSWERS,
     CHECKPOINT_LAYERS,
     DATA_FORMATS,
     DEEPSPEED_PRESETS,
@@ -68,6 +69,7 @@ SPEC: dict[str, tuple[str, dict]] = {
     "use_rslora": ("check", {}),
     "lora_init": ("choice", {"choices": list(LORA_INITS)}),
     "anchor_kl_weight": ("number", {"minimum": 0}),
+    "anchor_answers": ("choice", {"choices": list(ANCHOR_ANSWERS)}),
     "evaluation_inputs": ("lines", {"lines": 3}),
     "evaluation_freq": ("number", {"precision": 0, "minimum": 1}),
     "evaluation_max_new_tokens": ("slider", {"minimum": 8, "maximum": 1024, "step": 8}),
@@ -121,6 +123,7 @@ GROUPS = {
         "use_rslora",
         "lora_init",
         "anchor_kl_weight",
+        "anchor_answers",
     ],
     "form.group.eval": [
         "evaluation_inputs",
