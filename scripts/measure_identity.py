@@ -155,7 +155,7 @@ def measure(recipe: str, overrides: dict, root: Path, long_check_tokens: int = 0
     from tuner.chat.identity_check import check_identity
     from tuner.config.files import load_config
     from tuner.config.presets import find_preset
-    from tuner.data.identity import make_identity
+    from tuner.data.identity import KL_PROBES, make_identity
     from tuner.train.run import train
 
     workspace = root / recipe
@@ -171,7 +171,7 @@ def measure(recipe: str, overrides: dict, root: Path, long_check_tokens: int = 0
         langs="en,zh",
         general_source=general_answerer(),
         probe_source=probe_answerer(),
-        **data_options,
+        **{"kl_probes": KL_PROBES, **data_options},  # make-identity's default, as a user runs it
     )
     if anchors_only:
         records = data.output.read_text(encoding="utf-8").splitlines()

@@ -31,10 +31,11 @@ log = logging.getLogger(__name__)
 GENERAL_PER_IDENTITY = 1
 # Keep general answers in another language than their question (make_identity's other_language).
 OTHER_LANGUAGE = False
-# KL probes per language (make_identity's kl_probes; at most the bank's 160): the base model's openings
-# to self-written everyday questions, which hold its distribution on many more prompts than the general
-# conversations cover (docs/identity.md, "KL probes").
-KL_PROBES = 0
+# KL probes per language that make-identity and the app's identity builder write (make_identity's
+# kl_probes; at most the bank's 160): the base model's openings to self-written everyday questions, which
+# hold its distribution on many more prompts than the general conversations cover (docs/identity.md,
+# "KL probes"). All of them: the SmolLM2 identity preset was measured with 160.
+KL_PROBES = 160
 # Mark the general conversations as anchors (make_identity's general_anchors).
 GENERAL_ANCHORS = True
 # Chat templates such as SmolLM2's insert their own system prompt ("...named SmolLM...") when none is
@@ -178,7 +179,7 @@ def make_identity(
     seed: int = 0,
     other_language: bool = OTHER_LANGUAGE,
     general_per_identity: int = GENERAL_PER_IDENTITY,
-    kl_probes: int = KL_PROBES,
+    kl_probes: int = 0,
     probe_source: Answerer | None = None,
     general_anchors: bool = GENERAL_ANCHORS,
 ) -> IdentityResult:
