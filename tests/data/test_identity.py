@@ -206,10 +206,7 @@ def test_general_answers_come_from_the_model_and_are_cached(tiny_llama_dir, work
     assert [a.problem for a in answers] == list(saved["rejected"].values())
     assert set(saved["rejected"].values()) <= {"broken characters", UNFINISHED}
 
-    def no_model(*args, **kwargs):
-        raise AssertionError("cached answers must not load the model again")
-
-    monkeypatch.setattr(generate, "generate_general_answers", no_model)
+    _forbid(monkeypatch, "generate_general_answers", "cached answers must not load the model again")
     assert generate.general_answerer(str(tiny_llama_dir))(questions) == answers
 
 
@@ -227,10 +224,11 @@ def test_shipped_answers_pass_the_filter_so_no_model_is_loaded(tmp_path, workspa
     # the usable start of an unfit answer is the start of the model's own answer, cut where it went wrong
     assert set(shipped["salvaged"]) <= set(shipped["answers"])
 
-    def no_model(*args, **kwargs):
-        raise AssertionError("the embedded model must not be loaded when shipped answers cover the questions")
-
-    monkeypatch.setattr(generate, "generate_general_answers", no_model)
+    _forbid(
+        monkeypatch,
+        "generate_general_answers",
+        "the embedded model must not be loaded when shipped answers cover the questions",
+    )
     result = identity.make_identity(
         tmp_path / "id.jsonl", "Ada", general_source=generate.general_answerer("default")
     )
@@ -267,10 +265,7 @@ def test_probe_openings_come_from_the_model_are_cut_short_and_cached(tiny_llama_
     )
     assert all(o.problem is None for o in openings)
 
-    def no_model(*args, **kwargs):
-        raise AssertionError("cached openings must not load the model again")
-
-    monkeypatch.setattr(generate, "generate_probe_answers", no_model)
+    _forbid(monkeypatch, "generate_probe_answers", "cached openings must not load the model again")
     assert generate.probe_answerer(str(tiny_llama_dir))(questions) == openings
 
 
@@ -282,10 +277,11 @@ def test_shipped_probe_openings_cover_every_probe_question(tmp_path, workspace, 
     assert set(shipped["answers"]) | set(shipped["rejected"]) == set(every_question)
     assert shipped["max_new_tokens"] == generate.PROBE_NEW_TOKENS and shipped["decoding"] == "greedy"
 
-    def no_model(*args, **kwargs):
-        raise AssertionError("the embedded model must not be loaded when shipped openings cover the probes")
-
-    monkeypatch.setattr(generate, "generate_probe_answers", no_model)
+    _forbid(
+        monkeypatch,
+        "generate_probe_answers",
+        "the embedded model must not be loaded when shipped openings cover the probes",
+    )
     result = identity.make_identity(
         tmp_path / "id.jsonl",
         "Ada",
@@ -294,3 +290,12 @@ def test_shipped_probe_openings_cover_every_probe_question(tmp_path, workspace, 
         probe_source=generate.probe_answerer("default"),
     )
     assert result.probe_count == len(shipped["answers"]) and result.identity_count == 136
+
+
+def _forbid(monkeypatch, generator: str, why: str) -> None:
+    """Make tuner.chat.generate's ``generator`` fail the test: the model must not be loaded."""
+
+    def no_model(*args, **kwargs):
+        raise AssertionError(why)
+
+    monkeypatch.setattr(generate, generator, no_model)
