@@ -45,7 +45,10 @@ def whole_answers_mode(config) -> str:
 def refuse_unsupported_plan(plan) -> None:
     """Raise TunerError when the run's plan (tuner.plan.decide.RunPlan) cannot run the adapter-off
     forward pass: no adapter (a full fine-tune), CUDA graphs (they replay the layers with the adapter
-    as captured), the input embedding in host memory (it takes one batch's ids once)."""
+    as captured), the input embedding in host memory (it takes one batch's ids once). The planner
+    (tuner.plan.decide.plan_run) already leaves the graphs out of such a run and keeps the embedding on
+    the device under ``embedding_on_cpu: auto``; what reaches this is an explicit ``embedding_on_cpu:
+    on`` or a plan made some other way."""
     if plan is None:
         return
     if not plan.lora:
