@@ -10,14 +10,19 @@ bench/results/profiles/2026-12-04-session12-card8-tuner.txt).
 How: the copies run on a copy stream of their own (one per device), so the copy engine moves the
 data while the compute stream goes on.
 - ``send``: the copy stream first waits for the compute stream's work so far (which made the tensor),
-  then copies it into pinned host memory; the tensor's memory is marked as in use by the copy stream
-  (``record_stream``), so the caching allocator hands it out again only after the copy ends.
-- ``take``: the tensor's copy back was usually started one layer early. Backward takes the layer
-  inputs in the reverse order of their sending, so each ``take`` starts fetching the tensor sent just
-  before the one taken: it travels while this layer is recomputed and runs its backward, and the
+  then copies it into pinned host memory. The tensor itself is held until the next ``send``, which
+  has the compute stream wait (on the GPU, not the host) for this copy and then lets it go: its memory
+  goes back to the compute stream's pool at once and in order. (Marking it as used by the copy
+  stream instead, ``record_stream``, kept it from reuse until the allocator saw the copy's event
+  complete on the host, which runs ahead of the GPU: the GPU test's 8 offloaded layers kept ~3.7
+  inputs on the device, not 2: docs/gpu-runs/2026-12-05-h200-session13-gpu-suite.log.)
+- ``take``: a tensor still held (the last one sent, which backward takes first) is used where it is,
+  with no copy back. Otherwise its copy back was usually started one layer early. Backward takes the
+  layer inputs in the reverse order of their sending, so each ``take`` starts fetching the tensor sent
+  just before the one taken: it travels while this layer is recomputed and runs its backward, and the
   compute stream waits for it on the GPU (an event, not the host) only where it is used. A tensor not
-  fetched early is fetched when taken. At most two fetched inputs are on the device at once, the one
-  in use and the next (tuner.plan.memory.OFFLOAD_INPUTS_ON_DEVICE prices two).
+  fetched early is fetched when taken. At most two inputs are on the device at once, the one in use
+  and the next (tuner.plan.memory.OFFLOAD_INPUTS_ON_DEVICE prices two).
 
 The link from one sent tensor to the one sent before it is a weak reference, as is the module's link
 to the latest: a forward pass whose backward never runs (an error, an evaluation with gradients on)
@@ -46,12 +51,20 @@ class Sent:
     """A CUDA tensor's copy in pinned host memory (kept until this object goes: a second backward
     through a retained graph takes it again), and its copy back once one was started."""
 
-    def __init__(self, host: torch.Tensor, device: torch.device, earlier):
+    def __init__(self, host: torch.Tensor, device: torch.device, earlier, original, copied):
         self.host, self.device = host, device
         self.earlier = earlier  # weakref to the Sent sent before this one, or None
+        self.original: torch.Tensor | None = original  # the tensor sent, until the next send
+        self.copied: torch.cuda.Event = copied  # recorded on the copy stream after its copy to host
         self.fetched: torch.Tensor | None = None
         self.ready: torch.cuda.Event | None = None
         self.taken = False
+
+    def release(self) -> None:
+        """Let the sent tensor go once the compute stream has waited for its copy to host."""
+        if self.original is not None:
+            torch.cuda.current_stream(self.device).wait_event(self.copied)
+            self.original = None
 
 
 def send(tensor: torch.Tensor) -> Sent:
@@ -63,9 +76,13 @@ def send(tensor: torch.Tensor) -> Sent:
     copies.wait_stream(compute)
     with torch.cuda.stream(copies):
         host.copy_(tensor, non_blocking=True)
-    tensor.record_stream(copies)
+        copied = torch.cuda.Event()
+        copied.record(copies)
     earlier = _latest() if _latest is not None else None
-    sent = Sent(host, tensor.device, None if earlier is None or earlier.taken else weakref.ref(earlier))
+    if earlier is not None:
+        earlier.release()
+    link = None if earlier is None or earlier.taken else weakref.ref(earlier)
+    sent = Sent(host, tensor.device, link, tensor, copied)
     _latest = weakref.ref(sent)
     return sent
 
@@ -86,11 +103,15 @@ def _fetch(sent: Sent) -> None:
 
 def take(sent: Sent) -> torch.Tensor:
     """``sent``'s tensor on its device again, ready for the compute stream's next work; starts fetching
-    the tensor sent before it, which backward takes next."""
-    if sent.fetched is None:
-        _fetch(sent)
-    tensor, sent.fetched = sent.fetched, None
-    torch.cuda.current_stream(sent.device).wait_event(sent.ready)
+    the tensor sent before it, which backward takes next. A tensor still held comes back as a detached
+    alias of itself, with no copy."""
+    if sent.original is not None:
+        tensor, sent.original = sent.original.detach(), None
+    else:
+        if sent.fetched is None:
+            _fetch(sent)
+        tensor, sent.fetched = sent.fetched, None
+        torch.cuda.current_stream(sent.device).wait_event(sent.ready)
     sent.taken = True
     earlier = sent.earlier() if sent.earlier is not None else None
     sent.earlier = None

@@ -59,6 +59,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tuner.fast import seeded_dropout
 from tuner.fast.dropout_grad import add_masked_
 from tuner.fast.kbit_dequant import dequantize_4bit
 
@@ -113,7 +114,13 @@ class _FusedLoraLinear(torch.autograd.Function):
         x2 = _cast(x.reshape(-1, x.shape[-1]), dtype)
         y = F.linear(x2, _weight(weight, quant_state, dtype), None if bias is None else _cast(bias, dtype))
         A, B = _cast(lora_A, dtype), _cast(lora_B, dtype)
-        if p > 0:
+        seed = None
+        if p > 0 and seeded_dropout.applies(x2):
+            # the mask is a function of an 8-byte seed: x2 is kept (shared with the other layers
+            # reading x), the dropped-out copy lives only until the product below
+            seed = seeded_dropout.draw_seed(x2.device)
+            xd, mask, kept = seeded_dropout.dropped(x2, seed, p), None, x2
+        elif p > 0:
             generator = _generator(x2.device) if regenerate else None
             if generator is None:
                 xd, mask = torch.native_dropout(x2, p, True)
@@ -132,7 +139,7 @@ class _FusedLoraLinear(torch.autograd.Function):
             mask = None
         h = torch.mm(xd, A.t())
         y.addmm_(h, B.t(), alpha=scale)
-        ctx.save_for_backward(kept, h, mask, A, B, weight)
+        ctx.save_for_backward(kept, h, mask, A, B, weight, seed)
         ctx.scale, ctx.p, ctx.quant_state, ctx.dtype = scale, p, quant_state, dtype
         ctx.grad_kernel = grad_kernel
         ctx.x_dtype, ctx.x_shape, ctx.A_dtype, ctx.B_dtype = x.dtype, x.shape, lora_A.dtype, lora_B.dtype
@@ -140,7 +147,7 @@ class _FusedLoraLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy):
-        xd, h, mask, A, B, weight = ctx.saved_tensors
+        xd, h, mask, A, B, weight, seed = ctx.saved_tensors
         need_x, _, _, need_A, need_B = ctx.needs_input_grad[:5]
         gy = _cast(gy.reshape(-1, gy.shape[-1]), ctx.dtype)
         gx = gA = gB = None
@@ -148,14 +155,18 @@ class _FusedLoraLinear(torch.autograd.Function):
             gB = _cast(_mm(gy.t(), h, ctx.scale), ctx.B_dtype)
         if need_x or need_A:
             gh = _mm(gy, B, ctx.scale)
-            if mask is None and ctx.p > 0:  # dropout with regeneration: only x2 was kept
+            if seed is not None:  # seeded dropout: only x2 and the seed were kept
+                xd = seeded_dropout.dropped(xd, seed, ctx.p)
+            elif mask is None and ctx.p > 0:  # dropout with regeneration: only x2 was kept
                 xd, mask = _redraw(xd, ctx.p, *ctx.rng)
             if need_A:
                 gA = _cast(torch.mm(gh.t(), xd), ctx.A_dtype)
             del xd  # a regenerated one need not stay alive while gx is computed
             if need_x:
                 gx = torch.mm(gy, _weight(weight, ctx.quant_state, ctx.dtype))
-                if mask is None:
+                if seed is not None:
+                    seeded_dropout.add_dropped_(gx, torch.mm(gh, A), seed, ctx.p)
+                elif mask is None:
                     gx.addmm_(gh, A)
                 else:
                     add_masked_(gx, torch.mm(gh, A), mask, 1.0 / (1.0 - ctx.p), kernel=ctx.grad_kernel)

@@ -1,0 +1,136 @@
+"""LoRA dropout drawn from a seed (tuner.fast.seeded_dropout) on CUDA: the kernels apply exactly the mask
+their seed draws, at the asked rate, the same mask every time for one seed; the fused LoRA linear's
+outputs and gradients are those of that mask; and a checkpointed recomputation draws what the forward
+drew."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+
+def _seed(value: int):
+    import torch
+
+    return torch.tensor([value], dtype=torch.int64, device="cuda")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_the_kernels_apply_exactly_the_mask_their_seed_draws(dtype):
+    import torch
+
+    from tuner.fast import seeded_dropout
+
+    dtype = getattr(torch, dtype)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    p = 0.1
+    scale = seeded_dropout.keep_scale(p)
+    for shape in [(4096, 4096), (1000, 4097), (3, 5)]:  # a step's size, ragged tail blocks
+        x = torch.randn(shape, device="cuda", dtype=dtype, generator=generator)
+        keep = seeded_dropout.keep_mask(shape, _seed(1234), p)
+        expected = torch.where(keep, x.float() * scale, 0.0).to(dtype)
+        assert torch.equal(seeded_dropout.dropped(x, _seed(1234), p), expected)
+        out = torch.randn(shape, device="cuda", dtype=dtype, generator=generator)
+        # one rounding, as the kernel's fused multiply-add (float64 holds the product exactly)
+        fused = torch.where(keep, out.double() + x.double() * scale, out.double()).to(dtype)
+        actual = seeded_dropout.add_dropped_(out.clone(), x, _seed(1234), p)
+        assert (
+            actual.float() - fused.float()
+        ).abs().max().item() <= fused.float().abs().max().item() * 2**-20
+
+
+def test_the_mask_is_drawn_at_the_rate_and_differs_between_seeds():
+    import torch
+
+    from tuner.fast import seeded_dropout
+
+    shape = (4096, 4096)
+    for p in (0.05, 0.1, 0.5):
+        keep = seeded_dropout.keep_mask(shape, _seed(7), p)
+        rate = 1 - keep.float().mean().item()
+        print(f"p {p}: dropped {rate:.5f}")
+        assert abs(rate - p) < 1e-3
+        assert torch.equal(keep, seeded_dropout.keep_mask(shape, _seed(7), p))  # a pure function of the seed
+        other = seeded_dropout.keep_mask(shape, _seed(8), p)
+        # independent masks disagree on 2 p (1 - p) of the elements
+        assert abs((keep != other).float().mean().item() - 2 * p * (1 - p)) < 2e-3
+    # neighbours (one Philox call gives eight of them) are not correlated, nor are rows
+    flags = seeded_dropout.keep_mask(shape, _seed(9), 0.5).float()
+    for a, b in [(flags[:, :-1], flags[:, 1:]), (flags[:, :-4], flags[:, 4:]), (flags[:-1], flags[1:])]:
+        correlation = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
+        assert abs(correlation) < 3e-3, correlation
+
+
+def test_the_fused_lora_linear_follows_the_seeded_mask():
+    """The fused 4-bit LoRA linear with dropout: output and gradients are those of the mask its saved seed
+    draws, computed by hand through peft's own base layer."""
+    import torch
+
+    from tests.gpu.test_gpu_lora_fused import _lora_4bit, _rel
+    from tuner.fast import seeded_dropout
+    from tuner.fast.lora_fused import fuse_lora
+
+    p = 0.1
+    model, layer = _lora_4bit(dropout=p)
+    fuse_lora(model)
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_(0, 0.02)
+    x = torch.randn(4, 1024, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    gy = torch.randn(4, 1024, 2816, device="cuda", dtype=torch.bfloat16)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = layer(x)
+    saved = out.grad_fn.next_functions[0][0].saved_tensors
+    mask, seed = saved[2], saved[6]
+    assert mask is None and seed is not None and seed.numel() == 1  # no mask kept: the seed draws it
+    assert saved[0].data_ptr() == x.data_ptr()  # the input itself is kept, not a dropped-out copy
+    out.backward(gy)
+    keep = seeded_dropout.keep_mask(x.shape, seed, p)
+    assert abs(keep.float().mean().item() - (1 - p)) < 0.005
+
+    x_ref = x.detach().clone().requires_grad_(True)
+    A = layer.lora_A["default"].weight.detach().clone().requires_grad_(True)
+    B = layer.lora_B["default"].weight.detach().clone().requires_grad_(True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        dropped = x_ref * keep * seeded_dropout.keep_scale(p)
+        ref = layer.base_layer(x_ref) + dropped @ A.t() @ B.t() * layer.scaling["default"]
+    ref.backward(gy)
+    errors = [
+        _rel(out.detach(), ref.detach()),
+        _rel(x.grad, x_ref.grad),
+        _rel(layer.lora_A["default"].weight.grad, A.grad),
+        _rel(layer.lora_B["default"].weight.grad, B.grad),
+    ]
+    print(f"seeded dropout {p}: relative errors (out, x, A, B) {[f'{e:.4f}' for e in errors]}")
+    assert max(errors) < 2e-2, errors
+
+
+def test_a_checkpointed_recomputation_draws_the_forward_mask():
+    """Reentrant checkpointing restores the generator before recomputing: the recomputed layer draws the
+    seeds, so the masks, of its first forward, and the gradients equal those of the layer without
+    checkpointing on the same generator state."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    from tests.gpu.test_gpu_lora_fused import _lora_4bit
+    from tuner.fast.lora_fused import fuse_lora
+
+    model, layer = _lora_4bit(dropout=0.1)
+    fuse_lora(model)
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_(0, 0.02)
+    x = torch.randn(2, 1024, 1024, device="cuda", dtype=torch.bfloat16)
+    gy = torch.randn(2, 1024, 2816, device="cuda", dtype=torch.bfloat16)
+
+    def grads(checkpointed: bool):
+        layer.zero_grad(set_to_none=True)
+        x_ = x.clone().requires_grad_(True)
+        torch.cuda.manual_seed(5)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = checkpoint(layer, x_, use_reentrant=True) if checkpointed else layer(x_)
+        out.backward(gy)
+        return [x_.grad, layer.lora_A["default"].weight.grad, layer.lora_B["default"].weight.grad]
+
+    plain, recomputed = grads(False), grads(True)
+    for a, b in zip(plain, recomputed, strict=True):
+        assert torch.equal(a, b)

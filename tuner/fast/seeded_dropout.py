@@ -1,0 +1,149 @@
+"""LoRA dropout drawn from a seed on the GPU: no mask kept, the same mask drawn again in backward.
+
+Why: LoRA dropout through ``torch.native_dropout`` writes the dropped-out input and a bool mask, and
+backward needs both. A Llama-2-7B QLoRA step at 4096 tokens spent 24 ms of its 0.41 s of kernels in
+672 dropout calls (36 us each: read 32 MiB, write 32 MiB and a 16 MiB mask) and 8 ms more in the
+masked input gradient (torch.profiler on an emulated 8 GiB card,
+bench/results/profiles/2026-12-04-session12-card8-tuner-copy-stream.txt). Where a layer keeps its
+activations the copy and the mask are 1.9 bytes per token per hidden unit per adapted input, about a
+third of what a Llama layer keeps (tuner.plan.memory.DROPOUT_BYTES). The earlier way around the memory,
+swapping the CUDA generator's state to draw the mask again in backward, is host work a CUDA graph
+cannot replay.
+
+How: each dropout draws one 64-bit seed with ``torch.randint`` on the device. A kernel reads it from
+device memory and derives every element's keep flag from the seed and the element's position with
+Philox-4x32-10 (Triton's ``tl.philox``): one Philox call gives 128 random bits, eight 16-bit uniforms,
+for eight neighbouring elements. So the mask is a pure function of (seed, position): the forward
+kernel writes only the dropped-out input, which the LoRA matmul reads and lets go; backward keeps the
+input (already kept, and shared by the layers reading it: q, k and v) and the 8-byte seed, and its
+kernels draw the same flags again. The seed comes from torch's own generator, so gradient
+checkpointing (which restores the generator before recomputing) and CUDA graphs (whose replays
+advance the generator's offset on the device) draw what an eager forward would.
+
+What differs from ``nn.Dropout``: the keep decision compares a 16-bit uniform with
+``round(p * 65536)``, so the drop rate is that over 65536 (p = 0.1 drops 0.100006), and kept elements
+are scaled by ``65536 / (65536 - round(p * 65536))``, which keeps the expectation exact. The stream
+of random numbers is not torch's, so masks differ from ``native_dropout``'s for the same generator
+state (a run is reproducible with itself, not with the unfused path).
+
+Used by tuner.fast.lora_fused for CUDA tensors when Triton imports (:func:`applies`); everything else
+keeps ``native_dropout``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+UNIFORM_LEVELS = 1 << 16  # the keep decision's 16-bit uniforms
+BLOCK = 4096  # elements per program: 512 Philox calls
+
+
+def threshold(p: float) -> int:
+    """The 16-bit uniforms below this are dropped."""
+    return round(p * UNIFORM_LEVELS)
+
+
+def keep_scale(p: float) -> float:
+    """What kept elements are multiplied by: one over the exact keep rate."""
+    return UNIFORM_LEVELS / (UNIFORM_LEVELS - threshold(p))
+
+
+try:  # absent from CPU builds of torch and on Windows: then nothing here applies
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def _keep_flags(seed, start, below, BLOCK: tl.constexpr):
+        # the flags of the BLOCK elements from ``start`` (a multiple of 8): one Philox call per 8
+        # elements, counter = element index // 8 (its high word in the second counter), and the 16-bit
+        # halves of its four words for the eight of them in a fixed order
+        GROUPS: tl.constexpr = BLOCK // 8
+        group = start // 8 + tl.arange(0, GROUPS).to(tl.int64)
+        low = (group & 0xFFFFFFFF).to(tl.uint32)
+        high = (group >> 32).to(tl.uint32)
+        zero = low * 0
+        w0, w1, w2, w3 = tl.philox(seed, low, high, zero, zero)
+        words = tl.reshape(tl.join(tl.join(w0, w1), tl.join(w2, w3)), (GROUPS, 4))
+        halves = tl.reshape(tl.join(words & 0xFFFF, words >> 16), (BLOCK,))
+        return halves >= below
+
+    @triton.jit
+    def _dropped(x_ptr, out_ptr, seed_ptr, n, below, scale, BLOCK: tl.constexpr):
+        start = tl.program_id(0).to(tl.int64) * BLOCK
+        offsets = start + tl.arange(0, BLOCK)
+        inside = offsets < n
+        keep = _keep_flags(tl.load(seed_ptr), start, below, BLOCK)
+        x = tl.load(x_ptr + offsets, mask=inside).to(tl.float32)
+        tl.store(out_ptr + offsets, tl.where(keep, x * scale, 0.0).to(out_ptr.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _add_dropped(out_ptr, src_ptr, seed_ptr, n, below, scale, BLOCK: tl.constexpr):
+        start = tl.program_id(0).to(tl.int64) * BLOCK
+        offsets = start + tl.arange(0, BLOCK)
+        inside = offsets < n
+        keep = _keep_flags(tl.load(seed_ptr), start, below, BLOCK)
+        out = tl.load(out_ptr + offsets, mask=inside).to(tl.float32)
+        src = tl.load(src_ptr + offsets, mask=inside).to(tl.float32)
+        total = tl.where(keep, tl.fma(src, scale, out), out)
+        tl.store(out_ptr + offsets, total.to(out_ptr.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _flags(out_ptr, seed_ptr, n, below, BLOCK: tl.constexpr):
+        start = tl.program_id(0).to(tl.int64) * BLOCK
+        offsets = start + tl.arange(0, BLOCK)
+        keep = _keep_flags(tl.load(seed_ptr), start, below, BLOCK)
+        tl.store(out_ptr + offsets, keep.to(tl.int8), mask=offsets < n)
+
+
+def available() -> bool:
+    return triton is not None
+
+
+def applies(x: torch.Tensor) -> bool:
+    """Whether the seeded dropout runs for ``x``: a contiguous CUDA tensor, with Triton."""
+    return x.is_cuda and x.is_contiguous() and available()
+
+
+def draw_seed(device: torch.device) -> torch.Tensor:
+    """One seed, drawn on ``device`` from torch's generator there (so checkpoint recomputations and
+    CUDA graph replays draw as eager steps do)."""
+    return torch.randint(0, 1 << 62, (1,), dtype=torch.int64, device=device)
+
+
+def _grid(n: int) -> tuple[int]:
+    return (triton.cdiv(n, BLOCK),)
+
+
+def dropped(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
+    """``x`` with the elements ``seed`` drops zeroed and the rest scaled by :func:`keep_scale`."""
+    out = torch.empty_like(x)
+    n = x.numel()
+    _dropped[_grid(n)](x, out, seed, n, threshold(p), keep_scale(p), BLOCK=BLOCK)
+    return out
+
+
+def add_dropped_(out: torch.Tensor, src: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
+    """``out += dropped(src)`` in place, one pass (the input gradient through the dropout): ``out`` and
+    ``src`` contiguous and alike. Returns ``out``."""
+    if not (
+        out.is_contiguous() and src.is_contiguous() and out.shape == src.shape and out.dtype == src.dtype
+    ):
+        raise ValueError("add_dropped_ needs contiguous tensors of one shape and dtype")
+    n = out.numel()
+    # the one fused multiply-add is the explicit tl.fma, as in PyTorch's addcmul
+    _add_dropped[_grid(n)](
+        out, src, seed, n, threshold(p), keep_scale(p), BLOCK=BLOCK, enable_fp_fusion=False
+    )
+    return out
+
+
+def keep_mask(shape, seed: torch.Tensor, p: float) -> torch.Tensor:
+    """The bool keep flags ``seed`` draws for a tensor of ``shape`` (for tests and checks)."""
+    out = torch.empty(shape, dtype=torch.int8, device=seed.device)
+    n = out.numel()
+    _flags[_grid(n)](out, seed, n, threshold(p), BLOCK=BLOCK)
+    return out.bool()
