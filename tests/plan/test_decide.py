@@ -56,9 +56,18 @@ def test_a_small_card_checkpoints_everything_offloads_and_pages_the_optimizer_on
     assert not tight.wide_loss_chunks  # only where nothing is checkpointed
     # the checkpointed layers' graphs cost memory that 8 GiB does not have: they stay eager there
     assert not tight.checkpoint_graphs and not tight.cuda_graphs
-    # 12 GiB: every layer checkpointed, replayed as CUDA graphs up to rows of CHECKPOINT_GRAPH_MAX_TOKENS
+    # 12 GiB: all layers but one checkpointed (seeded dropout keeps no masks: one layer's activations
+    # fit where they did not), replayed as CUDA graphs up to rows of CHECKPOINT_GRAPH_MAX_TOKENS
     roomier = plan(budget=12)
-    assert (roomier.checkpointed_layers, roomier.offload_checkpoints) == (32, False)
+    assert (roomier.checkpointed_layers, roomier.offload_checkpoints) == (31, False)
+    assert roomier.seeded_dropout and "seeded dropout" in roomier.describe()
+    masks = plan_run(qlora(), SpeedSettings(seeded_dropout=False), H100, LLAMA2_7B, budget_gib=12, liger=True)
+    assert not masks.seeded_dropout and masks.checkpointed_layers == 32
+    # training passes whether the kernels load: without Triton the masks are kept, and priced
+    no_kernels = plan_run(
+        qlora(), SpeedSettings(), H100, LLAMA2_7B, budget_gib=12, liger=True, dropout_kernels=False
+    )
+    assert not no_kernels.seeded_dropout and no_kernels.checkpointed_layers == 32
     assert roomier.checkpoint_graphs and "checkpointed layers too" in roomier.describe()
     assert not plan(qlora(max_length=16384), budget=12).checkpoint_graphs
     assert plan(qlora(tokens_per_step=2048), budget=12).checkpoint_graphs

@@ -54,6 +54,14 @@ class SpeedSettings:
         "Llama-3-8B bf16 LoRA, 4096 tokens: 9,532 -> 10,548 tok/s; Llama-2-7B QLoRA step kernels "
         "0.351 -> 0.304 s (bench/results/2026-12-01-h200-fused.json, 2026-12-01-h200-dropout-kernel.json)",
     )
+    seeded_dropout: bool = setting(
+        True,
+        "TUNER_SEEDED_DROPOUT",
+        "fused LoRA on CUDA with Triton: each dropout mask is drawn from a seed by tuner's kernels, in "
+        "forward and again in backward, so no mask or dropped-out copy is kept (in CUDA graphs too); the "
+        "planner spends the memory that frees on fewer checkpointed layers",
+        "to be measured (issue 16, session 14)",
+    )
     cuda_graphs: bool = setting(
         True,
         "TUNER_CUDA_GRAPHS",

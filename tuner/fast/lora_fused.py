@@ -36,6 +36,11 @@ that are not checkpointed, and only checkpointed layers regenerate). No effect w
 where it falls back. As with dropout off, the kept input must not be changed in place before
 backward (autograd's version check refuses it).
 
+Seeded dropout (``fuse_lora(model, seeded_dropout=True)``, what the run plan picks on CUDA): the mask
+is drawn from an 8-byte seed by tuner.fast.seeded_dropout's kernels, in forward and again in backward,
+so a layer keeps its input and the seed, in eager steps and in CUDA graphs alike; regeneration is then
+moot. Where it does not apply (a CPU, no Triton) the paths above run.
+
 When it falls back to peft's own forward, unchanged: in eval mode (generation, evaluation), with
 the adapters disabled or merged, with no or several active adapters, for DoRA or another LoRA
 variant, when extra arguments are passed (``adapter_names`` for mixed batches), when the base
@@ -106,7 +111,20 @@ def _redraw(x2: torch.Tensor, p: float, generator, state) -> tuple[torch.Tensor,
 class _FusedLoraLinear(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx, x, weight, bias, lora_A, lora_B, scale, p, quant_state, dtype, out_dtype, regenerate, grad_kernel
+        ctx,
+        x,
+        weight,
+        bias,
+        lora_A,
+        lora_B,
+        scale,
+        p,
+        quant_state,
+        dtype,
+        out_dtype,
+        seeded,
+        regenerate,
+        grad_kernel,
     ):
         # Custom Functions see their inputs uncast under autocast: every dtype here is explicit.
         # 2-D throughout: a 2-D F.linear is one addmm, and its output (not a view) can be added to
@@ -115,7 +133,7 @@ class _FusedLoraLinear(torch.autograd.Function):
         y = F.linear(x2, _weight(weight, quant_state, dtype), None if bias is None else _cast(bias, dtype))
         A, B = _cast(lora_A, dtype), _cast(lora_B, dtype)
         seed = None
-        if p > 0 and seeded_dropout.applies(x2):
+        if p > 0 and seeded and seeded_dropout.applies(x2):
             # the mask is a function of an 8-byte seed: x2 is kept (shared with the other layers
             # reading x), the dropped-out copy lives only until the product below
             seed = seeded_dropout.draw_seed(x2.device)
@@ -171,7 +189,7 @@ class _FusedLoraLinear(torch.autograd.Function):
                 else:
                     add_masked_(gx, torch.mm(gh, A), mask, 1.0 / (1.0 - ctx.p), kernel=ctx.grad_kernel)
                 gx = _cast(gx, ctx.x_dtype).view(ctx.x_shape)
-        return gx, None, None, gA, gB, None, None, None, None, None, None, None
+        return gx, None, None, gA, gB, None, None, None, None, None, None, None, None
 
 
 def _fusable_adapter(layer, base: nn.Module) -> str | None:
@@ -198,7 +216,9 @@ def _dropout_p(dropout: nn.Module) -> float | None:
     return None
 
 
-def _forward(layer, unfused, quantized: bool, grad_kernel: bool, regenerate: bool, x, *args, **kwargs):
+def _forward(
+    layer, unfused, quantized: bool, grad_kernel: bool, seeded: bool, regenerate: bool, x, *args, **kwargs
+):
     base = layer.get_base_layer()
     name = None if args or kwargs else _fusable_adapter(layer, base)
     p = None if name is None else _dropout_p(layer.lora_dropout[name])
@@ -224,6 +244,7 @@ def _forward(layer, unfused, quantized: bool, grad_kernel: bool, regenerate: boo
         quant_state,
         dtype,
         out_dtype,
+        seeded,
         regenerate,
         grad_kernel,
     )
@@ -243,12 +264,17 @@ def _kind(layer) -> bool | None:
     return True if linear4bit is not None and type(layer) is linear4bit else None
 
 
-def fuse_lora(model: nn.Module, regenerate_dropout: bool = False, grad_kernel: bool = True) -> int:
+def fuse_lora(
+    model: nn.Module, regenerate_dropout: bool = False, grad_kernel: bool = True, seeded_dropout: bool = False
+) -> int:
     """Route the training forward of ``model``'s LoRA linears through one fused autograd Function
     each (see the module docstring for when it falls back), with dropout regeneration as
     ``regenerate_dropout`` says; ``grad_kernel``: the dropout-masked input gradient through
-    tuner.fast.dropout_grad's Triton kernel where it applies (False: PyTorch's addcmul, for ablation). Idempotent: a layer fused before keeps its forward and its setting
-    (:func:`set_dropout_regeneration` changes that). Returns how many layers are fused."""
+    tuner.fast.dropout_grad's Triton kernel where it applies (False: PyTorch's addcmul, for ablation);
+    ``seeded_dropout``: CUDA inputs draw their dropout from a seed (tuner.fast.seeded_dropout, where
+    Triton imports), which then neither keeps a mask nor needs regeneration. Idempotent: a layer fused
+    before keeps its forward and its settings (:func:`set_dropout_regeneration` changes that one).
+    Returns how many layers are fused."""
     count = 0
     for layer in model.modules():
         quantized = _kind(layer)
@@ -258,7 +284,13 @@ def fuse_lora(model: nn.Module, regenerate_dropout: bool = False, grad_kernel: b
             unfused = layer.forward
             layer.__dict__[_UNFUSED] = layer.__dict__.get("forward")
             layer.forward = functools.partial(
-                _forward, layer, unfused, quantized, bool(grad_kernel), bool(regenerate_dropout)
+                _forward,
+                layer,
+                unfused,
+                quantized,
+                bool(grad_kernel),
+                bool(seeded_dropout),
+                bool(regenerate_dropout),
             )
         count += 1
     return count
@@ -285,8 +317,8 @@ def _set_regeneration(layer: nn.Module, on: bool) -> None:
             f"the forward of {type(layer).__name__} was replaced after fuse_lora: "
             "dropout regeneration cannot be set on it"
         )
-    if forward.args[4] != on:
-        layer.forward = functools.partial(_forward, *forward.args[:4], bool(on))
+    if forward.args[5] != on:
+        layer.forward = functools.partial(_forward, *forward.args[:5], bool(on))
 
 
 def unfuse_lora(model: nn.Module) -> int:

@@ -55,6 +55,8 @@ class RunPlan:
     # the optimizer's state must be able to page to host memory: even with every layer checkpointed the
     # plan does not fit its budget with the state on the device (optimizer_state_overflows)
     page_optimizer_state: bool = False
+    # LoRA dropout drawn from a seed (tuner.fast.seeded_dropout): no masks or dropped-out copies kept
+    seeded_dropout: bool = False
 
     @property
     def memory_tight(self) -> bool:
@@ -154,7 +156,7 @@ class RunPlan:
         if self.liger:
             parts.append("liger" + (" (wide loss chunks)" if self.wide_loss_chunks else ""))
         if self.fused_lora:
-            parts.append("fused LoRA")
+            parts.append("fused LoRA" + (" (seeded dropout)" if self.seeded_dropout else ""))
         if self.layers:
             where = " (inputs in host memory)" if self.offload_checkpoints else ""
             parts.append(f"{self.checkpointed_layers} of {self.layers} layers checkpointed{where}")
@@ -199,12 +201,15 @@ def plan_run(
     liger: bool | None = None,
     processes: int | None = None,
     liger_installed: bool | None = None,
+    dropout_kernels: bool | None = None,
 ) -> RunPlan:
     """The plan of a run of ``cfg`` on ``hw`` for a model of ``shape``.
 
     ``budget_gib``: the memory the run may use (default: the device's);
     ``liger``: whether Liger's kernels took (training passes what happened; default: whether they
-    would, see ``liger_applies``); ``processes``: torchrun's world size (default: this process's)."""
+    would, see ``liger_applies``); ``processes``: torchrun's world size (default: this process's);
+    ``dropout_kernels``: whether tuner.fast.seeded_dropout's kernels load (training passes it; default:
+    they do on a CUDA machine, where torch ships Triton on Linux)."""
     get = _getter(cfg)
     processes = world_size() if processes is None else processes
     method = get("method", "lora") or "lora"
@@ -223,6 +228,7 @@ def plan_run(
         embedding_policy = "off"
     if liger is None:
         liger = liger_applies(cfg, settings, hw, installed=liger_installed)
+    fused_lora = lora and not dora and not deepspeed and settings.fused_lora
     if budget_gib is None:
         budget_gib = hw.memory_gib  # already held to TUNER_GPU_MEMORY_GIB (tuner.core.system.hardware)
     plan = RunPlan(
@@ -235,7 +241,11 @@ def plan_run(
         varlen_attention=settings.attention == "tuner" and hw.device == "cuda",
         liger=bool(liger),
         liger_wide_chunks=settings.liger == "wide",
-        fused_lora=lora and not dora and not deepspeed and settings.fused_lora,
+        fused_lora=fused_lora,
+        seeded_dropout=fused_lora
+        and hw.device == "cuda"
+        and settings.seeded_dropout
+        and dropout_kernels is not False,
         kbit_upcast=settings.kbit_upcast,
         graphs_allowed=settings.cuda_graphs
         and hw.device == "cuda"

@@ -57,8 +57,8 @@ DROPOUT_BYTES = 1.92
 # intermediate / hidden (the MLP's wide tensors dominate it).
 RECOMPUTE_BYTES = 16
 RECOMPUTE_MLP_BYTES = 15
-# ... less, with LoRA dropout and fused LoRA, what regenerating the masks saves in that layer
-# (tuner.fast.lora_fused): per hidden unit, q/k/v keep one shared input instead of three copies and three
+# ... less, with LoRA dropout and fused LoRA, what regenerating the masks (tuner.fast.lora_fused) or drawing
+# them from seeds (tuner.fast.seeded_dropout) saves in that layer: per hidden unit, q/k/v keep one shared input instead of three copies and three
 # masks (7 bytes), o 1, gate/up 4, down 1 x intermediate / hidden. Measured on H200: -0.28 GiB for
 # Llama-2-7B QLoRA at 4096 (bench/results/2026-12-01-h200-memory-regen.json); this counts 0.23.
 REGEN_SAVED_BYTES = 12
@@ -177,10 +177,11 @@ def _base_bits(method: str, quantization: str, device: str) -> float:
     return 32 if device == "cpu" else 16
 
 
-def activation_bytes(shape: ModelShape, lora_dropout: float) -> float:
-    """Bytes per token per hidden unit that one layer without checkpointing keeps for its backward."""
+def activation_bytes(shape: ModelShape, lora_dropout: float, seeded_dropout: bool = False) -> float:
+    """Bytes per token per hidden unit that one layer without checkpointing keeps for its backward
+    (``seeded_dropout``: its masks are drawn again from seeds, nothing kept for them)."""
     ratio = shape.intermediate / shape.hidden
-    dropout = DROPOUT_BYTES * (6 + ratio) if lora_dropout > 0 else 0.0
+    dropout = DROPOUT_BYTES * (6 + ratio) if lora_dropout > 0 and not seeded_dropout else 0.0
     return ACT_BYTES + ACT_MLP_BYTES * ratio + dropout
 
 
@@ -228,12 +229,14 @@ def price(get, plan: RunPlan, shape: ModelShape, hw: Hardware, dataset_tokens: i
     paged = hw.device == "cuda" and plan.optimizer.startswith("paged_")
     outside_allocator = trainable * PAGED_OPTIMIZER_BYTES if paged else 0
     dropout = float(get("lora_dropout", 0.1) or 0) if method != "full" else 0.0
-    kept_per_layer = activation_bytes(shape, dropout) * (residual_bytes / 2)
+    kept_per_layer = activation_bytes(shape, dropout, plan.seeded_dropout) * (residual_bytes / 2)
     act = tokens * shape.hidden * (shape.layers - checkpointed) * kept_per_layer
     checkpoint_graphs = plan.checkpoint_graphs and hw.device == "cuda"
     if checkpointed:
         recompute = RECOMPUTE_BYTES + RECOMPUTE_MLP_BYTES * shape.intermediate / shape.hidden
-        if dropout > 0 and plan.fused_lora and not checkpoint_graphs:
+        # a recomputed layer keeps one input per group of linears reading it, not copies and masks:
+        # seeded dropout anywhere, regeneration (eager only) otherwise
+        if dropout > 0 and (plan.seeded_dropout or (plan.fused_lora and not checkpoint_graphs)):
             recompute -= REGEN_SAVED_BYTES + shape.intermediate / shape.hidden
         if checkpoint_graphs:
             recompute += CHECKPOINT_GRAPH_BYTES

@@ -13,7 +13,7 @@ from tuner.config.schema import method_bits
 from tuner.config.speed import SpeedSettings
 from tuner.core import system
 from tuner.core.system import ALLOCATOR_TIP, CUDA_CONTEXT_GIB, GIB, expandable_segments_on, gpu_memory_cap_gib
-from tuner.fast import embedding_offload
+from tuner.fast import embedding_offload, seeded_dropout
 from tuner.fast.attention import NAME as VARLEN
 from tuner.fast.attention import use_varlen_attention
 from tuner.fast.checkpoint_offload import offload_checkpoints
@@ -97,6 +97,7 @@ def build_model(config, settings: SpeedSettings | None = None):
         shape_from_config(text_config.to_dict()),
         budget_gib=_budget_gib(),
         liger=built.liger,
+        dropout_kernels=seeded_dropout.available(),
     )
     built.plan = plan
     if config.method != "full":
@@ -114,7 +115,7 @@ def build_model(config, settings: SpeedSettings | None = None):
             init=config.lora_init,
         )
         if plan.fused_lora:
-            built.fused_lora = fuse_lora(model)
+            built.fused_lora = fuse_lora(model, seeded_dropout=plan.seeded_dropout)
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     built.checkpointing = limit_checkpointing(model, config, built)
@@ -163,7 +164,7 @@ def limit_checkpointing(model, config, built: BuiltModel) -> str:
     count = min(plan.checkpointed_layers, len(layers))
     for index, layer in enumerate(layers):
         layer.gradient_checkpointing = index < count
-    if built.fused_lora and count and not plan.checkpoint_graphs:
+    if built.fused_lora and count and not plan.checkpoint_graphs and not plan.seeded_dropout:
         # A checkpointed layer's saved tensors are what the backward peak holds: there LoRA dropout
         # keeps only the shared input and draws its mask again instead of saving a copy per linear
         # (not in CUDA graphs: the redraw swaps generator states on the host, tuner.fast.checkpoint_graphs).
