@@ -187,9 +187,7 @@ def test_checkpointing_only_the_layers_memory_needs():
         estimate(_qlora_4096(), shape, H100, liger=True, checkpointed_layers=n, offload=o)
         for n, o in ((0, False), (32, False), (32, True))
     )
-    assert (
-        none.activations_gib > 8 * every.activations_gib and none.seconds_per_step < every.seconds_per_step
-    )
+    assert none.activations_gib > 8 * every.activations_gib and none.seconds_per_step < every.seconds_per_step
     inputs_gib = 4096 * 4096 * 2 / 1024**3  # one layer's bf16 input
     assert every.activations_gib - offloaded.activations_gib == pytest.approx(30 * inputs_gib)
     assert offloaded.offloaded and not every.offloaded
