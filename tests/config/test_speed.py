@@ -18,6 +18,7 @@ def test_the_defaults_without_any_variable():
     assert SpeedSettings.from_env({}).as_dict() == {
         "attention": "tuner",
         "fused_lora": True,
+        "seeded_dropout": True,
         "cuda_graphs": True,
         "liger": "wide",
         "lean_steps": True,

@@ -32,9 +32,10 @@ def test_the_kernels_apply_exactly_the_mask_their_seed_draws(dtype):
         expected = torch.where(keep, x.float() * scale, 0.0).to(dtype)
         assert torch.equal(seeded_dropout.dropped(x, _seed(1234), p), expected)
         out = torch.randn(shape, device="cuda", dtype=dtype, generator=generator)
-        # the kernel's fp32 fused multiply-add, one rounding (float64 holds the product exactly), then
-        # the cast to the tensors' dtype
-        fused = torch.where(keep, (out.double() + x.double() * scale).float(), out.float()).to(dtype)
+        # the kernel's fp32 fused multiply-add with the fp32 scale, one rounding (float64 holds the
+        # product exactly), then the cast to the tensors' dtype
+        scale32 = torch.tensor(scale, dtype=torch.float32).double()
+        fused = torch.where(keep, (out.double() + x.double() * scale32).float(), out.float()).to(dtype)
         assert torch.equal(seeded_dropout.add_dropped_(out.clone(), x, _seed(1234), p), fused)
 
 

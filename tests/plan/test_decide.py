@@ -56,6 +56,8 @@ def test_a_small_card_checkpoints_everything_offloads_and_pages_the_optimizer_on
     assert not tight.wide_loss_chunks  # only where nothing is checkpointed
     # the checkpointed layers' graphs cost memory that 8 GiB does not have: they stay eager there
     assert not tight.checkpoint_graphs and not tight.cuda_graphs
+    # eager layers keep their dropout masks: seeded dropout's launches would cost the host more
+    assert tight.dropout_kernels and not tight.seeded_dropout and "seeded" not in tight.describe()
     # 12 GiB: all layers but one checkpointed (seeded dropout keeps no masks: one layer's activations
     # fit where they did not), replayed as CUDA graphs up to rows of CHECKPOINT_GRAPH_MAX_TOKENS
     roomier = plan(budget=12)

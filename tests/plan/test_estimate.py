@@ -237,27 +237,38 @@ def test_estimate_within_25_percent_of_measured_step_time(row):
 
 def test_cuda_graphs_count_a_static_input_per_kept_layer_and_a_pool_for_the_checkpointed_ones():
     shape = shape_from_config(LLAMA2_7B)
-    big = estimate(_qlora_4096(), shape, H100, liger=True, budget_gib=79.2)
+    masks = SpeedSettings(seeded_dropout=False)  # the graphs' own cost, the dropout kept alike
+    big = estimate(_qlora_4096(), shape, H100, settings=masks, liger=True, budget_gib=79.2)
     assert big.checkpointed_layers == 0 and big.graphs
     eager = estimate(
-        _qlora_4096(), shape, H100, liger=True, checkpointed_layers=0, offload=False, graphs=False
+        _qlora_4096(),
+        shape,
+        H100,
+        settings=masks,
+        liger=True,
+        checkpointed_layers=0,
+        offload=False,
+        graphs=False,
     )
     # one static 16-bit copy of each layer's input: 32 layers x 4096 tokens x 4096 hidden x 2 bytes
     assert big.allocated_gib - eager.allocated_gib == pytest.approx(1.0)
     row = 4096 * 4096 * 2 / 2**30
     half = dict(liger=True, checkpointed_layers=16, offload=False)
-    graphed = estimate(_qlora_4096(), shape, H100, **half)
-    ungraphed = estimate(_qlora_4096(), shape, H100, graphs=False, **half)
-    # 16 kept layers' static inputs and the checkpointed layers' pool and buffers (24 bytes per token and
-    # hidden unit); seeded dropout keeps no masks in either
-    pool = 4096 * 4096 * 24 / 2**30
-    assert graphed.allocated_gib - ungraphed.allocated_gib == pytest.approx(16 * row + pool)
-    # without it, the graphs keep the masks that eager regeneration draws again (12 + intermediate / hidden)
-    masks = SpeedSettings(seeded_dropout=False)
     graphed = estimate(_qlora_4096(), shape, H100, settings=masks, **half)
     ungraphed = estimate(_qlora_4096(), shape, H100, settings=masks, graphs=False, **half)
+    # 16 kept layers' static inputs, the checkpointed layers' pool and buffers (24 bytes per token and
+    # hidden unit), and inside their graphs the masks that eager regeneration draws again
+    # (12 + intermediate / hidden)
+    pool = 4096 * 4096 * 24 / 2**30
     regenerated = 4096 * 4096 * (12 + 11008 / 4096) / 2**30
     assert graphed.allocated_gib - ungraphed.allocated_gib == pytest.approx(16 * row + pool + regenerated)
+    # Every layer graphed: seeded dropout keeps no masks, neither the 16 kept layers' copies and masks
+    # (1.92 bytes x (6 + intermediate / hidden)) nor the recomputed layer's
+    seeded = estimate(_qlora_4096(), shape, H100, **half)
+    kept_masks = 16 * 4096 * 4096 * 1.92 * (6 + 11008 / 4096) / 2**30
+    assert graphed.allocated_gib - seeded.allocated_gib == pytest.approx(kept_masks + regenerated)
+    # an eager plan keeps the masks whatever the setting (the kernels' launches cost the host more)
+    assert estimate(_qlora_4096(), shape, H100, graphs=False, **half).allocated_gib == ungraphed.allocated_gib
     small = estimate(_qlora_4096(), shape, H100, liger=True, budget_gib=12)
     assert small.checkpointed_layers == 31 and small.graphs
     no_graphs = SpeedSettings(cuda_graphs=False)
