@@ -121,12 +121,19 @@ def test_fused_4bit_dropout_follows_its_mask():
     out.backward(gy)
     assert abs(mask.float().mean().item() - (1 - p)) < 0.005
 
-    # the same math by hand on that mask, through peft's own pieces (its base layer: bitsandbytes)
+    assert_follows_mask(layer, x, gy, out, mask, 1 / (1 - p), f"dropout {p}")
+
+
+def assert_follows_mask(layer, x, gy, out, keep, scale: float, label: str) -> None:
+    """``out`` (and the gradients its backward left) against the same math by hand on the keep mask,
+    through peft's own pieces (its base layer: bitsandbytes)."""
+    import torch
+
     x_ref = x.detach().clone().requires_grad_(True)
     A = layer.lora_A["default"].weight.detach().clone().requires_grad_(True)
     B = layer.lora_B["default"].weight.detach().clone().requires_grad_(True)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        ref = layer.base_layer(x_ref) + (x_ref * mask / (1 - p)) @ A.t() @ B.t() * layer.scaling["default"]
+        ref = layer.base_layer(x_ref) + (x_ref * keep * scale) @ A.t() @ B.t() * layer.scaling["default"]
     ref.backward(gy)
     errors = [
         _rel(out.detach(), ref.detach()),
@@ -134,7 +141,7 @@ def test_fused_4bit_dropout_follows_its_mask():
         _rel(layer.lora_A["default"].weight.grad, A.grad),
         _rel(layer.lora_B["default"].weight.grad, B.grad),
     ]
-    print(f"dropout {p}: relative errors (out, x, A, B) {[f'{e:.4f}' for e in errors]}")
+    print(f"{label}: relative errors (out, x, A, B) {[f'{e:.4f}' for e in errors]}")
     assert max(errors) < 2e-2, errors
 
 

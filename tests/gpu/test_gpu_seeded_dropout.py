@@ -66,7 +66,7 @@ def test_the_fused_lora_linear_follows_the_seeded_mask():
     draws, computed by hand through peft's own base layer."""
     import torch
 
-    from tests.gpu.test_gpu_lora_fused import _lora_4bit, _rel
+    from tests.gpu.test_gpu_lora_fused import _lora_4bit, assert_follows_mask
     from tuner.fast import seeded_dropout
     from tuner.fast.lora_fused import fuse_lora
 
@@ -87,21 +87,7 @@ def test_the_fused_lora_linear_follows_the_seeded_mask():
     keep = seeded_dropout.keep_mask(x.shape, seed, p)
     assert abs(keep.float().mean().item() - (1 - p)) < 0.005
 
-    x_ref = x.detach().clone().requires_grad_(True)
-    A = layer.lora_A["default"].weight.detach().clone().requires_grad_(True)
-    B = layer.lora_B["default"].weight.detach().clone().requires_grad_(True)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        dropped = x_ref * keep * seeded_dropout.keep_scale(p)
-        ref = layer.base_layer(x_ref) + dropped @ A.t() @ B.t() * layer.scaling["default"]
-    ref.backward(gy)
-    errors = [
-        _rel(out.detach(), ref.detach()),
-        _rel(x.grad, x_ref.grad),
-        _rel(layer.lora_A["default"].weight.grad, A.grad),
-        _rel(layer.lora_B["default"].weight.grad, B.grad),
-    ]
-    print(f"seeded dropout {p}: relative errors (out, x, A, B) {[f'{e:.4f}' for e in errors]}")
-    assert max(errors) < 2e-2, errors
+    assert_follows_mask(layer, x, gy, out, keep, seeded_dropout.keep_scale(p), f"seeded dropout {p}")
 
 
 def test_a_checkpointed_recomputation_draws_the_forward_mask():

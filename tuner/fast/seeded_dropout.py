@@ -72,20 +72,22 @@ if triton is not None:
         return halves >= below
 
     @triton.jit
-    def _dropped(x_ptr, out_ptr, seed_ptr, n, below, scale, BLOCK: tl.constexpr):
+    def _block(seed_ptr, below, BLOCK: tl.constexpr):
+        # this program's element offsets and their keep flags
         start = tl.program_id(0).to(tl.int64) * BLOCK
-        offsets = start + tl.arange(0, BLOCK)
+        return start + tl.arange(0, BLOCK), _keep_flags(tl.load(seed_ptr), start, below, BLOCK)
+
+    @triton.jit
+    def _dropped(x_ptr, out_ptr, seed_ptr, n, below, scale, BLOCK: tl.constexpr):
+        offsets, keep = _block(seed_ptr, below, BLOCK)
         inside = offsets < n
-        keep = _keep_flags(tl.load(seed_ptr), start, below, BLOCK)
         x = tl.load(x_ptr + offsets, mask=inside).to(tl.float32)
         tl.store(out_ptr + offsets, tl.where(keep, x * scale, 0.0).to(out_ptr.dtype.element_ty), mask=inside)
 
     @triton.jit
     def _add_dropped(out_ptr, src_ptr, seed_ptr, n, below, scale, BLOCK: tl.constexpr):
-        start = tl.program_id(0).to(tl.int64) * BLOCK
-        offsets = start + tl.arange(0, BLOCK)
+        offsets, keep = _block(seed_ptr, below, BLOCK)
         inside = offsets < n
-        keep = _keep_flags(tl.load(seed_ptr), start, below, BLOCK)
         out = tl.load(out_ptr + offsets, mask=inside).to(tl.float32)
         src = tl.load(src_ptr + offsets, mask=inside).to(tl.float32)
         total = tl.where(keep, tl.fma(src, scale, out), out)
@@ -93,9 +95,7 @@ if triton is not None:
 
     @triton.jit
     def _flags(out_ptr, seed_ptr, n, below, BLOCK: tl.constexpr):
-        start = tl.program_id(0).to(tl.int64) * BLOCK
-        offsets = start + tl.arange(0, BLOCK)
-        keep = _keep_flags(tl.load(seed_ptr), start, below, BLOCK)
+        offsets, keep = _block(seed_ptr, below, BLOCK)
         tl.store(out_ptr + offsets, keep.to(tl.int8), mask=offsets < n)
 
 
