@@ -27,7 +27,9 @@ backward graph draws the same calls in the same order as the forward graph befor
 (which draws nothing). So the offset at the forward replay is kept and set again for the backward
 replay, then put back: two host calls, no GPU work, no later randomness shifted. (Dropout
 regeneration of tuner.fast.lora_fused swaps generator states inside the layer, host work a replay
-would not repeat: it stays off for layers graphed here.)
+would not repeat: it stays off for layers graphed here. Seeded dropout, tuner.fast.seeded_dropout, draws
+its seeds from the same generator inside the graphs, so the offset set again covers it too, and it keeps
+no masks: the plan uses it wherever every layer is graphed.)
 
 What can be graphed is LayerGraphs' to decide (tuner.fast.layer_graphs: the step's shape, the
 arguments, the longest row the plan allows: tuner.plan.memory.CHECKPOINT_GRAPH_MAX_TOKENS); this module

@@ -36,7 +36,8 @@ that are not checkpointed, and only checkpointed layers regenerate). No effect w
 where it falls back. As with dropout off, the kept input must not be changed in place before
 backward (autograd's version check refuses it).
 
-Seeded dropout (``fuse_lora(model, seeded_dropout=True)``, what the run plan picks on CUDA): the mask
+Seeded dropout (``fuse_lora(model, seeded_dropout=True)``, what the run plan picks where every layer
+replays as a CUDA graph: tuner.plan.decide.RunPlan.seeded_dropout): the mask
 is drawn from an 8-byte seed by tuner.fast.seeded_dropout's kernels, in forward and again in backward,
 so a layer keeps its input and the seed, in eager steps and in CUDA graphs alike; regeneration is then
 moot. Where it does not apply (a CPU, no Triton) the paths above run.
