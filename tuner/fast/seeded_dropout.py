@@ -26,8 +26,10 @@ are scaled by ``65536 / (65536 - round(p * 65536))``, which keeps the expectatio
 of random numbers is not torch's, so masks differ from ``native_dropout``'s for the same generator
 state (a run is reproducible with itself, not with the unfused path).
 
-Used by tuner.fast.lora_fused for CUDA tensors when Triton imports (:func:`applies`); everything else
-keeps ``native_dropout``.
+Used by tuner.fast.lora_fused where the run plan asks for it (tuner.plan.decide.RunPlan.seeded_dropout:
+every layer replayed as a CUDA graph, where the launches cost the host nothing; eagerly each dropout's
+seed draw and Triton launch cost the host more than the masks did) and the tensor is a contiguous CUDA
+one (:func:`applies`); everything else keeps ``native_dropout``.
 """
 
 from __future__ import annotations
