@@ -19,6 +19,7 @@ def test_the_defaults_without_any_variable():
         "attention": "tuner",
         "fused_lora": True,
         "seeded_dropout": True,
+        "rebuild_activations": False,
         "cuda_graphs": True,
         "liger": "wide",
         "lean_steps": True,
@@ -36,6 +37,7 @@ def test_each_variable_sets_its_setting_and_nothing_else():
         "TUNER_LIGER": "on",
         "TUNER_LEAN_STEPS": "off",
         "TUNER_KBIT_UPCAST": "on",
+        "TUNER_REBUILD_ACTIVATIONS": "on",
         "TUNER_GPU_MEMORY_GIB": "12",
         "TUNER_VARLEN": "off",  # a switch of before: no longer read
     }
@@ -46,6 +48,7 @@ def test_each_variable_sets_its_setting_and_nothing_else():
         "liger": "on",
         "lean_steps": False,
         "kbit_upcast": True,
+        "rebuild_activations": True,
         "gpu_memory_gib": 12.0,
     }
 

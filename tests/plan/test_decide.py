@@ -157,14 +157,25 @@ def test_checkpointing_every_layer_when_asked_or_not_decidable():
     assert checkpoint_plan(qlora(), plan(qlora(deepspeed="zero2")), LLAMA2_7B, H100, 79.2)[:2] == (32, False)
     # several processes without DeepSpeed (DDP) plan like one, without offloading
     assert checkpoint_plan(qlora(), plan(processes=2), LLAMA2_7B, H100, 79.2)[:2] == (0, False)
-    assert checkpoint_plan(qlora(checkpoint_layers="all"), base, LLAMA2_7B, H100, 79.2) == (32, False, True)
+    assert checkpoint_plan(qlora(checkpoint_layers="all"), base, LLAMA2_7B, H100, 79.2) == (
+        32,
+        False,
+        True,
+        False,
+    )
     assert checkpoint_plan(qlora(checkpoint_layers="offload"), base, LLAMA2_7B, H100, 79.2) == (
         32,
         True,
         True,
+        False,
     )
     # every layer asked for on a small card: their graphs do not fit, the checkpointing stays eager
-    assert checkpoint_plan(qlora(checkpoint_layers="all"), base, LLAMA2_7B, H100, 6) == (32, False, False)
+    assert checkpoint_plan(qlora(checkpoint_layers="all"), base, LLAMA2_7B, H100, 6) == (
+        32,
+        False,
+        False,
+        False,
+    )
     # host memory already
     assert checkpoint_plan(qlora(method="lora", checkpoint_layers="offload"), base, LLAMA2_7B, CPU, 64)[
         :2
@@ -207,3 +218,36 @@ def test_a_cpu_plan_does_not_say_the_embedding_moved_to_host_memory():
     assert cpu.memory_tight and cpu.embedding_on_cpu
     assert "embedding in host memory" not in cpu.describe()
     assert "embedding in host memory" in plan(budget=8).describe()
+
+
+def test_rebuilt_activations_buy_fewer_checkpointed_layers_only_where_memory_is_tight():
+    on = SpeedSettings(rebuild_activations=True)
+    # off by default until a GPU has measured it: the plans stay those of before
+    assert not plan(budget=24).rebuild_activations and plan(budget=24).checkpointed_layers == 11
+    card = plan(settings=on, budget=24)
+    assert card.rebuild_activations and card.checkpointed_layers == 3
+    assert "cheap activations rebuilt" in card.describe() and card.as_dict()["rebuild_activations"]
+    # priced: every kept layer keeps the gated product (2 bytes x 11008 / 4096) and, with Liger, the
+    # two norm outputs (2 bytes each) less per token per hidden unit
+    get = qlora().get
+    kept = price(get, replace(card, rebuild_kept=False), LLAMA2_7B, H100)
+    rebuilt = price(get, card, LLAMA2_7B, H100)
+    per_layer = 4096 * 4096 * (2 * 11008 / 4096 + 4) / 2**30
+    assert kept.activations_gib - rebuilt.activations_gib == pytest.approx((32 - 3) * per_layer)
+    no_liger = plan(settings=on, budget=24, liger=False)
+    assert price(get, replace(no_liger, rebuild_kept=False), LLAMA2_7B, H100).activations_gib - price(
+        get, no_liger, LLAMA2_7B, H100
+    ).activations_gib == pytest.approx((32 - no_liger.checkpointed_layers) * 4096 * 11008 * 2 / 2**30)
+    # where every layer keeps its activations without it, nothing is rebuilt (its kernels cost time)
+    assert plan(settings=on).checkpointed_layers == 0 and not plan(settings=on).rebuild_activations
+    # every layer checkpointed (eager 8 GiB): no layer keeps anything to rebuild
+    assert not plan(settings=on, budget=8).rebuild_activations
+    # dropout masks kept (no seeds): the LoRA keeps dropped-out copies, not the activations themselves
+    masks = plan(settings=replace(on, seeded_dropout=False), budget=24)
+    assert not masks.rebuild_activations and masks.checkpointed_layers == 19
+    no_dropout = plan(qlora(lora_dropout=0), settings=replace(on, seeded_dropout=False), budget=24)
+    assert no_dropout.rebuild_activations
+    # peft's fp32 upcast makes the LoRA cast its input to a copy; unknown layers price no saving
+    assert not plan(settings=replace(on, kbit_upcast=True), budget=24).rebuild_activations
+    other = replace(LLAMA2_7B, family="internlm2")
+    assert plan_run(qlora(), on, H100, other, budget_gib=24, liger=True).checkpointed_layers == 11

@@ -18,6 +18,7 @@ H100 = Hardware(device="cuda", name="NVIDIA H100 80GB HBM3", memory_gib=79.2, cp
 # The config.json values of the benchmark's random-init shapes (bench/README.md).
 SHAPES = {
     "llama2-7b": {
+        "model_type": "llama",
         "hidden_size": 4096,
         "intermediate_size": 11008,
         "num_hidden_layers": 32,
@@ -27,6 +28,7 @@ SHAPES = {
         "tie_word_embeddings": False,
     },
     "llama3-8b": {
+        "model_type": "llama",
         "hidden_size": 4096,
         "intermediate_size": 14336,
         "num_hidden_layers": 32,
@@ -36,6 +38,7 @@ SHAPES = {
         "tie_word_embeddings": False,
     },
     "qwen2.5-7b": {
+        "model_type": "qwen2",
         "hidden_size": 3584,
         "intermediate_size": 18944,
         "num_hidden_layers": 28,

@@ -65,6 +65,18 @@ class SpeedSettings:
         "checkpointed; eager on 8 GiB it lost (8,907 -> 7,301), so eager plans do not use it "
         "(bench/results/2026-12-05-h200-cards-seeded.json)",
     )
+    rebuild_activations: bool = setting(
+        False,
+        "TUNER_REBUILD_ACTIVATIONS",
+        "fused LoRA on CUDA, where memory is tight and the LoRA keeps its input (dropout off, or seeded): "
+        "the layers that keep their activations rebuild their MLP's gated product and Liger's RMSNorm "
+        "outputs in backward instead of keeping them, and the planner spends the memory on fewer "
+        "checkpointed layers",
+        "off until measured on a GPU: on the CPU the rebuilt tensors equal the forward's bit for bit and "
+        "are freed after forward; Llama-2-7B keeps 9.4 of its 33 bytes per token per hidden unit less per "
+        "kept layer, 11 -> 5 layers checkpointed on 24 GiB as priced. `python -m bench.train_speed --suite "
+        "cards-rebuilt` measures it (bench/results/<date>-h200-cards-rebuilt.json)",
+    )
     cuda_graphs: bool = setting(
         True,
         "TUNER_CUDA_GRAPHS",

@@ -25,6 +25,7 @@ class ModelShape:
     head_dim: int
     tied: bool = False  # one matrix for the embedding and the LM head
     context: int | None = None  # max_position_embeddings: the longest rows the model was made for
+    family: str = ""  # the config's model_type ("llama", "qwen2", ...)
 
     @property
     def embedding_params(self) -> int:
@@ -70,6 +71,7 @@ def shape_from_config(cfg: dict) -> ModelShape:
         head_dim,
         tied,
         int(context) if context else None,
+        str(cfg.get("model_type") or ""),
     )
 
 

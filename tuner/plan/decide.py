@@ -57,6 +57,13 @@ class RunPlan:
     page_optimizer_state: bool = False
     # tuner.fast.seeded_dropout may draw the LoRA dropout (fused LoRA on CUDA, the setting, the kernels load)
     dropout_kernels: bool = False
+    lora_dropout: bool = False  # the config's LoRA dropout is on
+    # tuner.fast.rebuilt_activations may rebuild cheap activations of the layers that keep theirs (the
+    # setting, CUDA, fused LoRA, a 16-bit residual stream)
+    rebuild_allowed: bool = False
+    # the planner found the memory tight enough to rebuild them (checkpoint_plan): not where every layer
+    # keeps its activations without it
+    rebuild_kept: bool = False
 
     @property
     def memory_tight(self) -> bool:
@@ -80,6 +87,21 @@ class RunPlan:
         checkpointed layers (tuner.fast.lora_fused's regeneration)."""
         every_layer_graphed = self.checkpointed_layers == 0 or self.checkpoint_graphs
         return self.dropout_kernels and self.cuda_graphs and every_layer_graphed
+
+    @property
+    def rebuild_activations(self) -> bool:
+        """The layers that keep their activations rebuild their MLP's gated product and (with Liger)
+        their norms' outputs in backward instead of keeping them (tuner.fast.rebuilt_activations), and
+        the planner spends what that frees on fewer checkpointed layers. Only where the memory is tight
+        (``rebuild_kept``: the rebuilding kernels cost time that a roomy run need not pay) and where the
+        LoRA keeps its input rather than a dropped-out copy: dropout off, or seeded."""
+        keeps_inputs = not self.lora_dropout or self.seeded_dropout
+        return (
+            self.rebuild_allowed
+            and self.rebuild_kept
+            and keeps_inputs
+            and self.checkpointed_layers < self.layers
+        )
 
     @property
     def checkpoint_graphs(self) -> bool:
@@ -139,12 +161,16 @@ class RunPlan:
             return "paged_adamw_32bit" if self.quantized else "adamw_torch"
         return "paged_adamw_32bit" if self.quantized and self.page_optimizer_state else "adamw_torch_fused"
 
-    def with_checkpointing(self, layers: int, offload: bool, graphed: bool = True) -> RunPlan:
+    def with_checkpointing(
+        self, layers: int, offload: bool, graphed: bool = True, rebuild: bool | None = None
+    ) -> RunPlan:
+        """This plan with another checkpoint plan (``rebuild`` None: ``rebuild_kept`` as it is)."""
         return replace(
             self,
             checkpointed_layers=max(0, min(self.layers, layers)),
             offload_checkpoints=offload,
             graph_checkpointed=graphed,
+            rebuild_kept=self.rebuild_kept if rebuild is None else rebuild,
         )
 
     def as_dict(self) -> dict:
@@ -154,6 +180,7 @@ class RunPlan:
             "cuda_graphs",
             "checkpoint_graphs",
             "seeded_dropout",
+            "rebuild_activations",
             "wide_loss_chunks",
             "embedding_on_cpu",
             "deferred_logging",
@@ -173,6 +200,8 @@ class RunPlan:
         if self.layers:
             where = " (inputs in host memory)" if self.offload_checkpoints else ""
             parts.append(f"{self.checkpointed_layers} of {self.layers} layers checkpointed{where}")
+        if self.rebuild_activations:
+            parts.append("cheap activations rebuilt")
         if self.cuda_graphs:
             parts.append("CUDA graphs" + (" (checkpointed layers too)" if self.checkpoint_graphs else ""))
         if self.embedding_on_cpu and self.device == "cuda":  # on a CPU the table is in host memory anyway
@@ -259,6 +288,11 @@ def plan_run(
         and hw.device == "cuda"
         and settings.seeded_dropout
         and dropout_kernels is not False,
+        lora_dropout=lora and float(get("lora_dropout", 0.1) or 0) > 0,
+        rebuild_allowed=fused_lora
+        and hw.device == "cuda"
+        and settings.rebuild_activations
+        and not settings.kbit_upcast,
         kbit_upcast=settings.kbit_upcast,
         graphs_allowed=settings.cuda_graphs
         and hw.device == "cuda"
@@ -295,9 +329,9 @@ def optimizer_state_overflows(cfg, plan: RunPlan, shape: ModelShape, hw: Hardwar
 
 def checkpoint_plan(
     cfg, plan: RunPlan, shape: ModelShape, hw: Hardware, budget_gib: float
-) -> tuple[int, bool, bool]:
+) -> tuple[int, bool, bool, bool]:
     """(layers to checkpoint, whether their inputs wait in host memory, whether the checkpointed
-    layers may replay as CUDA graphs).
+    layers may replay as CUDA graphs, whether the kept layers rebuild their cheap activations).
 
     None when ``gradient_checkpointing`` is off. With it on, the config's ``checkpoint_layers``:
     ``all`` checkpoints every layer, ``offload`` every layer with the inputs in host memory; ``auto``
@@ -306,31 +340,37 @@ def checkpoint_plan(
     third of its compute), and when even every layer does not fit, every layer with its input
     offloaded (in one process; several processes checkpoint every layer instead). On a CPU and under
     DeepSpeed (whose ZeRO stages split what a GPU holds), every layer. The checkpointed layers' CUDA graphs cost memory (tuner.plan.memory): where the plan with
-    them does not fit, it is made again without them, and where even that does not fit they stay off."""
+    them does not fit, it is made again without them, and where even that does not fit they stay off.
+    Where every layer keeps its activations without rebuilding any, nothing is rebuilt; past that the
+    plan rebuilds where ``plan.rebuild_allowed``."""
     get = _getter(cfg)
     if not get("gradient_checkpointing", True):
-        return 0, False, True
+        return 0, False, True, False
     mode = get("checkpoint_layers", "auto") or "auto"
     limit = budget_gib * AUTO_CHECKPOINT_FRACTION
 
-    def fits(count: int, offload: bool, graphed: bool) -> bool:
-        return price(get, plan.with_checkpointing(count, offload, graphed), shape, hw).total_gib <= limit
+    def fits(count: int, offload: bool, graphed: bool, rebuild: bool = False) -> bool:
+        planned = plan.with_checkpointing(count, offload, graphed, rebuild)
+        return price(get, planned, shape, hw).total_gib <= limit
 
     if mode != "auto":
         offload = mode == "offload" and hw.device == "cuda"
-        return shape.layers, offload, hw.device == "cuda" and fits(shape.layers, offload, True)
+        return shape.layers, offload, hw.device == "cuda" and fits(shape.layers, offload, True), False
     if hw.device != "cuda" or plan.deepspeed:
-        return shape.layers, False, True
+        return shape.layers, False, True, False
     # Several processes without DeepSpeed (torchrun DDP) hold the whole model on every GPU, so each
     # prices like one process. Before, they checkpointed every layer: on 2 x H200, Llama-2-7B QLoRA at
     # 4096 tokens trained at 11,740 tok/s on both GPUs together against 14,679 on one GPU with the auto
     # plan (bench/results/multi-gpu/2026-12-04-h200x2-two-gpus-7b.json). Their inputs stay on the GPU: offloaded
     # checkpoints were measured in one process only.
     offload_allowed = plan.processes <= 1
+    rebuild = plan.rebuild_allowed
     for graphed in (True, False):
+        if fits(0, False, graphed):
+            return 0, False, graphed, False
         for count in range(shape.layers + 1):
-            if fits(count, False, graphed):
-                return count, False, graphed
+            if fits(count, False, graphed, rebuild):
+                return count, False, graphed, rebuild
         if offload_allowed and fits(shape.layers, True, graphed):
-            return shape.layers, True, graphed
-    return shape.layers, offload_allowed, False
+            return shape.layers, True, graphed, False
+    return shape.layers, offload_allowed, False, False

@@ -75,7 +75,7 @@ def estimate(
     return price_with_advice(get, plan, shape, hw, dataset_tokens)
 
 
-def _replanned(cfg, plan: RunPlan, shape: ModelShape, hw: Hardware) -> tuple[int, bool, bool]:
+def _replanned(cfg, plan: RunPlan, shape: ModelShape, hw: Hardware) -> tuple[int, bool, bool, bool]:
     return checkpoint_plan(cfg, plan, shape, hw, plan.budget_gib)
 
 

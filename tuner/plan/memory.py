@@ -51,6 +51,13 @@ NF4_BITS = 4.127
 ACT_BYTES = 19.0
 ACT_MLP_BYTES = 5.3
 DROPOUT_BYTES = 1.92
+# Of those, what tuner.fast.rebuilt_activations rebuilds in backward instead (where the LoRA keeps its
+# input: no dropout, or seeded): the MLP's gated product (2 bytes x intermediate / hidden) and, with
+# Liger's RMSNorm, the two norm outputs (2 bytes each). Counted from the tensors the layer keeps, not
+# yet measured on a GPU; only for the model families whose layers the mechanism knows.
+REBUILT_PRODUCT_BYTES = 2
+REBUILT_NORM_BYTES = 4
+REBUILT_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 # With gradient checkpointing a layer keeps only its input: 2 bytes per hidden unit in bf16/fp16, 4
 # when peft's k-bit preparation has cast the embedding to fp32 (the residual stream is then fp32) ...
 # ... plus the one layer recomputed during the backward pass: RECOMPUTE_BYTES + RECOMPUTE_MLP_BYTES x
@@ -185,6 +192,15 @@ def activation_bytes(shape: ModelShape, lora_dropout: float, seeded_dropout: boo
     return ACT_BYTES + ACT_MLP_BYTES * ratio + dropout
 
 
+def rebuilt_bytes(shape: ModelShape, liger: bool) -> float:
+    """Bytes per token per hidden unit of :func:`activation_bytes` that a kept layer rebuilds in
+    backward instead of keeping (tuner.fast.rebuilt_activations)."""
+    if shape.family not in REBUILT_FAMILIES:
+        return 0.0
+    norms = REBUILT_NORM_BYTES if liger else 0.0
+    return REBUILT_PRODUCT_BYTES * shape.intermediate / shape.hidden + norms
+
+
 def price(get, plan: RunPlan, shape: ModelShape, hw: Hardware, dataset_tokens: int | None = None) -> Estimate:
     """Memory (GiB) and time of a run of the config read by ``get`` (key, default) under ``plan``."""
     liger, upcast = plan.liger, plan.kbit_upcast
@@ -230,6 +246,8 @@ def price(get, plan: RunPlan, shape: ModelShape, hw: Hardware, dataset_tokens: i
     outside_allocator = trainable * PAGED_OPTIMIZER_BYTES if paged else 0
     dropout = float(get("lora_dropout", 0.1) or 0) if method != "full" else 0.0
     kept_per_layer = activation_bytes(shape, dropout, plan.seeded_dropout) * (residual_bytes / 2)
+    if plan.rebuild_activations:  # the plan allows it only with a 16-bit residual stream
+        kept_per_layer -= rebuilt_bytes(shape, plan.liger)
     act = tokens * shape.hidden * (shape.layers - checkpointed) * kept_per_layer
     checkpoint_graphs = plan.checkpoint_graphs and hw.device == "cuda"
     if checkpointed:

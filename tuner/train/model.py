@@ -20,7 +20,8 @@ from tuner.fast.checkpoint_offload import offload_checkpoints
 from tuner.fast.layer_graphs import graph_layers
 from tuner.fast.lora_fused import fuse_lora, set_dropout_regeneration
 from tuner.fast.loss_chunks import use_wide_chunks
-from tuner.models.layers import checkpointing_layers
+from tuner.fast.rebuilt_activations import rebuild_activations
+from tuner.models.layers import checkpointing_layers, decoder_layers
 from tuner.models.load import LoadedModel, add_lora, apply_liger, load_model
 from tuner.models.shape import shape_from_config
 from tuner.plan.decide import RunPlan, liger_applies, plan_run
@@ -45,6 +46,7 @@ class BuiltModel:
     wide_loss_chunks: bool = False
     embedding_on_cpu: str = ""  # what tuner.fast.embedding_offload did ("" nothing)
     layer_graphs: object = None  # tuner.fast.layer_graphs.LayerGraphs when installed
+    rebuilt_layers: int = 0  # kept layers rebuilding cheap activations (tuner.fast.rebuilt_activations)
 
     @property
     def dtype(self):
@@ -57,6 +59,8 @@ class BuiltModel:
         liger += " (wide loss chunks)" if self.wide_loss_chunks else ""
         ckpt = f", gradient checkpointing {self.checkpointing}" if self.checkpointing else ""
         fused = f", {self.fused_lora} fused LoRA layers" if self.fused_lora else ""
+        if self.rebuilt_layers:
+            fused += f", cheap activations rebuilt in {self.rebuilt_layers} kept layers"
         graphs = f", {self.layer_graphs.describe()}" if self.layer_graphs is not None else ""
         graphs += f", {self.embedding_on_cpu}" if self.embedding_on_cpu else ""
         dtype = str(loaded.dtype).replace("torch.", "")
@@ -125,6 +129,9 @@ def build_model(config, settings: SpeedSettings | None = None):
         built.wide_loss_chunks = use_wide_chunks(built.plan.wide_loss_chunks)
     if built.plan.embedding_on_cpu:
         built.embedding_on_cpu = move_embedding_to_host(model)
+    if built.plan.rebuild_activations:
+        # before the graphs: they capture the layers' forward as it is then
+        built.rebuilt_layers = rebuild_activations(decoder_layers(model))
     if built.plan.cuda_graphs:
         built.layer_graphs = graph_layers(
             model,
