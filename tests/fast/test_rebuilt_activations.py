@@ -179,3 +179,65 @@ def test_a_view_of_an_offered_output_comes_back_as_the_same_view():
         out = nn.functional.linear(made[2:].reshape(-1, 8), weight)  # saves a view with an offset
     expected = torch.autograd.grad(out.sum(), weight, retain_graph=True)[0]
     assert torch.equal(expected, torch.ones(4, 5).t() @ torch.nn.functional.silu(x)[2:])
+
+
+# Stand-ins with the names and the saved tensors of Liger's kernels (which need a GPU): its RMSNorm keeps
+# its input and its SwiGLU keeps gate and up, and Liger binds their forwards onto transformers' modules.
+class LigerSiLUMulFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gate, up):
+        ctx.save_for_backward(gate, up)
+        return nn.functional.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up = ctx.saved_tensors
+        sig = torch.sigmoid(gate)
+        return grad * up * sig * (1 + gate * (1 - sig)), grad * nn.functional.silu(gate)
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        rstd = torch.rsqrt(x.float().square().mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return (x.float() * rstd).to(x.dtype) * weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, rstd = ctx.saved_tensors
+        with torch.enable_grad():
+            x = x.detach().requires_grad_()
+            out = (x.float() * rstd).to(x.dtype) * weight
+            return torch.autograd.grad(out, x, grad)[0], None, None
+
+
+class LigerSwiGLUMLP(nn.Module):
+    def forward(self, x):
+        return self.down_proj(LigerSiLUMulFunction.apply(self.gate_proj(x), self.up_proj(x)))
+
+
+class LigerRMSNorm(nn.Module):
+    def forward(self, hidden_states):
+        return _RMSNormFunction.apply(hidden_states, self.weight, self.variance_epsilon)
+
+
+def _as_liger(model):
+    import types
+
+    for layer in decoder_layers(model):
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            norm.forward = types.MethodType(LigerRMSNorm.forward, norm)
+        layer.mlp.forward = types.MethodType(LigerSwiGLUMLP.forward, layer.mlp)
+    return model
+
+
+def test_liger_s_kernels_as_liger_binds_them_are_recognised_and_rebuilt():
+    layer = decoder_layers(_as_liger(_model()))[0]
+    assert rebuilt_activations.keeps_its_input(layer.input_layernorm)
+    assert rebuilt_activations.gated_product(layer.mlp) == LigerSiLUMulFunction.apply
+    loss, grads, alive = _step(_as_liger(_model()), rebuild=False)
+    rebuilt_loss, rebuilt_grads, rebuilt_alive = _step(_as_liger(_model()), rebuild=True, every_norm=False)
+    assert all(alive) and not any(rebuilt_alive)
+    assert torch.equal(loss, rebuilt_loss)
+    assert all(torch.equal(grads[name], rebuilt_grads[name]) for name in grads)
