@@ -57,7 +57,11 @@ def test_a_planned_gpu_gets_the_estimate_and_its_longest_sample(workspace, capsy
     assert "made for rows of up to 8,192 tokens (max_position_embeddings)" in out
     assert "Tip: start with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in out
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    assert "Tip:" not in _run(capsys, "--gpu-gib", "24", "--set", "gradient_checkpointing=true")[1]
+    unnamed = _run(capsys, "--gpu-gib", "24", "--set", "gradient_checkpointing=true")[1]
+    assert "Tip:" not in unnamed
+    # a GPU without a known name is priced as a generic class, and the estimate says so
+    assert "The time assumes a GPU of about 100 TFLOP/s in bf16; --gpu-gib N --gpu NAME" in unnamed
+    assert "The time assumes" not in out
 
 
 def test_a_run_that_will_not_fit_exits_1_with_what_to_change(workspace, capsys):

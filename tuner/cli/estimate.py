@@ -58,6 +58,7 @@ def estimate_cmd(args: argparse.Namespace) -> int:
     from tuner.core.workspace import resolve_path
     from tuner.plan.estimate import dataset_tokens, estimate, format_duration
     from tuner.plan.long_rows import longest_sample_report
+    from tuner.plan.memory import GPU_DEFAULT_PEAK, GPU_PEAK_FLOPS, gpu_class
 
     if args.gpu and args.gpu_gib is None:
         raise TunerError("--gpu NAME goes with --gpu-gib N (the GPU's memory); add --gpu-gib")
@@ -94,6 +95,11 @@ def estimate_cmd(args: argparse.Namespace) -> int:
         f"One optimizer step = {est.tokens_per_step:,} tokens ≈ {format_duration(est.seconds_per_step)}"
         f" (about {est.tokens_per_second:,.0f} tokens/s)."
     )
+    if hw.device == "cuda" and gpu_class(hw.name) is None:
+        lines.append(
+            f"  The time assumes a GPU of about {GPU_DEFAULT_PEAK / 1e12:.0f} TFLOP/s in bf16; "
+            f"--gpu-gib N --gpu NAME prices a known one ({', '.join(GPU_PEAK_FLOPS)})."
+        )
     if est.total_seconds:
         lines.append(f"{est.total_steps} steps ≈ {format_duration(est.total_seconds)}.")
     report = longest_sample_report(config, shape, hw, **kernels) if hw.device == "cuda" else None

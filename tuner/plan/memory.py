@@ -133,7 +133,14 @@ GPU_PEAK_FLOPS = {
     "T4": 65e12,
     "V100": 125e12,
 }
-GPU_DEFAULT_PEAK = 100e12
+GPU_DEFAULT_PEAK = 100e12  # a GPU whose name matches none of the classes above
+
+
+def gpu_class(name: str) -> str | None:
+    """The GPU_PEAK_FLOPS class the time estimate prices a GPU of this name as; None: GPU_DEFAULT_PEAK."""
+    return next((key for key in GPU_PEAK_FLOPS if key in name), None)
+
+
 GPU_MFU = 0.54
 GPU_STEP_SECONDS = {"quantized": (0.075, 0.21), "16-bit": (0.04, 0.3)}
 # What replaying the checkpointed layers as CUDA graphs takes off that host cost with every layer
@@ -282,7 +289,8 @@ def price(get, plan: RunPlan, shape: ModelShape, hw: Hardware, dataset_tokens: i
     flops_per_token += (2 * shape.params + attention / 3) * checkpointed / shape.layers
     step_tokens = tokens * accum
     if hw.device == "cuda":
-        peak = next((v for k, v in GPU_PEAK_FLOPS.items() if k in hw.name), GPU_DEFAULT_PEAK)
+        known = gpu_class(hw.name)
+        peak = GPU_DEFAULT_PEAK if known is None else GPU_PEAK_FLOPS[known]
         unchecked, every = GPU_STEP_SECONDS["quantized" if quantized else "16-bit"]
         if checkpoint_graphs:
             every -= CHECKPOINT_GRAPH_SAVED_SECONDS
