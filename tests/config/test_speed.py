@@ -19,6 +19,7 @@ def test_the_defaults_without_any_variable():
         "attention": "tuner",
         "fused_lora": True,
         "seeded_dropout": True,
+        "dropout_product": False,
         "rebuild_activations": False,
         "cuda_graphs": True,
         "liger": "wide",
@@ -38,6 +39,7 @@ def test_each_variable_sets_its_setting_and_nothing_else():
         "TUNER_LEAN_STEPS": "off",
         "TUNER_KBIT_UPCAST": "on",
         "TUNER_REBUILD_ACTIVATIONS": "on",
+        "TUNER_DROPOUT_PRODUCT": "on",
         "TUNER_GPU_MEMORY_GIB": "12",
         "TUNER_VARLEN": "off",  # a switch of before: no longer read
     }
@@ -48,6 +50,7 @@ def test_each_variable_sets_its_setting_and_nothing_else():
         "liger": "on",
         "lean_steps": False,
         "kbit_upcast": True,
+        "dropout_product": True,
         "rebuild_activations": True,
         "gpu_memory_gib": 12.0,
     }

@@ -447,7 +447,7 @@ def test_regeneration_is_set_by_fuse_lora_and_unset(fused_calls):
     _assert_equal_steps(regenerated, saved)
     assert set_dropout_regeneration(model.base_model.model.q, True) == 1  # one module's layers
     assert fuse_lora(model, regenerate_dropout=True) == 3  # already fused: their setting stays
-    assert [layer.forward.args[5] for layer in _lora_layers(model)] == [True, False, False]
+    assert [layer.forward.args[6] for layer in _lora_layers(model)] == [True, False, False]
     assert unfuse_lora(model) == 3
     assert set_dropout_regeneration(model, True) == 0
     assert len(fused_calls) == 6

@@ -34,18 +34,72 @@ CHECKS = textwrap.dedent(
     assert abs(rate - sd.threshold(p) / sd.UNIFORM_LEVELS) < 2e-3, rate
     per_position = 1 - flags.float().view(-1, 8).mean(0)  # the eight uniforms of one Philox call
     assert (per_position - p).abs().max().item() < 5e-3, per_position
+    # the dropped-out input made inside the LoRA product: the same mask (ragged rows and widths)
+    for rows, width, rank in [(100, 304, 16), (33, 1024, 64)]:
+        x, lora_A = torch.randn(rows, width), torch.randn(rank, width)
+        assert sd.product_applies(x, lora_A) and not sd.product_applies(x, lora_A[:8])
+        product = sd.dropped_product(x, lora_A, seed, p)
+        torch.testing.assert_close(product, sd.dropped(x, seed, p) @ lora_A.t(), rtol=1e-5, atol=1e-4)
     print("ok")
     """
 )
 
 
+# The fused LoRA linear's seeded path (CUDA only in training) run through the interpreter on the CPU, with
+# and without the fused product: output and gradients are the hand-computed ones for the mask its seed draws.
+LORA_CHECKS = textwrap.dedent(
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch import nn
+    from tuner.fast import seeded_dropout as sd
+    from tuner.fast.lora_fused import fuse_lora
+
+    sd.applies = lambda x: x.is_contiguous()  # the interpreter runs the kernels on CPU tensors
+    p = 0.1
+    for product in (False, True):
+        torch.manual_seed(0)
+        model = get_peft_model(nn.Sequential(nn.Linear(64, 48)), LoraConfig(r=16, lora_alpha=32,
+            lora_dropout=p, target_modules=["0"], init_lora_weights=False)).train()
+        fuse_lora(model, seeded_dropout=True, dropout_product=product)
+        layer = model.base_model.model[0]
+        x = torch.randn(3, 40, 64, requires_grad=True)
+        torch.manual_seed(7)
+        out = layer(x)
+        seed = out.grad_fn.next_functions[0][0].saved_tensors[6]
+        gy = torch.randn_like(out)
+        out.backward(gy)
+        W, b = layer.base_layer.weight, layer.base_layer.bias
+        A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        x2, keep = x.detach().reshape(-1, 64).requires_grad_(), sd.keep_mask((120, 64), seed, p)
+        A2, B2 = A.detach().clone().requires_grad_(), B.detach().clone().requires_grad_()
+        dropped = torch.where(keep, x2 * sd.keep_scale(p), 0.0)
+        want = x2 @ W.t() + b + layer.scaling["default"] * (dropped @ A2.t()) @ B2.t()
+        want.backward(gy.reshape(-1, 48))
+        close = dict(rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.reshape(-1, 48), want, **close)
+        torch.testing.assert_close(x.grad.reshape(-1, 64), x2.grad, **close)
+        torch.testing.assert_close(A.grad, A2.grad, **close)
+        torch.testing.assert_close(B.grad, B2.grad, **close)
+    print("ok")
+    """
+)
+
+
+def _interpreted(code: str) -> None:
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 @pytest.mark.skipif(not seeded_dropout.available(), reason="Triton is not installed (CPU builds of torch)")
 def test_the_kernels_apply_the_mask_their_seed_draws_in_the_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run(
-        [sys.executable, "-c", CHECKS], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    _interpreted(CHECKS)
+
+
+@pytest.mark.skipif(not seeded_dropout.available(), reason="Triton is not installed (CPU builds of torch)")
+def test_the_fused_lora_linear_follows_its_seeded_mask_in_the_interpreter():
+    _interpreted(LORA_CHECKS)
 
 
 def test_the_drop_rate_and_scale_keep_the_expectation():

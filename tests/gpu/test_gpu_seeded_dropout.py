@@ -61,9 +61,11 @@ def test_the_mask_is_drawn_at_the_rate_and_differs_between_seeds():
         assert abs(correlation) < 3e-3, correlation
 
 
-def test_the_fused_lora_linear_follows_the_seeded_mask():
+@pytest.mark.parametrize("product", [False, True], ids=["dropped-copy", "fused-product"])
+def test_the_fused_lora_linear_follows_the_seeded_mask(product):
     """The fused 4-bit LoRA linear with dropout: output and gradients are those of the mask its saved seed
-    draws, computed by hand through peft's own base layer."""
+    draws, computed by hand through peft's own base layer; with the dropped-out input made inside the
+    first LoRA product too."""
     import torch
 
     from tests.gpu.test_gpu_lora_fused import _lora_4bit, assert_follows_mask
@@ -72,7 +74,7 @@ def test_the_fused_lora_linear_follows_the_seeded_mask():
 
     p = 0.1
     model, layer = _lora_4bit(dropout=p)
-    fuse_lora(model, seeded_dropout=True)
+    fuse_lora(model, seeded_dropout=True, dropout_product=product)
     with torch.no_grad():
         layer.lora_B["default"].weight.normal_(0, 0.02)
     x = torch.randn(4, 1024, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -87,7 +89,29 @@ def test_the_fused_lora_linear_follows_the_seeded_mask():
     keep = seeded_dropout.keep_mask(x.shape, seed, p)
     assert abs(keep.float().mean().item() - (1 - p)) < 0.005
 
-    assert_follows_mask(layer, x, gy, out, keep, seeded_dropout.keep_scale(p), f"seeded dropout {p}")
+    assert_follows_mask(
+        layer, x, gy, out, keep, seeded_dropout.keep_scale(p), f"seeded dropout {p}, {product=}"
+    )
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_the_fused_product_is_the_product_of_the_dropped_out_input(dtype):
+    """dropped_product(x, A) against dropped(x) @ A^T: the same mask, one rounding of the product."""
+    import torch
+
+    from tuner.fast import seeded_dropout
+
+    dtype = getattr(torch, dtype)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    for rows, width, rank in [(4096, 4096, 64), (4096, 11008, 64), (1000, 1032, 16), (77, 4096, 128)]:
+        x = torch.randn(rows, width, device="cuda", dtype=dtype, generator=generator)
+        lora_A = torch.randn(rank, width, device="cuda", dtype=dtype, generator=generator) / width**0.5
+        assert seeded_dropout.product_applies(x, lora_A)
+        fused = seeded_dropout.dropped_product(x, lora_A, _seed(99), 0.1).float()
+        reference = (seeded_dropout.dropped(x, _seed(99), 0.1).double() @ lora_A.double().t()).float()
+        error = ((fused - reference).norm() / reference.norm()).item()
+        print(f"{dtype} {rows}x{width} rank {rank}: relative error {error:.2e}")
+        assert error < (1e-5 if dtype == torch.float32 else 5e-3)
 
 
 def test_a_checkpointed_recomputation_draws_the_forward_mask():

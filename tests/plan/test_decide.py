@@ -251,3 +251,15 @@ def test_rebuilt_activations_buy_fewer_checkpointed_layers_only_where_memory_is_
     assert not plan(settings=replace(on, kbit_upcast=True), budget=24).rebuild_activations
     other = replace(LLAMA2_7B, family="internlm2")
     assert plan_run(qlora(), on, H100, other, budget_gib=24, liger=True).checkpointed_layers == 11
+
+
+def test_the_dropout_inside_the_lora_product_only_where_the_dropout_is_seeded():
+    asked = SpeedSettings(dropout_product=True)
+    assert not plan(budget=24).seeded_product  # off by default until a GPU has measured it
+    graphed = plan(settings=asked, budget=24)
+    assert graphed.seeded_product and "seeded dropout in the product" in graphed.describe()
+    # eager plans keep the masks (no seeds): nothing to make inside the product
+    assert not plan(settings=asked, budget=8).seeded_product
+    assert not plan(settings=replace(asked, seeded_dropout=False), budget=24).seeded_product
+    # the memory plan is the same with it: the dropped-out copy it saves lived only until the product
+    assert graphed.checkpointed_layers == plan(budget=24).checkpointed_layers

@@ -65,6 +65,17 @@ class SpeedSettings:
         "checkpointed; eager on 8 GiB it lost (8,907 -> 7,301), so eager plans do not use it "
         "(bench/results/2026-12-05-h200-cards-seeded.json)",
     )
+    dropout_product: bool = setting(
+        False,
+        "TUNER_DROPOUT_PRODUCT",
+        "where the LoRA dropout is seeded: the dropped-out input is made tile by tile inside the first LoRA "
+        "product (one Triton kernel), never written to memory, instead of a dropout kernel then a matrix "
+        "product",
+        "off until measured on a GPU: checked on the CPU through Triton's interpreter (the same mask, the "
+        "fused LoRA linear's outputs and gradients by hand); the dropout kernel it replaces took 31-48 us "
+        "a call at 4096 tokens (bench/probes/seeded_dropout_speed.py). `python -m bench.train_speed --suite "
+        "cards-product` measures it (bench/results/<date>-h200-cards-product.json)",
+    )
     rebuild_activations: bool = setting(
         False,
         "TUNER_REBUILD_ACTIVATIONS",

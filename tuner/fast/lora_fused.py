@@ -124,6 +124,7 @@ class _FusedLoraLinear(torch.autograd.Function):
         dtype,
         out_dtype,
         seeded,
+        product,
         regenerate,
         grad_kernel,
     ):
@@ -133,12 +134,16 @@ class _FusedLoraLinear(torch.autograd.Function):
         x2 = _cast(x.reshape(-1, x.shape[-1]), dtype)
         y = F.linear(x2, _weight(weight, quant_state, dtype), None if bias is None else _cast(bias, dtype))
         A, B = _cast(lora_A, dtype), _cast(lora_B, dtype)
-        seed = None
+        seed = h = None
         if p > 0 and seeded and seeded_dropout.applies(x2):
             # the mask is a function of an 8-byte seed: x2 is kept (shared with the other layers
-            # reading x), the dropped-out copy lives only until the product below
-            seed = seeded_dropout.draw_seed(x2.device)
-            xd, mask, kept = seeded_dropout.dropped(x2, seed, p), None, x2
+            # reading x), the dropped-out copy lives only until the product below, or never where
+            # the product makes it tile by tile
+            seed, mask, kept = seeded_dropout.draw_seed(x2.device), None, x2
+            if product and seeded_dropout.product_applies(x2, A):
+                h = seeded_dropout.dropped_product(x2, A, seed, p)
+            else:
+                xd = seeded_dropout.dropped(x2, seed, p)
         elif p > 0:
             generator = _generator(x2.device) if regenerate else None
             if generator is None:
@@ -156,7 +161,8 @@ class _FusedLoraLinear(torch.autograd.Function):
         else:
             xd = kept = x2
             mask = None
-        h = torch.mm(xd, A.t())
+        if h is None:
+            h = torch.mm(xd, A.t())
         y.addmm_(h, B.t(), alpha=scale)
         ctx.save_for_backward(kept, h, mask, A, B, weight, seed)
         ctx.scale, ctx.p, ctx.quant_state, ctx.dtype = scale, p, quant_state, dtype
@@ -190,7 +196,7 @@ class _FusedLoraLinear(torch.autograd.Function):
                 else:
                     add_masked_(gx, torch.mm(gh, A), mask, 1.0 / (1.0 - ctx.p), kernel=ctx.grad_kernel)
                 gx = _cast(gx, ctx.x_dtype).view(ctx.x_shape)
-        return gx, None, None, gA, gB, None, None, None, None, None, None, None, None
+        return gx, None, None, gA, gB, None, None, None, None, None, None, None, None, None
 
 
 def _fusable_adapter(layer, base: nn.Module) -> str | None:
@@ -218,7 +224,16 @@ def _dropout_p(dropout: nn.Module) -> float | None:
 
 
 def _forward(
-    layer, unfused, quantized: bool, grad_kernel: bool, seeded: bool, regenerate: bool, x, *args, **kwargs
+    layer,
+    unfused,
+    quantized: bool,
+    grad_kernel: bool,
+    seeded: bool,
+    product: bool,
+    regenerate: bool,
+    x,
+    *args,
+    **kwargs,
 ):
     base = layer.get_base_layer()
     name = None if args or kwargs else _fusable_adapter(layer, base)
@@ -246,6 +261,7 @@ def _forward(
         dtype,
         out_dtype,
         seeded,
+        product,
         regenerate,
         grad_kernel,
     )
@@ -266,14 +282,20 @@ def _kind(layer) -> bool | None:
 
 
 def fuse_lora(
-    model: nn.Module, regenerate_dropout: bool = False, grad_kernel: bool = True, seeded_dropout: bool = False
+    model: nn.Module,
+    regenerate_dropout: bool = False,
+    grad_kernel: bool = True,
+    seeded_dropout: bool = False,
+    dropout_product: bool = False,
 ) -> int:
     """Route the training forward of ``model``'s LoRA linears through one fused autograd Function
     each (see the module docstring for when it falls back), with dropout regeneration as
     ``regenerate_dropout`` says; ``grad_kernel``: the dropout-masked input gradient through
     tuner.fast.dropout_grad's Triton kernel where it applies (False: PyTorch's addcmul, for ablation);
     ``seeded_dropout``: CUDA inputs draw their dropout from a seed (tuner.fast.seeded_dropout, where
-    Triton imports), which then neither keeps a mask nor needs regeneration. Idempotent: a layer fused
+    Triton imports), which then neither keeps a mask nor needs regeneration; ``dropout_product``: with it,
+    the dropped-out input and the first LoRA product are one kernel (seeded_dropout.dropped_product)
+    where it applies. Idempotent: a layer fused
     before keeps its forward and its settings (:func:`set_dropout_regeneration` changes that one).
     Returns how many layers are fused."""
     count = 0
@@ -291,6 +313,7 @@ def fuse_lora(
                 quantized,
                 bool(grad_kernel),
                 bool(seeded_dropout),
+                bool(dropout_product),
                 bool(regenerate_dropout),
             )
         count += 1
@@ -318,8 +341,8 @@ def _set_regeneration(layer: nn.Module, on: bool) -> None:
             f"the forward of {type(layer).__name__} was replaced after fuse_lora: "
             "dropout regeneration cannot be set on it"
         )
-    if forward.args[5] != on:
-        layer.forward = functools.partial(_forward, *forward.args[:5], bool(on))
+    if forward.args[6] != on:
+        layer.forward = functools.partial(_forward, *forward.args[:6], bool(on))
 
 
 def unfuse_lora(model: nn.Module) -> int:

@@ -26,6 +26,12 @@ are scaled by ``65536 / (65536 - round(p * 65536))``, which keeps the expectatio
 of random numbers is not torch's, so masks differ from ``native_dropout``'s for the same generator
 state (a run is reproducible with itself, not with the unfused path).
 
+:func:`dropped_product` goes one step further where the run plan asks for it
+(tuner.plan.decide.RunPlan.seeded_product): the dropped-out input is made tile by tile inside the first
+LoRA product ``dropped(x) @ A^T`` (one Triton kernel, ranks 16-128), so it is never written, and a
+layer's forward launches one kernel where it launched a dropout and a matrix product. The mask is the
+same as :func:`dropped`'s, so backward draws it again as before.
+
 Used by tuner.fast.lora_fused where the run plan asks for it (tuner.plan.decide.RunPlan.seeded_dropout:
 every layer replayed as a CUDA graph, where the launches cost the host nothing; eagerly each dropout's
 seed draw and Triton launch cost the host more than the masks did) and the tensor is a contiguous CUDA
@@ -59,19 +65,24 @@ except ImportError:
 if triton is not None:
 
     @triton.jit
-    def _keep_flags(seed, start, below, BLOCK: tl.constexpr):
-        # the flags of the BLOCK elements from ``start`` (a multiple of 8): one Philox call per 8
-        # elements, counter = element index // 8 (its high word in the second counter), and the 16-bit
-        # halves of its four words for the eight of them in a fixed order
-        GROUPS: tl.constexpr = BLOCK // 8
-        group = start // 8 + tl.arange(0, GROUPS).to(tl.int64)
+    def _group_flags(seed, group, below, ROWS: tl.constexpr, GROUPS: tl.constexpr):
+        # the keep flags of the eight elements of each group (a [ROWS, GROUPS] tensor of element index // 8),
+        # as [ROWS, GROUPS * 8]: one Philox call per group, counter = group (its high word in the second
+        # counter), and the 16-bit halves of its four words for the eight elements in a fixed order
         low = (group & 0xFFFFFFFF).to(tl.uint32)
         high = (group >> 32).to(tl.uint32)
         zero = low * 0
         w0, w1, w2, w3 = tl.philox(seed, low, high, zero, zero)
-        words = tl.reshape(tl.join(tl.join(w0, w1), tl.join(w2, w3)), (GROUPS, 4))
-        halves = tl.reshape(tl.join(words & 0xFFFF, words >> 16), (BLOCK,))
+        words = tl.reshape(tl.join(tl.join(w0, w1), tl.join(w2, w3)), (ROWS, GROUPS * 4))
+        halves = tl.reshape(tl.join(words & 0xFFFF, words >> 16), (ROWS, GROUPS * 8))
         return halves >= below
+
+    @triton.jit
+    def _keep_flags(seed, start, below, BLOCK: tl.constexpr):
+        # the flags of the BLOCK elements from ``start`` (a multiple of 8)
+        GROUPS: tl.constexpr = BLOCK // 8
+        group = start // 8 + tl.arange(0, GROUPS).to(tl.int64)
+        return tl.reshape(_group_flags(seed, tl.reshape(group, (1, GROUPS)), below, 1, GROUPS), (BLOCK,))
 
     @triton.jit
     def _block(seed_ptr, below, BLOCK: tl.constexpr):
@@ -94,6 +105,46 @@ if triton is not None:
         src = tl.load(src_ptr + offsets, mask=inside).to(tl.float32)
         total = tl.where(keep, tl.fma(src, scale, out), out)
         tl.store(out_ptr + offsets, total.to(out_ptr.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _dropped_product(
+        x_ptr,
+        a_ptr,
+        h_ptr,
+        seed_ptr,
+        rows,
+        width,
+        below,
+        scale,
+        RANK: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        # h[BLOCK_M rows] = dropped(x) @ a^T, the dropped-out tile made in registers: x is [rows, width]
+        # (width a multiple of 8, so each row starts a Philox group), a is [RANK, width], h [rows, RANK].
+        # The dropped-out values are rounded to x's dtype before the product, as dropped() writes them.
+        GROUPS: tl.constexpr = BLOCK_K // 8
+        row = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        rank = tl.arange(0, RANK)
+        seed = tl.load(seed_ptr)
+        total = tl.zeros((BLOCK_M, RANK), dtype=tl.float32)
+        for k in range(0, width, BLOCK_K):
+            column = k + tl.arange(0, BLOCK_K)
+            inside = (row[:, None] < rows) & (column[None, :] < width)
+            x = tl.load(x_ptr + row[:, None] * width + column[None, :], mask=inside, other=0.0)
+            group = (row[:, None] * width + k) // 8 + tl.arange(0, GROUPS).to(tl.int64)[None, :]
+            keep = _group_flags(seed, group, below, BLOCK_M, GROUPS)
+            dropped = tl.where(keep, x.to(tl.float32) * scale, 0.0).to(x_ptr.dtype.element_ty)
+            a = tl.load(
+                a_ptr + rank[None, :] * width + column[:, None], mask=column[:, None] < width, other=0.0
+            )
+            total = tl.dot(dropped, a, total, input_precision=PRECISION)
+        tl.store(
+            h_ptr + row[:, None] * RANK + rank[None, :],
+            total.to(h_ptr.dtype.element_ty),
+            mask=row[:, None] < rows,
+        )
 
     @triton.jit
     def _flags(out_ptr, seed_ptr, n, below, BLOCK: tl.constexpr):
@@ -139,6 +190,50 @@ def add_dropped_(out: torch.Tensor, src: torch.Tensor, seed: torch.Tensor, p: fl
     # the one fused multiply-add is the explicit tl.fma, as in PyTorch's addcmul
     _add_dropped[_grid(n)](
         out, src, seed, n, threshold(p), keep_scale(p), BLOCK=BLOCK, enable_fp_fusion=False
+    )
+    return out
+
+
+PRODUCT_RANKS = (16, 32, 64, 128)  # LoRA ranks the fused product takes (tl.dot's tile sizes)
+PRODUCT_BLOCK_M, PRODUCT_BLOCK_K = 32, 128
+
+
+def product_applies(x: torch.Tensor, lora_A: torch.Tensor) -> bool:
+    """Whether :func:`dropped_product` takes ``x`` (2-D, where :func:`applies`) and ``lora_A``."""
+    return (
+        x.dim() == 2
+        and lora_A.dim() == 2
+        and lora_A.shape[0] in PRODUCT_RANKS
+        and lora_A.shape[1] == x.shape[1]
+        and x.shape[1] % 8 == 0
+        and lora_A.dtype == x.dtype
+        and lora_A.is_contiguous()
+        and lora_A.device == x.device
+    )
+
+
+def dropped_product(x: torch.Tensor, lora_A: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
+    """``dropped(x, seed, p) @ lora_A.t()`` in one kernel: the dropped-out copy of ``x`` is never written
+    (where :func:`product_applies`). The same mask as :func:`dropped`'s; the product rounds once, as a
+    matrix product does."""
+    rows, width = x.shape
+    rank = lora_A.shape[0]
+    out = torch.empty(rows, rank, dtype=x.dtype, device=x.device)
+    grid = (triton.cdiv(rows, PRODUCT_BLOCK_M),)
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    _dropped_product[grid](
+        x,
+        lora_A,
+        out,
+        seed,
+        rows,
+        width,
+        threshold(p),
+        keep_scale(p),
+        RANK=rank,
+        BLOCK_M=PRODUCT_BLOCK_M,
+        BLOCK_K=PRODUCT_BLOCK_K,
+        PRECISION=precision,
     )
     return out
 

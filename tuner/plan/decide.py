@@ -58,6 +58,7 @@ class RunPlan:
     # tuner.fast.seeded_dropout may draw the LoRA dropout (fused LoRA on CUDA, the setting, the kernels load)
     dropout_kernels: bool = False
     lora_dropout: bool = False  # the config's LoRA dropout is on
+    dropout_product: bool = False  # the setting: seeded dropout inside the first LoRA product
     # tuner.fast.rebuilt_activations may rebuild cheap activations of the layers that keep theirs (the
     # setting, CUDA, fused LoRA, a 16-bit residual stream)
     rebuild_allowed: bool = False
@@ -87,6 +88,12 @@ class RunPlan:
         checkpointed layers (tuner.fast.lora_fused's regeneration)."""
         every_layer_graphed = self.checkpointed_layers == 0 or self.checkpoint_graphs
         return self.dropout_kernels and self.cuda_graphs and every_layer_graphed
+
+    @property
+    def seeded_product(self) -> bool:
+        """Where the dropout is seeded, the dropped-out input made inside the first LoRA product
+        (tuner.fast.seeded_dropout.dropped_product) when the setting asks for it."""
+        return self.seeded_dropout and self.dropout_product
 
     @property
     def rebuild_activations(self) -> bool:
@@ -180,6 +187,7 @@ class RunPlan:
             "cuda_graphs",
             "checkpoint_graphs",
             "seeded_dropout",
+            "seeded_product",
             "rebuild_activations",
             "wide_loss_chunks",
             "embedding_on_cpu",
@@ -196,7 +204,8 @@ class RunPlan:
         if self.liger:
             parts.append("liger" + (" (wide loss chunks)" if self.wide_loss_chunks else ""))
         if self.fused_lora:
-            parts.append("fused LoRA" + (" (seeded dropout)" if self.seeded_dropout else ""))
+            seeded = " (seeded dropout in the product)" if self.seeded_product else " (seeded dropout)"
+            parts.append("fused LoRA" + (seeded if self.seeded_dropout else ""))
         if self.layers:
             where = " (inputs in host memory)" if self.offload_checkpoints else ""
             parts.append(f"{self.checkpointed_layers} of {self.layers} layers checkpointed{where}")
@@ -289,6 +298,7 @@ def plan_run(
         and settings.seeded_dropout
         and dropout_kernels is not False,
         lora_dropout=lora and float(get("lora_dropout", 0.1) or 0) > 0,
+        dropout_product=settings.dropout_product,
         rebuild_allowed=fused_lora
         and hw.device == "cuda"
         and settings.rebuild_activations

@@ -119,7 +119,9 @@ def build_model(config, settings: SpeedSettings | None = None):
             init=config.lora_init,
         )
         if plan.fused_lora:
-            built.fused_lora = fuse_lora(model, seeded_dropout=plan.seeded_dropout)
+            built.fused_lora = fuse_lora(
+                model, seeded_dropout=plan.seeded_dropout, dropout_product=plan.seeded_product
+            )
     elif config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     built.checkpointing = limit_checkpointing(model, config, built)
