@@ -40,6 +40,9 @@ CHECKS = textwrap.dedent(
         assert sd.product_applies(x, lora_A) and not sd.product_applies(x, lora_A[:8])
         product = sd.dropped_product(x, lora_A, seed, p)
         torch.testing.assert_close(product, sd.dropped(x, seed, p) @ lora_A.t(), rtol=1e-5, atol=1e-4)
+        grad, out = torch.randn(rows, rank), torch.randn(rows, width)
+        added = sd.add_dropped_product_(out.clone(), grad, lora_A, seed, p)
+        torch.testing.assert_close(added, sd.add_dropped_(out.clone(), grad @ lora_A, seed, p), rtol=1e-5, atol=1e-4)
     print("ok")
     """
 )

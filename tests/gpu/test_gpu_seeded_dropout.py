@@ -96,7 +96,8 @@ def test_the_fused_lora_linear_follows_the_seeded_mask(product):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
 def test_the_fused_product_is_the_product_of_the_dropped_out_input(dtype):
-    """dropped_product(x, A) against dropped(x) @ A^T: the same mask, one rounding of the product."""
+    """dropped_product(x, A) against dropped(x) @ A^T, and add_dropped_product_ against the exact sum: the
+    same mask, one rounding."""
     import torch
 
     from tuner.fast import seeded_dropout
@@ -110,8 +111,19 @@ def test_the_fused_product_is_the_product_of_the_dropped_out_input(dtype):
         fused = seeded_dropout.dropped_product(x, lora_A, _seed(99), 0.1).float()
         reference = (seeded_dropout.dropped(x, _seed(99), 0.1).double() @ lora_A.double().t()).float()
         error = ((fused - reference).norm() / reference.norm()).item()
-        print(f"{dtype} {rows}x{width} rank {rank}: relative error {error:.2e}")
-        assert error < (1e-5 if dtype == torch.float32 else 5e-3)
+        # backward's half: the input gradient plus the dropped-out product of grad_h and A
+        grad = torch.randn(rows, rank, device="cuda", dtype=dtype, generator=generator)
+        out = torch.randn(rows, width, device="cuda", dtype=dtype, generator=generator)
+        added = seeded_dropout.add_dropped_product_(out.clone(), grad, lora_A, _seed(99), 0.1).float()
+        keep = seeded_dropout.keep_mask(out.shape, _seed(99), 0.1)
+        exact = grad.double() @ lora_A.double() * seeded_dropout.keep_scale(0.1)
+        expected = (out.double() + torch.where(keep, exact, 0.0)).float()
+        added_error = ((added - expected).norm() / expected.norm()).item()
+        print(
+            f"{dtype} {rows}x{width} rank {rank}: relative errors {error:.2e} (forward), {added_error:.2e} (backward)"
+        )
+        bound = 1e-5 if dtype == torch.float32 else 5e-3
+        assert error < bound and added_error < bound
 
 
 def test_a_checkpointed_recomputation_draws_the_forward_mask():

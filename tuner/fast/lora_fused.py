@@ -166,7 +166,7 @@ class _FusedLoraLinear(torch.autograd.Function):
         y.addmm_(h, B.t(), alpha=scale)
         ctx.save_for_backward(kept, h, mask, A, B, weight, seed)
         ctx.scale, ctx.p, ctx.quant_state, ctx.dtype = scale, p, quant_state, dtype
-        ctx.grad_kernel = grad_kernel
+        ctx.grad_kernel, ctx.product = grad_kernel, product
         ctx.x_dtype, ctx.x_shape, ctx.A_dtype, ctx.B_dtype = x.dtype, x.shape, lora_A.dtype, lora_B.dtype
         return _cast(y, out_dtype)
 
@@ -189,7 +189,9 @@ class _FusedLoraLinear(torch.autograd.Function):
             del xd  # a regenerated one need not stay alive while gx is computed
             if need_x:
                 gx = torch.mm(gy, _weight(weight, ctx.quant_state, ctx.dtype))
-                if seed is not None:
+                if seed is not None and ctx.product and seeded_dropout.product_applies(gx, A):
+                    seeded_dropout.add_dropped_product_(gx, gh, A, seed, ctx.p)
+                elif seed is not None:
                     seeded_dropout.add_dropped_(gx, torch.mm(gh, A), seed, ctx.p)
                 elif mask is None:
                     gx.addmm_(gh, A)

@@ -29,8 +29,9 @@ state (a run is reproducible with itself, not with the unfused path).
 :func:`dropped_product` goes one step further where the run plan asks for it
 (tuner.plan.decide.RunPlan.seeded_product): the dropped-out input is made tile by tile inside the first
 LoRA product ``dropped(x) @ A^T`` (one Triton kernel, ranks 16-128), so it is never written, and a
-layer's forward launches one kernel where it launched a dropout and a matrix product. The mask is the
-same as :func:`dropped`'s, so backward draws it again as before.
+layer's forward launches one kernel where it launched a dropout and a matrix product; backward adds
+``dropped(grad_h @ A)`` to the input gradient in one kernel too (:func:`add_dropped_product_`), the
+product never written either. The mask is :func:`dropped`'s.
 
 Used by tuner.fast.lora_fused where the run plan asks for it (tuner.plan.decide.RunPlan.seeded_dropout:
 every layer replayed as a CUDA graph, where the launches cost the host nothing; eagerly each dropout's
@@ -147,6 +148,38 @@ if triton is not None:
         )
 
     @triton.jit
+    def _add_dropped_product(
+        out_ptr,
+        g_ptr,
+        a_ptr,
+        seed_ptr,
+        rows,
+        width,
+        below,
+        scale,
+        RANK: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        # out[tile] += dropped(g @ a)[tile]: g is [rows, RANK], a [RANK, width], out [rows, width] (width
+        # a multiple of 8); the product stays in registers, in fp32, and is added with one rounding
+        row = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        start = tl.program_id(1) * BLOCK_N
+        column = start + tl.arange(0, BLOCK_N)
+        rank = tl.arange(0, RANK)
+        g = tl.load(g_ptr + row[:, None] * RANK + rank[None, :], mask=row[:, None] < rows, other=0.0)
+        a = tl.load(a_ptr + rank[:, None] * width + column[None, :], mask=column[None, :] < width, other=0.0)
+        product = tl.dot(g, a, input_precision=PRECISION)
+        group = (row[:, None] * width + start) // 8 + tl.arange(0, BLOCK_N // 8).to(tl.int64)[None, :]
+        keep = _group_flags(tl.load(seed_ptr), group, below, BLOCK_M, BLOCK_N // 8)
+        inside = (row[:, None] < rows) & (column[None, :] < width)
+        where = out_ptr + row[:, None] * width + column[None, :]
+        out = tl.load(where, mask=inside, other=0.0).to(tl.float32)
+        total = tl.where(keep, tl.fma(product, scale, out), out)
+        tl.store(where, total.to(out_ptr.dtype.element_ty), mask=inside)
+
+    @triton.jit
     def _flags(out_ptr, seed_ptr, n, below, BLOCK: tl.constexpr):
         offsets, keep = _block(seed_ptr, below, BLOCK)
         tl.store(out_ptr + offsets, keep.to(tl.int8), mask=offsets < n)
@@ -195,7 +228,8 @@ def add_dropped_(out: torch.Tensor, src: torch.Tensor, seed: torch.Tensor, p: fl
 
 
 PRODUCT_RANKS = (16, 32, 64, 128)  # LoRA ranks the fused product takes (tl.dot's tile sizes)
-PRODUCT_BLOCK_M, PRODUCT_BLOCK_K = 32, 128
+PRODUCT_BLOCK_M, PRODUCT_BLOCK_K = 32, 128  # dropped_product's tiles: rows x columns of x
+GRADIENT_BLOCK_M, GRADIENT_BLOCK_N = 64, 128  # add_dropped_product_'s tiles of the input gradient
 
 
 def product_applies(x: torch.Tensor, lora_A: torch.Tensor) -> bool:
@@ -234,6 +268,42 @@ def dropped_product(x: torch.Tensor, lora_A: torch.Tensor, seed: torch.Tensor, p
         BLOCK_M=PRODUCT_BLOCK_M,
         BLOCK_K=PRODUCT_BLOCK_K,
         PRECISION=precision,
+    )
+    return out
+
+
+def add_dropped_product_(
+    out: torch.Tensor, grad: torch.Tensor, lora_A: torch.Tensor, seed: torch.Tensor, p: float
+) -> torch.Tensor:
+    """``out += dropped(grad @ lora_A)`` in place, one kernel (the input gradient through the dropout and
+    the first LoRA product): ``grad`` is [rows, rank], ``lora_A`` [rank, width] as
+    :func:`product_applies` takes it, ``out`` contiguous [rows, width] of their dtype. The product is
+    not rounded before the add, as :func:`add_dropped_` of a separate product would round it. Returns
+    ``out``."""
+    rows, width = out.shape
+    rank = lora_A.shape[0]
+    if not (
+        out.is_contiguous()
+        and grad.is_contiguous()
+        and grad.shape == (rows, rank)
+        and out.dtype == grad.dtype == lora_A.dtype
+    ):
+        raise ValueError("add_dropped_product_ needs contiguous [rows, rank] and [rows, width] of one dtype")
+    grid = (triton.cdiv(rows, GRADIENT_BLOCK_M), triton.cdiv(width, GRADIENT_BLOCK_N))
+    _add_dropped_product[grid](
+        out,
+        grad,
+        lora_A,
+        seed,
+        rows,
+        width,
+        threshold(p),
+        keep_scale(p),
+        RANK=rank,
+        BLOCK_M=GRADIENT_BLOCK_M,
+        BLOCK_N=GRADIENT_BLOCK_N,
+        PRECISION="ieee" if out.dtype == torch.float32 else "tf32",
+        enable_fp_fusion=False,
     )
     return out
 
