@@ -20,16 +20,10 @@ def _model(fused: bool = True, dropout: float = 0.0, dtype=torch.float32):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from tests.tiny import TINY_FAMILY_SIZES
+
     torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=176,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
-    model = LlamaForCausalLM(config).to(dtype)
+    model = LlamaForCausalLM(LlamaConfig(**TINY_FAMILY_SIZES, vocab_size=128)).to(dtype)
     lora = LoraConfig(
         r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear", init_lora_weights=False
     )

@@ -45,6 +45,11 @@ def gpu_config(model_dir, data, **overrides):
     return config_from_dict(base)
 
 
+def small_qlora_config(folder: Path, model_dir, **overrides):
+    """gpu_config for a 4-bit QLoRA run of ``model_dir`` on a fresh data file in ``folder``."""
+    return gpu_config(model_dir, write_gpu_data(folder), method="qlora", quantization="4bit", **overrides)
+
+
 def packed_cuda_batch(lengths, vocab: int) -> dict:
     """One flattened row of random samples of these lengths, with boundaries, on the GPU."""
     import torch

@@ -14,6 +14,7 @@ from tests.gpu.common import (
     gpu_config,
     packed_cuda_batch,
     relative_error,
+    small_qlora_config,
     write_gpu_data,
 )
 
@@ -56,13 +57,7 @@ def test_graphed_qlora_layers_equal_eager(workspace, small_llama_dir, monkeypatc
     from tuner.train.model import build_model
 
     monkeypatch.setenv("TUNER_CUDA_GRAPHS", "on")
-    config = gpu_config(
-        small_llama_dir,
-        write_gpu_data(workspace),
-        method="qlora",
-        quantization="4bit",
-        gradient_checkpointing=False,
-    )
+    config = small_qlora_config(workspace, small_llama_dir, gradient_checkpointing=False)
     model, loaded = build_model(config)
     graphs = loaded.layer_graphs
     assert graphs is not None and len(graphs.layers) == 4, loaded.describe()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.gpu.common import GraphedAgainstEager, gpu_config, packed_cuda_batch, write_gpu_data
+from tests.gpu.common import GraphedAgainstEager, gpu_config, packed_cuda_batch, small_qlora_config
 
 pytestmark = pytest.mark.gpu
 
@@ -80,14 +80,7 @@ def test_graphed_layers_capture_the_rebuilding(workspace, small_llama_dir, monke
     from tuner.train.model import build_model
 
     monkeypatch.setenv("TUNER_CUDA_GRAPHS", "off")  # installed below, after the rebuilding
-    config = gpu_config(
-        small_llama_dir,
-        write_gpu_data(workspace),
-        method="qlora",
-        quantization="4bit",
-        gradient_checkpointing=False,
-        lora_dropout=0.0,
-    )
+    config = small_qlora_config(workspace, small_llama_dir, gradient_checkpointing=False, lora_dropout=0.0)
     model, loaded = build_model(config)
     graphs = None
     try:
@@ -113,14 +106,7 @@ def test_a_run_planned_to_rebuild_trains(workspace, small_llama_dir, monkeypatch
 
     # the small model fits anything: checkpoint half its layers so that the plan's memory is tight
     monkeypatch.setenv("TUNER_REBUILD_ACTIVATIONS", "on")
-    config = gpu_config(
-        small_llama_dir,
-        write_gpu_data(workspace),
-        name="rebuilt",
-        method="qlora",
-        quantization="4bit",
-        lora_dropout=0.0,
-    )
+    config = small_qlora_config(workspace, small_llama_dir, name="rebuilt", lora_dropout=0.0)
     import tuner.plan.decide as decide
 
     planned = decide.checkpoint_plan

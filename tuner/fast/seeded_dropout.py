@@ -246,6 +246,17 @@ def product_applies(x: torch.Tensor, lora_A: torch.Tensor) -> bool:
     )
 
 
+def _mask_arguments(seed: torch.Tensor, rows: int, width: int, p: float) -> tuple:
+    # what the product kernels take after their tensors: the seed, the [rows, width] the mask covers,
+    # and the drop threshold and keep scale of rate p
+    return seed, rows, width, threshold(p), keep_scale(p)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 operands multiplied in fp32 (tl.dot rounds them to tf32 by default); 16-bit operands ignore it
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 def dropped_product(x: torch.Tensor, lora_A: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
     """``dropped(x, seed, p) @ lora_A.t()`` in one kernel: the dropped-out copy of ``x`` is never written
     (where :func:`product_applies`). The same mask as :func:`dropped`'s; the product rounds once, as a
@@ -254,20 +265,15 @@ def dropped_product(x: torch.Tensor, lora_A: torch.Tensor, seed: torch.Tensor, p
     rank = lora_A.shape[0]
     out = torch.empty(rows, rank, dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(rows, PRODUCT_BLOCK_M),)
-    precision = "ieee" if x.dtype == torch.float32 else "tf32"
     _dropped_product[grid](
         x,
         lora_A,
         out,
-        seed,
-        rows,
-        width,
-        threshold(p),
-        keep_scale(p),
+        *_mask_arguments(seed, rows, width, p),
         RANK=rank,
         BLOCK_M=PRODUCT_BLOCK_M,
         BLOCK_K=PRODUCT_BLOCK_K,
-        PRECISION=precision,
+        PRECISION=_precision(x.dtype),
     )
     return out
 
@@ -294,15 +300,11 @@ def add_dropped_product_(
         out,
         grad,
         lora_A,
-        seed,
-        rows,
-        width,
-        threshold(p),
-        keep_scale(p),
+        *_mask_arguments(seed, rows, width, p),
         RANK=rank,
         BLOCK_M=GRADIENT_BLOCK_M,
         BLOCK_N=GRADIENT_BLOCK_N,
-        PRECISION="ieee" if out.dtype == torch.float32 else "tf32",
+        PRECISION=_precision(out.dtype),
         enable_fp_fusion=False,
     )
     return out
