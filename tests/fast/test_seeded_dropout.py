@@ -43,6 +43,11 @@ CHECKS = textwrap.dedent(
         grad, out = torch.randn(rows, rank), torch.randn(rows, width)
         added = sd.add_dropped_product_(out.clone(), grad, lora_A, seed, p)
         torch.testing.assert_close(added, sd.add_dropped_(out.clone(), grad @ lora_A, seed, p), rtol=1e-5, atol=1e-4)
+        lora_grad = sd.dropped_product_grad(grad, x, seed, p)
+        torch.testing.assert_close(lora_grad, grad.t() @ sd.dropped(x, seed, p), rtol=1e-5, atol=1e-4)
+    # more rows than one split: the splits' sums add up to the whole
+    grad, x = torch.randn(1100, 16), torch.randn(1100, 64)
+    torch.testing.assert_close(sd.dropped_product_grad(grad, x, seed, p), grad.t() @ sd.dropped(x, seed, p), rtol=1e-5, atol=1e-3)
     print("ok")
     """
 )

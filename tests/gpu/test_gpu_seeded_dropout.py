@@ -96,8 +96,8 @@ def test_the_fused_lora_linear_follows_the_seeded_mask(product):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
 def test_the_fused_product_is_the_product_of_the_dropped_out_input(dtype):
-    """dropped_product(x, A) against dropped(x) @ A^T, and add_dropped_product_ against the exact sum: the
-    same mask, one rounding."""
+    """dropped_product(x, A) against dropped(x) @ A^T, add_dropped_product_ and dropped_product_grad against
+    exact sums: the same mask, one rounding, the same A gradient every time."""
     import torch
 
     from tuner.fast import seeded_dropout
@@ -119,11 +119,17 @@ def test_the_fused_product_is_the_product_of_the_dropped_out_input(dtype):
         exact = grad.double() @ lora_A.double() * seeded_dropout.keep_scale(0.1)
         expected = (out.double() + torch.where(keep, exact, 0.0)).float()
         added_error = ((added - expected).norm() / expected.norm()).item()
+        # and the LoRA A gradient through the same mask, summed over the rows in splits
+        lora_grad = seeded_dropout.dropped_product_grad(grad, x, _seed(99), 0.1)
+        exact = grad.double().t() @ seeded_dropout.dropped(x, _seed(99), 0.1).double()
+        grad_error = ((lora_grad.double() - exact).norm() / exact.norm()).item()
         print(
-            f"{dtype} {rows}x{width} rank {rank}: relative errors {error:.2e} (forward), {added_error:.2e} (backward)"
+            f"{dtype} {rows}x{width} rank {rank}: relative errors {error:.2e} (forward), "
+            f"{added_error:.2e} (input gradient), {grad_error:.2e} (A gradient)"
         )
         bound = 1e-5 if dtype == torch.float32 else 5e-3
-        assert error < bound and added_error < bound
+        assert error < bound and added_error < bound and grad_error < bound
+        assert torch.equal(lora_grad, seeded_dropout.dropped_product_grad(grad, x, _seed(99), 0.1))
 
 
 def test_a_checkpointed_recomputation_draws_the_forward_mask():

@@ -70,7 +70,8 @@ class SpeedSettings:
         "TUNER_DROPOUT_PRODUCT",
         "where the LoRA dropout is seeded: the dropped-out input is made tile by tile inside the first LoRA "
         "product (one Triton kernel), never written to memory, instead of a dropout kernel then a matrix "
-        "product; in backward the input gradient's dropped-out LoRA term is added the same way",
+        "product; in backward the input gradient's dropped-out LoRA term and the A gradient are made the same "
+        "way",
         "off until measured on a GPU: checked on the CPU through Triton's interpreter (the same mask, the "
         "fused LoRA linear's outputs and gradients by hand); the dropout kernel it replaces took 31-48 us "
         "a call at 4096 tokens (bench/probes/seeded_dropout_speed.py). `python -m bench.train_speed --suite "

@@ -180,16 +180,22 @@ class _FusedLoraLinear(torch.autograd.Function):
             gB = _cast(_mm(gy.t(), h, ctx.scale), ctx.B_dtype)
         if need_x or need_A:
             gh = _mm(gy, B, ctx.scale)
-            if seed is not None:  # seeded dropout: only x2 and the seed were kept
-                xd = seeded_dropout.dropped(xd, seed, ctx.p)
-            elif mask is None and ctx.p > 0:  # dropout with regeneration: only x2 was kept
-                xd, mask = _redraw(xd, ctx.p, *ctx.rng)
-            if need_A:
-                gA = _cast(torch.mm(gh.t(), xd), ctx.A_dtype)
+            # seeded dropout made inside the products: the dropped-out input is never written
+            in_products = seed is not None and ctx.product and seeded_dropout.product_applies(xd, A)
+            if in_products:
+                if need_A:
+                    gA = _cast(seeded_dropout.dropped_product_grad(gh, xd, seed, ctx.p), ctx.A_dtype)
+            else:
+                if seed is not None:  # seeded dropout: only x2 and the seed were kept
+                    xd = seeded_dropout.dropped(xd, seed, ctx.p)
+                elif mask is None and ctx.p > 0:  # dropout with regeneration: only x2 was kept
+                    xd, mask = _redraw(xd, ctx.p, *ctx.rng)
+                if need_A:
+                    gA = _cast(torch.mm(gh.t(), xd), ctx.A_dtype)
             del xd  # a regenerated one need not stay alive while gx is computed
             if need_x:
                 gx = torch.mm(gy, _weight(weight, ctx.quant_state, ctx.dtype))
-                if seed is not None and ctx.product and seeded_dropout.product_applies(gx, A):
+                if in_products:
                     seeded_dropout.add_dropped_product_(gx, gh, A, seed, ctx.p)
                 elif seed is not None:
                     seeded_dropout.add_dropped_(gx, torch.mm(gh, A), seed, ctx.p)

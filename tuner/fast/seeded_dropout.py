@@ -29,9 +29,10 @@ state (a run is reproducible with itself, not with the unfused path).
 :func:`dropped_product` goes one step further where the run plan asks for it
 (tuner.plan.decide.RunPlan.seeded_product): the dropped-out input is made tile by tile inside the first
 LoRA product ``dropped(x) @ A^T`` (one Triton kernel, ranks 16-128), so it is never written, and a
-layer's forward launches one kernel where it launched a dropout and a matrix product; backward adds
-``dropped(grad_h @ A)`` to the input gradient in one kernel too (:func:`add_dropped_product_`), the
-product never written either. The mask is :func:`dropped`'s.
+layer's forward launches one kernel where it launched a dropout and a matrix product. Backward adds
+``dropped(grad_h @ A)`` to the input gradient in one kernel too (:func:`add_dropped_product_`), and makes
+the A gradient ``grad_h^T @ dropped(x)`` the same way (:func:`dropped_product_grad`): neither the
+dropped-out input nor the product is written anywhere in the step. The mask is :func:`dropped`'s.
 
 Used by tuner.fast.lora_fused where the run plan asks for it (tuner.plan.decide.RunPlan.seeded_dropout:
 every layer replayed as a CUDA graph, where the launches cost the host nothing; eagerly each dropout's
@@ -148,6 +149,44 @@ if triton is not None:
         )
 
     @triton.jit
+    def _dropped_product_grad(
+        g_ptr,
+        x_ptr,
+        part_ptr,
+        seed_ptr,
+        rows,
+        width,
+        below,
+        scale,
+        rows_per_split,
+        RANK: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        # part[split] = g[split's rows]^T @ dropped(x)[split's rows, column block]: the LoRA A gradient's
+        # share of one split of the rows (summed by the caller, in a fixed order), the dropped-out tile
+        # made in registers; x is [rows, width] (width a multiple of 8), g [rows, RANK]
+        start = tl.program_id(0) * BLOCK_N
+        split = tl.program_id(1)
+        column = start + tl.arange(0, BLOCK_N)
+        rank = tl.arange(0, RANK)
+        seed = tl.load(seed_ptr)
+        total = tl.zeros((RANK, BLOCK_N), dtype=tl.float32)
+        first = split.to(tl.int64) * rows_per_split
+        for m in range(0, rows_per_split, BLOCK_M):
+            row = first + m + tl.arange(0, BLOCK_M).to(tl.int64)
+            inside = (row[:, None] < rows) & (column[None, :] < width)
+            g = tl.load(g_ptr + row[:, None] * RANK + rank[None, :], mask=row[:, None] < rows, other=0.0)
+            x = tl.load(x_ptr + row[:, None] * width + column[None, :], mask=inside, other=0.0)
+            group = (row[:, None] * width + start) // 8 + tl.arange(0, BLOCK_N // 8).to(tl.int64)[None, :]
+            keep = _group_flags(seed, group, below, BLOCK_M, BLOCK_N // 8)
+            dropped = tl.where(keep, x.to(tl.float32) * scale, 0.0).to(x_ptr.dtype.element_ty)
+            total = tl.dot(tl.trans(g), dropped, total, input_precision=PRECISION)
+        where = part_ptr + split.to(tl.int64) * RANK * width + rank[:, None] * width + column[None, :]
+        tl.store(where, total, mask=column[None, :] < width)
+
+    @triton.jit
     def _add_dropped_product(
         out_ptr,
         g_ptr,
@@ -229,7 +268,8 @@ def add_dropped_(out: torch.Tensor, src: torch.Tensor, seed: torch.Tensor, p: fl
 
 PRODUCT_RANKS = (16, 32, 64, 128)  # LoRA ranks the fused product takes (tl.dot's tile sizes)
 PRODUCT_BLOCK_M, PRODUCT_BLOCK_K = 32, 128  # dropped_product's tiles: rows x columns of x
-GRADIENT_BLOCK_M, GRADIENT_BLOCK_N = 64, 128  # add_dropped_product_'s tiles of the input gradient
+GRADIENT_BLOCK_M, GRADIENT_BLOCK_N = 64, 128  # the backward kernels' tiles: rows x columns
+GRADIENT_SPLITS, GRADIENT_SPLIT_ROWS = 8, 512  # dropped_product_grad: at most 8 splits of >= 512 rows
 
 
 def product_applies(x: torch.Tensor, lora_A: torch.Tensor) -> bool:
@@ -276,6 +316,33 @@ def dropped_product(x: torch.Tensor, lora_A: torch.Tensor, seed: torch.Tensor, p
         PRECISION=_precision(x.dtype),
     )
     return out
+
+
+def dropped_product_grad(grad: torch.Tensor, x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
+    """``grad.t() @ dropped(x, seed, p)`` in fp32 (the LoRA A gradient), the dropped-out input made tile by
+    tile and never written: ``grad`` is [rows, rank], ``x`` [rows, width] as :func:`product_applies`
+    takes it. The rows are summed in splits, then the splits in order: the same result every time."""
+    rows, width = x.shape
+    rank = grad.shape[1]
+    if not (grad.is_contiguous() and x.is_contiguous() and grad.shape[0] == rows and grad.dtype == x.dtype):
+        raise ValueError("dropped_product_grad needs contiguous [rows, rank] and [rows, width] of one dtype")
+    # enough programs to fill a GPU's multiprocessors at a few thousand rows, no split under a block
+    splits = max(1, min(GRADIENT_SPLITS, rows // GRADIENT_SPLIT_ROWS))
+    rows_per_split = triton.cdiv(triton.cdiv(rows, splits), GRADIENT_BLOCK_M) * GRADIENT_BLOCK_M
+    parts = torch.empty(splits, rank, width, dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(width, GRADIENT_BLOCK_N), splits)
+    _dropped_product_grad[grid](
+        grad,
+        x,
+        parts,
+        *_mask_arguments(seed, rows, width, p),
+        rows_per_split,
+        RANK=rank,
+        BLOCK_M=GRADIENT_BLOCK_M,
+        BLOCK_N=GRADIENT_BLOCK_N,
+        PRECISION=_precision(x.dtype),
+    )
+    return parts[0] if splits == 1 else parts.sum(0)
 
 
 def add_dropped_product_(
