@@ -18,7 +18,7 @@ def test_the_defaults_without_any_variable():
     assert SpeedSettings.from_env({}).as_dict() == {
         "attention": "tuner",
         "fused_lora": True,
-        "seeded_dropout": True,
+        "seeded_dropout": "on",
         "dropout_product": False,
         "rebuild_activations": False,
         "cuda_graphs": True,
@@ -61,6 +61,7 @@ def test_each_variable_sets_its_setting_and_nothing_else():
     [
         ("TUNER_LIGER", "maybe", "TUNER_LIGER='maybe': use one of wide, on, off"),
         ("TUNER_FUSED_LORA", "yes", "TUNER_FUSED_LORA='yes': use one of on, off"),
+        ("TUNER_SEEDED_DROPOUT", "eager", "TUNER_SEEDED_DROPOUT='eager': use one of on, always, off"),
         ("TUNER_ATTENTION", "flash", "TUNER_ATTENTION='flash': use one of tuner, sdpa"),
         ("TUNER_GPU_MEMORY_GIB", "eighty", "TUNER_GPU_MEMORY_GIB='eighty': give the GiB of GPU memory"),
     ],

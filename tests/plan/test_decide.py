@@ -63,7 +63,7 @@ def test_a_small_card_checkpoints_everything_offloads_and_pages_the_optimizer_on
     roomier = plan(budget=12)
     assert (roomier.checkpointed_layers, roomier.offload_checkpoints) == (31, False)
     assert roomier.seeded_dropout and "seeded dropout" in roomier.describe()
-    masks = plan_run(qlora(), SpeedSettings(seeded_dropout=False), H100, LLAMA2_7B, budget_gib=12, liger=True)
+    masks = plan_run(qlora(), SpeedSettings(seeded_dropout="off"), H100, LLAMA2_7B, budget_gib=12, liger=True)
     assert not masks.seeded_dropout and masks.checkpointed_layers == 32
     # training passes whether the kernels load: without Triton the masks are kept, and priced
     no_kernels = plan_run(
@@ -243,9 +243,9 @@ def test_rebuilt_activations_buy_fewer_checkpointed_layers_only_where_memory_is_
     # every layer checkpointed (eager 8 GiB): no layer keeps anything to rebuild
     assert not plan(settings=on, budget=8).rebuild_activations
     # dropout masks kept (no seeds): the LoRA keeps dropped-out copies, not the activations themselves
-    masks = plan(settings=replace(on, seeded_dropout=False), budget=24)
+    masks = plan(settings=replace(on, seeded_dropout="off"), budget=24)
     assert not masks.rebuild_activations and masks.checkpointed_layers == 19
-    no_dropout = plan(qlora(lora_dropout=0), settings=replace(on, seeded_dropout=False), budget=24)
+    no_dropout = plan(qlora(lora_dropout=0), settings=replace(on, seeded_dropout="off"), budget=24)
     assert no_dropout.rebuild_activations
     # peft's fp32 upcast makes the LoRA cast its input to a copy; unknown layers price no saving
     assert not plan(settings=replace(on, kbit_upcast=True), budget=24).rebuild_activations
@@ -260,6 +260,21 @@ def test_the_dropout_inside_the_lora_product_only_where_the_dropout_is_seeded():
     assert graphed.seeded_product and "seeded dropout in the product" in graphed.describe()
     # eager plans keep the masks (no seeds): nothing to make inside the product
     assert not plan(settings=asked, budget=8).seeded_product
-    assert not plan(settings=replace(asked, seeded_dropout=False), budget=24).seeded_product
+    assert not plan(settings=replace(asked, seeded_dropout="off"), budget=24).seeded_product
     # the memory plan is the same with it: the dropped-out copy it saves lived only until the product
     assert graphed.checkpointed_layers == plan(budget=24).checkpointed_layers
+
+
+def test_seeded_dropout_in_eager_plans_only_when_asked_for_measuring():
+    always = SpeedSettings(seeded_dropout="always")
+    eager = plan(settings=always, budget=8)
+    assert (eager.checkpointed_layers, eager.checkpoint_graphs) == (32, False)
+    assert eager.seeded_dropout and not plan(budget=8).seeded_dropout
+    # its recomputed layer keeps no masks either, priced as with regeneration: the same plan and price
+    get = qlora().get
+    assert (
+        price(get, eager, LLAMA2_7B, H100).total_gib == price(get, plan(budget=8), LLAMA2_7B, H100).total_gib
+    )
+    with_product = plan(settings=replace(always, dropout_product=True), budget=8)
+    assert with_product.seeded_product and "seeded dropout in the product" in with_product.describe()
+    assert not plan(settings=SpeedSettings(seeded_dropout="off"), budget=24).seeded_dropout

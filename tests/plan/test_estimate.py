@@ -110,7 +110,10 @@ def _estimate(row):
     offload = bool(row.get("offloaded_layers"))
     if row.get("speed_settings"):  # rows since the layout redesign record the settings themselves
         # rows before seeded dropout (session 14) kept the masks: the setting was not there
-        settings = SpeedSettings(**{"seeded_dropout": False, **row["speed_settings"]})
+        recorded = {"seeded_dropout": "off", **row["speed_settings"]}
+        if isinstance(recorded["seeded_dropout"], bool):  # session 14's rows: on or off
+            recorded["seeded_dropout"] = "on" if recorded["seeded_dropout"] else "off"
+        settings = SpeedSettings(**recorded)
         upcast, graphs = settings.kbit_upcast, settings.cuda_graphs
     else:  # rows of the switches before: their names and defaults then
         switches = row.get("switches") or {}
@@ -118,7 +121,7 @@ def _estimate(row):
         graphs = switches.get("TUNER_CUDA_GRAPHS") == "on"  # rows before the switch: no graphs
         # rows before wide loss chunks: Liger's own chunks
         settings = SpeedSettings(
-            liger="wide" if switches.get("TUNER_LOSS_CHUNKS") == "wide" else "on", seeded_dropout=False
+            liger="wide" if switches.get("TUNER_LOSS_CHUNKS") == "wide" else "on", seeded_dropout="off"
         )
     return estimate(
         config,
@@ -240,7 +243,7 @@ def test_estimate_within_25_percent_of_measured_step_time(row):
 
 def test_cuda_graphs_count_a_static_input_per_kept_layer_and_a_pool_for_the_checkpointed_ones():
     shape = shape_from_config(LLAMA2_7B)
-    masks = SpeedSettings(seeded_dropout=False)  # the graphs' own cost, the dropout kept alike
+    masks = SpeedSettings(seeded_dropout="off")  # the graphs' own cost, the dropout kept alike
     big = estimate(_qlora_4096(), shape, H100, settings=masks, liger=True, budget_gib=79.2)
     assert big.checkpointed_layers == 0 and big.graphs
     eager = estimate(

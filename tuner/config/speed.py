@@ -54,16 +54,17 @@ class SpeedSettings:
         "Llama-3-8B bf16 LoRA, 4096 tokens: 9,532 -> 10,548 tok/s; Llama-2-7B QLoRA step kernels "
         "0.351 -> 0.304 s (bench/results/2026-12-01-h200-fused.json, 2026-12-01-h200-dropout-kernel.json)",
     )
-    seeded_dropout: bool = setting(
-        True,
+    seeded_dropout: str = setting(
+        "on",
         "TUNER_SEEDED_DROPOUT",
         "fused LoRA on CUDA with Triton, where every layer replays as a CUDA graph: each dropout mask is "
         "drawn from a seed by tuner's kernels, in forward and again in backward, so no mask or "
         "dropped-out copy is kept; the planner spends the memory that frees on fewer checkpointed layers "
-        "(eager plans keep the masks)",
+        "(eager plans keep the masks); always: in eager plans too (to measure them), off: masks everywhere",
         "Llama-2-7B QLoRA 4096 on an emulated 24 GiB card: 11,478 -> 12,608 tok/s, 19 -> 11 layers "
         "checkpointed; eager on 8 GiB it lost (8,907 -> 7,301), so eager plans do not use it "
         "(bench/results/2026-12-05-h200-cards-seeded.json)",
+        choices=("on", "always", "off"),
     )
     dropout_product: bool = setting(
         False,

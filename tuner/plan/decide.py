@@ -59,6 +59,7 @@ class RunPlan:
     dropout_kernels: bool = False
     lora_dropout: bool = False  # the config's LoRA dropout is on
     dropout_product: bool = False  # the setting: seeded dropout inside the first LoRA product
+    seeded_eager: bool = False  # the setting asks for seeded dropout in eager plans too (to measure them)
     # tuner.fast.rebuilt_activations may rebuild cheap activations of the layers that keep theirs (the
     # setting, CUDA, fused LoRA, a 16-bit residual stream)
     rebuild_allowed: bool = False
@@ -87,7 +88,7 @@ class RunPlan:
         (bench/results/2026-12-05-h200-cards-seeded.json). Eager plans keep the masks, drawn again for
         checkpointed layers (tuner.fast.lora_fused's regeneration)."""
         every_layer_graphed = self.checkpointed_layers == 0 or self.checkpoint_graphs
-        return self.dropout_kernels and self.cuda_graphs and every_layer_graphed
+        return self.dropout_kernels and (self.seeded_eager or (self.cuda_graphs and every_layer_graphed))
 
     @property
     def seeded_product(self) -> bool:
@@ -295,8 +296,9 @@ def plan_run(
         fused_lora=fused_lora,
         dropout_kernels=fused_lora
         and hw.device == "cuda"
-        and settings.seeded_dropout
+        and settings.seeded_dropout != "off"
         and dropout_kernels is not False,
+        seeded_eager=settings.seeded_dropout == "always",
         lora_dropout=lora and float(get("lora_dropout", 0.1) or 0) > 0,
         dropout_product=settings.dropout_product,
         rebuild_allowed=fused_lora
