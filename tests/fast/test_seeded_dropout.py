@@ -45,6 +45,19 @@ CHECKS = textwrap.dedent(
         torch.testing.assert_close(added, sd.add_dropped_(out.clone(), grad @ lora_A, seed, p), rtol=1e-5, atol=1e-4)
         lora_grad = sd.dropped_product_grad(grad, x, seed, p)
         torch.testing.assert_close(lora_grad, grad.t() @ sd.dropped(x, seed, p), rtol=1e-5, atol=1e-4)
+    # a seed drawn on the host (eager steps): the kernels take it by value and draw the same mask for it
+    # every time; a device seed is the host seed of the same key on stream 0; another stream, another mask
+    host = sd.HostSeed(1234, 0)
+    assert torch.equal(sd.keep_mask(x.shape, host, p, device="cpu"), sd.keep_mask(x.shape, seed, p))
+    later = sd.HostSeed(1234, sd.HOST_STREAM_STRIDE)
+    keep = sd.keep_mask((100, 304), later, p, device="cpu")
+    assert (keep != sd.keep_mask((100, 304), host, p, device="cpu")).any()
+    x, lora_A, grad = torch.randn(100, 304), torch.randn(16, 304), torch.randn(100, 16)
+    assert torch.equal(sd.dropped(x, later, p), torch.where(keep, x * scale, 0.0))
+    torch.testing.assert_close(sd.dropped_product(x, lora_A, later, p), sd.dropped(x, later, p) @ lora_A.t(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(sd.dropped_product_grad(grad, x, later, p), grad.t() @ sd.dropped(x, later, p), rtol=1e-5, atol=1e-4)
+    out = torch.randn(100, 304)
+    torch.testing.assert_close(sd.add_dropped_product_(out.clone(), grad, lora_A, later, p), sd.add_dropped_(out.clone(), grad @ lora_A, later, p), rtol=1e-5, atol=1e-4)
     # more rows than one split: the splits' sums add up to the whole
     grad, x = torch.randn(1100, 16), torch.randn(1100, 64)
     torch.testing.assert_close(sd.dropped_product_grad(grad, x, seed, p), grad.t() @ sd.dropped(x, seed, p), rtol=1e-5, atol=1e-3)

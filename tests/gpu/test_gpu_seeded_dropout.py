@@ -81,12 +81,13 @@ def test_the_fused_lora_linear_follows_the_seeded_mask(product):
     gy = torch.randn(4, 1024, 2816, device="cuda", dtype=torch.bfloat16)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = layer(x)
-    saved = out.grad_fn.next_functions[0][0].saved_tensors
-    mask, seed = saved[2], saved[6]
-    assert mask is None and seed is not None and seed.numel() == 1  # no mask kept: the seed draws it
+    node = out.grad_fn.next_functions[0][0]
+    saved = node.saved_tensors
+    # no mask kept: the seed draws it, and an eager step draws it on the host (no seed tensor, no launch)
+    assert saved[2] is None and saved[6] is None and isinstance(node.host_seed, seeded_dropout.HostSeed)
     assert saved[0].data_ptr() == x.data_ptr()  # the input itself is kept, not a dropped-out copy
     out.backward(gy)
-    keep = seeded_dropout.keep_mask(x.shape, seed, p)
+    keep = seeded_dropout.keep_mask(x.shape, node.host_seed, p, device="cuda")
     assert abs(keep.float().mean().item() - (1 - p)) < 0.005
 
     assert_follows_mask(
@@ -130,6 +131,37 @@ def test_the_fused_product_is_the_product_of_the_dropped_out_input(dtype):
         bound = 1e-5 if dtype == torch.float32 else 5e-3
         assert error < bound and added_error < bound and grad_error < bound
         assert torch.equal(lora_grad, seeded_dropout.dropped_product_grad(grad, x, _seed(99), 0.1))
+
+
+def test_eager_steps_draw_seeds_on_the_host_and_graph_captures_on_the_device():
+    """Outside a capture a seed is the generator's offset, reserved on the host (the next draw gets the
+    next one; putting the generator back, as checkpointing does, draws the same again); inside a CUDA graph
+    capture it is a device tensor that each replay draws anew."""
+    import torch
+
+    from tuner.fast import seeded_dropout
+
+    device = torch.device("cuda")
+    torch.cuda.manual_seed(11)
+    state = torch.cuda.get_rng_state()
+    first, second = seeded_dropout.draw_seed(device), seeded_dropout.draw_seed(device)
+    assert isinstance(first, seeded_dropout.HostSeed) and first.key == second.key
+    assert second.stream == first.stream + seeded_dropout.HOST_STREAM_STRIDE
+    torch.cuda.set_rng_state(state)
+    assert seeded_dropout.draw_seed(device) == first
+    x = torch.randn(512, 1024, device="cuda")
+    assert not torch.equal(seeded_dropout.dropped(x, first, 0.1), seeded_dropout.dropped(x, second, 0.1))
+    graph, out = torch.cuda.CUDAGraph(), torch.empty_like(x)
+    seeded_dropout.dropped(x, _seed(1), 0.1)  # compiled before the capture
+    with torch.cuda.graph(graph):
+        seed = seeded_dropout.draw_seed(device)
+        out.copy_(seeded_dropout.dropped(x, seed, 0.1))
+    assert isinstance(seed, torch.Tensor)
+    masks = []
+    for _ in range(2):
+        graph.replay()
+        masks.append((out != 0).clone())
+    assert not torch.equal(*masks)  # a fresh seed every replay
 
 
 def test_a_checkpointed_recomputation_draws_the_forward_mask():

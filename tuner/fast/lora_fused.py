@@ -38,9 +38,9 @@ backward (autograd's version check refuses it).
 
 Seeded dropout (``fuse_lora(model, seeded_dropout=True)``, what the run plan picks where every layer
 replays as a CUDA graph: tuner.plan.decide.RunPlan.seeded_dropout): the mask
-is drawn from an 8-byte seed by tuner.fast.seeded_dropout's kernels, in forward and again in backward,
-so a layer keeps its input and the seed, in eager steps and in CUDA graphs alike; regeneration is then
-moot. Where it does not apply (a CPU, no Triton) the paths above run.
+is drawn from a seed by tuner.fast.seeded_dropout's kernels, in forward and again in backward, so a
+layer keeps its input and the seed (8 bytes on the device inside CUDA graphs, two integers on the host in
+eager steps); regeneration is then moot. Where it does not apply (a CPU, no Triton) the paths above run.
 
 When it falls back to peft's own forward, unchanged: in eval mode (generation, evaluation), with
 the adapters disabled or merged, with no or several active adapters, for DoRA or another LoRA
@@ -164,7 +164,10 @@ class _FusedLoraLinear(torch.autograd.Function):
         if h is None:
             h = torch.mm(xd, A.t())
         y.addmm_(h, B.t(), alpha=scale)
-        ctx.save_for_backward(kept, h, mask, A, B, weight, seed)
+        # a seed drawn on the device is saved as a tensor, one drawn on the host (eager) is two integers
+        host_seed = isinstance(seed, seeded_dropout.HostSeed)
+        ctx.save_for_backward(kept, h, mask, A, B, weight, None if host_seed else seed)
+        ctx.host_seed = seed if host_seed else None
         ctx.scale, ctx.p, ctx.quant_state, ctx.dtype = scale, p, quant_state, dtype
         ctx.grad_kernel, ctx.product = grad_kernel, product
         ctx.x_dtype, ctx.x_shape, ctx.A_dtype, ctx.B_dtype = x.dtype, x.shape, lora_A.dtype, lora_B.dtype
@@ -173,6 +176,7 @@ class _FusedLoraLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         xd, h, mask, A, B, weight, seed = ctx.saved_tensors
+        seed = ctx.host_seed if seed is None else seed
         need_x, _, _, need_A, need_B = ctx.needs_input_grad[:5]
         gy = _cast(gy.reshape(-1, gy.shape[-1]), ctx.dtype)
         gx = gA = gB = None
