@@ -19,7 +19,7 @@ from tuner.config.deepspeed import partitions_weights
 from tuner.config.speed import SpeedSettings
 from tuner.core.system import Hardware, world_size
 from tuner.models.shape import ModelShape
-from tuner.plan.memory import AUTO_CHECKPOINT_FRACTION, CHECKPOINT_GRAPH_MAX_TOKENS, price
+from tuner.plan.memory import AUTO_CHECKPOINT_FRACTION, CHECKPOINT_GRAPH_MAX_TOKENS, REBUILT_FAMILIES, price
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class RunPlan:
     dropout_product: bool = False  # the setting: seeded dropout inside the first LoRA product
     seeded_eager: bool = False  # the setting asks for seeded dropout in eager plans too (to measure them)
     # tuner.fast.rebuilt_activations may rebuild cheap activations of the layers that keep theirs (the
-    # setting, CUDA, fused LoRA, a 16-bit residual stream)
+    # setting, CUDA, fused LoRA, a 16-bit residual stream, a model family whose layers it knows)
     rebuild_allowed: bool = False
     # the planner found the memory tight enough to rebuild them (checkpoint_plan): not where every layer
     # keeps its activations without it
@@ -304,7 +304,8 @@ def plan_run(
         rebuild_allowed=fused_lora
         and hw.device == "cuda"
         and settings.rebuild_activations
-        and not settings.kbit_upcast,
+        and not settings.kbit_upcast
+        and shape.family in REBUILT_FAMILIES,
         kbit_upcast=settings.kbit_upcast,
         graphs_allowed=settings.cuda_graphs
         and hw.device == "cuda"

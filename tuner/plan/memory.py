@@ -54,7 +54,7 @@ DROPOUT_BYTES = 1.92
 # Of those, what tuner.fast.rebuilt_activations rebuilds in backward instead (where the LoRA keeps its
 # input: no dropout, or seeded): the MLP's gated product (2 bytes x intermediate / hidden) and, with
 # Liger's RMSNorm, the two norm outputs (2 bytes each). Counted from the tensors the layer keeps, not
-# yet measured on a GPU; only for the model families whose layers the mechanism knows.
+# yet measured on a GPU; the plan rebuilds only for the model families whose layers the mechanism knows.
 REBUILT_PRODUCT_BYTES = 2
 REBUILT_NORM_BYTES = 4
 REBUILT_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
@@ -201,9 +201,7 @@ def activation_bytes(shape: ModelShape, lora_dropout: float, seeded_dropout: boo
 
 def rebuilt_bytes(shape: ModelShape, liger: bool) -> float:
     """Bytes per token per hidden unit of :func:`activation_bytes` that a kept layer rebuilds in
-    backward instead of keeping (tuner.fast.rebuilt_activations)."""
-    if shape.family not in REBUILT_FAMILIES:
-        return 0.0
+    backward instead of keeping (tuner.fast.rebuilt_activations), for a model of REBUILT_FAMILIES."""
     norms = REBUILT_NORM_BYTES if liger else 0.0
     return REBUILT_PRODUCT_BYTES * shape.intermediate / shape.hidden + norms
 
