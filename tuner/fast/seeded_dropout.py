@@ -124,6 +124,34 @@ if triton is not None:
         tl.store(out_ptr + offsets, total.to(out_ptr.dtype.element_ty), mask=inside)
 
     @triton.jit
+    def _tile_flags(key, stream, row, start, width, below, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        # the keep flags of a [rows, width] tensor's tile at rows ``row``, columns from ``start`` (width and
+        # start multiples of 8, so that the tile's groups are whole)
+        group = (row[:, None] * width + start) // 8 + tl.arange(0, BLOCK_N // 8).to(tl.int64)[None, :]
+        return _group_flags(key, stream, group, below, BLOCK_M, BLOCK_N // 8)
+
+    @triton.jit
+    def _dropped_tile(
+        x_ptr,
+        key,
+        stream,
+        row,
+        start,
+        rows,
+        width,
+        below,
+        scale,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        # a tile of dropped(x), made in registers and rounded to x's dtype as dropped() writes it
+        column = start + tl.arange(0, BLOCK_N)
+        inside = (row[:, None] < rows) & (column[None, :] < width)
+        x = tl.load(x_ptr + row[:, None] * width + column[None, :], mask=inside, other=0.0)
+        keep = _tile_flags(key, stream, row, start, width, below, BLOCK_M, BLOCK_N)
+        return tl.where(keep, x.to(tl.float32) * scale, 0.0).to(x_ptr.dtype.element_ty)
+
+    @triton.jit
     def _dropped_product(
         x_ptr,
         a_ptr,
@@ -144,18 +172,13 @@ if triton is not None:
         # h[BLOCK_M rows] = dropped(x) @ a^T, the dropped-out tile made in registers: x is [rows, width]
         # (width a multiple of 8, so each row starts a Philox group), a is [RANK, width], h [rows, RANK].
         # The dropped-out values are rounded to x's dtype before the product, as dropped() writes them.
-        GROUPS: tl.constexpr = BLOCK_K // 8
         row = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
         rank = tl.arange(0, RANK)
         key = _key(seed_ptr, key, ON_DEVICE)
         total = tl.zeros((BLOCK_M, RANK), dtype=tl.float32)
         for k in range(0, width, BLOCK_K):
             column = k + tl.arange(0, BLOCK_K)
-            inside = (row[:, None] < rows) & (column[None, :] < width)
-            x = tl.load(x_ptr + row[:, None] * width + column[None, :], mask=inside, other=0.0)
-            group = (row[:, None] * width + k) // 8 + tl.arange(0, GROUPS).to(tl.int64)[None, :]
-            keep = _group_flags(key, stream, group, below, BLOCK_M, GROUPS)
-            dropped = tl.where(keep, x.to(tl.float32) * scale, 0.0).to(x_ptr.dtype.element_ty)
+            dropped = _dropped_tile(x_ptr, key, stream, row, k, rows, width, below, scale, BLOCK_M, BLOCK_K)
             a = tl.load(
                 a_ptr + rank[None, :] * width + column[:, None], mask=column[:, None] < width, other=0.0
             )
@@ -197,12 +220,10 @@ if triton is not None:
         first = split.to(tl.int64) * rows_per_split
         for m in range(0, rows_per_split, BLOCK_M):
             row = first + m + tl.arange(0, BLOCK_M).to(tl.int64)
-            inside = (row[:, None] < rows) & (column[None, :] < width)
             g = tl.load(g_ptr + row[:, None] * RANK + rank[None, :], mask=row[:, None] < rows, other=0.0)
-            x = tl.load(x_ptr + row[:, None] * width + column[None, :], mask=inside, other=0.0)
-            group = (row[:, None] * width + start) // 8 + tl.arange(0, BLOCK_N // 8).to(tl.int64)[None, :]
-            keep = _group_flags(key, stream, group, below, BLOCK_M, BLOCK_N // 8)
-            dropped = tl.where(keep, x.to(tl.float32) * scale, 0.0).to(x_ptr.dtype.element_ty)
+            dropped = _dropped_tile(
+                x_ptr, key, stream, row, start, rows, width, below, scale, BLOCK_M, BLOCK_N
+            )
             total = tl.dot(tl.trans(g), dropped, total, input_precision=PRECISION)
         where = part_ptr + split.to(tl.int64) * RANK * width + rank[:, None] * width + column[None, :]
         tl.store(where, total, mask=column[None, :] < width)
@@ -234,8 +255,7 @@ if triton is not None:
         g = tl.load(g_ptr + row[:, None] * RANK + rank[None, :], mask=row[:, None] < rows, other=0.0)
         a = tl.load(a_ptr + rank[:, None] * width + column[None, :], mask=column[None, :] < width, other=0.0)
         product = tl.dot(g, a, input_precision=PRECISION)
-        group = (row[:, None] * width + start) // 8 + tl.arange(0, BLOCK_N // 8).to(tl.int64)[None, :]
-        keep = _group_flags(_key(seed_ptr, key, ON_DEVICE), stream, group, below, BLOCK_M, BLOCK_N // 8)
+        keep = _tile_flags(_key(seed_ptr, key, ON_DEVICE), stream, row, start, width, below, BLOCK_M, BLOCK_N)
         inside = (row[:, None] < rows) & (column[None, :] < width)
         where = out_ptr + row[:, None] * width + column[None, :]
         out = tl.load(where, mask=inside, other=0.0).to(tl.float32)
