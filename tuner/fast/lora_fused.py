@@ -136,7 +136,7 @@ class _FusedLoraLinear(torch.autograd.Function):
         A, B = _cast(lora_A, dtype), _cast(lora_B, dtype)
         seed = h = None
         if p > 0 and seeded and seeded_dropout.applies(x2):
-            # the mask is a function of an 8-byte seed: x2 is kept (shared with the other layers
+            # the mask is a function of a seed: x2 is kept (shared with the other layers
             # reading x), the dropped-out copy lives only until the product below, or never where
             # the product makes it tile by tile
             seed, mask, kept = seeded_dropout.draw_seed(x2.device), None, x2
