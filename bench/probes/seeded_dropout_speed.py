@@ -1,6 +1,7 @@
 """LoRA dropout on this GPU: torch's native_dropout (mask kept, or redrawn from the generator's state)
-against tuner.fast.seeded_dropout, alone and inside the fused 4-bit LoRA linear's forward + backward, at
-Llama-2-7B's widths with 4096 tokens.
+against tuner.fast.seeded_dropout, separate from the LoRA products and inside them, alone and inside the
+fused 4-bit LoRA linear's forward + backward, at Llama-2-7B's widths (and Llama-3-8B's MLP width) with
+4096 tokens; and the host time of one call of each way, where an eager step waits on the host.
 
 Why: before wiring a dropout kernel into every adapted linear, time what it replaces on the GPU that
 runs the benchmark (issue 16: 672 dropout calls of 36 us in an 8 GiB-card step).
@@ -57,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out")
     args = parser.parse_args()
-    rows = [row for width in (4096, 11008) for row in measure(width)]
+    rows = [row for width in (4096, 11008, 14336) for row in measure(width)]
     for row in rows:
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
     if args.out:
@@ -79,13 +80,31 @@ def measure(width: int, p: float = 0.1, tokens: int = 4096) -> list[dict]:
         "forward (dropout, x A^T)": timed(lambda: torch.native_dropout(x, p, True)[0] @ A.t(), 50),
         "input grad (gh A, masked add)": timed(lambda: add_masked_(gx, gh @ A, mask, 1 / (1 - p)), 50),
     }
+    native["A grad (gh^T dropped x)"] = timed(lambda: gh.t() @ torch.native_dropout(x, p, True)[0], 50)
     seeded = {
         "dropout": timed(lambda: seeded_dropout.dropped(x, seed, p), 50),
         "forward (dropout, x A^T)": timed(lambda: seeded_dropout.dropped(x, seed, p) @ A.t(), 50),
         "input grad (gh A, masked add)": timed(lambda: seeded_dropout.add_dropped_(gx, gh @ A, seed, p), 50),
+        "A grad (gh^T dropped x)": timed(lambda: gh.t() @ seeded_dropout.dropped(x, seed, p), 50),
+    }
+    in_products = {
+        "forward (dropout, x A^T)": timed(lambda: seeded_dropout.dropped_product(x, A, seed, p), 50),
+        "input grad (gh A, masked add)": timed(
+            lambda: seeded_dropout.add_dropped_product_(gx, gh, A, seed, p), 50
+        ),
+        "A grad (gh^T dropped x)": timed(lambda: seeded_dropout.dropped_product_grad(gh, x, seed, p), 50),
     }
     for name in native:
-        rows.append({"width": width, "what": name, "native_ms": native[name], "seeded_ms": seeded[name]})
+        rows.append(
+            {
+                "width": width,
+                "what": name,
+                "native_ms": native[name],
+                "seeded_ms": seeded[name],
+                "in_products_ms": in_products.get(name),
+            }
+        )
+    rows.append({"width": width, "what": "host us per forward call (64 tokens)", **_host_us(width, p)})
     model = _linear(width, 4096)
     xg = torch.randn(1, tokens, width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     gy = torch.randn(1, tokens, 4096, device="cuda", dtype=torch.bfloat16)
@@ -96,6 +115,9 @@ def measure(width: int, p: float = 0.1, tokens: int = 4096) -> list[dict]:
         out.backward(gy)
 
     seeded_ms = timed(step, 30)
+    lora_fused.unfuse_lora(model)
+    lora_fused.fuse_lora(model, seeded_dropout=True, dropout_product=True)
+    in_products_ms = timed(step, 30)
     lora_fused.unfuse_lora(model)
     lora_fused.fuse_lora(model)  # the masks kept, as before
     native_ms = timed(step, 30)
@@ -108,9 +130,35 @@ def measure(width: int, p: float = 0.1, tokens: int = 4096) -> list[dict]:
             "native_ms": native_ms,
             "native_redrawn_ms": redrawn_ms,
             "seeded_ms": seeded_ms,
+            "in_products_ms": in_products_ms,
         }
     )
     return rows
+
+
+def _host_us(width: int, p: float, calls: int = 300) -> dict:
+    """Microseconds of host time per forward call of each way, on 64 tokens (the GPU then idles, so
+    the wall clock is the host's): seed draw, dropout and the first LoRA product."""
+    import time
+
+    x = torch.randn(64, width, device="cuda", dtype=torch.bfloat16)
+    A = torch.randn(64, width, device="cuda", dtype=torch.bfloat16)
+    ways = {
+        "native": lambda: torch.native_dropout(x, p, True)[0] @ A.t(),
+        "seeded": lambda: seeded_dropout.dropped(x, seeded_dropout.draw_seed(x.device), p) @ A.t(),
+        "in_products": lambda: seeded_dropout.dropped_product(x, A, seeded_dropout.draw_seed(x.device), p),
+    }
+    result = {}
+    for name, call in ways.items():
+        for _ in range(10):
+            call()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            call()
+        torch.cuda.synchronize()
+        result[f"{name}_us"] = (time.perf_counter() - start) / calls * 1e6
+    return result
 
 
 if __name__ == "__main__":
