@@ -17,7 +17,7 @@ import json
 import torch
 
 from bench.probes.attention_kernels import timed
-from tuner.fast import lora_fused, seeded_dropout
+from tuner.fast import dropout_products, lora_fused, seeded_dropout
 from tuner.fast.dropout_grad import add_masked_
 
 
@@ -88,11 +88,11 @@ def measure(width: int, p: float = 0.1, tokens: int = 4096) -> list[dict]:
         "A grad (gh^T dropped x)": timed(lambda: gh.t() @ seeded_dropout.dropped(x, seed, p), 50),
     }
     in_products = {
-        "forward (dropout, x A^T)": timed(lambda: seeded_dropout.dropped_product(x, A, seed, p), 50),
+        "forward (dropout, x A^T)": timed(lambda: dropout_products.dropped_product(x, A, seed, p), 50),
         "input grad (gh A, masked add)": timed(
-            lambda: seeded_dropout.add_dropped_product_(gx, gh, A, seed, p), 50
+            lambda: dropout_products.add_dropped_product_(gx, gh, A, seed, p), 50
         ),
-        "A grad (gh^T dropped x)": timed(lambda: seeded_dropout.dropped_product_grad(gh, x, seed, p), 50),
+        "A grad (gh^T dropped x)": timed(lambda: dropout_products.dropped_product_grad(gh, x, seed, p), 50),
     }
     for name in native:
         rows.append(
@@ -146,7 +146,7 @@ def _host_us(width: int, p: float, calls: int = 300) -> dict:
     ways = {
         "native": lambda: torch.native_dropout(x, p, True)[0] @ A.t(),
         "seeded": lambda: seeded_dropout.dropped(x, seeded_dropout.draw_seed(x.device), p) @ A.t(),
-        "in_products": lambda: seeded_dropout.dropped_product(x, A, seeded_dropout.draw_seed(x.device), p),
+        "in_products": lambda: dropout_products.dropped_product(x, A, seeded_dropout.draw_seed(x.device), p),
     }
     result = {}
     for name, call in ways.items():

@@ -16,6 +16,7 @@ from tuner.fast import seeded_dropout
 CHECKS = textwrap.dedent(
     """
     import torch
+    from tuner.fast import dropout_products as dp
     from tuner.fast import seeded_dropout as sd
 
     seed = torch.tensor([1234], dtype=torch.int64)
@@ -37,13 +38,13 @@ CHECKS = textwrap.dedent(
     # the dropped-out input made inside the LoRA product: the same mask (ragged rows and widths)
     for rows, width, rank in [(100, 304, 16), (33, 1024, 64)]:
         x, lora_A = torch.randn(rows, width), torch.randn(rank, width)
-        assert sd.product_applies(x, lora_A) and not sd.product_applies(x, lora_A[:8])
-        product = sd.dropped_product(x, lora_A, seed, p)
+        assert dp.product_applies(x, lora_A) and not dp.product_applies(x, lora_A[:8])
+        product = dp.dropped_product(x, lora_A, seed, p)
         torch.testing.assert_close(product, sd.dropped(x, seed, p) @ lora_A.t(), rtol=1e-5, atol=1e-4)
         grad, out = torch.randn(rows, rank), torch.randn(rows, width)
-        added = sd.add_dropped_product_(out.clone(), grad, lora_A, seed, p)
+        added = dp.add_dropped_product_(out.clone(), grad, lora_A, seed, p)
         torch.testing.assert_close(added, sd.add_dropped_(out.clone(), grad @ lora_A, seed, p), rtol=1e-5, atol=1e-4)
-        lora_grad = sd.dropped_product_grad(grad, x, seed, p)
+        lora_grad = dp.dropped_product_grad(grad, x, seed, p)
         torch.testing.assert_close(lora_grad, grad.t() @ sd.dropped(x, seed, p), rtol=1e-5, atol=1e-4)
     # a seed drawn on the host (eager steps): the kernels take it by value and draw the same mask for it
     # every time; a device seed is the host seed of the same key on stream 0; another stream, another mask
@@ -54,13 +55,13 @@ CHECKS = textwrap.dedent(
     assert (keep != sd.keep_mask((100, 304), host, p, device="cpu")).any()
     x, lora_A, grad = torch.randn(100, 304), torch.randn(16, 304), torch.randn(100, 16)
     assert torch.equal(sd.dropped(x, later, p), torch.where(keep, x * scale, 0.0))
-    torch.testing.assert_close(sd.dropped_product(x, lora_A, later, p), sd.dropped(x, later, p) @ lora_A.t(), rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(sd.dropped_product_grad(grad, x, later, p), grad.t() @ sd.dropped(x, later, p), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(dp.dropped_product(x, lora_A, later, p), sd.dropped(x, later, p) @ lora_A.t(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(dp.dropped_product_grad(grad, x, later, p), grad.t() @ sd.dropped(x, later, p), rtol=1e-5, atol=1e-4)
     out = torch.randn(100, 304)
-    torch.testing.assert_close(sd.add_dropped_product_(out.clone(), grad, lora_A, later, p), sd.add_dropped_(out.clone(), grad @ lora_A, later, p), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(dp.add_dropped_product_(out.clone(), grad, lora_A, later, p), sd.add_dropped_(out.clone(), grad @ lora_A, later, p), rtol=1e-5, atol=1e-4)
     # more rows than one split: the splits' sums add up to the whole
     grad, x = torch.randn(1100, 16), torch.randn(1100, 64)
-    torch.testing.assert_close(sd.dropped_product_grad(grad, x, seed, p), grad.t() @ sd.dropped(x, seed, p), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(dp.dropped_product_grad(grad, x, seed, p), grad.t() @ sd.dropped(x, seed, p), rtol=1e-5, atol=1e-3)
     print("ok")
     """
 )

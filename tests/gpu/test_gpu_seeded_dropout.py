@@ -101,27 +101,27 @@ def test_the_fused_product_is_the_product_of_the_dropped_out_input(dtype):
     exact sums: the same mask, one rounding, the same A gradient every time."""
     import torch
 
-    from tuner.fast import seeded_dropout
+    from tuner.fast import dropout_products, seeded_dropout
 
     dtype = getattr(torch, dtype)
     generator = torch.Generator(device="cuda").manual_seed(0)
     for rows, width, rank in [(4096, 4096, 64), (4096, 11008, 64), (1000, 1032, 16), (77, 4096, 128)]:
         x = torch.randn(rows, width, device="cuda", dtype=dtype, generator=generator)
         lora_A = torch.randn(rank, width, device="cuda", dtype=dtype, generator=generator) / width**0.5
-        assert seeded_dropout.product_applies(x, lora_A)
-        fused = seeded_dropout.dropped_product(x, lora_A, _seed(99), 0.1).float()
+        assert dropout_products.product_applies(x, lora_A)
+        fused = dropout_products.dropped_product(x, lora_A, _seed(99), 0.1).float()
         reference = (seeded_dropout.dropped(x, _seed(99), 0.1).double() @ lora_A.double().t()).float()
         error = ((fused - reference).norm() / reference.norm()).item()
         # backward's half: the input gradient plus the dropped-out product of grad_h and A
         grad = torch.randn(rows, rank, device="cuda", dtype=dtype, generator=generator)
         out = torch.randn(rows, width, device="cuda", dtype=dtype, generator=generator)
-        added = seeded_dropout.add_dropped_product_(out.clone(), grad, lora_A, _seed(99), 0.1).float()
+        added = dropout_products.add_dropped_product_(out.clone(), grad, lora_A, _seed(99), 0.1).float()
         keep = seeded_dropout.keep_mask(out.shape, _seed(99), 0.1)
         exact = grad.double() @ lora_A.double() * seeded_dropout.keep_scale(0.1)
         expected = (out.double() + torch.where(keep, exact, 0.0)).float()
         added_error = ((added - expected).norm() / expected.norm()).item()
         # and the LoRA A gradient through the same mask, summed over the rows in splits
-        lora_grad = seeded_dropout.dropped_product_grad(grad, x, _seed(99), 0.1)
+        lora_grad = dropout_products.dropped_product_grad(grad, x, _seed(99), 0.1)
         exact = grad.double().t() @ seeded_dropout.dropped(x, _seed(99), 0.1).double()
         grad_error = ((lora_grad.double() - exact).norm() / exact.norm()).item()
         print(
@@ -130,7 +130,7 @@ def test_the_fused_product_is_the_product_of_the_dropped_out_input(dtype):
         )
         bound = 1e-5 if dtype == torch.float32 else 5e-3
         assert error < bound and added_error < bound and grad_error < bound
-        assert torch.equal(lora_grad, seeded_dropout.dropped_product_grad(grad, x, _seed(99), 0.1))
+        assert torch.equal(lora_grad, dropout_products.dropped_product_grad(grad, x, _seed(99), 0.1))
 
 
 def test_eager_steps_draw_seeds_on_the_host_and_graph_captures_on_the_device():

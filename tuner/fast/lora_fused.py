@@ -65,7 +65,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tuner.fast import seeded_dropout
+from tuner.fast import dropout_products, seeded_dropout
 from tuner.fast.dropout_grad import add_masked_
 from tuner.fast.kbit_dequant import dequantize_4bit
 
@@ -140,8 +140,8 @@ class _FusedLoraLinear(torch.autograd.Function):
             # reading x), the dropped-out copy lives only until the product below, or never where
             # the product makes it tile by tile
             seed, mask, kept = seeded_dropout.draw_seed(x2.device), None, x2
-            if product and seeded_dropout.product_applies(x2, A):
-                h = seeded_dropout.dropped_product(x2, A, seed, p)
+            if product and dropout_products.product_applies(x2, A):
+                h = dropout_products.dropped_product(x2, A, seed, p)
             else:
                 xd = seeded_dropout.dropped(x2, seed, p)
         elif p > 0:
@@ -185,10 +185,10 @@ class _FusedLoraLinear(torch.autograd.Function):
         if need_x or need_A:
             gh = _mm(gy, B, ctx.scale)
             # seeded dropout made inside the products: the dropped-out input is never written
-            in_products = seed is not None and ctx.product and seeded_dropout.product_applies(xd, A)
+            in_products = seed is not None and ctx.product and dropout_products.product_applies(xd, A)
             if in_products:
                 if need_A:
-                    gA = _cast(seeded_dropout.dropped_product_grad(gh, xd, seed, ctx.p), ctx.A_dtype)
+                    gA = _cast(dropout_products.dropped_product_grad(gh, xd, seed, ctx.p), ctx.A_dtype)
             else:
                 if seed is not None:  # seeded dropout: only x2 and the seed were kept
                     xd = seeded_dropout.dropped(xd, seed, ctx.p)
@@ -200,7 +200,7 @@ class _FusedLoraLinear(torch.autograd.Function):
             if need_x:
                 gx = torch.mm(gy, _weight(weight, ctx.quant_state, ctx.dtype))
                 if in_products:
-                    seeded_dropout.add_dropped_product_(gx, gh, A, seed, ctx.p)
+                    dropout_products.add_dropped_product_(gx, gh, A, seed, ctx.p)
                 elif seed is not None:
                     seeded_dropout.add_dropped_(gx, torch.mm(gh, A), seed, ctx.p)
                 elif mask is None:
@@ -306,7 +306,7 @@ def fuse_lora(
     tuner.fast.dropout_grad's Triton kernel where it applies (False: PyTorch's addcmul, for ablation);
     ``seeded_dropout``: CUDA inputs draw their dropout from a seed (tuner.fast.seeded_dropout, where
     Triton imports), which then neither keeps a mask nor needs regeneration; ``dropout_product``: with it,
-    the dropped-out input and the first LoRA product are one kernel (seeded_dropout.dropped_product)
+    the dropped-out input and the first LoRA product are one kernel (tuner.fast.dropout_products)
     where it applies. Idempotent: a layer fused
     before keeps its forward and its settings (:func:`set_dropout_regeneration` changes that one).
     Returns how many layers are fused."""

@@ -28,13 +28,7 @@ are scaled by ``65536 / (65536 - round(p * 65536))``, which keeps the expectatio
 of random numbers is not torch's, so masks differ from ``native_dropout``'s for the same generator
 state (a run is reproducible with itself, not with the unfused path).
 
-:func:`dropped_product` goes one step further where the run plan asks for it
-(tuner.plan.decide.RunPlan.seeded_product): the dropped-out input is made tile by tile inside the first
-LoRA product ``dropped(x) @ A^T`` (one Triton kernel, ranks 16-128), so it is never written, and a
-layer's forward launches one kernel where it launched a dropout and a matrix product. Backward adds
-``dropped(grad_h @ A)`` to the input gradient in one kernel too (:func:`add_dropped_product_`), and makes
-the A gradient ``grad_h^T @ dropped(x)`` the same way (:func:`dropped_product_grad`): neither the
-dropped-out input nor the product is written anywhere in the step. The mask is :func:`dropped`'s.
+tuner.fast.dropout_products goes one step further: the same masks made inside the LoRA products.
 
 Used by tuner.fast.lora_fused where the run plan asks for it (tuner.plan.decide.RunPlan.seeded_dropout:
 every layer replayed as a CUDA graph, where the launches cost the host nothing; eagerly, with a seed
@@ -72,14 +66,14 @@ except ImportError:
 if triton is not None:
 
     @triton.jit
-    def _key(seed_ptr, key, ON_DEVICE: tl.constexpr):
+    def philox_key(seed_ptr, key, ON_DEVICE: tl.constexpr):
         # the Philox key: the seed drawn on the device, or the one passed from the host
         if ON_DEVICE:
             key = tl.load(seed_ptr)
         return tl.cast(key, tl.int64)
 
     @triton.jit
-    def _group_flags(key, stream, group, below, ROWS: tl.constexpr, GROUPS: tl.constexpr):
+    def group_flags(key, stream, group, below, ROWS: tl.constexpr, GROUPS: tl.constexpr):
         # the keep flags of the eight elements of each group (a [ROWS, GROUPS] tensor of element index // 8),
         # as [ROWS, GROUPS * 8]: one Philox call per group, counter = (group, stream), 32 bits per word,
         # and the 16-bit halves of its four words for the eight elements in a fixed order
@@ -100,7 +94,7 @@ if triton is not None:
         GROUPS: tl.constexpr = BLOCK // 8
         start = tl.program_id(0).to(tl.int64) * BLOCK
         group = tl.reshape(start // 8 + tl.arange(0, GROUPS).to(tl.int64), (1, GROUPS))
-        keep = _group_flags(_key(seed_ptr, key, ON_DEVICE), stream, group, below, 1, GROUPS)
+        keep = group_flags(philox_key(seed_ptr, key, ON_DEVICE), stream, group, below, 1, GROUPS)
         return start + tl.arange(0, BLOCK), tl.reshape(keep, (BLOCK,))
 
     @triton.jit
@@ -122,145 +116,6 @@ if triton is not None:
         src = tl.load(src_ptr + offsets, mask=inside).to(tl.float32)
         total = tl.where(keep, tl.fma(src, scale, out), out)
         tl.store(out_ptr + offsets, total.to(out_ptr.dtype.element_ty), mask=inside)
-
-    @triton.jit
-    def _tile_flags(key, stream, row, start, width, below, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        # the keep flags of a [rows, width] tensor's tile at rows ``row``, columns from ``start`` (width and
-        # start multiples of 8, so that the tile's groups are whole)
-        group = (row[:, None] * width + start) // 8 + tl.arange(0, BLOCK_N // 8).to(tl.int64)[None, :]
-        return _group_flags(key, stream, group, below, BLOCK_M, BLOCK_N // 8)
-
-    @triton.jit
-    def _dropped_tile(
-        x_ptr,
-        key,
-        stream,
-        row,
-        start,
-        rows,
-        width,
-        below,
-        scale,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-    ):
-        # a tile of dropped(x), made in registers and rounded to x's dtype as dropped() writes it
-        column = start + tl.arange(0, BLOCK_N)
-        inside = (row[:, None] < rows) & (column[None, :] < width)
-        x = tl.load(x_ptr + row[:, None] * width + column[None, :], mask=inside, other=0.0)
-        keep = _tile_flags(key, stream, row, start, width, below, BLOCK_M, BLOCK_N)
-        return tl.where(keep, x.to(tl.float32) * scale, 0.0).to(x_ptr.dtype.element_ty)
-
-    @triton.jit
-    def _dropped_product(
-        x_ptr,
-        a_ptr,
-        h_ptr,
-        seed_ptr,
-        key,
-        stream,
-        rows,
-        width,
-        below,
-        scale,
-        RANK: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-        PRECISION: tl.constexpr,
-        ON_DEVICE: tl.constexpr,
-    ):
-        # h[BLOCK_M rows] = dropped(x) @ a^T, the dropped-out tile made in registers: x is [rows, width]
-        # (width a multiple of 8, so each row starts a Philox group), a is [RANK, width], h [rows, RANK].
-        # The dropped-out values are rounded to x's dtype before the product, as dropped() writes them.
-        row = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-        rank = tl.arange(0, RANK)
-        key = _key(seed_ptr, key, ON_DEVICE)
-        total = tl.zeros((BLOCK_M, RANK), dtype=tl.float32)
-        for k in range(0, width, BLOCK_K):
-            column = k + tl.arange(0, BLOCK_K)
-            dropped = _dropped_tile(x_ptr, key, stream, row, k, rows, width, below, scale, BLOCK_M, BLOCK_K)
-            a = tl.load(
-                a_ptr + rank[None, :] * width + column[:, None], mask=column[:, None] < width, other=0.0
-            )
-            total = tl.dot(dropped, a, total, input_precision=PRECISION)
-        tl.store(
-            h_ptr + row[:, None] * RANK + rank[None, :],
-            total.to(h_ptr.dtype.element_ty),
-            mask=row[:, None] < rows,
-        )
-
-    @triton.jit
-    def _dropped_product_grad(
-        g_ptr,
-        x_ptr,
-        part_ptr,
-        seed_ptr,
-        key,
-        stream,
-        rows,
-        width,
-        below,
-        scale,
-        rows_per_split,
-        RANK: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        PRECISION: tl.constexpr,
-        ON_DEVICE: tl.constexpr,
-    ):
-        # part[split] = g[split's rows]^T @ dropped(x)[split's rows, column block]: the LoRA A gradient's
-        # share of one split of the rows (summed by the caller, in a fixed order), the dropped-out tile
-        # made in registers; x is [rows, width] (width a multiple of 8), g [rows, RANK]
-        start = tl.program_id(0) * BLOCK_N
-        split = tl.program_id(1)
-        column = start + tl.arange(0, BLOCK_N)
-        rank = tl.arange(0, RANK)
-        key = _key(seed_ptr, key, ON_DEVICE)
-        total = tl.zeros((RANK, BLOCK_N), dtype=tl.float32)
-        first = split.to(tl.int64) * rows_per_split
-        for m in range(0, rows_per_split, BLOCK_M):
-            row = first + m + tl.arange(0, BLOCK_M).to(tl.int64)
-            g = tl.load(g_ptr + row[:, None] * RANK + rank[None, :], mask=row[:, None] < rows, other=0.0)
-            dropped = _dropped_tile(
-                x_ptr, key, stream, row, start, rows, width, below, scale, BLOCK_M, BLOCK_N
-            )
-            total = tl.dot(tl.trans(g), dropped, total, input_precision=PRECISION)
-        where = part_ptr + split.to(tl.int64) * RANK * width + rank[:, None] * width + column[None, :]
-        tl.store(where, total, mask=column[None, :] < width)
-
-    @triton.jit
-    def _add_dropped_product(
-        out_ptr,
-        g_ptr,
-        a_ptr,
-        seed_ptr,
-        key,
-        stream,
-        rows,
-        width,
-        below,
-        scale,
-        RANK: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        PRECISION: tl.constexpr,
-        ON_DEVICE: tl.constexpr,
-    ):
-        # out[tile] += dropped(g @ a)[tile]: g is [rows, RANK], a [RANK, width], out [rows, width] (width
-        # a multiple of 8); the product stays in registers, in fp32, and is added with one rounding
-        row = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-        start = tl.program_id(1) * BLOCK_N
-        column = start + tl.arange(0, BLOCK_N)
-        rank = tl.arange(0, RANK)
-        g = tl.load(g_ptr + row[:, None] * RANK + rank[None, :], mask=row[:, None] < rows, other=0.0)
-        a = tl.load(a_ptr + rank[:, None] * width + column[None, :], mask=column[None, :] < width, other=0.0)
-        product = tl.dot(g, a, input_precision=PRECISION)
-        keep = _tile_flags(_key(seed_ptr, key, ON_DEVICE), stream, row, start, width, below, BLOCK_M, BLOCK_N)
-        inside = (row[:, None] < rows) & (column[None, :] < width)
-        where = out_ptr + row[:, None] * width + column[None, :]
-        out = tl.load(where, mask=inside, other=0.0).to(tl.float32)
-        total = tl.where(keep, tl.fma(product, scale, out), out)
-        tl.store(where, total.to(out_ptr.dtype.element_ty), mask=inside)
 
     @triton.jit
     def _flags(out_ptr, seed_ptr, key, stream, n, below, BLOCK: tl.constexpr, ON_DEVICE: tl.constexpr):
@@ -308,15 +163,16 @@ def draw_seed(device: torch.device) -> Seed:
     return HostSeed((generator.initial_seed() ^ HOST_KEY_SALT) & _KEY_BITS, stream)
 
 
-def _seed_arguments(seed: Seed, tensor: torch.Tensor) -> tuple:
-    # a kernel's (seed pointer, key, stream): a device seed is read through the pointer, a host seed is
-    # passed by value (``tensor`` then fills the pointer, never read)
+def seed_arguments(seed: Seed, tensor: torch.Tensor) -> tuple:
+    """A kernel's (seed pointer, key, stream) for ``seed``: a device seed is read through the pointer, a
+    host seed is passed by value (``tensor`` then fills the pointer, never read). With :func:`on_device`,
+    :func:`philox_key` and :func:`group_flags`, what tuner.fast.dropout_products' kernels share."""
     if isinstance(seed, HostSeed):
         return tensor, seed.key, seed.stream
     return seed, 0, 0
 
 
-def _on_device(seed: Seed) -> bool:
+def on_device(seed: Seed) -> bool:
     return not isinstance(seed, HostSeed)
 
 
@@ -331,12 +187,12 @@ def dropped(x: torch.Tensor, seed: Seed, p: float) -> torch.Tensor:
     _dropped[_grid(n)](
         x,
         out,
-        *_seed_arguments(seed, x),
+        *seed_arguments(seed, x),
         n,
         threshold(p),
         keep_scale(p),
         BLOCK=BLOCK,
-        ON_DEVICE=_on_device(seed),
+        ON_DEVICE=on_device(seed),
     )
     return out
 
@@ -353,126 +209,12 @@ def add_dropped_(out: torch.Tensor, src: torch.Tensor, seed: Seed, p: float) -> 
     _add_dropped[_grid(n)](
         out,
         src,
-        *_seed_arguments(seed, out),
+        *seed_arguments(seed, out),
         n,
         threshold(p),
         keep_scale(p),
         BLOCK=BLOCK,
-        ON_DEVICE=_on_device(seed),
-        enable_fp_fusion=False,
-    )
-    return out
-
-
-PRODUCT_RANKS = (16, 32, 64, 128)  # LoRA ranks the fused product takes (tl.dot's tile sizes)
-PRODUCT_BLOCK_M, PRODUCT_BLOCK_K = 32, 128  # dropped_product's tiles: rows x columns of x
-GRADIENT_BLOCK_M, GRADIENT_BLOCK_N = 64, 128  # the backward kernels' tiles: rows x columns
-GRADIENT_SPLITS, GRADIENT_SPLIT_ROWS = 8, 512  # dropped_product_grad: at most 8 splits of >= 512 rows
-
-
-def product_applies(x: torch.Tensor, lora_A: torch.Tensor) -> bool:
-    """Whether :func:`dropped_product` takes ``x`` (2-D, where :func:`applies`) and ``lora_A``."""
-    return (
-        x.dim() == 2
-        and lora_A.dim() == 2
-        and lora_A.shape[0] in PRODUCT_RANKS
-        and lora_A.shape[1] == x.shape[1]
-        and x.shape[1] % 8 == 0
-        and lora_A.dtype == x.dtype
-        and lora_A.is_contiguous()
-        and lora_A.device == x.device
-    )
-
-
-def _mask_arguments(seed: Seed, tensor: torch.Tensor, p: float) -> tuple:
-    # what the product kernels take after their tensors: the seed, the [rows, width] the mask covers
-    # (``tensor``'s), and the drop threshold and keep scale of rate p
-    return (*_seed_arguments(seed, tensor), *tensor.shape, threshold(p), keep_scale(p))
-
-
-def _precision(dtype: torch.dtype) -> str:
-    # fp32 operands multiplied in fp32 (tl.dot rounds them to tf32 by default); 16-bit operands ignore it
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def dropped_product(x: torch.Tensor, lora_A: torch.Tensor, seed: Seed, p: float) -> torch.Tensor:
-    """``dropped(x, seed, p) @ lora_A.t()`` in one kernel: the dropped-out copy of ``x`` is never written
-    (where :func:`product_applies`). The same mask as :func:`dropped`'s; the product rounds once, as a
-    matrix product does."""
-    rows, width = x.shape
-    rank = lora_A.shape[0]
-    out = torch.empty(rows, rank, dtype=x.dtype, device=x.device)
-    grid = (triton.cdiv(rows, PRODUCT_BLOCK_M),)
-    _dropped_product[grid](
-        x,
-        lora_A,
-        out,
-        *_mask_arguments(seed, x, p),
-        RANK=rank,
-        BLOCK_M=PRODUCT_BLOCK_M,
-        BLOCK_K=PRODUCT_BLOCK_K,
-        PRECISION=_precision(x.dtype),
-        ON_DEVICE=_on_device(seed),
-    )
-    return out
-
-
-def dropped_product_grad(grad: torch.Tensor, x: torch.Tensor, seed: Seed, p: float) -> torch.Tensor:
-    """``grad.t() @ dropped(x, seed, p)`` in fp32 (the LoRA A gradient), the dropped-out input made tile by
-    tile and never written: ``grad`` is [rows, rank], ``x`` [rows, width] as :func:`product_applies`
-    takes it. The rows are summed in splits, then the splits in order: the same result every time."""
-    rows, width = x.shape
-    rank = grad.shape[1]
-    if not (grad.is_contiguous() and x.is_contiguous() and grad.shape[0] == rows and grad.dtype == x.dtype):
-        raise ValueError("dropped_product_grad needs contiguous [rows, rank] and [rows, width] of one dtype")
-    # enough programs to fill a GPU's multiprocessors at a few thousand rows, no split under a block
-    splits = max(1, min(GRADIENT_SPLITS, rows // GRADIENT_SPLIT_ROWS))
-    rows_per_split = triton.cdiv(triton.cdiv(rows, splits), GRADIENT_BLOCK_M) * GRADIENT_BLOCK_M
-    parts = torch.empty(splits, rank, width, dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(width, GRADIENT_BLOCK_N), splits)
-    _dropped_product_grad[grid](
-        grad,
-        x,
-        parts,
-        *_mask_arguments(seed, x, p),
-        rows_per_split,
-        RANK=rank,
-        BLOCK_M=GRADIENT_BLOCK_M,
-        BLOCK_N=GRADIENT_BLOCK_N,
-        PRECISION=_precision(x.dtype),
-        ON_DEVICE=_on_device(seed),
-    )
-    return parts[0] if splits == 1 else parts.sum(0)
-
-
-def add_dropped_product_(
-    out: torch.Tensor, grad: torch.Tensor, lora_A: torch.Tensor, seed: Seed, p: float
-) -> torch.Tensor:
-    """``out += dropped(grad @ lora_A)`` in place, one kernel (the input gradient through the dropout and
-    the first LoRA product): ``grad`` is [rows, rank], ``lora_A`` [rank, width] as
-    :func:`product_applies` takes it, ``out`` contiguous [rows, width] of their dtype. The product is
-    not rounded before the add, as :func:`add_dropped_` of a separate product would round it. Returns
-    ``out``."""
-    rows, width = out.shape
-    rank = lora_A.shape[0]
-    if not (
-        out.is_contiguous()
-        and grad.is_contiguous()
-        and grad.shape == (rows, rank)
-        and out.dtype == grad.dtype == lora_A.dtype
-    ):
-        raise ValueError("add_dropped_product_ needs contiguous [rows, rank] and [rows, width] of one dtype")
-    grid = (triton.cdiv(rows, GRADIENT_BLOCK_M), triton.cdiv(width, GRADIENT_BLOCK_N))
-    _add_dropped_product[grid](
-        out,
-        grad,
-        lora_A,
-        *_mask_arguments(seed, out, p),
-        RANK=rank,
-        BLOCK_M=GRADIENT_BLOCK_M,
-        BLOCK_N=GRADIENT_BLOCK_N,
-        PRECISION=_precision(out.dtype),
-        ON_DEVICE=_on_device(seed),
+        ON_DEVICE=on_device(seed),
         enable_fp_fusion=False,
     )
     return out
@@ -484,7 +226,5 @@ def keep_mask(shape, seed: Seed, p: float, device=None) -> torch.Tensor:
     device = seed.device if device is None else device
     out = torch.empty(shape, dtype=torch.int8, device=device)
     n = out.numel()
-    _flags[_grid(n)](
-        out, *_seed_arguments(seed, out), n, threshold(p), BLOCK=BLOCK, ON_DEVICE=_on_device(seed)
-    )
+    _flags[_grid(n)](out, *seed_arguments(seed, out), n, threshold(p), BLOCK=BLOCK, ON_DEVICE=on_device(seed))
     return out.bool()

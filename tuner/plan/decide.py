@@ -93,7 +93,7 @@ class RunPlan:
     @property
     def seeded_product(self) -> bool:
         """Where the dropout is seeded, the dropped-out input made inside the first LoRA product
-        (tuner.fast.seeded_dropout.dropped_product) when the setting asks for it."""
+        (tuner.fast.dropout_products) when the setting asks for it."""
         return self.seeded_dropout and self.dropout_product
 
     @property
